@@ -1,0 +1,255 @@
+//! The `Backend` trait: every op the models need, written once per device.
+//!
+//! Model code (`ncf-model`) is generic over `B: Backend` and monomorphized, so there is no
+//! dynamic dispatch on the hot path. `CpuBackend<f32>` trains, `CpuBackend<f64>` runs the
+//! gradient check through the very same model code, and `CudaBackend` (a later crate) mirrors
+//! the CPU op for op, kernel names included.
+//!
+//! ## Who writes, who accumulates
+//!
+//! * Gradients of **parameters** (`dtable`, `dw`, `dbias`, …) are **accumulated** (`+=`).
+//!   The optimizer step zeroes every gradient it consumes; the gradient check zeroes before
+//!   each backward.
+//! * Gradients of **activations** (`dinp`, `du`, …) and all forward outputs are **written**
+//!   (`=`), so no op needs a zeroing pass first.
+//!
+//! ## Sizes
+//!
+//! Every op takes its dimensions explicitly. A buffer may be longer than the tensor (workspaces
+//! are sized for the largest batch); only the leading `Π dims` elements are touched. A buffer
+//! that is too short, or an id outside its table, is an [`Error`](crate::Error), never a panic.
+
+use crate::{AdamHp, Float, Result, SgdHp};
+
+/// One device's implementation of every op. Shapes use the glossary in the crate docs.
+pub trait Backend: Sync {
+    /// Element type of every float buffer (`f32` to train, `f64` for the gradient check).
+    type T: Float;
+    /// A float buffer on the device (`Vec<T>` on the CPU).
+    type Buf: Send + Sync;
+    /// A buffer of `u32` ids on the device (`Vec<u32>` on the CPU).
+    type Ids: Send + Sync;
+
+    /// A short name for reports: `"cpu"`, `"cuda"`.
+    fn name(&self) -> String;
+
+    // ---------------------------------------------------------------- memory
+
+    /// A zero-filled buffer of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `host`.
+    fn upload(&self, host: &[Self::T]) -> Result<Self::Buf>;
+    /// Overwrites the leading `src.len()` elements of `dst`.
+    fn write(&self, dst: &mut Self::Buf, src: &[Self::T]) -> Result<()>;
+    /// A host copy of the whole buffer.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<Self::T>>;
+    /// Number of elements in `buf`.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Sets the leading `n` elements to `value`.
+    fn fill(&self, buf: &mut Self::Buf, n: usize, value: Self::T) -> Result<()>;
+    /// A zero-filled id buffer of `len` ids.
+    fn zeros_ids(&self, len: usize) -> Result<Self::Ids>;
+    /// Overwrites the leading `src.len()` ids of `dst`.
+    fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()>;
+    /// A host copy of the leading `n` ids.
+    fn download_ids(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;
+    /// Waits until every queued op has finished (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    // ---------------------------------------------------------------- embedding
+
+    /// Gather. `table (N,D)  ids (B)  out (B,D)`:  `out[b,:] = table[ids[b],:]`.
+    fn embedding_forward(
+        &self,
+        table: &Self::Buf,
+        n: usize,
+        d: usize,
+        ids: &Self::Ids,
+        b: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Scatter-add. `dout (B,D)  ids (B)  dtable (N,D)`:  `dtable[ids[b],:] += dout[b,:]`.
+    /// Repeated ids accumulate: no update may be lost.
+    fn embedding_backward(
+        &self,
+        dout: &Self::Buf,
+        ids: &Self::Ids,
+        b: usize,
+        d: usize,
+        dtable: &mut Self::Buf,
+        n: usize,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- dense layer
+
+    /// `inp (B,I)  w (O,I)  bias (O)  out (B,O)`:  `out = inp · wᵀ + bias`.
+    fn linear_forward(
+        &self,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        out: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::linear_forward`]:
+    /// `dinp = dout · w` (written, skipped when `None`);  `dw += doutᵀ · inp`;  `dbias += Σ_b dout`.
+    fn linear_backward(
+        &self,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        dinp: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        dbias: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- activations
+
+    /// `out = max(inp, 0)` over `n` elements.
+    fn relu_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()>;
+    /// `dinp = dout · 1[out > 0]` (ReLU's derivative, read off the forward output).
+    fn relu_backward(&self, out: &Self::Buf, dout: &Self::Buf, dinp: &mut Self::Buf, n: usize) -> Result<()>;
+    /// `out = σ(inp) = 1 / (1 + e^{−inp})` over `n` elements (for predictions; training uses the
+    /// fused [`Backend::bce_with_logits`]).
+    fn sigmoid_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()>;
+
+    // ---------------------------------------------------------------- losses
+
+    /// Sigmoid fused with binary cross-entropy, from logits `z (B)` and labels `y (B)`:
+    /// `loss[0] += (1/B) Σ_b [ log(1 + e^{z}) − y·z ]` (the stable form of
+    /// `−y log σ(z) − (1−y) log(1−σ(z))`), and `dz = (σ(z) − y) / B` (written).
+    fn bce_with_logits(
+        &self,
+        logits: &Self::Buf,
+        labels: &Self::Buf,
+        b: usize,
+        loss: &mut Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Mean squared error `loss[0] += (1/B) Σ_b (p − t)²`, `dp = 2 (p − t) / B` (written).
+    fn mse(
+        &self,
+        pred: &Self::Buf,
+        target: &Self::Buf,
+        b: usize,
+        loss: &mut Self::Buf,
+        dpred: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- element-wise / reshaping
+
+    /// GMF product. `u, v, out (B,F)`:  `out = u ⊙ v`.
+    fn gmf_forward(&self, u: &Self::Buf, v: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()>;
+    /// `du = dout ⊙ v`, `dv = dout ⊙ u` (written).
+    fn gmf_backward(
+        &self,
+        dout: &Self::Buf,
+        u: &Self::Buf,
+        v: &Self::Buf,
+        du: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        n: usize,
+    ) -> Result<()>;
+
+    /// `a (B,Da)  c (B,Dc)  out (B,Da+Dc)`:  `out[b,:] = [a[b,:], c[b,:]]`.
+    fn concat_cols(
+        &self,
+        a: &Self::Buf,
+        da: usize,
+        c: &Self::Buf,
+        dc: usize,
+        b: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Backward of concat: `da_out = dout[:, ..Da]`, `dc_out = dout[:, Da..]` (written).
+    fn split_cols(
+        &self,
+        dout: &Self::Buf,
+        da: usize,
+        dc: usize,
+        b: usize,
+        grad_a: &mut Self::Buf,
+        grad_c: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Row-wise dot product. `u, v (B,D)  out (B)`:  `out[b] = Σ_d u[b,d]·v[b,d]`.
+    fn rowdot_forward(&self, u: &Self::Buf, v: &Self::Buf, b: usize, d: usize, out: &mut Self::Buf) -> Result<()>;
+    /// `du[b,:] = dout[b]·v[b,:]`, `dv[b,:] = dout[b]·u[b,:]` (written).
+    fn rowdot_backward(
+        &self,
+        dout: &Self::Buf,
+        u: &Self::Buf,
+        v: &Self::Buf,
+        b: usize,
+        d: usize,
+        du: &mut Self::Buf,
+        dv: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `out[i] += x[i]` over `n` elements.
+    fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()>;
+    /// `out[i] += s[0]` over `n` elements (a broadcast scalar parameter, e.g. MF's global bias).
+    fn add_scalar(&self, out: &mut Self::Buf, s: &Self::Buf, n: usize) -> Result<()>;
+    /// `acc[0] += Σ_i x[i]` over `n` elements (the gradient of a broadcast scalar).
+    fn sum_into(&self, x: &Self::Buf, n: usize, acc: &mut Self::Buf) -> Result<()>;
+
+    // ---------------------------------------------------------------- optimizers
+
+    /// Dense SGD step over `n` elements (see [`SgdHp`]), then `g ← 0`.
+    fn sgd_step(&self, p: &mut Self::Buf, g: &mut Self::Buf, mom: &mut Self::Buf, n: usize, hp: &SgdHp) -> Result<()>;
+
+    /// Dense Adam step over `n` elements at step `t ≥ 1` (see [`AdamHp`]), then `g ← 0`.
+    fn adam_step(
+        &self,
+        p: &mut Self::Buf,
+        g: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        n: usize,
+        hp: &AdamHp,
+        t: u64,
+    ) -> Result<()>;
+
+    /// Row-sparse ("lazy") SGD: the dense rule applied only to the `nrows` distinct rows listed
+    /// in `rows` of an `(N,D)` table; those gradient rows are then zeroed. Untouched rows keep
+    /// their parameters *and* their momentum.
+    fn sgd_step_rows(
+        &self,
+        p: &mut Self::Buf,
+        g: &mut Self::Buf,
+        mom: &mut Self::Buf,
+        rows: &Self::Ids,
+        nrows: usize,
+        d: usize,
+        n: usize,
+        hp: &SgdHp,
+    ) -> Result<()>;
+
+    /// Row-sparse ("lazy") Adam, as TensorFlow's `LazyAdam`: moments of untouched rows are not
+    /// decayed, and bias correction uses the global step `t`.
+    fn adam_step_rows(
+        &self,
+        p: &mut Self::Buf,
+        g: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        rows: &Self::Ids,
+        nrows: usize,
+        d: usize,
+        n: usize,
+        hp: &AdamHp,
+        t: u64,
+    ) -> Result<()>;
+
+    /// Writes the distinct values of `ids[..b]` into `out` in ascending order and returns how
+    /// many there are (the rows a lazy optimizer must touch). Ids must be `< n`.
+    fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<usize>;
+}

@@ -1,0 +1,450 @@
+//! `CpuBackend`: the [`Backend`] trait on host memory, by calling the kernels in [`crate::ops`].
+//!
+//! This layer owns validation: every method checks buffer lengths and ids and returns a typed
+//! [`Error`] before any kernel runs, so the kernels themselves stay short.
+
+use crate::ops::gemm::{CpuFloat, GemmImpl};
+use crate::ops::{activation, elementwise, embedding, linear, loss, optim};
+use ncf_core::error::{check_ids, check_len};
+use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
+use std::marker::PhantomData;
+
+/// The CPU backend, generic over the element type (`f32` to train, `f64` for gradient checks).
+/// Parallel kernels run on the current rayon pool; size it with `rayon::ThreadPoolBuilder`.
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend<T> {
+    /// Which GEMM the dense layers call: the naive loop, the scratch kernel, or matrixmultiply.
+    pub gemm: GemmImpl,
+    _t: PhantomData<T>,
+}
+
+impl<T> CpuBackend<T> {
+    pub fn new(gemm: GemmImpl) -> Self {
+        CpuBackend { gemm, _t: PhantomData }
+    }
+}
+
+fn check_scalar<T>(op: &'static str, tensor: &'static str, buf: &[T]) -> Result<()> {
+    check_len(op, tensor, buf.len(), &[1])
+}
+
+impl<T: CpuFloat> Backend for CpuBackend<T> {
+    type T = T;
+    type Buf = Vec<T>;
+    type Ids = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu({}, gemm={}, threads={})", T::NAME, self.gemm, rayon::current_num_threads())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::ZERO; len])
+    }
+    fn upload(&self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+    fn write(&self, dst: &mut Vec<T>, src: &[T]) -> Result<()> {
+        check_len("write", "dst", dst.len(), &[src.len()])?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn download(&self, buf: &Vec<T>) -> Result<Vec<T>> {
+        Ok(buf.clone())
+    }
+    fn len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+    fn fill(&self, buf: &mut Vec<T>, n: usize, value: T) -> Result<()> {
+        check_len("fill", "buf", buf.len(), &[n])?;
+        buf[..n].fill(value);
+        Ok(())
+    }
+    fn zeros_ids(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+    fn write_ids(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+        check_len("write_ids", "dst", dst.len(), &[src.len()])?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn download_ids(&self, ids: &Vec<u32>, n: usize) -> Result<Vec<u32>> {
+        check_len("download_ids", "ids", ids.len(), &[n])?;
+        Ok(ids[..n].to_vec())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn embedding_forward(
+        &self,
+        table: &Vec<T>,
+        n: usize,
+        d: usize,
+        ids: &Vec<u32>,
+        b: usize,
+        out: &mut Vec<T>,
+    ) -> Result<()> {
+        const OP: &str = "embedding_forward";
+        check_len(OP, "table", table.len(), &[n, d])?;
+        check_len(OP, "ids", ids.len(), &[b])?;
+        check_len(OP, "out", out.len(), &[b, d])?;
+        check_ids(OP, "table", &ids[..b], n)?;
+        embedding::embedding_forward(&table[..n * d], d, &ids[..b], &mut out[..b * d]);
+        Ok(())
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: &Vec<T>,
+        ids: &Vec<u32>,
+        b: usize,
+        d: usize,
+        dtable: &mut Vec<T>,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding_backward";
+        check_len(OP, "dout", dout.len(), &[b, d])?;
+        check_len(OP, "ids", ids.len(), &[b])?;
+        check_len(OP, "dtable", dtable.len(), &[n, d])?;
+        check_ids(OP, "dtable", &ids[..b], n)?;
+        embedding::embedding_backward(&dout[..b * d], d, &ids[..b], &mut dtable[..n * d]);
+        Ok(())
+    }
+
+    fn linear_forward(
+        &self,
+        inp: &Vec<T>,
+        w: &Vec<T>,
+        bias: &Vec<T>,
+        out: &mut Vec<T>,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear_forward";
+        check_len(OP, "inp", inp.len(), &[b, i])?;
+        check_len(OP, "w", w.len(), &[o, i])?;
+        check_len(OP, "bias", bias.len(), &[o])?;
+        check_len(OP, "out", out.len(), &[b, o])?;
+        linear::linear_forward(self.gemm, &inp[..b * i], &w[..o * i], &bias[..o], &mut out[..b * o], b, i, o)
+    }
+
+    fn linear_backward(
+        &self,
+        dout: &Vec<T>,
+        inp: &Vec<T>,
+        w: &Vec<T>,
+        dinp: Option<&mut Vec<T>>,
+        dw: &mut Vec<T>,
+        dbias: &mut Vec<T>,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear_backward";
+        check_len(OP, "dout", dout.len(), &[b, o])?;
+        check_len(OP, "inp", inp.len(), &[b, i])?;
+        check_len(OP, "w", w.len(), &[o, i])?;
+        check_len(OP, "dw", dw.len(), &[o, i])?;
+        check_len(OP, "dbias", dbias.len(), &[o])?;
+        let dinp = match dinp {
+            Some(x) => {
+                check_len(OP, "dinp", x.len(), &[b, i])?;
+                Some(&mut x[..b * i])
+            }
+            None => None,
+        };
+        linear::linear_backward(
+            self.gemm,
+            &dout[..b * o],
+            &inp[..b * i],
+            &w[..o * i],
+            dinp,
+            &mut dw[..o * i],
+            &mut dbias[..o],
+            b,
+            i,
+            o,
+        )
+    }
+
+    fn relu_forward(&self, inp: &Vec<T>, out: &mut Vec<T>, n: usize) -> Result<()> {
+        check_len("relu_forward", "inp", inp.len(), &[n])?;
+        check_len("relu_forward", "out", out.len(), &[n])?;
+        activation::relu_forward(&inp[..n], &mut out[..n]);
+        Ok(())
+    }
+    fn relu_backward(&self, out: &Vec<T>, dout: &Vec<T>, dinp: &mut Vec<T>, n: usize) -> Result<()> {
+        check_len("relu_backward", "out", out.len(), &[n])?;
+        check_len("relu_backward", "dout", dout.len(), &[n])?;
+        check_len("relu_backward", "dinp", dinp.len(), &[n])?;
+        activation::relu_backward(&out[..n], &dout[..n], &mut dinp[..n]);
+        Ok(())
+    }
+    fn sigmoid_forward(&self, inp: &Vec<T>, out: &mut Vec<T>, n: usize) -> Result<()> {
+        check_len("sigmoid_forward", "inp", inp.len(), &[n])?;
+        check_len("sigmoid_forward", "out", out.len(), &[n])?;
+        activation::sigmoid_forward(&inp[..n], &mut out[..n]);
+        Ok(())
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &Vec<T>,
+        labels: &Vec<T>,
+        b: usize,
+        loss_acc: &mut Vec<T>,
+        dlogits: &mut Vec<T>,
+    ) -> Result<()> {
+        const OP: &str = "bce_with_logits";
+        check_len(OP, "logits", logits.len(), &[b])?;
+        check_len(OP, "labels", labels.len(), &[b])?;
+        check_len(OP, "dlogits", dlogits.len(), &[b])?;
+        check_scalar(OP, "loss", loss_acc)?;
+        if b == 0 {
+            return Err(Error::invalid(OP, "b", "a loss over an empty batch is undefined"));
+        }
+        let l = loss::bce_with_logits(&logits[..b], &labels[..b], &mut dlogits[..b]);
+        loss_acc[0] += T::from_f64(l);
+        Ok(())
+    }
+
+    fn mse(&self, pred: &Vec<T>, target: &Vec<T>, b: usize, loss_acc: &mut Vec<T>, dpred: &mut Vec<T>) -> Result<()> {
+        const OP: &str = "mse";
+        check_len(OP, "pred", pred.len(), &[b])?;
+        check_len(OP, "target", target.len(), &[b])?;
+        check_len(OP, "dpred", dpred.len(), &[b])?;
+        check_scalar(OP, "loss", loss_acc)?;
+        if b == 0 {
+            return Err(Error::invalid(OP, "b", "a loss over an empty batch is undefined"));
+        }
+        let l = loss::mse(&pred[..b], &target[..b], &mut dpred[..b]);
+        loss_acc[0] += T::from_f64(l);
+        Ok(())
+    }
+
+    fn gmf_forward(&self, u: &Vec<T>, v: &Vec<T>, out: &mut Vec<T>, n: usize) -> Result<()> {
+        check_len("gmf_forward", "u", u.len(), &[n])?;
+        check_len("gmf_forward", "v", v.len(), &[n])?;
+        check_len("gmf_forward", "out", out.len(), &[n])?;
+        elementwise::gmf_forward(&u[..n], &v[..n], &mut out[..n]);
+        Ok(())
+    }
+    fn gmf_backward(
+        &self,
+        dout: &Vec<T>,
+        u: &Vec<T>,
+        v: &Vec<T>,
+        du: &mut Vec<T>,
+        dv: &mut Vec<T>,
+        n: usize,
+    ) -> Result<()> {
+        for (name, len) in [("dout", dout.len()), ("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
+            check_len("gmf_backward", name, len, &[n])?;
+        }
+        elementwise::gmf_backward(&dout[..n], &u[..n], &v[..n], &mut du[..n], &mut dv[..n]);
+        Ok(())
+    }
+
+    fn concat_cols(&self, a: &Vec<T>, da: usize, c: &Vec<T>, dc: usize, b: usize, out: &mut Vec<T>) -> Result<()> {
+        check_len("concat_cols", "a", a.len(), &[b, da])?;
+        check_len("concat_cols", "c", c.len(), &[b, dc])?;
+        check_len("concat_cols", "out", out.len(), &[b, da + dc])?;
+        elementwise::concat_cols(&a[..b * da], da, &c[..b * dc], dc, &mut out[..b * (da + dc)]);
+        Ok(())
+    }
+    fn split_cols(
+        &self,
+        dout: &Vec<T>,
+        da: usize,
+        dc: usize,
+        b: usize,
+        grad_a: &mut Vec<T>,
+        grad_c: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("split_cols", "dout", dout.len(), &[b, da + dc])?;
+        check_len("split_cols", "grad_a", grad_a.len(), &[b, da])?;
+        check_len("split_cols", "grad_c", grad_c.len(), &[b, dc])?;
+        elementwise::split_cols(&dout[..b * (da + dc)], da, dc, &mut grad_a[..b * da], &mut grad_c[..b * dc]);
+        Ok(())
+    }
+
+    fn rowdot_forward(&self, u: &Vec<T>, v: &Vec<T>, b: usize, d: usize, out: &mut Vec<T>) -> Result<()> {
+        check_len("rowdot_forward", "u", u.len(), &[b, d])?;
+        check_len("rowdot_forward", "v", v.len(), &[b, d])?;
+        check_len("rowdot_forward", "out", out.len(), &[b])?;
+        elementwise::rowdot_forward(&u[..b * d], &v[..b * d], d, &mut out[..b]);
+        Ok(())
+    }
+    fn rowdot_backward(
+        &self,
+        dout: &Vec<T>,
+        u: &Vec<T>,
+        v: &Vec<T>,
+        b: usize,
+        d: usize,
+        du: &mut Vec<T>,
+        dv: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("rowdot_backward", "dout", dout.len(), &[b])?;
+        for (name, len) in [("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
+            check_len("rowdot_backward", name, len, &[b, d])?;
+        }
+        elementwise::rowdot_backward(&dout[..b], &u[..b * d], &v[..b * d], d, &mut du[..b * d], &mut dv[..b * d]);
+        Ok(())
+    }
+
+    fn add_assign(&self, out: &mut Vec<T>, x: &Vec<T>, n: usize) -> Result<()> {
+        check_len("add_assign", "out", out.len(), &[n])?;
+        check_len("add_assign", "x", x.len(), &[n])?;
+        elementwise::add_assign(&mut out[..n], &x[..n]);
+        Ok(())
+    }
+    fn add_scalar(&self, out: &mut Vec<T>, s: &Vec<T>, n: usize) -> Result<()> {
+        check_len("add_scalar", "out", out.len(), &[n])?;
+        check_scalar("add_scalar", "s", s)?;
+        elementwise::add_scalar(&mut out[..n], s[0]);
+        Ok(())
+    }
+    fn sum_into(&self, x: &Vec<T>, n: usize, acc: &mut Vec<T>) -> Result<()> {
+        check_len("sum_into", "x", x.len(), &[n])?;
+        check_scalar("sum_into", "acc", acc)?;
+        acc[0] += elementwise::sum(&x[..n]);
+        Ok(())
+    }
+
+    fn sgd_step(&self, p: &mut Vec<T>, g: &mut Vec<T>, mom: &mut Vec<T>, n: usize, hp: &SgdHp) -> Result<()> {
+        for (name, len) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
+            check_len("sgd_step", name, len, &[n])?;
+        }
+        optim::sgd_step(&mut p[..n], &mut g[..n], &mut mom[..n], hp);
+        Ok(())
+    }
+    fn adam_step(
+        &self,
+        p: &mut Vec<T>,
+        g: &mut Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        n: usize,
+        hp: &AdamHp,
+        t: u64,
+    ) -> Result<()> {
+        for (name, len) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
+            check_len("adam_step", name, len, &[n])?;
+        }
+        if t == 0 {
+            return Err(Error::invalid("adam_step", "t", "Adam steps count from 1"));
+        }
+        optim::adam_step(&mut p[..n], &mut g[..n], &mut m[..n], &mut v[..n], hp, t);
+        Ok(())
+    }
+    fn sgd_step_rows(
+        &self,
+        p: &mut Vec<T>,
+        g: &mut Vec<T>,
+        mom: &mut Vec<T>,
+        rows: &Vec<u32>,
+        nrows: usize,
+        d: usize,
+        n: usize,
+        hp: &SgdHp,
+    ) -> Result<()> {
+        const OP: &str = "sgd_step_rows";
+        for (name, len) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
+            check_len(OP, name, len, &[n, d])?;
+        }
+        check_len(OP, "rows", rows.len(), &[nrows])?;
+        check_ids(OP, "p", &rows[..nrows], n)?;
+        optim::sgd_step_rows(&mut p[..n * d], &mut g[..n * d], &mut mom[..n * d], &rows[..nrows], d, hp);
+        Ok(())
+    }
+    fn adam_step_rows(
+        &self,
+        p: &mut Vec<T>,
+        g: &mut Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        rows: &Vec<u32>,
+        nrows: usize,
+        d: usize,
+        n: usize,
+        hp: &AdamHp,
+        t: u64,
+    ) -> Result<()> {
+        const OP: &str = "adam_step_rows";
+        for (name, len) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
+            check_len(OP, name, len, &[n, d])?;
+        }
+        check_len(OP, "rows", rows.len(), &[nrows])?;
+        check_ids(OP, "p", &rows[..nrows], n)?;
+        if t == 0 {
+            return Err(Error::invalid(OP, "t", "Adam steps count from 1"));
+        }
+        optim::adam_step_rows(
+            &mut p[..n * d],
+            &mut g[..n * d],
+            &mut m[..n * d],
+            &mut v[..n * d],
+            &rows[..nrows],
+            d,
+            hp,
+            t,
+        );
+        Ok(())
+    }
+    fn unique_ids(&self, ids: &Vec<u32>, b: usize, n: usize, out: &mut Vec<u32>) -> Result<usize> {
+        check_len("unique_ids", "ids", ids.len(), &[b])?;
+        check_len("unique_ids", "out", out.len(), &[b])?;
+        check_ids("unique_ids", "ids", &ids[..b], n)?;
+        Ok(optim::unique_ids(&ids[..b], &mut out[..b]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_shapes_and_ids_are_typed_errors_naming_op_and_shapes() {
+        let be = CpuBackend::<f32>::default();
+        let table = vec![0.0f32; 10 * 4];
+        let mut out = vec![0.0f32; 3 * 4];
+        let err = be.embedding_forward(&table, 10, 4, &vec![1, 10, 2], 3, &mut out).unwrap_err();
+        assert!(matches!(err, Error::IdOutOfRange { op: "embedding_forward", id: 10, pos: 1, rows: 10, .. }), "{err}");
+        assert!(err.to_string().contains("id 10 at batch position 1"), "{err}");
+
+        let inp = vec![0.0f32; 4 * 3];
+        let w = vec![0.0f32; 2 * 5]; // should be (2,3) = 6: fine; ask for i = 5 instead
+        let mut o = vec![0.0f32; 4 * 2];
+        let err = be.linear_forward(&inp, &w, &vec![0.0; 2], &mut o, 4, 5, 2).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("linear_forward: shape mismatch for `inp`") && msg.contains("(4, 5) = 20 elements"),
+            "{msg}"
+        );
+
+        let mut small = vec![0.0f32; 3];
+        let err =
+            be.linear_backward(&vec![0.0; 8], &inp, &w, None, &mut small, &mut vec![0.0; 2], 4, 3, 2).unwrap_err();
+        assert!(err.to_string().contains("`dw`: expected (2, 3) = 6 elements, got a buffer of 3 elements"), "{err}");
+
+        let err = be
+            .adam_step_rows(
+                &mut vec![0.0; 8],
+                &mut vec![0.0; 8],
+                &mut vec![0.0; 8],
+                &mut vec![0.0; 8],
+                &vec![5],
+                1,
+                4,
+                2,
+                &AdamHp::default(),
+                1,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::IdOutOfRange { op: "adam_step_rows", id: 5, .. }), "{err}");
+        let err = be.bce_with_logits(&vec![], &vec![], 0, &mut vec![0.0], &mut vec![]).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { op: "bce_with_logits", .. }), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! # ncf-cpu
+//!
+//! The CPU backend. Each file in `ops/` holds one family of kernels; every fast kernel has a
+//! `*_naive` reference next to it, and the tests at the bottom of the file compare the two.
+//! [`CpuBackend`] wires the kernels into the [`ncf_core::Backend`] trait and validates inputs.
+//!
+//! Reading order: `ops/embedding.rs`, `ops/linear.rs` (then `ops/gemm.rs`, the one kernel that
+//! is hard to make fast), `ops/activation.rs`, `ops/loss.rs`, `ops/elementwise.rs`,
+//! `ops/optim.rs`, and finally `backend.rs`.
+//!
+//! ## Determinism
+//!
+//! No kernel splits a reduction across threads in a way that depends on the thread count, so a
+//! given input produces bit-identical output on 1, 2 or 64 threads.
+
+pub mod backend;
+pub mod ops;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use backend::CpuBackend;
+pub use ops::gemm::{CpuFloat, GemmImpl};

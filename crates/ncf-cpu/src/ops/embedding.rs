@@ -1,0 +1,118 @@
+//! Embedding lookup: gather (forward) and scatter-add (backward).
+//!
+//! An embedding table is just a matrix `table (N,D)`; "looking up" id `k` reads row `k`.
+//! The backward pass is the transpose of that read: the gradient of row `k` is the sum of the
+//! output-gradient rows of every batch position that looked `k` up.
+
+use ncf_core::Float;
+use rayon::prelude::*;
+
+/// Below this many output elements, threads cost more than they save.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Gather, reference version. `table (N,D)  ids (B)  out (B,D)`:  `out[b,:] = table[ids[b],:]`.
+pub fn embedding_forward_naive<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T]) {
+    for (b, &id) in ids.iter().enumerate() {
+        for j in 0..d {
+            out[b * d + j] = table[id as usize * d + j];
+        }
+    }
+}
+
+/// Gather, fast version: one `memcpy` per row, rows split across threads for large batches.
+pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T]) {
+    let out = &mut out[..ids.len() * d];
+    let copy_row = |(row, &id): (&mut [T], &u32)| {
+        let start = id as usize * d;
+        row.copy_from_slice(&table[start..start + d]);
+    };
+    if out.len() >= PAR_MIN_ELEMS {
+        out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
+    } else {
+        out.chunks_mut(d).zip(ids.iter()).for_each(copy_row);
+    }
+}
+
+/// Scatter-add, reference version. `dout (B,D)  ids (B)  dtable (N,D)`:
+/// `dtable[ids[b],:] += dout[b,:]`, visiting `b` in order.
+pub fn embedding_backward_naive<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &mut [T]) {
+    for (b, &id) in ids.iter().enumerate() {
+        for j in 0..d {
+            dtable[id as usize * d + j] += dout[b * d + j];
+        }
+    }
+}
+
+/// Scatter-add, fast version, race-free without atomics or locks.
+///
+/// Two batch rows with the same id write the same table row, so splitting the *batch* across
+/// threads would race. Instead the *table* is split into disjoint blocks of rows; each thread
+/// owns one block, scans all ids, and adds only the rows it owns. No two threads ever write the
+/// same memory, and every table row still receives its contributions in batch order. So the
+/// result is bit-identical to the naive loop whatever the thread count (the test checks it).
+pub fn embedding_backward<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &mut [T]) {
+    let b = ids.len();
+    let n = dtable.len() / d.max(1);
+    if b * d < PAR_MIN_ELEMS || n < 2 || d == 0 {
+        return embedding_backward_naive(dout, d, ids, dtable);
+    }
+    // Blocks of table rows; more blocks than threads so rayon can balance skewed ids.
+    let blocks = (rayon::current_num_threads() * 4).min(n);
+    let rows_per_block = n.div_ceil(blocks);
+    dtable[..n * d].par_chunks_mut(rows_per_block * d).enumerate().for_each(|(blk, chunk)| {
+        let lo = blk * rows_per_block;
+        let hi = lo + chunk.len() / d;
+        for (bi, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= lo && id < hi {
+                let dst = &mut chunk[(id - lo) * d..(id - lo + 1) * d];
+                for (x, &g) in dst.iter_mut().zip(&dout[bi * d..(bi + 1) * d]) {
+                    *x += g;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{rand_ids, rand_vec};
+    use ncf_core::tol::assert_close_f32;
+
+    #[test]
+    fn gather_matches_naive() {
+        for &(n, d, b) in &[(7, 3, 5), (100, 32, 256), (5000, 16, 4096)] {
+            let table = rand_vec(n * d, 1);
+            let ids = rand_ids(b, n, 2);
+            let mut want = vec![0.0f32; b * d];
+            let mut got = vec![f32::NAN; b * d];
+            embedding_forward_naive(&table, d, &ids, &mut want);
+            embedding_forward(&table, d, &ids, &mut got);
+            assert_eq!(got, want, "gather n={n} d={d} b={b}");
+        }
+    }
+
+    #[test]
+    fn scatter_add_matches_naive_bitwise_with_heavy_repeats_at_any_thread_count() {
+        // Few rows, many ids: every row is hit many times, the case a racy kernel gets wrong.
+        for &(n, d, b) in &[(3, 4, 10), (17, 32, 4096), (1000, 64, 8192)] {
+            let dout = rand_vec(b * d, 3);
+            let ids = rand_ids(b, n, 4);
+            let mut want = rand_vec(n * d, 5);
+            let start = want.clone();
+            embedding_backward_naive(&dout, d, &ids, &mut want);
+            for threads in [1, 2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut got = start.clone();
+                pool.install(|| embedding_backward(&dout, d, &ids, &mut got));
+                assert_close_f32(
+                    &format!("scatter n={n} d={d} b={b} threads={threads}"),
+                    &got,
+                    &want,
+                    ncf_core::Tol { abs: 0.0, rel: 0.0 },
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The dense (fully connected) layer, forward and backward.
+//!
+//! `inp (B,I)  w (O,I)  bias (O)  out (B,O)`:   `out = inp · wᵀ + bias`
+//!
+//! Backward, given `dout = ∂L/∂out (B,O)`:
+//! * `dinp = dout · w`        (B,O)·(O,I) → (B,I)   — written
+//! * `dw  += doutᵀ · inp`     (O,B)·(B,I) → (O,I)   — accumulated
+//! * `dbias += Σ_b dout[b,:]`                       — accumulated
+
+use super::gemm::{CpuFloat, GemmImpl, MatMut, MatRef, gemm};
+use ncf_core::{Float, Result};
+
+/// Forward, reference: the definition, one dot product per output element.
+pub fn linear_forward_naive<T: Float>(inp: &[T], w: &[T], bias: &[T], out: &mut [T], b: usize, i: usize, o: usize) {
+    for r in 0..b {
+        for c in 0..o {
+            let mut s = bias[c];
+            for k in 0..i {
+                s += inp[r * i + k] * w[c * i + k];
+            }
+            out[r * o + c] = s;
+        }
+    }
+}
+
+/// Forward through a GEMM: broadcast the bias into `out`, then `out ← inp · wᵀ + out`.
+pub fn linear_forward<T: CpuFloat>(
+    imp: GemmImpl,
+    inp: &[T],
+    w: &[T],
+    bias: &[T],
+    out: &mut [T],
+    b: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    for row in out[..b * o].chunks_exact_mut(o.max(1)) {
+        row.copy_from_slice(&bias[..o]);
+    }
+    // w is stored (O,I) row-major; wᵀ (I,O) is the same memory read with the strides swapped,
+    // so no transpose is ever materialized.
+    gemm(
+        imp,
+        T::ONE,
+        MatRef::row_major(inp, b, i),
+        MatRef::transposed_of_row_major(w, o, i),
+        T::ONE,
+        MatMut::row_major(out, b, o),
+    )
+}
+
+/// Backward, reference: the three sums written out.
+pub fn linear_backward_naive<T: Float>(
+    dout: &[T],
+    inp: &[T],
+    w: &[T],
+    dinp: Option<&mut [T]>,
+    dw: &mut [T],
+    dbias: &mut [T],
+    b: usize,
+    i: usize,
+    o: usize,
+) {
+    if let Some(dinp) = dinp {
+        for r in 0..b {
+            for k in 0..i {
+                let mut s = T::ZERO;
+                for c in 0..o {
+                    s += dout[r * o + c] * w[c * i + k];
+                }
+                dinp[r * i + k] = s;
+            }
+        }
+    }
+    for c in 0..o {
+        for k in 0..i {
+            let mut s = T::ZERO;
+            for r in 0..b {
+                s += dout[r * o + c] * inp[r * i + k];
+            }
+            dw[c * i + k] += s;
+        }
+        let mut s = T::ZERO;
+        for r in 0..b {
+            s += dout[r * o + c];
+        }
+        dbias[c] += s;
+    }
+}
+
+/// Backward through two GEMMs and a column sum.
+pub fn linear_backward<T: CpuFloat>(
+    imp: GemmImpl,
+    dout: &[T],
+    inp: &[T],
+    w: &[T],
+    dinp: Option<&mut [T]>,
+    dw: &mut [T],
+    dbias: &mut [T],
+    b: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    if let Some(dinp) = dinp {
+        // dinp (B,I) = dout (B,O) · w (O,I), overwriting (β = 0).
+        gemm(
+            imp,
+            T::ONE,
+            MatRef::row_major(dout, b, o),
+            MatRef::row_major(w, o, i),
+            T::ZERO,
+            MatMut::row_major(dinp, b, i),
+        )?;
+    }
+    // dw (O,I) += doutᵀ (O,B) · inp (B,I): doutᵀ is dout read with swapped strides; β = 1 accumulates.
+    gemm(
+        imp,
+        T::ONE,
+        MatRef::transposed_of_row_major(dout, b, o),
+        MatRef::row_major(inp, b, i),
+        T::ONE,
+        MatMut::row_major(dw, o, i),
+    )?;
+    // dbias (O) += Σ_b dout[b,:]: rows in order, so the sum is deterministic.
+    let dbias = &mut dbias[..o];
+    for row in dout[..b * o].chunks_exact(o.max(1)) {
+        for (acc, &g) in dbias.iter_mut().zip(row) {
+            *acc += g;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::rand_vec;
+    use ncf_core::Tol;
+    use ncf_core::tol::assert_close_f32;
+
+    #[test]
+    fn every_gemm_impl_matches_the_naive_layer() {
+        // The model's real shapes, plus odd ones.
+        for &(b, i, o) in &[(256, 64, 32), (256, 32, 16), (256, 16, 8), (256, 16, 1), (7, 5, 3), (1, 1, 1)] {
+            let inp = rand_vec(b * i, 1);
+            let w = rand_vec(o * i, 2);
+            let bias = rand_vec(o, 3);
+            let dout = rand_vec(b * o, 4);
+            let mut want = vec![0.0; b * o];
+            linear_forward_naive(&inp, &w, &bias, &mut want, b, i, o);
+            let (mut dinp_w, mut dw_w, mut db_w) = (vec![0.0; b * i], rand_vec(o * i, 5), rand_vec(o, 6));
+            let (dw0, db0) = (dw_w.clone(), db_w.clone());
+            linear_backward_naive(&dout, &inp, &w, Some(&mut dinp_w), &mut dw_w, &mut db_w, b, i, o);
+            for imp in [GemmImpl::Naive, GemmImpl::Scratch, GemmImpl::Library] {
+                let mut got = vec![f32::NAN; b * o];
+                linear_forward(imp, &inp, &w, &bias, &mut got, b, i, o).unwrap();
+                let tag = format!("{imp:?} b={b} i={i} o={o}");
+                assert_close_f32(&format!("out {tag}"), &got, &want, Tol::F32_KERNEL);
+                let (mut dinp, mut dw, mut db) = (vec![f32::NAN; b * i], dw0.clone(), db0.clone());
+                linear_backward(imp, &dout, &inp, &w, Some(&mut dinp), &mut dw, &mut db, b, i, o).unwrap();
+                assert_close_f32(&format!("dinp {tag}"), &dinp, &dinp_w, Tol::F32_KERNEL);
+                assert_close_f32(&format!("dw {tag}"), &dw, &dw_w, Tol::F32_KERNEL);
+                assert_close_f32(&format!("dbias {tag}"), &db, &db_w, Tol::F32_KERNEL);
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Optimizer steps: SGD with momentum and Adam, dense and row-sparse ("lazy").
+//!
+//! Every step consumes the gradient and zeroes it, ready for the next backward pass.
+//! The rules follow PyTorch exactly (see [`ncf_core::SgdHp`], [`ncf_core::AdamHp`]), which the
+//! tests check against PyTorch-computed values.
+
+use ncf_core::{AdamHp, Float, SgdHp};
+use rayon::prelude::*;
+
+/// Chunk of elements one rayon task updates; below this the step runs on one thread.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// SGD with momentum, reference (f64 math, element by element):
+/// `g ← g + λ·w;  mom ← μ·mom + g;  w ← (1 − lr·λ_d)·w − lr·mom;  g ← 0`.
+pub fn sgd_step_naive<T: Float>(p: &mut [T], g: &mut [T], mom: &mut [T], hp: &SgdHp) {
+    for k in 0..p.len() {
+        let w = p[k].to_f64();
+        let grad = g[k].to_f64() + hp.decay.l2() * w;
+        let m = hp.momentum * mom[k].to_f64() + grad;
+        mom[k] = T::from_f64(m);
+        p[k] = T::from_f64(w * (1.0 - hp.lr * hp.decay.decoupled()) - hp.lr * m);
+        g[k] = T::ZERO;
+    }
+}
+
+/// SGD with momentum over one contiguous run of elements, in `T`.
+fn sgd_run<T: Float>(p: &mut [T], g: &mut [T], mom: &mut [T], hp: &SgdHp) {
+    let (lr, mu, l2) = (T::from_f64(hp.lr), T::from_f64(hp.momentum), T::from_f64(hp.decay.l2()));
+    let shrink = T::from_f64(1.0 - hp.lr * hp.decay.decoupled());
+    for ((w, gr), m) in p.iter_mut().zip(g.iter_mut()).zip(mom.iter_mut()) {
+        let grad = *gr + l2 * *w;
+        *m = mu * *m + grad;
+        *w = *w * shrink - lr * *m;
+        *gr = T::ZERO;
+    }
+}
+
+/// Dense SGD step, parallel over chunks for large tensors.
+pub fn sgd_step<T: Float>(p: &mut [T], g: &mut [T], mom: &mut [T], hp: &SgdHp) {
+    if p.len() <= PAR_CHUNK {
+        return sgd_run(p, g, mom, hp);
+    }
+    p.par_chunks_mut(PAR_CHUNK)
+        .zip(g.par_chunks_mut(PAR_CHUNK))
+        .zip(mom.par_chunks_mut(PAR_CHUNK))
+        .for_each(|((p, g), m)| sgd_run(p, g, m, hp));
+}
+
+/// Adam's per-step scalars, computed once per step in f64 (PyTorch's formulation):
+/// `step = lr / (1 − β₁ᵗ)`, `denom = √v / √(1 − β₂ᵗ) + ε`.
+struct AdamScalars<T> {
+    b1: T,
+    one_minus_b1: T,
+    b2: T,
+    one_minus_b2: T,
+    step: T,
+    inv_sqrt_bc2: T,
+    eps: T,
+    l2: T,
+    shrink: T,
+}
+
+impl<T: Float> AdamScalars<T> {
+    fn new(hp: &AdamHp, t: u64) -> Self {
+        let t = t.max(1) as i32;
+        let bc1 = 1.0 - hp.beta1.powi(t);
+        let bc2 = 1.0 - hp.beta2.powi(t);
+        AdamScalars {
+            b1: T::from_f64(hp.beta1),
+            one_minus_b1: T::from_f64(1.0 - hp.beta1),
+            b2: T::from_f64(hp.beta2),
+            one_minus_b2: T::from_f64(1.0 - hp.beta2),
+            step: T::from_f64(hp.lr / bc1),
+            inv_sqrt_bc2: T::from_f64(1.0 / bc2.sqrt()),
+            eps: T::from_f64(hp.eps),
+            l2: T::from_f64(hp.decay.l2()),
+            shrink: T::from_f64(1.0 - hp.lr * hp.decay.decoupled()),
+        }
+    }
+}
+
+/// Adam, reference (f64 math, element by element, the formula as written in the paper):
+/// `m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  w ← w − lr·m̂/(√v̂ + ε)` with
+/// `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)`; then `g ← 0`.
+pub fn adam_step_naive<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], hp: &AdamHp, t: u64) {
+    let t = t.max(1) as i32;
+    for k in 0..p.len() {
+        let w = p[k].to_f64() * (1.0 - hp.lr * hp.decay.decoupled());
+        let grad = g[k].to_f64() + hp.decay.l2() * p[k].to_f64();
+        let mk = hp.beta1 * m[k].to_f64() + (1.0 - hp.beta1) * grad;
+        let vk = hp.beta2 * v[k].to_f64() + (1.0 - hp.beta2) * grad * grad;
+        let m_hat = mk / (1.0 - hp.beta1.powi(t));
+        let v_hat = vk / (1.0 - hp.beta2.powi(t));
+        m[k] = T::from_f64(mk);
+        v[k] = T::from_f64(vk);
+        p[k] = T::from_f64(w - hp.lr * m_hat / (v_hat.sqrt() + hp.eps));
+        g[k] = T::ZERO;
+    }
+}
+
+/// Adam over one contiguous run of elements, in `T`, with the scalars hoisted.
+fn adam_run<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], s: &AdamScalars<T>) {
+    for (((w, gr), mk), vk) in p.iter_mut().zip(g.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let grad = *gr + s.l2 * *w;
+        *mk = s.b1 * *mk + s.one_minus_b1 * grad;
+        *vk = s.b2 * *vk + s.one_minus_b2 * grad * grad;
+        let denom = vk.sqrt() * s.inv_sqrt_bc2 + s.eps;
+        *w = *w * s.shrink - s.step * *mk / denom;
+        *gr = T::ZERO;
+    }
+}
+
+/// Dense Adam step at step `t ≥ 1`, parallel over chunks for large tensors.
+pub fn adam_step<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], hp: &AdamHp, t: u64) {
+    let s = AdamScalars::new(hp, t);
+    if p.len() <= PAR_CHUNK {
+        return adam_run(p, g, m, v, &s);
+    }
+    p.par_chunks_mut(PAR_CHUNK)
+        .zip(g.par_chunks_mut(PAR_CHUNK))
+        .zip(m.par_chunks_mut(PAR_CHUNK).zip(v.par_chunks_mut(PAR_CHUNK)))
+        .for_each(|((p, g), (m, v))| adam_run(p, g, m, v, &s));
+}
+
+/// Row-sparse SGD on an `(N,D)` table: the dense rule on each listed row only.
+pub fn sgd_step_rows<T: Float>(p: &mut [T], g: &mut [T], mom: &mut [T], rows: &[u32], d: usize, hp: &SgdHp) {
+    for &r in rows {
+        let s = r as usize * d..(r as usize + 1) * d;
+        sgd_run(&mut p[s.clone()], &mut g[s.clone()], &mut mom[s], hp);
+    }
+}
+
+/// Row-sparse ("lazy") Adam on an `(N,D)` table: the dense rule on each listed row only, with
+/// bias correction from the global step `t`. Rows not listed keep their moments undecayed.
+pub fn adam_step_rows<T: Float>(
+    p: &mut [T],
+    g: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    rows: &[u32],
+    d: usize,
+    hp: &AdamHp,
+    t: u64,
+) {
+    let s = AdamScalars::new(hp, t);
+    for &r in rows {
+        let k = r as usize * d..(r as usize + 1) * d;
+        adam_run(&mut p[k.clone()], &mut g[k.clone()], &mut m[k.clone()], &mut v[k], &s);
+    }
+}
+
+/// Sorted distinct ids of `ids`, written to the front of `out`; returns their count.
+pub fn unique_ids(ids: &[u32], out: &mut [u32]) -> usize {
+    let out = &mut out[..ids.len()];
+    out.copy_from_slice(ids);
+    out.sort_unstable();
+    let mut n = 0;
+    for k in 0..out.len() {
+        if k == 0 || out[k] != out[n - 1] {
+            out[n] = out[k];
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::rand_vec;
+    use ncf_core::Decay;
+    use ncf_core::Tol;
+    use ncf_core::tol::{assert_close, assert_close_f32};
+
+    /// One Adam step from m = v = 0 moves every weight by almost exactly `lr` against the sign of
+    /// its gradient: m̂ = g, v̂ = g², so the step is lr·g/(|g| + ε). Hand-computed values.
+    #[test]
+    fn adam_first_step_hand_computed() {
+        let hp = AdamHp { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, decay: Decay::None };
+        let mut p = vec![1.0f64, -2.0, 0.5];
+        let mut g = vec![0.5, -4.0, 0.0];
+        let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
+        adam_step(&mut p, &mut g, &mut m, &mut v, &hp, 1);
+        // 1 − 0.1·0.5/(0.5+1e-8),  −2 + 0.1·4/(4+1e-8),  0.5 (zero gradient: no move)
+        let want = [1.0 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0 + 0.1 * 4.0 / (4.0 + 1e-8), 0.5];
+        assert_close("adam p", &p, &want, Tol::F64_KERNEL);
+        assert_close("adam m", &m, &[0.05, -0.4, 0.0], Tol::F64_KERNEL);
+        assert_close("adam v", &v, &[0.001 * 0.25, 0.001 * 16.0, 0.0], Tol::F64_KERNEL);
+        assert_eq!(g, vec![0.0; 3], "the step zeroes the gradient");
+    }
+
+    /// SGD, two steps with momentum 0.9 and L2 0.01, hand-computed:
+    /// step 1: g' = 1 + 0.01·2 = 1.02, mom = 1.02, w = 2 − 0.1·1.02 = 1.898
+    /// step 2: g' = 1 + 0.01·1.898 = 1.01898, mom = 0.9·1.02 + 1.01898 = 1.93698,
+    ///         w = 1.898 − 0.193698 = 1.704302
+    #[test]
+    fn sgd_two_steps_hand_computed() {
+        let hp = SgdHp { lr: 0.1, momentum: 0.9, decay: Decay::L2(0.01) };
+        let (mut p, mut mom) = (vec![2.0f64], vec![0.0]);
+        for _ in 0..2 {
+            let mut g = vec![1.0];
+            sgd_step(&mut p, &mut g, &mut mom, &hp);
+        }
+        assert_close("sgd p", &p, &[1.704302], Tol::F64_KERNEL);
+        assert_close("sgd mom", &mom, &[1.93698], Tol::F64_KERNEL);
+    }
+
+    #[test]
+    fn fast_steps_match_naive_for_every_decay() {
+        let n = 3 * PAR_CHUNK + 17; // exercises the parallel path and a ragged chunk
+        for decay in [Decay::None, Decay::L2(0.01), Decay::Decoupled(0.1)] {
+            let adam = AdamHp { lr: 0.01, decay, ..AdamHp::default() };
+            let sgd = SgdHp { lr: 0.05, momentum: 0.9, decay };
+            let p0 = rand_vec(n, 1);
+            let (mut p1, mut p2) = (p0.clone(), p0.clone());
+            let (mut m1, mut v1, mut m2, mut v2) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            for t in 1..=3 {
+                let (mut g1, mut g2) = (rand_vec(n, 10 + t), rand_vec(n, 10 + t));
+                adam_step(&mut p1, &mut g1, &mut m1, &mut v1, &adam, t);
+                adam_step_naive(&mut p2, &mut g2, &mut m2, &mut v2, &adam, t);
+                assert!(g1.iter().all(|&x| x == 0.0));
+            }
+            assert_close_f32(&format!("adam {decay:?}"), &p1, &p2, Tol { abs: 1e-6, rel: 1e-5 });
+            let (mut p1, mut p2) = (p0.clone(), p0.clone());
+            let (mut b1, mut b2) = (vec![0.0; n], vec![0.0; n]);
+            for t in 1..=3 {
+                let (mut g1, mut g2) = (rand_vec(n, 20 + t), rand_vec(n, 20 + t));
+                sgd_step(&mut p1, &mut g1, &mut b1, &sgd);
+                sgd_step_naive(&mut p2, &mut g2, &mut b2, &sgd);
+            }
+            assert_close_f32(&format!("sgd {decay:?}"), &p1, &p2, Tol { abs: 1e-6, rel: 1e-5 });
+        }
+    }
+
+    #[test]
+    fn lazy_steps_touch_only_listed_rows_and_equal_dense_on_them() {
+        let (n, d) = (10, 4);
+        let rows = [1u32, 4, 7];
+        let p0 = rand_vec(n * d, 3);
+        let mut g = vec![0.0f32; n * d];
+        for &r in &rows {
+            for j in 0..d {
+                g[r as usize * d + j] = 0.3 + j as f32;
+            }
+        }
+        let hp = AdamHp::default();
+        let (mut pd, mut gd, mut md, mut vd) = (p0.clone(), g.clone(), vec![0.0; n * d], vec![0.0; n * d]);
+        adam_step(&mut pd, &mut gd, &mut md, &mut vd, &hp, 1);
+        let (mut pl, mut gl, mut ml, mut vl) = (p0.clone(), g.clone(), vec![0.0; n * d], vec![0.0; n * d]);
+        adam_step_rows(&mut pl, &mut gl, &mut ml, &mut vl, &rows, d, &hp, 1);
+        assert_eq!(pl, pd, "with zero moments elsewhere, lazy == dense after one step");
+        assert!(gl.iter().all(|&x| x == 0.0));
+        // Second step with no gradient: dense Adam keeps moving touched rows (momentum), lazy does not.
+        adam_step(&mut pd, &mut gd, &mut md, &mut vd, &hp, 2);
+        adam_step_rows(&mut pl, &mut gl, &mut ml, &mut vl, &[], d, &hp, 2);
+        assert_ne!(pl, pd);
+        let sgd = SgdHp { lr: 0.1, momentum: 0.0, decay: Decay::None };
+        let (mut ps, mut gs, mut ms) = (p0.clone(), g.clone(), vec![0.0; n * d]);
+        sgd_step_rows(&mut ps, &mut gs, &mut ms, &rows, d, &sgd);
+        for r in 0..n {
+            let s = r * d..(r + 1) * d;
+            if rows.contains(&(r as u32)) {
+                assert_ne!(ps[s.clone()], p0[s]);
+            } else {
+                assert_eq!(ps[s.clone()], p0[s]);
+            }
+        }
+    }
+
+    #[test]
+    fn unique_ids_sorts_and_dedups() {
+        let mut out = [0u32; 7];
+        let n = unique_ids(&[5, 1, 5, 3, 1, 9, 0], &mut out);
+        assert_eq!(&out[..n], &[0, 1, 3, 5, 9]);
+        assert_eq!(unique_ids(&[], &mut out), 0);
+    }
+}

@@ -1,0 +1,255 @@
+//! The building blocks the four models are assembled from: the GMF tower, the MLP tower and
+//! the prediction head. Each keeps its forward and backward side by side; backward runs the
+//! forward's steps in reverse.
+//!
+//! A block holds only *indices* into the model's [`ParamSet`] plus its activation buffers
+//! (sized once for the largest batch, so training allocates nothing per batch).
+
+use crate::params::ParamSet;
+use ncf_core::{Backend, Error, Result};
+
+/// Rejects a batch larger than the workspaces were sized for.
+pub(crate) fn check_batch(op: &'static str, b: usize, max_batch: usize) -> Result<()> {
+    if b > max_batch {
+        return Err(Error::invalid(
+            op,
+            "b",
+            format!("batch of {b} rows exceeds the workspace's max_batch {max_batch}"),
+        ));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ GMF tower
+
+/// GMF: `h = P[u] ⊙ Q[i]`.   `P (U,F)  Q (I,F)  u, i (B)  h (B,F)`
+///
+/// Backward: `dP[u] += dh ⊙ Q[i]`,  `dQ[i] += dh ⊙ P[u]`.
+pub struct GmfTower<B: Backend> {
+    pub user: usize,
+    pub item: usize,
+    pub users: usize,
+    pub items: usize,
+    /// Predictive factors `F`.
+    pub f: usize,
+    pu: B::Buf,
+    qi: B::Buf,
+    /// The tower's output `h (B,F)`.
+    pub h: B::Buf,
+    dpu: B::Buf,
+    dqi: B::Buf,
+}
+
+impl<B: Backend> GmfTower<B> {
+    pub fn new(
+        be: &B,
+        user: usize,
+        item: usize,
+        users: usize,
+        items: usize,
+        f: usize,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let z = || be.zeros(max_batch * f);
+        Ok(GmfTower { user, item, users, items, f, pu: z()?, qi: z()?, h: z()?, dpu: z()?, dqi: z()? })
+    }
+
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        be.embedding_forward(p.buf(self.user), self.users, self.f, users, b, &mut self.pu)?;
+        be.embedding_forward(p.buf(self.item), self.items, self.f, items, b, &mut self.qi)?;
+        be.gmf_forward(&self.pu, &self.qi, &mut self.h, b * self.f)
+    }
+
+    /// `dh (B,F)` is the gradient of the loss w.r.t. [`GmfTower::h`].
+    pub fn backward(
+        &mut self,
+        be: &B,
+        g: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
+        dh: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        be.gmf_backward(dh, &self.pu, &self.qi, &mut self.dpu, &mut self.dqi, b * self.f)?;
+        be.embedding_backward(&self.dpu, users, b, self.f, g.buf_mut(self.user), self.users)?;
+        be.embedding_backward(&self.dqi, items, b, self.f, g.buf_mut(self.item), self.items)
+    }
+}
+
+// ------------------------------------------------------------------------------------ MLP tower
+
+/// One dense layer of the tower: indices of `W (O,I)` and `bias (O)`.
+#[derive(Clone, Copy, Debug)]
+pub struct DenseIdx {
+    pub w: usize,
+    pub bias: usize,
+    pub i: usize,
+    pub o: usize,
+}
+
+/// MLP: `x₀ = [P[u], Q[i]]`, then `zₗ = xₗ₋₁ · Wₗᵀ + bₗ`,  `xₗ = relu(zₗ)` for each layer.
+///
+/// `P (U,D)  Q (I,D)  x₀ (B,2D)  Wₗ (Hₗ,Hₗ₋₁)  xₗ (B,Hₗ)`; layers `[64,32,16,8]` mean
+/// `2D = 64` and three dense layers 64→32→16→8.
+///
+/// Backward, from `dx_L`: for each layer in reverse, `dzₗ = dxₗ · 1[xₗ > 0]`, then the dense
+/// backward gives `dWₗ, dbₗ` and `dxₗ₋₁`; finally `dx₀` splits into `dP[u]` and `dQ[i]`.
+pub struct MlpTower<B: Backend> {
+    pub user: usize,
+    pub item: usize,
+    pub users: usize,
+    pub items: usize,
+    /// Embedding width per side, `D = layers[0] / 2`.
+    pub d: usize,
+    pub dense: Vec<DenseIdx>,
+    pu: B::Buf,
+    qi: B::Buf,
+    x0: B::Buf,
+    z: Vec<B::Buf>,
+    /// Post-ReLU outputs `xₗ`; the last one is the tower's output.
+    x: Vec<B::Buf>,
+    dx: Vec<B::Buf>,
+    dz: Vec<B::Buf>,
+    dx0: B::Buf,
+    dpu: B::Buf,
+    dqi: B::Buf,
+}
+
+impl<B: Backend> MlpTower<B> {
+    pub fn new(
+        be: &B,
+        user: usize,
+        item: usize,
+        users: usize,
+        items: usize,
+        d: usize,
+        dense: Vec<DenseIdx>,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let z = |w: usize| be.zeros(max_batch * w);
+        let per_layer = || dense.iter().map(|l| z(l.o)).collect::<Result<Vec<_>>>();
+        Ok(MlpTower {
+            user,
+            item,
+            users,
+            items,
+            d,
+            pu: z(d)?,
+            qi: z(d)?,
+            x0: z(2 * d)?,
+            z: per_layer()?,
+            x: per_layer()?,
+            dx: per_layer()?,
+            dz: per_layer()?,
+            dx0: z(2 * d)?,
+            dpu: z(d)?,
+            dqi: z(d)?,
+            dense,
+        })
+    }
+
+    /// Width of the tower's output.
+    pub fn out_width(&self) -> usize {
+        self.dense.last().map_or(2 * self.d, |l| l.o)
+    }
+
+    /// The tower's output `x_L (B, H_L)` after [`MlpTower::forward`].
+    pub fn out(&self) -> &B::Buf {
+        self.x.last().unwrap_or(&self.x0)
+    }
+
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        be.embedding_forward(p.buf(self.user), self.users, self.d, users, b, &mut self.pu)?;
+        be.embedding_forward(p.buf(self.item), self.items, self.d, items, b, &mut self.qi)?;
+        be.concat_cols(&self.pu, self.d, &self.qi, self.d, b, &mut self.x0)?;
+        for (l, layer) in self.dense.iter().enumerate() {
+            let inp = if l == 0 { &self.x0 } else { &self.x[l - 1] };
+            be.linear_forward(inp, p.buf(layer.w), p.buf(layer.bias), &mut self.z[l], b, layer.i, layer.o)?;
+            be.relu_forward(&self.z[l], &mut self.x[l], b * layer.o)?;
+        }
+        Ok(())
+    }
+
+    /// `dout (B,H_L)` is the gradient of the loss w.r.t. [`MlpTower::out`].
+    pub fn backward(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
+        dout: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        for l in (0..self.dense.len()).rev() {
+            let layer = self.dense[l];
+            let dx_l = if l + 1 == self.dense.len() { dout } else { &self.dx[l] };
+            be.relu_backward(&self.x[l], dx_l, &mut self.dz[l], b * layer.o)?;
+            let (inp, dinp) = if l == 0 { (&self.x0, &mut self.dx0) } else { (&self.x[l - 1], &mut self.dx[l - 1]) };
+            // Both dWₗ and dbₗ come from the same parameter set; take them one at a time.
+            let (dw, dbias) = two_mut(g, layer.w, layer.bias);
+            be.linear_backward(&self.dz[l], inp, p.buf(layer.w), Some(dinp), dw, dbias, b, layer.i, layer.o)?;
+        }
+        let dx0 = if self.dense.is_empty() { dout } else { &self.dx0 };
+        be.split_cols(dx0, self.d, self.d, b, &mut self.dpu, &mut self.dqi)?;
+        be.embedding_backward(&self.dpu, users, b, self.d, g.buf_mut(self.user), self.users)?;
+        be.embedding_backward(&self.dqi, items, b, self.d, g.buf_mut(self.item), self.items)
+    }
+
+    /// Signs of every pre-activation `zₗ > 0` for the first `b` rows (the gradient check uses them
+    /// to tell when a finite-difference step crossed a ReLU kink).
+    pub fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
+        let mut out = Vec::new();
+        for (z, layer) in self.z.iter().zip(&self.dense) {
+            out.extend(be.download(z)?.iter().take(b * layer.o).map(|&v| v > <B::T as ncf_core::Float>::ZERO));
+        }
+        Ok(out)
+    }
+}
+
+/// Two distinct mutable buffers out of one parameter set.
+pub(crate) fn two_mut<B: Backend>(g: &mut ParamSet<B>, a: usize, b: usize) -> (&mut B::Buf, &mut B::Buf) {
+    assert_ne!(a, b, "two_mut needs two different tensors");
+    if a < b {
+        let (lo, hi) = g.tensors.split_at_mut(b);
+        (&mut lo[a].buf, &mut hi[0].buf)
+    } else {
+        let (lo, hi) = g.tensors.split_at_mut(a);
+        (&mut hi[0].buf, &mut lo[b].buf)
+    }
+}
+
+// ------------------------------------------------------------------------------------ head
+
+/// The prediction layer: `logit = x · wᵀ + b`.   `x (B,I)  w (1,I)  b (1)  logit (B)`.
+/// The sigmoid lives in the loss ([`Backend::bce_with_logits`]), or in `predict`.
+pub struct Head<B: Backend> {
+    pub idx: DenseIdx,
+    /// The logits `(B)` after [`Head::forward`].
+    pub logits: B::Buf,
+    /// `∂L/∂x (B,I)` after [`Head::backward`].
+    pub dinp: B::Buf,
+}
+
+impl<B: Backend> Head<B> {
+    pub fn new(be: &B, w: usize, bias: usize, i: usize, max_batch: usize) -> Result<Self> {
+        Ok(Head { idx: DenseIdx { w, bias, i, o: 1 }, logits: be.zeros(max_batch)?, dinp: be.zeros(max_batch * i)? })
+    }
+
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, x: &B::Buf, b: usize) -> Result<()> {
+        be.linear_forward(x, p.buf(self.idx.w), p.buf(self.idx.bias), &mut self.logits, b, self.idx.i, 1)
+    }
+
+    pub fn backward(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        x: &B::Buf,
+        dlogits: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        let (dw, dbias) = two_mut(g, self.idx.w, self.idx.bias);
+        be.linear_backward(dlogits, x, p.buf(self.idx.w), Some(&mut self.dinp), dw, dbias, b, self.idx.i, 1)
+    }
+}

@@ -1,0 +1,101 @@
+//! Model-level behaviour: bad input is a typed error (never a panic), and NeuMF can be built
+//! from pretrained GMF and MLP with the paper's α-weighted output layer.
+
+use ncf_core::{Backend, Error};
+use ncf_cpu::CpuBackend;
+use ncf_model::{AnyModel, Gmf, Mlp, Model, ModelConfig, ModelKind, NeuMf};
+
+fn ids(be: &CpuBackend<f32>, x: &[u32]) -> Vec<u32> {
+    let mut out = be.zeros_ids(x.len()).unwrap();
+    be.write_ids(&mut out, x).unwrap();
+    out
+}
+
+#[test]
+fn out_of_range_ids_and_oversized_batches_are_typed_errors() {
+    let be = CpuBackend::<f32>::default();
+    for kind in ModelKind::ALL {
+        let cfg = ModelConfig::new(kind, 10, 20);
+        let mut m = AnyModel::new(&be, &cfg, 4, &mut ncf_core::rng::seeded(1, 0)).unwrap();
+        let err = m.forward(&be, &ids(&be, &[0, 1, 2, 3]), &ids(&be, &[0, 20, 1, 1]), 4).unwrap_err();
+        match &err {
+            Error::IdOutOfRange { op: "embedding_forward", id: 20, pos: 1, rows: 20, .. } => {}
+            other => panic!("{kind}: unexpected {other}"),
+        }
+        let err = m.forward(&be, &ids(&be, &[0; 5]), &ids(&be, &[0; 5]), 5).unwrap_err();
+        assert!(err.to_string().contains("batch of 5 rows exceeds the workspace's max_batch 4"), "{kind}: {err}");
+        // Fewer ids than the batch claims: a shape error naming the op and both sizes.
+        let err = m.forward(&be, &ids(&be, &[0, 1]), &ids(&be, &[0, 1]), 3).unwrap_err();
+        assert!(
+            err.to_string().contains("shape mismatch for `ids`: expected (3) = 3 elements, got a buffer of 2 elements"),
+            "{kind}: {err}"
+        );
+    }
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    let be = CpuBackend::<f32>::default();
+    let mut rng = ncf_core::rng::seeded(1, 0);
+    let mut cfg = ModelConfig::new(ModelKind::Mlp, 10, 20);
+    cfg.layers = vec![63, 8];
+    let err = AnyModel::new(&be, &cfg, 4, &mut rng).err().unwrap();
+    assert!(err.to_string().contains("layers[0] must be even"), "{err}");
+    cfg.layers = vec![64];
+    assert!(AnyModel::new(&be, &cfg, 4, &mut rng).is_err());
+    let mut cfg = ModelConfig::new(ModelKind::Gmf, 0, 20);
+    assert!(AnyModel::new(&be, &cfg, 4, &mut rng).is_err());
+    cfg.users = 3;
+    cfg.factors = 0;
+    assert!(AnyModel::new(&be, &cfg, 4, &mut rng).is_err());
+    assert!("transformer".parse::<ModelKind>().is_err());
+    assert_eq!("NeuMF".parse::<ModelKind>().unwrap(), ModelKind::NeuMf);
+}
+
+#[test]
+fn neumf_from_pretrained_copies_towers_and_mixes_the_output_layer() {
+    let be = CpuBackend::<f64>::default();
+    let mut cfg = ModelConfig::new(ModelKind::NeuMf, 6, 9);
+    cfg.factors = 4;
+    cfg.layers = vec![16, 8, 4];
+    let gmf = Gmf::new(&be, &ModelConfig { kind: ModelKind::Gmf, ..cfg.clone() }, 3, &mut ncf_core::rng::seeded(1, 0))
+        .unwrap();
+    let mlp = Mlp::new(&be, &ModelConfig { kind: ModelKind::Mlp, ..cfg.clone() }, 3, &mut ncf_core::rng::seeded(2, 0))
+        .unwrap();
+    let alpha = 0.5;
+    let neumf = NeuMf::from_pretrained(&be, &cfg, &gmf, &mlp, alpha, 3).unwrap();
+    let host = |ps: &ncf_model::ParamSet<CpuBackend<f64>>, name: &str| {
+        ps.to_host(&be).unwrap().into_iter().find(|t| t.name == name).unwrap().data
+    };
+    for name in ["gmf_user_embedding", "gmf_item_embedding"] {
+        assert_eq!(host(&neumf.params, name), host(&gmf.params, name), "{name}");
+    }
+    for name in ["mlp_user_embedding", "mlp_item_embedding", "mlp_0_weight", "mlp_0_bias", "mlp_1_weight", "mlp_1_bias"]
+    {
+        assert_eq!(host(&neumf.params, name), host(&mlp.params, name), "{name}");
+    }
+    let w = host(&neumf.params, "predict_weight");
+    let (wg, wm) = (host(&gmf.params, "predict_weight"), host(&mlp.params, "predict_weight"));
+    assert_eq!(w.len(), 8);
+    for k in 0..4 {
+        assert_eq!(w[k], alpha * wg[k]);
+        assert_eq!(w[4 + k], (1.0 - alpha) * wm[k]);
+    }
+
+    // So the pretrained NeuMF's logit is exactly α·GMF + (1−α)·MLP for any input.
+    let (mut g, mut m, mut n) = (gmf, mlp, neumf);
+    let u = vec![0u32, 5, 2];
+    let i = vec![8u32, 0, 3];
+    g.forward(&be, &u, &i, 3).unwrap();
+    m.forward(&be, &u, &i, 3).unwrap();
+    n.forward(&be, &u, &i, 3).unwrap();
+    for r in 0..3 {
+        let want = alpha * g.logits()[r] + (1.0 - alpha) * m.logits()[r];
+        assert!((n.logits()[r] - want).abs() < 1e-12, "row {r}: {} vs {want}", n.logits()[r]);
+    }
+
+    let bad_cfg = ModelConfig { factors: 5, ..cfg.clone() };
+    let err = NeuMf::from_pretrained(&be, &bad_cfg, &g, &m, 0.5, 3).err().unwrap();
+    assert!(err.to_string().contains("NeuMf::from_pretrained"), "{err}");
+    assert!(NeuMf::from_pretrained(&be, &cfg, &g, &m, 1.5, 3).is_err());
+}
