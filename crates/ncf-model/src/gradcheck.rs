@@ -578,3 +578,31 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Bias => "bias",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `L(x) = Σ relu(x)`: an element 1e-4 from the kink is crossed by the ±h stencil and must be
+    /// reported as a kink, not compared; elements far from it are compared normally.
+    #[test]
+    fn stencils_that_cross_a_relu_kink_are_counted_not_compared() {
+        let tensors = vec![("x".to_string(), vec![3])];
+        let mut values = vec![vec![1e-4, 0.7, -0.4]];
+        let analytic = vec![vec![1.0, 1.0, 0.0]];
+        let loss = |v: &[Vec<f64>], _k: usize| -> Result<(f64, Vec<bool>)> {
+            Ok((v[0].iter().map(|x| x.max(0.0)).sum(), v[0].iter().map(|&x| x > 0.0).collect()))
+        };
+        let checks = numeric_vs_analytic(&tensors, &mut values, &analytic, &Options::default(), loss).unwrap();
+        assert_eq!((checks[0].kinks, checks[0].checked), (1, 2));
+        assert!(checks[0].ok, "{:?}", checks[0]);
+        assert_eq!(values[0], vec![1e-4, 0.7, -0.4], "values are restored");
+
+        // Without the pattern the kink element is compared, and the difference quotient is wrong.
+        let blind = |v: &[Vec<f64>], _k: usize| -> Result<(f64, Vec<bool>)> {
+            Ok((v[0].iter().map(|x| x.max(0.0)).sum(), vec![]))
+        };
+        let checks = numeric_vs_analytic(&tensors, &mut values, &analytic, &Options::default(), blind).unwrap();
+        assert!(!checks[0].ok && checks[0].failed == 1);
+    }
+}

@@ -17,6 +17,6 @@ pub mod step;
 
 pub use init::{Init, InitConfig};
 pub use models::{AnyModel, Gmf, Mf, Mlp, Model, ModelConfig, ModelKind, NeuMf};
-pub use optim::{GroupConfig, OptimConfig, Optimizer};
+pub use optim::{Group, GroupConfig, OptimConfig, Optimizer};
 pub use params::{HostTensor, IdSource, ParamSet, Role};
 pub use step::{Batch, StepScratch, train_step};

@@ -7,6 +7,28 @@
 use crate::params::{IdSource, ParamSet, Role};
 use ncf_core::{AdamHp, Backend, Decay, Error, OptimKind, Result, SgdHp};
 
+/// The three parameter groups an optimizer configures separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Every embedding table (user and item, GMF, MLP and MF, and MF's bias vectors).
+    Embedding,
+    /// Dense weights.
+    Weight,
+    /// Dense biases and MF's global bias.
+    Bias,
+}
+
+impl Group {
+    /// The group a tensor of this role belongs to.
+    pub fn of(role: Role) -> Group {
+        match role {
+            Role::Embedding(_) => Group::Embedding,
+            Role::Weight => Group::Weight,
+            Role::Bias => Group::Bias,
+        }
+    }
+}
+
 /// How one group of parameters is updated.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GroupConfig {
@@ -40,26 +62,27 @@ impl OptimConfig {
         Self::uniform(OptimKind::Sgd(SgdHp { lr, momentum, decay: Decay::None }), false)
     }
 
-    /// Sets the regularization of one role's group.
-    pub fn with_decay(mut self, role: Role, decay: Decay) -> Self {
-        let g = self.group_mut(role);
+    /// Sets the regularization of one group.
+    pub fn with_decay(mut self, group: Group, decay: Decay) -> Self {
+        let g = self.group_mut(group);
         g.rule = g.rule.with_decay(decay);
         self
     }
 
+    /// The configuration that updates tensors of this role.
     pub fn group(&self, role: Role) -> &GroupConfig {
-        match role {
-            Role::Embedding(_) => &self.embedding,
-            Role::Weight => &self.weight,
-            Role::Bias => &self.bias,
+        match Group::of(role) {
+            Group::Embedding => &self.embedding,
+            Group::Weight => &self.weight,
+            Group::Bias => &self.bias,
         }
     }
 
-    fn group_mut(&mut self, role: Role) -> &mut GroupConfig {
-        match role {
-            Role::Embedding(_) => &mut self.embedding,
-            Role::Weight => &mut self.weight,
-            Role::Bias => &mut self.bias,
+    fn group_mut(&mut self, group: Group) -> &mut GroupConfig {
+        match group {
+            Group::Embedding => &mut self.embedding,
+            Group::Weight => &mut self.weight,
+            Group::Bias => &mut self.bias,
         }
     }
 }
@@ -150,5 +173,49 @@ impl<B: Backend> Optimizer<B> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AnyModel, Model, ModelConfig, ModelKind};
+    use ncf_core::Float;
+    use ncf_cpu::CpuBackend;
+
+    /// With all gradients zero, only regularization moves weights: L2 on the embedding group
+    /// (lazy: only the batch's rows) and decoupled decay on the weight group, nothing on biases.
+    #[test]
+    fn decay_is_per_group_and_lazy_rows_stay_lazy() {
+        let be = CpuBackend::<f64>::default();
+        let mut cfg = ModelConfig::new(ModelKind::NeuMf, 4, 5);
+        cfg.init.bias = crate::Init::Uniform { a: 0.5 };
+        let mut model = AnyModel::new(&be, &cfg, 2, &mut ncf_core::rng::seeded(3, 0)).unwrap();
+        let before = model.params().to_host(&be).unwrap();
+        let sgd = OptimKind::Sgd(SgdHp { lr: 0.1, momentum: 0.0, decay: Decay::None });
+        let ocfg = OptimConfig::uniform(sgd, true)
+            .with_decay(Group::Embedding, Decay::L2(0.5))
+            .with_decay(Group::Weight, Decay::Decoupled(0.2));
+        let mut opt = Optimizer::new(&be, model.params(), ocfg, 2).unwrap();
+        let (users, items) = (vec![1u32, 1], vec![0u32, 3]);
+        let (params, grads) = model.params_and_grads();
+        opt.step(&be, params, grads, &users, &items, 2).unwrap();
+        let after = model.params().to_host(&be).unwrap();
+        for (b, a) in before.iter().zip(&after) {
+            let role = model.params().tensors[model.params().index(&b.name).unwrap()].role;
+            for (k, (x, y)) in b.data.iter().zip(&a.data).enumerate() {
+                let want = match role {
+                    // L2: g = 0.5·w, w ← w − 0.1·0.5·w = 0.95·w, on touched rows only.
+                    Role::Embedding(IdSource::User) if k / (b.data.len() / 4) == 1 => 0.95 * x,
+                    Role::Embedding(IdSource::Item) if [0, 3].contains(&(k / (b.data.len() / 5))) => 0.95 * x,
+                    Role::Embedding(_) => *x,
+                    // Decoupled: w ← (1 − 0.1·0.2)·w.
+                    Role::Weight => 0.98 * x,
+                    Role::Bias => *x,
+                };
+                assert!((y - want).abs() <= 1e-15 * want.abs().max(1.0), "{}[{k}]: {y} vs {want}", b.name);
+            }
+        }
+        assert!(model.grads().to_host(&be).unwrap().iter().all(|t| t.data.iter().all(|g| *g == f64::ZERO)));
     }
 }
