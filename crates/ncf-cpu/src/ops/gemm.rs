@@ -187,6 +187,7 @@ fn needed_len(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
     (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?)?.checked_add(1)
 }
 
+#[inline]
 fn check_fits(tensor: &'static str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Result<()> {
     let need = needed_len(rows, cols, rs, cs);
     if need.is_some_and(|need| need <= len) {
@@ -202,10 +203,16 @@ fn check_fits(tensor: &'static str, len: usize, rows: usize, cols: usize, rs: us
 }
 
 /// True when the `(rows, cols)` layout is row-major-like: every row is a run of indices that
-/// ends before the next row starts (`rs ≥ (cols−1)·cs + 1`, `cs ≥ 1`). Call only on views that fit
-/// their slice (so the products cannot overflow).
+/// ends before the next row starts (`rs ≥ (cols−1)·cs + 1`, `cs ≥ 1`). An empty view, or a single
+/// row, qualifies whatever its strides. Call only on views that fit their slice (so the product
+/// cannot overflow).
 fn rows_are_disjoint_runs(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
-    rows <= 1 || (cols <= 1 && rs >= 1) || (cs >= 1 && rs > (cols - 1) * cs)
+    match cols {
+        _ if rows <= 1 => true,
+        0 => true,
+        1 => rs >= 1,
+        _ => cs >= 1 && rs > (cols - 1) * cs,
+    }
 }
 
 /// Checks the shapes and bounds of a GEMM call (see the module docs).
@@ -334,7 +341,10 @@ pub fn gemm_library<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, 
 //
 // 1. **Register tile (micro-kernel).** Compute an `MR × NR` tile of C at once, keeping its
 //    `MR·NR` partial sums in registers for the whole k loop. Per step `p` it loads `MR` values
-//    of A and `NR` values of B and does `MR·NR` multiply-adds: 96 FMAs for 22 loads at 6×16.
+//    of A and `NR` values of B and does `MR·NR` multiply-adds: at 6×16 (f32, AVX2) that is 6
+//    broadcasts and 2 vector loads for 12 vector FMAs, so the FMA units, not the loads, set the
+//    pace. Several tile shapes are compiled; each call picks the one that pads C least
+//    ([`pick_tile`]).
 // 2. **Packing.** The micro-kernel wants, for each `p`, its `MR` values of A and `NR` values of B
 //    *next to each other*. Whatever the strides of A and B (transposed or not), we copy
 //    ("pack") them once into that order: A into slivers of `MR` rows, B into slivers of `NR`
@@ -367,6 +377,13 @@ pub fn gemm_library<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, 
 /// The kernel is plain Rust; it is compiled once per level, with the matching
 /// `#[target_feature]`s enabled, and [`Simd::best`] picks one at run time. That way the binary
 /// runs on any x86-64 (or any other architecture, as `Portable`) without `-C target-cpu=native`.
+///
+/// There is no AVX-512 level, although matrixmultiply has one. On AMD Zen 4 a 512-bit FMA
+/// occupies both 256-bit FMA pipes, so AVX2 reaches the same peak (we measured an AVX-512 build
+/// of this kernel at best equal to AVX2). Worse, the auto-vectorizer is fragile there: with
+/// 32 registers, tiles such as 8×32 or 16×16 were not fully unrolled, and LLVM vectorized across
+/// rows with gathers and scatters instead, at 2 GFLOP/s. On a CPU with two 512-bit FMA units
+/// (Intel Xeon) AVX-512 would double the peak; add a level then, and check the assembly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Simd {
     /// No extra target features (SSE2 on x86-64); multiply and add are separate, since without
@@ -415,10 +432,14 @@ pub struct Blocking {
     pub nc: usize,
 }
 
-/// Below this many flops (`2·m·n·k`) the scratch GEMM runs on the calling thread only: forking
-/// onto rayon costs a few microseconds, more than a small product takes. Measured on a 2-core
-/// AMD EPYC (Zen 4): TODO.
-pub const PAR_MIN_FLOPS: usize = 1 << 22;
+/// Below this many flops (`2·m·n·k`) the scratch GEMM runs on the calling thread only.
+///
+/// Splitting a small product costs more than the fork: the second core must pull the packed B
+/// panel and its rows of C out of the first core's cache (rayon does not pin a row block to a
+/// thread), microseconds against a product that takes ten. Measured on a 2-core AMD EPYC
+/// (Zen 4), f32, 2 threads vs 1: the model's 1-Mflop layer shapes range from +45% to −50%;
+/// 2-Mflop products gain 5–40%; 4-Mflop and up gain 40–70%.
+pub const PAR_MIN_FLOPS: usize = 1 << 21;
 
 /// `C ← α·A·B + β·C` with the hand-written blocked kernel on the best instruction set this CPU has
 /// ([`Simd::best`]); parallel over row blocks of C on the current rayon pool when the product is
@@ -437,13 +458,49 @@ pub fn gemm_scratch_with<T: CpuFloat>(
     beta: T,
     c: MatMut<T>,
 ) -> Result<()> {
-    T::gemm_scratch_tiled(simd, None, alpha, a, b, beta, c)
+    scratch(simd, None, T::BLOCKING, alpha, a, b, beta, c)
 }
 
-/// The driver behind [`gemm_scratch`]: validates, handles the empty cases, then runs the loop
-/// nest described above with an `MR × NR` micro-tile.
-fn scratch<T: CpuFloat, const MR: usize, const NR: usize>(
+/// A micro-tile shape that [`gemm_scratch`] has compiled, see [`CpuFloat::tiles`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tile {
+    /// Rows of C per micro-tile.
+    pub mr: usize,
+    /// Columns of C per micro-tile.
+    pub nr: usize,
+    /// Measured speed on large products, relative to the fastest tile of the list.
+    pub speed: f64,
+}
+
+/// Picks the tile that wastes least: the one with the smallest zero-padded area
+/// `⌈m/MR⌉·MR × ⌈n/NR⌉·NR`, divided by its relative speed.
+///
+/// On big products every tile pads a negligible fraction, so the fastest wins. On the model's
+/// small ones the padding decides: 6×16 tiles on a `(256, 8)` output compute twice the
+/// elements they keep, 8×8 tiles none.
+///
+/// `#[inline(always)]` so that, called on a constant list, the divisions by MR and NR become
+/// multiplications: this runs on every call, and the model's calls take microseconds.
+#[inline(always)]
+fn pick_tile(tiles: &[Tile], m: usize, n: usize) -> usize {
+    let area = |t: &Tile| (m.div_ceil(t.mr) * t.mr) as f64 * (n.div_ceil(t.nr) * t.nr) as f64;
+    let mut best = 0;
+    for (i, t) in tiles.iter().enumerate().skip(1) {
+        // area_i / speed_i < area_best / speed_best, without dividing
+        if area(t) * tiles[best].speed < area(&tiles[best]) * t.speed {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The driver behind [`gemm_scratch`]: validates, handles the empty cases, picks the micro-tile
+/// (`tile` = an index into [`CpuFloat::tiles`], or `None` for [`pick_tile`]), then runs the
+/// loop nest described above.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scratch<T: CpuFloat>(
     simd: Simd,
+    tile: Option<usize>,
     blocking: Blocking,
     alpha: T,
     a: MatRef<T>,
@@ -466,11 +523,9 @@ fn scratch<T: CpuFloat, const MR: usize, const NR: usize>(
     // The driver splits C into blocks of whole rows, which must be disjoint runs of `c.data`.
     // If C is column-major-like instead, compute Cᵀ = Bᵀ·Aᵀ: same numbers (each product and each
     // sum is the same), and Cᵀ's rows are C's columns.
-    if rows_are_disjoint_runs(c.rows, c.cols, c.rs, c.cs) {
-        blocked::<T, MR, NR>(simd, blocking, alpha, a, b, beta, c);
-    } else {
-        blocked::<T, MR, NR>(simd, blocking, alpha, b.t(), a.t(), beta, c.t());
-    }
+    let (a, b, c) = if rows_are_disjoint_runs(c.rows, c.cols, c.rs, c.cs) { (a, b, c) } else { (b.t(), a.t(), c.t()) };
+    let tile = tile.unwrap_or_else(|| T::pick_tile(simd, c.rows, c.cols));
+    T::blocked_with_tile(simd, tile, blocking, alpha, a, b, beta, c);
     Ok(())
 }
 
@@ -509,10 +564,18 @@ fn blocked<T: CpuFloat, const MR: usize, const NR: usize>(
     let Blocking { mc, kc: kc_max, nc: nc_max } = blocking;
     // With a single row, rs is never used; give it the value that makes "row = run of rs slots" true.
     let c_rs = if m == 1 { (n - 1) * c.cs + 1 } else { c.rs };
-    let threads = if 2 * m * n * k >= PAR_MIN_FLOPS { rayon::current_num_threads() } else { 1 };
-    // On several threads, make sure there are enough row blocks to go round. (MC never changes
-    // the result: it only decides which thread computes which rows.)
-    let mc = if threads > 1 { mc.min(m.div_ceil(threads).next_multiple_of(MR)) } else { mc };
+    // (Saturating: with stride-0 "broadcast" views, m·n·k is not bounded by any slice length.)
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    let threads = if flops >= PAR_MIN_FLOPS { rayon::current_num_threads() } else { 1 };
+    // On several threads, cut C into a multiple of `threads` row blocks of about equal height, so
+    // the threads finish together. (MC never changes the result: it only decides which thread
+    // computes which rows.)
+    let mc = if threads > 1 {
+        let blocks = m.div_ceil(mc).next_multiple_of(threads);
+        m.div_ceil(blocks).next_multiple_of(MR)
+    } else {
+        mc
+    };
     let n_row_blocks = m.div_ceil(mc);
     let b_len = kc_max.min(k) * nc_max.min(n).next_multiple_of(NR);
     let a_len = kc_max.min(k) * mc.min(m).next_multiple_of(MR);
@@ -527,7 +590,7 @@ fn blocked<T: CpuFloat, const MR: usize, const NR: usize>(
                 let pack_b_sliver = |(s, sliver): (usize, &mut [[T; NR]])| {
                     let j0 = jc + s * NR;
                     // A column of B is a "lane", its k index the "depth".
-                    pack_sliver(b.data, pc * b.rs + j0 * b.cs, NR.min(n - j0), b.cs, b.rs, sliver);
+                    pack_sliver_for(simd, b.data, pc * b.rs + j0 * b.cs, NR.min(n - j0), b.cs, b.rs, sliver);
                 };
                 if threads > 1 {
                     b_packed.par_chunks_mut(kc).enumerate().for_each(pack_b_sliver);
@@ -600,8 +663,12 @@ fn row_block<T: CpuFloat, const MR: usize, const NR: usize, const FMA: bool>(
 ///
 /// `a[p]` holds column `p` of an `MR`-row sliver of A, `b[p]` row `p` of an `NR`-column sliver of
 /// B. Each step is an outer product added into `MR·NR` accumulators. Written with fixed-size
-/// arrays, the loops unroll completely, the accumulators live in registers, and the `j` loop
-/// becomes `NR / lanes` vector FMAs per row (check with `cargo asm`). Each accumulator is an
+/// arrays, the `i` and `j` loops unroll completely, the accumulators live in registers, and the
+/// `j` loop becomes `NR / lanes` vector FMAs per row. For 6×16 f32 on AVX2 the `p` loop compiles
+/// to 2 `vmovups` (the B row), 6 `vbroadcastss` (the A column) and 12 `vfmadd231ps` into twelve
+/// accumulator registers, plus loop control. (Check it with `perf annotate` or cargo-show-asm
+/// after changing a tile: if LLVM does not unroll the row loop, it vectorizes the wrong loop and
+/// runs 10–50× slower; see the notes on tiles at the end of this file.) Each accumulator is an
 /// independent chain in `p` order: the compiler may not reassociate floats, so it doesn't.
 #[inline(always)]
 fn micro_kernel<T: CpuFloat, const MR: usize, const NR: usize, const FMA: bool>(
@@ -730,6 +797,40 @@ fn row_block_avx2_fma<T: CpuFloat, const MR: usize, const NR: usize>(
     row_block::<T, MR, NR, true>(s, r0, a_buf, c_rows)
 }
 
+/// `pack_sliver` compiled for AVX2 (wider copies).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn pack_sliver_avx2<T: Float, const W: usize>(
+    data: &[T],
+    base: usize,
+    w: usize,
+    lane_stride: usize,
+    depth_stride: usize,
+    dst: &mut [[T; W]],
+) {
+    pack_sliver(data, base, w, lane_stride, depth_stride, dst)
+}
+
+/// Runs `pack_sliver` compiled for `simd`.
+fn pack_sliver_for<T: Float, const W: usize>(
+    simd: Simd,
+    data: &[T],
+    base: usize,
+    w: usize,
+    lane_stride: usize,
+    depth_stride: usize,
+    dst: &mut [[T; W]],
+) {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2Fma if Simd::Avx2Fma.is_available() => {
+            // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+            unsafe { pack_sliver_avx2(data, base, w, lane_stride, depth_stride, dst) }
+        }
+        _ => pack_sliver(data, base, w, lane_stride, depth_stride, dst),
+    }
+}
+
 /// Runs `row_block` compiled for `simd`.
 #[inline(always)]
 fn row_block_for<T: CpuFloat, const MR: usize, const NR: usize>(
@@ -772,27 +873,42 @@ fn with_pack_buffer<T: Float, R>(key: &'static LocalKey<Cell<Vec<T>>>, len: usiz
 // The element types
 // ---------------------------------------------------------------------------------------------
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
 /// A [`Float`] the CPU GEMMs support (`f32`, `f64`): ties the type to matrixmultiply's
-/// `sgemm`/`dgemm`, to its scratch micro-tile shape, and to its packing buffers.
-pub trait CpuFloat: Float {
+/// `sgemm`/`dgemm`, to its scratch micro-tiles, and to its packing buffers. Sealed: the hidden
+/// methods are internals of this file.
+pub trait CpuFloat: Float + sealed::Sealed {
     /// `self·a + b` with a single rounding.
     fn mul_add(self, a: Self, b: Self) -> Self;
 
     /// Cache blocking used by [`gemm_scratch`] for this type.
     const BLOCKING: Blocking;
 
-    /// The scratch GEMM with this type's micro-tile for `simd`, and `blocking` (default:
-    /// [`CpuFloat::BLOCKING`]). Validates its inputs.
+    /// The micro-tiles compiled for `simd`, fastest first; [`gemm_scratch`] picks one per call.
+    fn tiles(simd: Simd) -> &'static [Tile];
+
+    /// The index in `tiles(simd)` of the tile [`gemm_scratch`] uses for an `(m, n)` C.
+    fn pick_tile(simd: Simd, m: usize, n: usize) -> usize;
+
+    /// Runs the loop nest with tile `tiles(simd)[tile]`. Call only on validated, non-empty
+    /// inputs whose C rows are disjoint runs (as [`gemm_scratch`] does).
     #[doc(hidden)]
-    fn gemm_scratch_tiled(
+    #[allow(clippy::too_many_arguments)]
+    fn blocked_with_tile(
         simd: Simd,
-        blocking: Option<Blocking>,
+        tile: usize,
+        blocking: Blocking,
         alpha: Self,
         a: MatRef<Self>,
         b: MatRef<Self>,
         beta: Self,
         c: MatMut<Self>,
-    ) -> Result<()>;
+    );
 
     /// This thread's packing buffer for A blocks.
     #[doc(hidden)]
@@ -826,12 +942,28 @@ pub trait CpuFloat: Float {
     );
 }
 
-// Micro-tile shapes `MR × NR` per type and level, chosen by measurement (bench `gemm`):
-// TODO fill in.
+// Micro-tiles `(MR, NR, relative speed)` per type and level, first = default, measured with the
+// `gemm` bench on a 2-core AMD EPYC (Zen 4):
+//
+// * AVX2, f32: 6×16 uses 12 of the 16 ymm registers for accumulators (2 per row) plus 2 for the B
+//   row and 1 for the broadcast A value, the largest tile that does not spill; it runs at
+//   ~100 GFLOP/s (≈ the core's peak) on big products. 4×16 has fewer rows to pad when m is small
+//   (the weight gradient: m = layer width), 8×8 fewer columns when n ≤ 8 (the 16→8 and 16→1
+//   layers); both are ~10% slower when nothing is padded. (12×8 was never the best; 16×8 and 8×16
+//   fell to 7–35 GFLOP/s: like the AVX-512 tiles, their row loops were not fully unrolled.)
+// * AVX2, f64: the same shapes at half the width (4 doubles per ymm).
+// * Portable: SSE2's 16 xmm registers hold 4 floats, so 4×8 (f32) and 4×4 (f64) accumulators.
+//
+// Blocking: KC = 256 keeps one B sliver (256 × 16 f32 = 16 KiB) plus one A sliver (6 KiB) in the
+// 32 KiB L1; MC = 120 puts the packed A block (120 KiB) in the 1 MiB L2; NC = 1024 makes the B
+// panel 1 MiB, for the L2/L3. Nearby values (MC 72–240, KC 192–512, NC 1024–4096) measured within
+// noise on 512² to 2048² products. f64, same budget at twice the bytes: B sliver 16 KiB + A sliver
+// 12 KiB in L1, MC = 96 → 192 KiB in L2, NC = 512 → 1 MiB.
 
 macro_rules! impl_cpu_float {
     ($t:ty, $mm:path, blocking: $blk:expr,
-     portable: ($pm:literal, $pn:literal), avx2: ($am:literal, $an:literal)) => {
+     portable: [$(($pm:literal, $pn:literal, $ps:literal)),+],
+     avx2: [$(($am:literal, $an:literal, $as:literal)),+]) => {
         impl CpuFloat for $t {
             #[inline(always)]
             fn mul_add(self, a: $t, b: $t) -> $t {
@@ -840,20 +972,53 @@ macro_rules! impl_cpu_float {
 
             const BLOCKING: Blocking = $blk;
 
-            fn gemm_scratch_tiled(
+            fn tiles(simd: Simd) -> &'static [Tile] {
+                match simd {
+                    Simd::Portable => &[$(Tile { mr: $pm, nr: $pn, speed: $ps }),+],
+                    Simd::Avx2Fma => &[$(Tile { mr: $am, nr: $an, speed: $as }),+],
+                }
+            }
+
+            fn pick_tile(simd: Simd, m: usize, n: usize) -> usize {
+                match simd {
+                    Simd::Portable => pick_tile(&[$(Tile { mr: $pm, nr: $pn, speed: $ps }),+], m, n),
+                    Simd::Avx2Fma => pick_tile(&[$(Tile { mr: $am, nr: $an, speed: $as }),+], m, n),
+                }
+            }
+
+            fn blocked_with_tile(
                 simd: Simd,
-                blocking: Option<Blocking>,
+                tile: usize,
+                blocking: Blocking,
                 alpha: $t,
                 a: MatRef<$t>,
                 b: MatRef<$t>,
                 beta: $t,
                 c: MatMut<$t>,
-            ) -> Result<()> {
-                let blk = blocking.unwrap_or(Self::BLOCKING);
+            ) {
+                // One `blocked::<MR, NR>` instantiation per listed tile; an index past the end
+                // means the last tile.
+                let tile = tile.min(Self::tiles(simd).len() - 1);
+                let mut i = 0;
                 match simd {
-                    Simd::Portable => scratch::<$t, $pm, $pn>(simd, blk, alpha, a, b, beta, c),
-                    Simd::Avx2Fma => scratch::<$t, $am, $an>(simd, blk, alpha, a, b, beta, c),
+                    Simd::Portable => {
+                        $(
+                            if tile <= i {
+                                return blocked::<$t, $pm, $pn>(simd, blocking, alpha, a, b, beta, c);
+                            }
+                            i += 1;
+                        )+
+                    }
+                    Simd::Avx2Fma => {
+                        $(
+                            if tile <= i {
+                                return blocked::<$t, $am, $an>(simd, blocking, alpha, a, b, beta, c);
+                            }
+                            i += 1;
+                        )+
+                    }
                 }
+                let _ = i;
             }
 
             fn a_pack_buffer() -> &'static LocalKey<Cell<Vec<$t>>> {
@@ -889,6 +1054,8 @@ macro_rules! impl_cpu_float {
 }
 
 impl_cpu_float!(f32, matrixmultiply::sgemm, blocking: Blocking { mc: 120, kc: 256, nc: 1024 },
-    portable: (4, 8), avx2: (4, 16));
+    portable: [(4, 8, 1.0)],
+    avx2: [(6, 16, 1.0), (4, 16, 0.93), (8, 8, 0.85)]);
 impl_cpu_float!(f64, matrixmultiply::dgemm, blocking: Blocking { mc: 96, kc: 256, nc: 512 },
-    portable: (4, 4), avx2: (6, 8));
+    portable: [(4, 4, 1.0)],
+    avx2: [(6, 8, 1.0), (4, 8, 0.93), (8, 4, 0.75)]);
