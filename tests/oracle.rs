@@ -79,15 +79,18 @@ fn forward_loss_and_every_gradient_match_pytorch() {
         s.model.forward(&s.be, &s.batch.users, &s.batch.items, b).unwrap();
         let logits = s.be.download(s.model.logits()).unwrap()[..b].to_vec();
         let c = compare("logits", &logits, &flat(&o["logits"]), ORACLE);
+        println!("{gemm:?} {c}");
         assert!(c.ok(), "{gemm:?}: {c}");
         let mut scratch = StepScratch::new(&s.be, b).unwrap();
         s.be.bce_with_logits(s.model.logits(), &s.batch.labels, b, &mut scratch.loss, &mut scratch.dlogits).unwrap();
         let loss = scratch.take_loss(&s.be).unwrap();
         let c = compare("loss", &[loss], &[o["loss"].as_f64().unwrap()], ORACLE);
+        println!("{gemm:?} {c}");
         assert!(c.ok(), "{gemm:?}: {c}");
         s.model.backward(&s.be, &s.batch.users, &s.batch.items, &scratch.dlogits, b).unwrap();
         for t in s.model.grads.to_host(&s.be).unwrap() {
             let c = compare(&format!("grad {}", t.name), &t.data, &flat(&o["grads"][&t.name]), ORACLE);
+            println!("{gemm:?} {c}");
             assert!(c.ok(), "{gemm:?}: {c}");
         }
     }
