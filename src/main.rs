@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ncf_core::Backend;
 use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_model::gradcheck::{self, Options, Report};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -25,6 +26,67 @@ enum Cmd {
     /// Check every op's and every model's backward pass against finite differences (in f64),
     /// and one step of each optimizer against hand-computed values. Exits 1 on any failure.
     Gradcheck(GradcheckArgs),
+    /// Train GMF, MLP, NeuMF or MF on an NCF split folder (NAME.train.rating, NAME.test.rating,
+    /// NAME.test.negative), reporting HR@K / NDCG@K on a validation holdout and on the test set
+    /// after every epoch.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Folder holding the NCF split files.
+    #[arg(long)]
+    data: PathBuf,
+    /// gmf, mlp, neumf or mf.
+    #[arg(long, default_value = "neumf")]
+    model: String,
+    /// GMF / MF embedding width (predictive factors).
+    #[arg(long, default_value_t = 8)]
+    factors: usize,
+    /// MLP widths; the first is the concatenated embedding width.
+    #[arg(long, default_value = "64,32,16,8", value_delimiter = ',')]
+    layers: Vec<usize>,
+    /// Sampled negatives per positive, per epoch.
+    #[arg(long, default_value_t = 4)]
+    neg: usize,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.001)]
+    lr: f64,
+    /// adam or sgd.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// L2 penalty on embeddings and weights.
+    #[arg(long, default_value_t = 0.0)]
+    l2: f64,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop after this many epochs without a better validation HR (0: never).
+    #[arg(long, default_value_t = 0)]
+    patience: usize,
+    /// Cut-off K of HR@K and NDCG@K.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// GEMM used by the dense layers: naive, scratch or library.
+    #[arg(long, default_value = "scratch", value_parser = parse_gemm)]
+    gemm: GemmImpl,
+    /// cpu (cuda comes with the CUDA backend).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write one JSON object per epoch to this file.
+    #[arg(long)]
+    metrics_jsonl: Option<PathBuf>,
+    /// Write the run's summary as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -73,7 +135,99 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
         Cmd::Gradcheck(args) => gradcheck_cmd(args),
+        Cmd::Train(args) => train_cmd(args),
     }
+}
+
+/// Writes `contents` to `path` atomically (a temporary file, then a rename), refusing to
+/// replace an existing file unless `force`.
+fn write_atomic(path: &Path, contents: &[u8], force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+fn train_cmd(a: TrainArgs) -> Result<bool> {
+    if a.device != "cpu" {
+        bail!("--device {}: only `cpu` is available in this build", a.device);
+    }
+    let optimizer = match a.optimizer.as_str() {
+        "adam" => ncf_train::OptimChoice::Adam,
+        "sgd" => ncf_train::OptimChoice::Sgd,
+        other => bail!("--optimizer {other}: expected adam or sgd"),
+    };
+    for p in [&a.metrics_jsonl, &a.summary_json].into_iter().flatten() {
+        if p.exists() && !a.force {
+            bail!("{} exists; pass --force to overwrite it", p.display());
+        }
+    }
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = a.threads {
+        builder = builder.num_threads(t);
+    }
+    let pool = builder.build().context("building the thread pool")?;
+    let cfg = ncf_train::TrainConfig {
+        model: a.model.clone(),
+        factors: a.factors,
+        layers: a.layers.clone(),
+        neg: a.neg,
+        batch: a.batch,
+        lr: a.lr,
+        optimizer,
+        l2: a.l2,
+        epochs: a.epochs,
+        seed: a.seed,
+        patience: a.patience,
+        k: a.k,
+        gemm: a.gemm,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let split = ncf_data::NcfSplit::load(&a.data)?;
+    let data = pool.install(|| ncf_train::Prepared::from_split(&split, a.seed));
+    eprintln!(
+        "loaded {} ({} users, {} items, {} training interactions, {} duplicates dropped, {} validation and {} test users) in {:.2} s",
+        split.name,
+        split.n_users,
+        split.n_items,
+        split.train.len(),
+        split.duplicates,
+        data.valid.len(),
+        data.test.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut jsonl = String::new();
+    let k = a.k;
+    let summary = pool.install(|| {
+        ncf_train::train(&cfg, &data, |r| {
+            println!(
+                "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} samples/s]",
+                r.epoch, r.loss, r.valid_hr, r.valid_ndcg, r.test_hr, r.test_ndcg, r.sampling_s, r.training_s, r.eval_s, r.samples_per_second
+            );
+            jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
+            jsonl.push('\n');
+        })
+    })?;
+    println!(
+        "selected epoch {} (best validation HR@{k}): test HR@{k} {:.4} NDCG@{k} {:.4}; best test epoch {}: HR@{k} {:.4} NDCG@{k} {:.4}; {:.2} s/epoch",
+        summary.selected_epoch,
+        summary.test_hr,
+        summary.test_ndcg,
+        summary.best_test_epoch,
+        summary.best_test_hr,
+        summary.best_test_ndcg,
+        summary.seconds_per_epoch.total
+    );
+    if let Some(p) = &a.metrics_jsonl {
+        write_atomic(p, jsonl.as_bytes(), a.force)?;
+    }
+    if let Some(p) = &a.summary_json {
+        write_atomic(p, serde_json::to_string_pretty(&summary)?.as_bytes(), a.force)?;
+    }
+    Ok(true)
 }
 
 fn gradcheck_cmd(args: GradcheckArgs) -> Result<bool> {

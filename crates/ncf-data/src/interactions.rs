@@ -1,0 +1,138 @@
+//! Each user's items, in compressed sparse row (CSR) form: `items[offsets[u]..offsets[u+1]]`
+//! are user `u`'s items, sorted, so membership is a binary search and a user's rows are
+//! contiguous (the negative sampler writes one user's block at a time).
+
+use ncf_core::rng::seeded;
+use rand::RngExt;
+use rand::seq::SliceRandom;
+
+#[derive(Clone, Debug, Default)]
+pub struct UserItems {
+    pub n_users: usize,
+    pub n_items: usize,
+    /// `n_users + 1` offsets into `items`.
+    pub offsets: Vec<usize>,
+    pub items: Vec<u32>,
+}
+
+impl UserItems {
+    /// Builds the CSR from `(user, item)` pairs (ids must be `< n_users`, `< n_items`; repeats
+    /// are kept once).
+    pub fn from_pairs(n_users: usize, n_items: usize, pairs: &[(u32, u32)]) -> Self {
+        let mut counts = vec![0usize; n_users + 1];
+        for &(u, _) in pairs {
+            counts[u as usize + 1] += 1;
+        }
+        for k in 1..=n_users {
+            counts[k] += counts[k - 1];
+        }
+        let mut items = vec![0u32; pairs.len()];
+        let mut fill = counts.clone();
+        for &(u, i) in pairs {
+            items[fill[u as usize]] = i;
+            fill[u as usize] += 1;
+        }
+        // Sort and dedup each user's run, compacting in place.
+        let mut offsets = vec![0usize; n_users + 1];
+        let mut w = 0;
+        for u in 0..n_users {
+            let (lo, hi) = (counts[u], counts[u + 1]);
+            items[lo..hi].sort_unstable();
+            let start = w;
+            for k in lo..hi {
+                if k == lo || items[k] != items[k - 1] {
+                    items[w] = items[k];
+                    w += 1;
+                }
+            }
+            offsets[u] = start;
+        }
+        offsets[n_users] = w;
+        items.truncate(w);
+        UserItems { n_users, n_items, offsets, items }
+    }
+
+    /// User `u`'s items, sorted.
+    pub fn of(&self, u: usize) -> &[u32] {
+        &self.items[self.offsets[u]..self.offsets[u + 1]]
+    }
+
+    /// Whether user `u` has item `i`.
+    pub fn contains(&self, u: usize, i: u32) -> bool {
+        self.of(u).binary_search(&i).is_ok()
+    }
+
+    /// Total interactions.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// All `(user, item)` pairs in user order.
+    pub fn pairs(&self) -> Vec<(u32, u32)> {
+        (0..self.n_users).flat_map(|u| self.of(u).iter().map(move |&i| (u as u32, i))).collect()
+    }
+}
+
+/// Holds out one interaction per user (for users with at least two) as a validation set, the
+/// paper's tuning protocol. Chosen uniformly with a seeded RNG per user. Returns the remaining
+/// training pairs and, per user, the held-out item.
+pub fn hold_out_one_per_user(all: &UserItems, seed: u64) -> (UserItems, Vec<Option<u32>>) {
+    let mut held = vec![None; all.n_users];
+    let mut rest = Vec::with_capacity(all.len());
+    for (u, slot) in held.iter_mut().enumerate() {
+        let items = all.of(u);
+        let pick = if items.len() >= 2 { Some(seeded(seed, u as u64).random_range(0..items.len())) } else { None };
+        for (k, &i) in items.iter().enumerate() {
+            if Some(k) == pick {
+                *slot = Some(i);
+            } else {
+                rest.push((u as u32, i));
+            }
+        }
+    }
+    (UserItems::from_pairs(all.n_users, all.n_items, &rest), held)
+}
+
+/// `n` distinct items drawn uniformly from those user `u` does not have in `known` and that are
+/// not `also_exclude`. Fewer if the user has fewer unseen items.
+pub fn sample_unseen(known: &UserItems, u: usize, also_exclude: &[u32], n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = seeded(seed, u as u64);
+    let mut pool: Vec<u32> =
+        (0..known.n_items as u32).filter(|&i| !known.contains(u, i) && !also_exclude.contains(&i)).collect();
+    let n = n.min(pool.len());
+    let (chosen, _) = pool.partial_shuffle(&mut rng, n);
+    chosen.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csr_sorts_dedups_and_answers_membership() {
+        let ui = UserItems::from_pairs(3, 10, &[(2, 5), (0, 3), (2, 1), (0, 3), (2, 9)]);
+        assert_eq!(ui.of(0), &[3]);
+        assert_eq!(ui.of(1), &[] as &[u32]);
+        assert_eq!(ui.of(2), &[1, 5, 9]);
+        assert!(ui.contains(2, 9) && !ui.contains(2, 2));
+        assert_eq!(ui.len(), 4);
+    }
+
+    #[test]
+    fn holdout_takes_one_per_user_with_two_or_more() {
+        let ui = UserItems::from_pairs(3, 10, &[(0, 1), (0, 2), (0, 3), (1, 4), (2, 5), (2, 6)]);
+        let (rest, held) = hold_out_one_per_user(&ui, 9);
+        assert!(held[0].is_some() && held[1].is_none() && held[2].is_some());
+        assert_eq!(rest.len(), 4);
+        for (u, h) in held.iter().enumerate() {
+            if let Some(h) = *h {
+                assert!(ui.contains(u, h) && !rest.contains(u, h));
+            }
+        }
+        assert_eq!(hold_out_one_per_user(&ui, 9).1, held, "seeded");
+    }
+}

@@ -1,0 +1,245 @@
+//! The NCF leave-one-out split files (He et al.'s `Data/` folder):
+//!
+//! * `NAME.train.rating`: `user\titem\trating\ttimestamp`, one interaction per line;
+//! * `NAME.test.rating`: the same format, one held-out interaction per user;
+//! * `NAME.test.negative`: `(user,item)\tneg₁\t…\tneg₉₉`, line k matching line k of test.rating.
+//!
+//! Ids are already dense (0-based). As in the reference `Dataset.py`, a training line with
+//! rating > 0 is an interaction and timestamps are ignored.
+//!
+//! **Duplicate pairs** in the training file are kept once (the first line wins) and counted in
+//! [`NcfSplit::duplicates`]; the loader does not fail on them, since a repeated interaction
+//! carries no new information for implicit feedback.
+//!
+//! `n_users` and `n_items` are one more than the largest id in the training and test files.
+//! A negatives line naming a user or item outside that range is an error: the model would have
+//! no embedding for it.
+
+use crate::error::{DataError, Result, read_file};
+use crate::parse::{lines, parse_i64, parse_u64, show};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// One split, loaded and validated.
+#[derive(Clone, Debug)]
+pub struct NcfSplit {
+    pub name: String,
+    pub n_users: usize,
+    pub n_items: usize,
+    /// Training interactions `(user, item)`, deduplicated, in file order.
+    pub train: Vec<(u32, u32)>,
+    /// Training lines dropped as repeats of an earlier `(user, item)`.
+    pub duplicates: usize,
+    /// Held-out interactions, one per line of `test.rating`.
+    pub test: Vec<(u32, u32)>,
+    /// The sampled negatives of each test line.
+    pub negatives: Vec<Vec<u32>>,
+}
+
+/// The three files of a split.
+#[derive(Clone, Debug)]
+pub struct SplitFiles {
+    pub name: String,
+    pub train: PathBuf,
+    pub test: PathBuf,
+    pub negative: PathBuf,
+}
+
+impl SplitFiles {
+    /// Finds `NAME.train.rating`, `NAME.test.rating` and `NAME.test.negative` in `dir`.
+    pub fn find(dir: &Path) -> Result<Self> {
+        let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+        let mut names = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| DataError::io(dir, e))?;
+            if let Some(name) = e.file_name().to_str().and_then(|f| f.strip_suffix(".train.rating")) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        let name = match names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(DataError::invalid(
+                    dir,
+                    "no NAME.train.rating file here (expected the NCF split files NAME.train.rating, NAME.test.rating, NAME.test.negative)",
+                ));
+            }
+            many => {
+                return Err(DataError::invalid(
+                    dir,
+                    format!("several splits here ({}); point at a folder with one", many.join(", ")),
+                ));
+            }
+        };
+        let f = |suffix: &str| dir.join(format!("{name}.{suffix}"));
+        let files = SplitFiles { train: f("train.rating"), test: f("test.rating"), negative: f("test.negative"), name };
+        for p in [&files.test, &files.negative] {
+            if !p.is_file() {
+                return Err(DataError::invalid(
+                    p,
+                    "missing: an NCF split needs NAME.train.rating, NAME.test.rating and NAME.test.negative",
+                ));
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then unused).
+fn parse_rating_file(path: &Path) -> Result<Vec<(usize, u32, u32, f64)>> {
+    let bytes = read_file(path)?;
+    let mut out = Vec::with_capacity(bytes.len() / 16);
+    for (line, text) in lines(&bytes) {
+        if text.is_empty() {
+            continue;
+        }
+        let mut fields = text.split(|&b| b == b'\t');
+        let mut next = |name: &'static str| {
+            fields.next().ok_or_else(|| {
+                DataError::parse(path, line, name, "missing (expected user\\titem\\trating\\ttimestamp)")
+            })
+        };
+        let (u, i, r, t) = (next("user")?, next("item")?, next("rating")?, next("timestamp")?);
+        let id = |field: &[u8], name: &'static str| -> Result<u32> {
+            parse_u64(field).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                DataError::parse(path, line, name, format!("`{}` is not a non-negative integer id", show(field)))
+            })
+        };
+        let (user, item) = (id(u, "user")?, id(i, "item")?);
+        let rating = crate::parse::parse_f64(r)
+            .ok_or_else(|| DataError::parse(path, line, "rating", format!("`{}` is not a number", show(r))))?;
+        parse_i64(t)
+            .ok_or_else(|| DataError::parse(path, line, "timestamp", format!("`{}` is not an integer", show(t))))?;
+        if fields.next().is_some() {
+            return Err(DataError::parse(path, line, "timestamp", "extra fields after the timestamp"));
+        }
+        out.push((line, user, item, rating));
+    }
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "file is empty"));
+    }
+    Ok(out)
+}
+
+/// One parsed line of a negatives file.
+struct NegativeLine {
+    line: usize,
+    user: u32,
+    item: u32,
+    negatives: Vec<u32>,
+}
+
+/// Parses `(user,item)\tneg…` lines.
+fn parse_negative_file(path: &Path) -> Result<Vec<NegativeLine>> {
+    let bytes = read_file(path)?;
+    let mut out = Vec::new();
+    for (line, text) in lines(&bytes) {
+        if text.is_empty() {
+            continue;
+        }
+        let mut fields = text.split(|&b| b == b'\t');
+        let head = fields.next().unwrap_or_default();
+        let pair = head.strip_prefix(b"(").and_then(|h| h.strip_suffix(b")")).ok_or_else(|| {
+            DataError::parse(path, line, "(user,item)", format!("`{}` is not of the form (user,item)", show(head)))
+        })?;
+        let mut parts = pair.split(|&b| b == b',');
+        let mut id = |name: &'static str| -> Result<u32> {
+            let f = parts.next().unwrap_or_default();
+            parse_u64(f).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                DataError::parse(path, line, name, format!("`{}` is not a non-negative integer id", show(f)))
+            })
+        };
+        let (u, i) = (id("user")?, id("item")?);
+        let negs = fields
+            .enumerate()
+            .map(|(k, f)| {
+                parse_u64(f).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                    DataError::parse(
+                        path,
+                        line,
+                        "negative",
+                        format!("negative #{} `{}` is not an item id", k + 1, show(f)),
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        out.push(NegativeLine { line, user: u, item: i, negatives: negs });
+    }
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "file is empty"));
+    }
+    Ok(out)
+}
+
+impl NcfSplit {
+    /// Loads the split in `dir` (see [`SplitFiles::find`]).
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_files(&SplitFiles::find(dir)?)
+    }
+
+    pub fn load_files(files: &SplitFiles) -> Result<Self> {
+        let train_rows = parse_rating_file(&files.train)?;
+        let test_rows = parse_rating_file(&files.test)?;
+        let neg_rows = parse_negative_file(&files.negative)?;
+
+        let n_users = train_rows.iter().chain(&test_rows).map(|r| r.1 as usize + 1).max().unwrap_or(0);
+        let n_items = train_rows.iter().chain(&test_rows).map(|r| r.2 as usize + 1).max().unwrap_or(0);
+
+        let mut seen = HashSet::with_capacity(train_rows.len());
+        let mut train = Vec::with_capacity(train_rows.len());
+        let mut duplicates = 0;
+        for &(_, u, i, r) in &train_rows {
+            if r <= 0.0 {
+                continue;
+            }
+            if seen.insert((u, i)) {
+                train.push((u, i));
+            } else {
+                duplicates += 1;
+            }
+        }
+        let test: Vec<(u32, u32)> = test_rows.iter().map(|r| (r.1, r.2)).collect();
+
+        if neg_rows.len() != test.len() {
+            return Err(DataError::invalid(
+                &files.negative,
+                format!(
+                    "{} lines, but {} has {} lines (they must match line for line)",
+                    neg_rows.len(),
+                    files.test.display(),
+                    test.len()
+                ),
+            ));
+        }
+        let mut negatives = Vec::with_capacity(neg_rows.len());
+        for (NegativeLine { line, user: u, item: i, negatives: negs }, &(tu, ti)) in neg_rows.into_iter().zip(&test) {
+            if (u, i) != (tu, ti) {
+                return Err(DataError::parse(
+                    &files.negative,
+                    line,
+                    "(user,item)",
+                    format!("({u},{i}) does not match line {line} of the test file, ({tu},{ti})"),
+                ));
+            }
+            if u as usize >= n_users {
+                return Err(DataError::parse(
+                    &files.negative,
+                    line,
+                    "user",
+                    format!("unknown user {u} (the training and test files know users 0..{})", n_users - 1),
+                ));
+            }
+            if let Some(&bad) = negs.iter().find(|&&j| j as usize >= n_items) {
+                return Err(DataError::parse(
+                    &files.negative,
+                    line,
+                    "negative",
+                    format!("unknown item {bad} (the training and test files know items 0..{})", n_items - 1),
+                ));
+            }
+            negatives.push(negs);
+        }
+        Ok(NcfSplit { name: files.name.clone(), n_users, n_items, train, duplicates, test, negatives })
+    }
+}

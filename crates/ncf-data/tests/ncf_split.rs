@@ -1,0 +1,61 @@
+//! Malformed NCF split files: every error names the file, the line and the field.
+
+use ncf_data::NcfSplit;
+use std::path::Path;
+
+fn write_split(dir: &Path, train: &str, test: &str, neg: &str) {
+    std::fs::write(dir.join("toy.train.rating"), train).unwrap();
+    std::fs::write(dir.join("toy.test.rating"), test).unwrap();
+    std::fs::write(dir.join("toy.test.negative"), neg).unwrap();
+}
+
+const TRAIN: &str = "0\t1\t5\t100\n0\t2\t3\t90\n1\t0\t4\t80\n";
+const TEST: &str = "0\t3\t4\t200\n1\t2\t5\t210\n";
+const NEG: &str = "(0,3)\t0\t2\n(1,2)\t1\t3\n";
+
+fn err(train: &str, test: &str, neg: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    write_split(d.path(), train, test, neg);
+    NcfSplit::load(d.path()).unwrap_err().to_string()
+}
+
+#[test]
+fn a_good_split_loads_and_drops_duplicates() {
+    let d = tempfile::tempdir().unwrap();
+    write_split(d.path(), &format!("{TRAIN}0\t1\t2\t50\r\n"), TEST, NEG);
+    let s = NcfSplit::load(d.path()).unwrap();
+    assert_eq!((s.n_users, s.n_items, s.train.len(), s.duplicates), (2, 4, 3, 1));
+    assert_eq!(s.negatives, vec![vec![0, 2], vec![1, 3]]);
+}
+
+#[test]
+fn malformed_lines_name_file_line_and_field() {
+    let cases = [
+        (err("0\t1\t5\t100\n0\tx\t3\t90\n", TEST, NEG), "toy.train.rating:2: field `item`"),
+        (err("0\t1\t5\n", TEST, NEG), "toy.train.rating:1: field `timestamp`"),
+        (err("0\t1\tfive\t100\n", TEST, NEG), "toy.train.rating:1: field `rating`"),
+        (err("0\t1\t5\t100\t7\n", TEST, NEG), "toy.train.rating:1: field `timestamp`: extra fields"),
+        (err(TRAIN, "0\t3\t4\t200\n-1\t2\t5\t210\n", NEG), "toy.test.rating:2: field `user`"),
+        (err(TRAIN, TEST, "(0,3)\t0\t2\n(1,2)\t1\t9\n"), "toy.test.negative:2: field `negative`: unknown item 9"),
+        (err(TRAIN, TEST, "(0,3)\t0\t2\n(1,1)\t1\t3\n"), "toy.test.negative:2: field `(user,item)`"),
+        (err(TRAIN, TEST, "0,3\t0\t2\n(1,2)\t1\t3\n"), "toy.test.negative:1: field `(user,item)`"),
+        (err(TRAIN, TEST, "(0,3)\t0\tz\n"), "toy.test.negative:1: field `negative`"),
+        (err("", TEST, NEG), "toy.train.rating: file is empty"),
+        (err(TRAIN, TEST, "(0,3)\t0\t2\n"), "toy.test.negative: 1 lines"),
+    ];
+    for (msg, want) in cases {
+        assert!(msg.contains(want), "`{msg}` should contain `{want}`");
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let msg = NcfSplit::load(d.path()).unwrap_err().to_string();
+    assert!(msg.contains("no NAME.train.rating file here"), "{msg}");
+    std::fs::write(d.path().join("x.train.rating"), TRAIN).unwrap();
+    let msg = NcfSplit::load(d.path()).unwrap_err().to_string();
+    assert!(msg.contains("x.test.rating: missing"), "{msg}");
+    let msg = NcfSplit::load(&d.path().join("nope")).unwrap_err().to_string();
+    assert!(msg.contains("nope"), "{msg}");
+}
