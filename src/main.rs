@@ -29,7 +29,9 @@ enum Cmd {
     /// Train GMF, MLP, NeuMF or MF on an NCF split folder (NAME.train.rating, NAME.test.rating,
     /// NAME.test.negative), reporting HR@K / NDCG@K on a validation holdout and on the test set
     /// after every epoch.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
+    /// Re-evaluate a saved checkpoint on an NCF split's test set (the sampled protocol).
+    Eval(EvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -84,9 +86,37 @@ struct TrainArgs {
     /// Write the run's summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Save the validation-selected epoch's weights (safetensors, with the config and metrics).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// NeuMF: start from this trained GMF checkpoint (needs --pretrain-mlp too).
+    #[arg(long, requires = "pretrain_mlp")]
+    pretrain_gmf: Option<PathBuf>,
+    /// NeuMF: start from this trained MLP checkpoint (needs --pretrain-gmf too).
+    #[arg(long, requires = "pretrain_gmf")]
+    pretrain_mlp: Option<PathBuf>,
+    /// Weight of GMF in the pretrained NeuMF's output layer.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
     /// Overwrite existing output files.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A checkpoint written by `ncf train --save`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder holding the NCF split files the model was trained on.
+    #[arg(long)]
+    data: PathBuf,
+    /// Cut-off K of HR@K and NDCG@K.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -135,7 +165,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
         Cmd::Gradcheck(args) => gradcheck_cmd(args),
-        Cmd::Train(args) => train_cmd(args),
+        Cmd::Train(args) => train_cmd(*args),
+        Cmd::Eval(args) => eval_cmd(args),
     }
 }
 
@@ -159,7 +190,7 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
         "sgd" => ncf_train::OptimChoice::Sgd,
         other => bail!("--optimizer {other}: expected adam or sgd"),
     };
-    for p in [&a.metrics_jsonl, &a.summary_json].into_iter().flatten() {
+    for p in [&a.metrics_jsonl, &a.summary_json, &a.save].into_iter().flatten() {
         if p.exists() && !a.force {
             bail!("{} exists; pass --force to overwrite it", p.display());
         }
@@ -169,7 +200,13 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
         builder = builder.num_threads(t);
     }
     let pool = builder.build().context("building the thread pool")?;
+    let pretrained = match (&a.pretrain_gmf, &a.pretrain_mlp) {
+        (Some(g), Some(m)) => Some((ncf_train::Checkpoint::load(g)?, ncf_train::Checkpoint::load(m)?)),
+        _ => None,
+    };
     let cfg = ncf_train::TrainConfig {
+        pretrained,
+        alpha: a.alpha,
         model: a.model.clone(),
         factors: a.factors,
         layers: a.layers.clone(),
@@ -201,7 +238,7 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
     );
     let mut jsonl = String::new();
     let k = a.k;
-    let summary = pool.install(|| {
+    let outcome = pool.install(|| {
         ncf_train::train(&cfg, &data, |r| {
             println!(
                 "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} samples/s]",
@@ -211,6 +248,7 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
             jsonl.push('\n');
         })
     })?;
+    let summary = &outcome.summary;
     println!(
         "selected epoch {} (best validation HR@{k}): test HR@{k} {:.4} NDCG@{k} {:.4}; best test epoch {}: HR@{k} {:.4} NDCG@{k} {:.4}; {:.2} s/epoch",
         summary.selected_epoch,
@@ -225,8 +263,50 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
         write_atomic(p, jsonl.as_bytes(), a.force)?;
     }
     if let Some(p) = &a.summary_json {
-        write_atomic(p, serde_json::to_string_pretty(&summary)?.as_bytes(), a.force)?;
+        write_atomic(p, serde_json::to_string_pretty(summary)?.as_bytes(), a.force)?;
     }
+    if let Some(p) = &a.save {
+        outcome.best.save(p, a.force)?;
+        eprintln!("saved epoch {} to {}", summary.selected_epoch, p.display());
+    }
+    Ok(true)
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<bool> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = a.threads {
+        builder = builder.num_threads(t);
+    }
+    let pool = builder.build().context("building the thread pool")?;
+    let ckpt = ncf_train::Checkpoint::load(&a.model)?;
+    let split = ncf_data::NcfSplit::load(&a.data)?;
+    if (ckpt.spec.users, ckpt.spec.items) != (split.n_users, split.n_items) {
+        bail!(
+            "{} was trained on {} users × {} items, but {} has {} × {}",
+            a.model.display(),
+            ckpt.spec.users,
+            ckpt.spec.items,
+            a.data.display(),
+            split.n_users,
+            split.n_items
+        );
+    }
+    let be = CpuBackend::<f32>::default();
+    let mut model = ckpt.model(&be, 25_600, &a.model)?;
+    let cases: Vec<ncf_eval::RankCase> =
+        split.test.iter().zip(&split.negatives).map(|(&(u, i), n)| ncf_eval::RankCase::new(u, i, n)).collect();
+    let t = std::time::Instant::now();
+    let m = pool.install(|| ncf_eval::evaluate(&be, &mut model, &cases, a.k))?;
+    println!(
+        "{} ({}): test HR@{k} {:.4} NDCG@{k} {:.4} over {} users ({:.3} s)",
+        a.model.display(),
+        ckpt.spec.kind,
+        m.hr,
+        m.ndcg,
+        m.users,
+        t.elapsed().as_secs_f64(),
+        k = a.k
+    );
     Ok(true)
 }
 

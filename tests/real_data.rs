@@ -35,7 +35,7 @@ fn neumf8_two_epochs_reaches_hr_0_60() {
     let split = NcfSplit::load(&dir).unwrap();
     let data = Prepared::from_split(&split, 42);
     let cfg = TrainConfig { epochs: 2, ..TrainConfig::default() };
-    let s = train(&cfg, &data, |r| println!("{r:?}")).unwrap();
+    let s = train(&cfg, &data, |r| println!("{r:?}")).unwrap().summary;
     println!("test HR@10 {:.4} NDCG@10 {:.4} after {} epochs", s.test_hr, s.test_ndcg, s.epochs_run);
     assert_eq!(s.epochs_run, 2);
     assert!(s.test_hr >= 0.60, "HR@10 {:.4} < 0.60: the model is not learning", s.test_hr);

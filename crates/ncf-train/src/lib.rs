@@ -25,9 +25,14 @@ pub enum TrainError {
     Data(#[from] ncf_data::DataError),
     #[error("invalid setting `{0}`: {1}")]
     Config(&'static str, String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+pub mod checkpoint;
+pub use checkpoint::{Checkpoint, ModelSpec};
 
 /// Which update rule trains every group.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -63,6 +68,11 @@ pub struct TrainConfig {
     pub eval_rows: usize,
     #[serde(skip)]
     pub gemm: GemmImpl,
+    /// NeuMF only: start from a trained GMF and a trained MLP (the paper's pre-training).
+    #[serde(skip)]
+    pub pretrained: Option<(Checkpoint, Checkpoint)>,
+    /// Weight of the GMF half of the pretrained output layer.
+    pub alpha: f64,
 }
 
 impl Default for TrainConfig {
@@ -84,6 +94,8 @@ impl Default for TrainConfig {
             lazy_embeddings: true,
             eval_rows: 25_600,
             gemm: GemmImpl::Scratch,
+            pretrained: None,
+            alpha: 0.5,
         }
     }
 }
@@ -204,9 +216,38 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     Ok(kind)
 }
 
+/// A finished run: its summary and the weights of the validation-selected epoch.
+pub struct Outcome {
+    pub summary: Summary,
+    pub best: Checkpoint,
+}
+
+/// Builds the model to train: fresh, or NeuMF from pretrained GMF + MLP checkpoints.
+fn build_model(
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    be: &CpuBackend<f32>,
+    max_rows: usize,
+) -> Result<AnyModel<CpuBackend<f32>>> {
+    let Some((g, m)) = &cfg.pretrained else {
+        return Ok(AnyModel::new(be, mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?);
+    };
+    if mcfg.kind != ModelKind::NeuMf {
+        return Err(TrainError::Config("pretrain", "pre-training applies to neumf only".into()));
+    }
+    let (gp, mp) = (std::path::Path::new("--pretrain-gmf"), std::path::Path::new("--pretrain-mlp"));
+    let (AnyModel::Gmf(gmf), AnyModel::Mlp(mlp)) = (g.model(be, 1, gp)?, m.model(be, 1, mp)?) else {
+        return Err(TrainError::Config(
+            "pretrain",
+            format!("expected a gmf and an mlp checkpoint, got {} and {}", g.spec.kind, m.spec.kind),
+        ));
+    };
+    Ok(AnyModel::NeuMf(ncf_model::NeuMf::from_pretrained(be, mcfg, &gmf, &mlp, cfg.alpha, max_rows)?))
+}
+
 /// Trains on `data` with `cfg` (f32, CPU, the current rayon pool), calling `on_epoch` after
 /// each epoch.
-pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&EpochReport)) -> Result<Summary> {
+pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&EpochReport)) -> Result<Outcome> {
     let kind = check(cfg)?;
     let be = CpuBackend::<f32>::new(cfg.gemm);
     let mcfg = ModelConfig {
@@ -217,9 +258,9 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         layers: cfg.layers.clone(),
         init: Default::default(),
     };
-    let mut rng = ncf_core::rng::seeded(cfg.seed, 1);
     let max_rows = cfg.batch.max(cfg.eval_rows);
-    let mut model = AnyModel::new(&be, &mcfg, max_rows, &mut rng)?;
+    let mut model = build_model(cfg, &mcfg, &be, max_rows)?;
+    let mut best_weights = model.params().to_host(&be)?;
     let mut opt = Optimizer::new(&be, model.params(), optim_config(cfg), cfg.batch)?;
     let mut batch = Batch::with_capacity(&be, cfg.batch)?;
     let mut scratch = StepScratch::new(&be, cfg.batch)?;
@@ -268,6 +309,7 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         let k = reports.len() - 1;
         if best_valid.is_none_or(|b| reports[k].valid_hr > reports[b].valid_hr) {
             best_valid = Some(k);
+            best_weights = model.params().to_host(&be)?;
         }
         if cfg.patience > 0 && best_valid.is_some_and(|b| k - b >= cfg.patience) {
             break;
@@ -278,7 +320,7 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
     let sel = best_valid.map(|b| reports[b].clone());
     let best_test = reports.iter().max_by(|a, b| a.test_hr.total_cmp(&b.test_hr)).cloned();
     let (sampling, training, eval) = (mean(|r| r.sampling_s), mean(|r| r.training_s), mean(|r| r.eval_s));
-    Ok(Summary {
+    let summary = Summary {
         model: cfg.model.clone(),
         factors: cfg.factors,
         layers: cfg.layers.clone(),
@@ -296,5 +338,23 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         samples_per_second: mean(|r| r.samples_per_second),
         threads: rayon::current_num_threads(),
         config: cfg.clone(),
-    })
+    };
+    let mut metadata = std::collections::HashMap::new();
+    let json = |v: &dyn erased::Json| v.json();
+    metadata.insert("summary".to_string(), json(&summary));
+    metadata.insert("epochs".to_string(), json(&reports));
+    let best = Checkpoint { spec: ModelSpec::of(&mcfg), tensors: best_weights, metadata };
+    Ok(Outcome { summary, best })
+}
+
+mod erased {
+    /// Serializes anything serde can, for checkpoint metadata.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
 }

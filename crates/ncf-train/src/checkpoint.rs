@@ -1,0 +1,130 @@
+//! Checkpoints: one `.safetensors` file holding every parameter (f32, little-endian, named as
+//! in the model: `gmf_user_embedding`, `mlp_0_weight`, …) and, in its metadata header, the
+//! model configuration, the training configuration and the run's metrics as JSON strings.
+//!
+//! Ids: the NCF split files are already dense, so a checkpoint trained on them uses the
+//! identity map (metadata `id_map = "identity"`). Written atomically: a temporary file in the
+//! same folder, then a rename, so a crash never leaves half a checkpoint.
+
+use crate::{Result, TrainError};
+use ncf_core::Backend;
+use ncf_model::{AnyModel, HostTensor, Model, ModelConfig, ModelKind};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What a checkpoint needs to rebuild its model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub kind: String,
+    pub users: usize,
+    pub items: usize,
+    pub factors: usize,
+    pub layers: Vec<usize>,
+}
+
+impl ModelSpec {
+    pub fn of(cfg: &ModelConfig) -> Self {
+        ModelSpec {
+            kind: cfg.kind.to_string(),
+            users: cfg.users,
+            items: cfg.items,
+            factors: cfg.factors,
+            layers: cfg.layers.clone(),
+        }
+    }
+    pub fn config(&self) -> Result<ModelConfig> {
+        let kind: ModelKind = self.kind.parse()?;
+        Ok(ModelConfig {
+            kind,
+            users: self.users,
+            items: self.items,
+            factors: self.factors,
+            layers: self.layers.clone(),
+            init: Default::default(),
+        })
+    }
+}
+
+/// A loaded (or about to be saved) checkpoint.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub spec: ModelSpec,
+    pub tensors: Vec<HostTensor>,
+    /// Extra JSON documents (`train_config`, `summary`, …), by name.
+    pub metadata: HashMap<String, String>,
+}
+
+fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint { path: path.display().to_string(), reason: reason.into() }
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint to `path`; refuses to replace an existing file unless `force`.
+    pub fn save(&self, path: &Path, force: bool) -> Result<()> {
+        if path.exists() && !force {
+            return Err(ckpt_err(path, "exists; pass --force to overwrite it"));
+        }
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone(), t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| ckpt_err(path, e.to_string()))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut meta = self.metadata.clone();
+        meta.insert("format".into(), "ncf-rs checkpoint v1".into());
+        meta.insert("model".into(), serde_json::to_string(&self.spec).map_err(|e| ckpt_err(path, e.to_string()))?);
+        meta.entry("id_map".into()).or_insert_with(|| "identity".into());
+        let out = safetensors::serialize(views, Some(meta)).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, out).map_err(|e| ckpt_err(&tmp, e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e.to_string()))
+    }
+
+    /// Reads a checkpoint written by [`Checkpoint::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(path, format!("not a safetensors file: {e}")))?;
+        let mut metadata = header.metadata().clone().unwrap_or_default();
+        let spec_json = metadata
+            .remove("model")
+            .ok_or_else(|| ckpt_err(path, "no `model` entry in the metadata: not an ncf-rs checkpoint"))?;
+        let spec: ModelSpec =
+            serde_json::from_str(&spec_json).map_err(|e| ckpt_err(path, format!("bad `model` metadata: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let mut tensors = Vec::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(ckpt_err(path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            }
+            let data =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+            tensors.push(HostTensor { name, shape: view.shape().to_vec(), data });
+        }
+        Ok(Checkpoint { spec, tensors, metadata })
+    }
+
+    /// Builds the model the checkpoint describes, with its weights, on `be`.
+    pub fn model<B: Backend>(&self, be: &B, max_batch: usize, path: &Path) -> Result<AnyModel<B>> {
+        let cfg = self.spec.config()?;
+        let mut m = AnyModel::new(be, &cfg, max_batch, &mut ncf_core::rng::seeded(0, 0))?;
+        let (params, _) = m.params_and_grads();
+        let want: Vec<String> = params.tensors.iter().map(|t| t.name.clone()).collect();
+        for name in &want {
+            let t = self
+                .tensors
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| ckpt_err(path, format!("missing tensor `{name}` for a {} model", self.spec.kind)))?;
+            params.load(be, name, &t.data).map_err(|e| ckpt_err(path, e.to_string()))?;
+        }
+        Ok(m)
+    }
+}
