@@ -114,6 +114,10 @@ struct EvalArgs {
     /// Cut-off K of HR@K and NDCG@K.
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Rank the test item among all items the user has not interacted with in training
+    /// (HR, NDCG, Precision, Recall @K and MRR) instead of among its 99 sampled negatives.
+    #[arg(long)]
+    full_ranking: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -296,6 +300,25 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     let cases: Vec<ncf_eval::RankCase> =
         split.test.iter().zip(&split.negatives).map(|(&(u, i), n)| ncf_eval::RankCase::new(u, i, n)).collect();
     let t = std::time::Instant::now();
+    if a.full_ranking {
+        let known = ncf_data::UserItems::from_pairs(split.n_users, split.n_items, &split.train);
+        let seen = |u: usize, j: u32| known.contains(u, j);
+        let m = pool.install(|| ncf_eval::evaluate_full(&be, &mut model, &split.test, split.n_items, seen, a.k))?;
+        println!(
+            "{} ({}), full ranking: HR@{k} {:.4} NDCG@{k} {:.4} Precision@{k} {:.4} Recall@{k} {:.4} MRR {:.4} over {} users ({:.3} s)",
+            a.model.display(),
+            ckpt.spec.kind,
+            m.hr,
+            m.ndcg,
+            m.precision,
+            m.recall,
+            m.mrr,
+            m.users,
+            t.elapsed().as_secs_f64(),
+            k = a.k
+        );
+        return Ok(true);
+    }
     let m = pool.install(|| ncf_eval::evaluate(&be, &mut model, &cases, a.k))?;
     println!(
         "{} ({}): test HR@{k} {:.4} NDCG@{k} {:.4} over {} users ({:.3} s)",

@@ -123,3 +123,102 @@ mod tests {
         assert!((hit_ndcg(2, 10).1 - 0.5).abs() < 1e-12);
     }
 }
+
+/// Full-ranking metrics: the held-out item ranked among **every** item the user has not
+/// interacted with in training. With one relevant item per user, Precision@K = HR@K / K and
+/// Recall@K = HR@K; MRR is `1/(rank+1)` without a cut-off.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FullMetrics {
+    pub hr: f64,
+    pub ndcg: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub mrr: f64,
+    pub users: usize,
+}
+
+/// Ranks each `(user, target)` among all items `j` with `!seen(user, j)` (the target itself is
+/// always a candidate). Scores as many users per forward call as the model's batch holds.
+pub fn evaluate_full<B: Backend, M: Model<B>>(
+    be: &B,
+    model: &mut M,
+    targets: &[(u32, u32)],
+    n_items: usize,
+    seen: impl Fn(usize, u32) -> bool,
+    k: usize,
+) -> Result<FullMetrics> {
+    let cap = model.max_batch();
+    if cap < n_items {
+        return Err(ncf_core::Error::invalid(
+            "evaluate_full",
+            "max_batch",
+            format!("scoring all {n_items} items of a user needs a workspace of at least {n_items} rows, got {cap}"),
+        ));
+    }
+    let per_call = cap / n_items;
+    let all_items: Vec<u32> = (0..n_items as u32).collect();
+    let mut users = be.zeros_ids(per_call * n_items)?;
+    let mut items = be.zeros_ids(per_call * n_items)?;
+    let item_block: Vec<u32> = (0..per_call).flat_map(|_| all_items.iter().copied()).collect();
+    be.write_ids(&mut items, &item_block)?;
+    let mut user_block = Vec::with_capacity(per_call * n_items);
+    let mut m = FullMetrics::default();
+    for chunk in targets.chunks(per_call) {
+        user_block.clear();
+        for &(u, _) in chunk {
+            user_block.extend(std::iter::repeat_n(u, n_items));
+        }
+        be.write_ids(&mut users, &user_block)?;
+        model.forward(be, &users, &items, user_block.len())?;
+        let logits = be.download(model.logits())?;
+        for (c, &(u, target)) in chunk.iter().enumerate() {
+            let s = &logits[c * n_items..(c + 1) * n_items];
+            let st = s[target as usize];
+            let rank =
+                (0..n_items as u32).filter(|&j| j != target && !seen(u as usize, j) && s[j as usize] > st).count();
+            let (h, g) = hit_ndcg(rank, k);
+            m.hr += h;
+            m.ndcg += g;
+            m.mrr += 1.0 / (rank + 1) as f64;
+        }
+    }
+    let n = targets.len().max(1) as f64;
+    m.hr /= n;
+    m.ndcg /= n;
+    m.mrr /= n;
+    m.precision = m.hr / k as f64;
+    m.recall = m.hr;
+    m.users = targets.len();
+    Ok(m)
+}
+
+#[cfg(test)]
+mod full_tests {
+    use super::*;
+    use ncf_cpu::CpuBackend;
+    use ncf_model::{Mf, ModelConfig, ModelKind};
+
+    /// An MF model whose score is the item id (item_bias[j] = j, everything else 0): the rank of
+    /// target t is the number of unseen items above t, which the test counts by hand.
+    #[test]
+    fn full_ranking_counts_only_unseen_items_above_the_target() {
+        let be = CpuBackend::<f32>::default();
+        let n_items = 10;
+        let cfg = ModelConfig::new(ModelKind::Mf, 2, n_items);
+        let mut m = Mf::new(&be, &cfg, 25, &mut ncf_core::rng::seeded(1, 0)).unwrap();
+        for name in ["mf_user_embedding", "mf_item_embedding", "user_bias", "global_bias"] {
+            let n = m.params.tensors[m.params.index(name).unwrap()].numel();
+            m.params.load(&be, name, &vec![0.0; n]).unwrap();
+        }
+        m.params.load(&be, "item_bias", &(0..n_items).map(|j| j as f64).collect::<Vec<_>>()).unwrap();
+        // user 0 has seen items 8 and 9; user 1 has seen nothing.
+        let seen = |u: usize, j: u32| u == 0 && j >= 8;
+        // user 0, target 5: unseen above 5 are 6, 7 → rank 2 (hit at K=3, NDCG 1/log2(4) = 0.5).
+        // user 1, target 5: 6, 7, 8, 9 above → rank 4 (miss at K=3).
+        let r = evaluate_full(&be, &mut m, &[(0, 5), (1, 5)], n_items, seen, 3).unwrap();
+        assert_eq!(r.users, 2);
+        assert!((r.hr - 0.5).abs() < 1e-12 && (r.ndcg - 0.25).abs() < 1e-12, "{r:?}");
+        assert!((r.mrr - (1.0 / 3.0 + 1.0 / 5.0) / 2.0).abs() < 1e-12, "{r:?}");
+        assert!((r.precision - 0.5 / 3.0).abs() < 1e-12 && r.recall == r.hr);
+    }
+}
