@@ -35,7 +35,12 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct TrainArgs {
+    /// Read flags from a TOML file (`lr = 0.001`, `layers = [64, 32, 16, 8]`, …); flags given
+    /// on the command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
     /// Folder holding the NCF split files.
     #[arg(long)]
     data: PathBuf,
@@ -154,7 +159,14 @@ fn parse_gemm(s: &str) -> Result<GemmImpl, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match expand_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -172,6 +184,60 @@ fn run(cli: Cli) -> Result<bool> {
         Cmd::Train(args) => train_cmd(*args),
         Cmd::Eval(args) => eval_cmd(args),
     }
+}
+
+/// `ncf train --config FILE.toml …`: every `key = value` of the file becomes `--key value`,
+/// placed before the command line's own flags, so a flag given on the command line wins.
+/// Keys are the flag names (`lr`, `layers`, `pretrain-gmf` or `pretrain_gmf`, …); an unknown key
+/// is an error naming the file and the key.
+fn expand_config(args: Vec<String>) -> Result<Vec<String>> {
+    let Some(pos) = args.iter().position(|a| a == "--config" || a.starts_with("--config=")) else {
+        return Ok(args);
+    };
+    let (path, drop) = match args[pos].strip_prefix("--config=") {
+        Some(p) => (p.to_string(), 1),
+        None => (args.get(pos + 1).cloned().context("--config needs a file")?, 2),
+    };
+    let sub = args.iter().position(|a| a == "train").context("--config applies to `ncf train`")?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let train = cmd.find_subcommand("train").context("no train subcommand")?;
+    let mut injected = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        let known = train.get_arguments().any(|a| a.get_long() == Some(flag.as_str()));
+        if !known || flag == "config" {
+            bail!("{path}: unknown key `{key}` (keys are `ncf train` flag names, see `ncf train --help`)");
+        }
+        let text = match value {
+            toml::Value::Boolean(true) => {
+                injected.push(format!("--{flag}"));
+                continue;
+            }
+            toml::Value::Boolean(false) => continue,
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) => {
+                items.iter().map(|v| v.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(",")
+            }
+            other => bail!("{path}: key `{key}`: unsupported value {other}"),
+        };
+        injected.push(format!("--{flag}"));
+        injected.push(text);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(args.len() + injected.len());
+    for (k, a) in args.into_iter().enumerate() {
+        if k >= pos && k < pos + drop {
+            continue;
+        }
+        out.push(a);
+        if k == sub {
+            out.append(&mut injected);
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `contents` to `path` atomically (a temporary file, then a rename), refusing to

@@ -1,0 +1,98 @@
+//! `ncf train` / `ncf eval` end to end on a small generated split (no licensed data needed):
+//! the TOML config, the summary JSON, checkpoints, and the refusal to overwrite.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+/// 30 users × 40 items; user u likes items (u + k·7) mod 40 for k in 0..6; the last liked item is
+/// the test item, with 20 negatives drawn from items the user does not like.
+fn toy_split(dir: &Path) {
+    let (mut train, mut test, mut neg) = (String::new(), String::new(), String::new());
+    for u in 0..30u32 {
+        let liked: Vec<u32> = (0..6).map(|k| (u + k * 7) % 40).collect();
+        for &i in &liked[..5] {
+            writeln!(train, "{u}\t{i}\t5\t100").unwrap();
+        }
+        writeln!(test, "{u}\t{}\t5\t200", liked[5]).unwrap();
+        let negs: Vec<String> = (0..40u32).filter(|j| !liked.contains(j)).take(20).map(|j| j.to_string()).collect();
+        writeln!(neg, "({u},{})\t{}", liked[5], negs.join("\t")).unwrap();
+    }
+    std::fs::write(dir.join("toy.train.rating"), train).unwrap();
+    std::fs::write(dir.join("toy.test.rating"), test).unwrap();
+    std::fs::write(dir.join("toy.test.negative"), neg).unwrap();
+}
+
+fn ncf(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ncf")).args(args).output().unwrap()
+}
+
+#[test]
+fn train_with_config_then_eval_the_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    toy_split(d.path());
+    let p = |f: &str| d.path().join(f).display().to_string();
+    std::fs::write(
+        d.path().join("run.toml"),
+        "model = \"neumf\"\nlayers = [16, 8, 4]\nepochs = 3\nbatch = 64\nlr = 0.01\n",
+    )
+    .unwrap();
+    let data = d.path().display().to_string();
+    let out = ncf(&[
+        "train",
+        "--config",
+        &p("run.toml"),
+        "--data",
+        &data,
+        "--epochs",
+        "2",
+        "--summary-json",
+        &p("s.json"),
+        "--save",
+        &p("m.st"),
+        "--metrics-jsonl",
+        &p("m.jsonl"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("s.json")).unwrap()).unwrap();
+    for key in [
+        "model",
+        "factors",
+        "layers",
+        "epochs_run",
+        "selected_epoch",
+        "k",
+        "test_hr",
+        "test_ndcg",
+        "valid_hr",
+        "valid_ndcg",
+        "best_test_hr",
+        "seconds_per_epoch",
+        "samples_per_second",
+    ] {
+        assert!(s.get(key).is_some(), "summary lacks `{key}`: {s}");
+    }
+    assert_eq!(s["epochs_run"], 2, "the command line overrides the config file");
+    assert_eq!(s["layers"], serde_json::json!([16, 8, 4]), "the config file sets layers");
+    assert_eq!(std::fs::read_to_string(p("m.jsonl")).unwrap().lines().count(), 2);
+
+    // The checkpoint re-evaluates to the selected epoch's test metrics.
+    let ev = ncf(&["eval", "--model", &p("m.st"), "--data", &data]);
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let line = String::from_utf8_lossy(&ev.stdout).to_string();
+    assert!(line.contains(&format!("test HR@10 {:.4}", s["test_hr"].as_f64().unwrap())), "{line} vs {s}");
+
+    // Outputs are never overwritten without --force, and nothing runs before the refusal.
+    let again = ncf(&["train", "--data", &data, "--epochs", "1", "--save", &p("m.st")]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists; pass --force"));
+
+    std::fs::write(d.path().join("bad.toml"), "learning_rate = 3\n").unwrap();
+    let bad = ncf(&["train", "--config", &p("bad.toml"), "--data", &data]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad.toml: unknown key `learning_rate`"));
+
+    let missing = ncf(&["train", "--data", &p("nowhere")]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nowhere"));
+}
