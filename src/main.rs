@@ -88,6 +88,9 @@ struct TrainArgs {
     /// Write one JSON object per epoch to this file.
     #[arg(long)]
     metrics_jsonl: Option<PathBuf>,
+    /// Write the training curves (loss, HR@K, NDCG@K by epoch) as an SVG plot to this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Write the run's summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
@@ -260,7 +263,7 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
         "sgd" => ncf_train::OptimChoice::Sgd,
         other => bail!("--optimizer {other}: expected adam or sgd"),
     };
-    for p in [&a.metrics_jsonl, &a.summary_json, &a.save].into_iter().flatten() {
+    for p in [&a.metrics_jsonl, &a.summary_json, &a.save, &a.plot].into_iter().flatten() {
         if p.exists() && !a.force {
             bail!("{} exists; pass --force to overwrite it", p.display());
         }
@@ -277,6 +280,7 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
     let cfg = ncf_train::TrainConfig {
         pretrained,
         alpha: a.alpha,
+        progress: true,
         model: a.model.clone(),
         factors: a.factors,
         layers: a.layers.clone(),
@@ -334,6 +338,9 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
     }
     if let Some(p) = &a.summary_json {
         write_atomic(p, serde_json::to_string_pretty(summary)?.as_bytes(), a.force)?;
+    }
+    if let Some(p) = &a.plot {
+        write_atomic(p, ncf_train::plot::training_curves_svg(&outcome.epochs, a.k).as_bytes(), a.force)?;
     }
     if let Some(p) = &a.save {
         outcome.best.save(p, a.force)?;

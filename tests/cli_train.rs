@@ -75,6 +75,8 @@ fn train_with_config_then_eval_the_checkpoint() {
     assert_eq!(s["epochs_run"], 2, "the command line overrides the config file");
     assert_eq!(s["layers"], serde_json::json!([16, 8, 4]), "the config file sets layers");
     assert_eq!(std::fs::read_to_string(p("m.jsonl")).unwrap().lines().count(), 2);
+    let svg = std::fs::read_to_string(p("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("HR@10") && svg.matches("<polyline").count() == 5, "{svg}");
 
     // The checkpoint re-evaluates to the selected epoch's test metrics.
     let ev = ncf(&["eval", "--model", &p("m.st"), "--data", &data]);

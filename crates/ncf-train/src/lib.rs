@@ -32,6 +32,7 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub mod checkpoint;
+pub mod plot;
 pub use checkpoint::{Checkpoint, ModelSpec};
 
 /// Which update rule trains every group.
@@ -73,6 +74,9 @@ pub struct TrainConfig {
     pub pretrained: Option<(Checkpoint, Checkpoint)>,
     /// Weight of the GMF half of the pretrained output layer.
     pub alpha: f64,
+    /// Draw a progress bar per epoch on stderr (hidden when stderr is not a terminal).
+    #[serde(skip)]
+    pub progress: bool,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +100,7 @@ impl Default for TrainConfig {
             gemm: GemmImpl::Scratch,
             pretrained: None,
             alpha: 0.5,
+            progress: false,
         }
     }
 }
@@ -216,9 +221,11 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     Ok(kind)
 }
 
-/// A finished run: its summary and the weights of the validation-selected epoch.
+/// A finished run: its summary, every epoch's report and the weights of the
+/// validation-selected epoch.
 pub struct Outcome {
     pub summary: Summary,
+    pub epochs: Vec<EpochReport>,
     pub best: Checkpoint,
 }
 
@@ -274,7 +281,16 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         let t0 = Instant::now();
         sample_epoch(&data.train, &data.known, cfg.neg, cfg.seed, epoch as u64, &mut rows);
         let t1 = Instant::now();
-        for chunk in rows.chunks(cfg.batch) {
+        let steps = rows.len().div_ceil(cfg.batch);
+        let bar =
+            if cfg.progress { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(epoch.to_string());
+        let mut loss_sum = 0.0;
+        for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
             us.clear();
             is.clear();
             ys.clear();
@@ -285,8 +301,15 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
             }
             batch.set(&be, &us, &is, &ys)?;
             train_step(&be, &mut model, &mut opt, &batch, &mut scratch)?;
+            if cfg.progress && (step + 1) % 200 == 0 {
+                loss_sum += scratch.take_loss(&be)?;
+                let rate = ((step + 1) * cfg.batch) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
+                bar.set_position(step as u64 + 1);
+                bar.set_message(format!("loss {:.4}  {:.0} samples/s", loss_sum / (step + 1) as f64, rate));
+            }
         }
-        let loss = scratch.take_loss(&be)? / rows.len().div_ceil(cfg.batch).max(1) as f64;
+        bar.finish_and_clear();
+        let loss = (loss_sum + scratch.take_loss(&be)?) / steps.max(1) as f64;
         let t2 = Instant::now();
         let v: HitMetrics = evaluate(&be, &mut model, &data.valid, cfg.k)?;
         let t: HitMetrics = evaluate(&be, &mut model, &data.test, cfg.k)?;
@@ -344,7 +367,7 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
     metadata.insert("summary".to_string(), json(&summary));
     metadata.insert("epochs".to_string(), json(&reports));
     let best = Checkpoint { spec: ModelSpec::of(&mcfg), tensors: best_weights, metadata };
-    Ok(Outcome { summary, best })
+    Ok(Outcome { summary, epochs: reports, best })
 }
 
 mod erased {
