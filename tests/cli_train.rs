@@ -52,6 +52,8 @@ fn train_with_config_then_eval_the_checkpoint() {
         &p("m.st"),
         "--metrics-jsonl",
         &p("m.jsonl"),
+        "--plot",
+        &p("curves.svg"),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("s.json")).unwrap()).unwrap();

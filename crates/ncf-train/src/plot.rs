@@ -8,8 +8,11 @@ const W: f64 = 300.0;
 const H: f64 = 220.0;
 const PAD: f64 = 40.0;
 
-/// One panel: a title and named series of (epoch, value).
-fn panel(out: &mut String, x0: f64, title: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) {
+/// A line: its legend, its colour and its (epoch, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// One panel: a title and its lines.
+fn panel(out: &mut String, x0: f64, title: &str, series: &[Series]) {
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.2.iter().copied()).collect();
     if pts.is_empty() {
         return;
