@@ -68,8 +68,101 @@ pub fn sample_epoch(
             }
         }
     });
-    out.shuffle(&mut seeded(epoch_seed, u64::MAX));
+    // The shuffle's scratch buffer is kept per calling thread, so later epochs reuse it.
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<Row>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut scratch = SCRATCH.with(|c| c.take());
+    parallel_shuffle(out, epoch_seed, &mut scratch);
+    SCRATCH.with(|c| c.set(scratch));
 }
+
+/// Elements per fixed chunk of the input in [`parallel_shuffle`] (independent of the thread
+/// count, so the permutation is too).
+const SHUFFLE_CHUNK: usize = 1 << 16;
+/// Buckets of [`parallel_shuffle`]; each bucket (~n/256 rows) is shuffled in cache.
+const SHUFFLE_BUCKETS: usize = 256;
+
+/// A uniformly random permutation of `rows`, computed in parallel and deterministic for a seed:
+///
+/// 1. every element draws a bucket uniformly (fixed input chunks, each with its own RNG stream);
+/// 2. a counting pass and prefix sums give each (chunk, bucket) pair its output range, and the
+///    elements are scattered there, keeping their order;
+/// 3. each bucket is Fisher–Yates shuffled with its own stream.
+///
+/// Uniform: after step 1 every assignment of elements to buckets is as likely as under a
+/// uniform permutation cut into buckets of the same sizes, and step 3 makes the order inside
+/// each bucket uniform.
+pub fn parallel_shuffle(rows: &mut Vec<Row>, seed: u64, scratch: &mut Vec<Row>) {
+    let n = rows.len();
+    if n < 2 {
+        return;
+    }
+    let chunks = n.div_ceil(SHUFFLE_CHUNK);
+    // Step 1: bucket ids, per fixed chunk.
+    let mut bucket = vec![0u8; n];
+    bucket.par_chunks_mut(SHUFFLE_CHUNK).enumerate().for_each(|(c, b)| {
+        let mut rng = seeded(seed, c as u64);
+        for x in b {
+            *x = rng.random::<u8>();
+        }
+    });
+    // Step 2: counts per (chunk, bucket), then output offsets (bucket-major, chunk-minor).
+    let counts: Vec<[usize; SHUFFLE_BUCKETS]> = bucket
+        .par_chunks(SHUFFLE_CHUNK)
+        .map(|b| {
+            let mut c = [0usize; SHUFFLE_BUCKETS];
+            for &x in b {
+                c[x as usize] += 1;
+            }
+            c
+        })
+        .collect();
+    let mut offsets = vec![[0usize; SHUFFLE_BUCKETS]; chunks];
+    let mut bucket_start = [0usize; SHUFFLE_BUCKETS + 1];
+    let mut acc = 0;
+    for k in 0..SHUFFLE_BUCKETS {
+        bucket_start[k] = acc;
+        for c in 0..chunks {
+            offsets[c][k] = acc;
+            acc += counts[c][k];
+        }
+    }
+    bucket_start[SHUFFLE_BUCKETS] = acc;
+    scratch.clear();
+    scratch.resize(n, Row::default());
+    {
+        // Each chunk writes only its own (chunk, bucket) ranges, which are disjoint.
+        let out = SharedRows(scratch.as_mut_ptr());
+        rows.par_chunks(SHUFFLE_CHUNK).zip(bucket.par_chunks(SHUFFLE_CHUNK)).zip(offsets.par_iter_mut()).for_each(
+            |((r, b), off)| {
+                let out = &out;
+                for (row, &k) in r.iter().zip(b) {
+                    // SAFETY: `off[k]` walks this chunk's private range of bucket k, which
+                    // the prefix sums above made disjoint from every other chunk's ranges and
+                    // which lies inside `scratch` (len n); each slot is written exactly once.
+                    unsafe { out.0.add(off[k as usize]).write(*row) };
+                    off[k as usize] += 1;
+                }
+            },
+        );
+    }
+    // Step 3: shuffle each bucket in place.
+    let mut parts: Vec<(usize, &mut [Row])> = Vec::with_capacity(SHUFFLE_BUCKETS);
+    let mut rest: &mut [Row] = scratch;
+    for k in 0..SHUFFLE_BUCKETS {
+        let (head, tail) = rest.split_at_mut(bucket_start[k + 1] - bucket_start[k]);
+        parts.push((k, head));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(k, p)| p.shuffle(&mut seeded(seed ^ 0xb0c4e7, k as u64)));
+    std::mem::swap(rows, scratch);
+}
+
+/// A raw pointer the scatter step shares across threads (see the SAFETY note there).
+struct SharedRows(*mut Row);
+// SAFETY: threads write disjoint, in-bounds slots through it and never read.
+unsafe impl Sync for SharedRows {}
 
 #[cfg(test)]
 mod tests {
@@ -107,5 +200,38 @@ mod tests {
         let a = run(1);
         assert_eq!(a, run(2));
         assert_eq!(a, run(3));
+    }
+}
+
+#[cfg(test)]
+mod shuffle_tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<Row> {
+        (0..n as u32).map(|k| Row { user: k, item: 0, label: 0.0 }).collect()
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation_deterministic_across_threads_and_well_mixed() {
+        let n = 300_000;
+        let run = |t: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            let mut r = rows(n);
+            let mut scratch = Vec::new();
+            pool.install(|| parallel_shuffle(&mut r, 9, &mut scratch));
+            r
+        };
+        let a = run(1);
+        assert_eq!(a, run(2));
+        assert_eq!(a, run(3));
+        let mut ids: Vec<u32> = a.iter().map(|r| r.user).collect();
+        // Mixed: few elements stay in place, and the first tenth of the output draws from the
+        // whole input (its mean is near n/2).
+        let fixed = ids.iter().enumerate().filter(|(k, v)| *k as u32 == **v).count();
+        assert!(fixed < 10, "{fixed} fixed points");
+        let head_mean = ids[..n / 10].iter().map(|&v| v as f64).sum::<f64>() / (n / 10) as f64;
+        assert!((head_mean / n as f64 - 0.5).abs() < 0.01, "head mean {head_mean}");
+        ids.sort_unstable();
+        assert!(ids.iter().enumerate().all(|(k, &v)| k as u32 == v), "a permutation");
     }
 }
