@@ -15,6 +15,7 @@
 
 use ncf_core::{Backend, Float, Result};
 use ncf_model::Model;
+use rayon::prelude::*;
 
 /// One user's ranking task: `candidates` are distinct and include `target`.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,7 +145,7 @@ pub fn evaluate_full<B: Backend, M: Model<B>>(
     model: &mut M,
     targets: &[(u32, u32)],
     n_items: usize,
-    seen: impl Fn(usize, u32) -> bool,
+    seen: impl Fn(usize, u32) -> bool + Sync,
     k: usize,
 ) -> Result<FullMetrics> {
     let cap = model.max_batch();
@@ -171,11 +172,18 @@ pub fn evaluate_full<B: Backend, M: Model<B>>(
         be.write_ids(&mut users, &user_block)?;
         model.forward(be, &users, &items, user_block.len())?;
         let logits = be.download(model.logits())?;
-        for (c, &(u, target)) in chunk.iter().enumerate() {
-            let s = &logits[c * n_items..(c + 1) * n_items];
-            let st = s[target as usize];
-            let rank =
-                (0..n_items as u32).filter(|&j| j != target && !seen(u as usize, j) && s[j as usize] > st).count();
+        // Ranks in parallel (one user per task), summed in user order so the result is
+        // deterministic.
+        let ranks: Vec<usize> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(c, &(u, target))| {
+                let s = &logits[c * n_items..(c + 1) * n_items];
+                let st = s[target as usize];
+                (0..n_items as u32).filter(|&j| j != target && s[j as usize] > st && !seen(u as usize, j)).count()
+            })
+            .collect();
+        for rank in ranks {
             let (h, g) = hit_ndcg(rank, k);
             m.hr += h;
             m.ndcg += g;
