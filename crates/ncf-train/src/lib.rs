@@ -363,21 +363,8 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         config: cfg.clone(),
     };
     let mut metadata = std::collections::HashMap::new();
-    let json = |v: &dyn erased::Json| v.json();
-    metadata.insert("summary".to_string(), json(&summary));
-    metadata.insert("epochs".to_string(), json(&reports));
+    metadata.insert("summary".to_string(), serde_json::to_string(&summary).unwrap_or_default());
+    metadata.insert("epochs".to_string(), serde_json::to_string(&reports).unwrap_or_default());
     let best = Checkpoint { spec: ModelSpec::of(&mcfg), tensors: best_weights, metadata };
     Ok(Outcome { summary, epochs: reports, best })
-}
-
-mod erased {
-    /// Serializes anything serde can, for checkpoint metadata.
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
-        }
-    }
 }
