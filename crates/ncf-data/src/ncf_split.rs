@@ -87,7 +87,7 @@ impl SplitFiles {
 }
 
 /// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then unused).
-fn parse_rating_file(path: &Path) -> Result<Vec<(usize, u32, u32, f64)>> {
+fn parse_rating_file(path: &Path) -> Result<Vec<(u32, u32, f64)>> {
     let bytes = read_file(path)?;
     let mut out = Vec::with_capacity(bytes.len() / 16);
     for (line, text) in lines(&bytes) {
@@ -114,7 +114,7 @@ fn parse_rating_file(path: &Path) -> Result<Vec<(usize, u32, u32, f64)>> {
         if fields.next().is_some() {
             return Err(DataError::parse(path, line, "timestamp", "extra fields after the timestamp"));
         }
-        out.push((line, user, item, rating));
+        out.push((user, item, rating));
     }
     if out.is_empty() {
         return Err(DataError::invalid(path, "file is empty"));
@@ -183,13 +183,13 @@ impl NcfSplit {
         let test_rows = parse_rating_file(&files.test)?;
         let neg_rows = parse_negative_file(&files.negative)?;
 
-        let n_users = train_rows.iter().chain(&test_rows).map(|r| r.1 as usize + 1).max().unwrap_or(0);
-        let n_items = train_rows.iter().chain(&test_rows).map(|r| r.2 as usize + 1).max().unwrap_or(0);
+        let n_users = train_rows.iter().chain(&test_rows).map(|r| r.0 as usize + 1).max().unwrap_or(0);
+        let n_items = train_rows.iter().chain(&test_rows).map(|r| r.1 as usize + 1).max().unwrap_or(0);
 
         let mut seen = HashSet::with_capacity(train_rows.len());
         let mut train = Vec::with_capacity(train_rows.len());
         let mut duplicates = 0;
-        for &(_, u, i, r) in &train_rows {
+        for &(u, i, r) in &train_rows {
             if r <= 0.0 {
                 continue;
             }
@@ -199,7 +199,7 @@ impl NcfSplit {
                 duplicates += 1;
             }
         }
-        let test: Vec<(u32, u32)> = test_rows.iter().map(|r| (r.1, r.2)).collect();
+        let test: Vec<(u32, u32)> = test_rows.iter().map(|r| (r.0, r.1)).collect();
 
         if neg_rows.len() != test.len() {
             return Err(DataError::invalid(

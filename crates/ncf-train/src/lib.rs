@@ -108,8 +108,6 @@ impl Default for TrainConfig {
 /// A split made ready for training: the validation holdout taken out of the training set, and
 /// the ranking cases of validation and test.
 pub struct Prepared {
-    pub n_users: usize,
-    pub n_items: usize,
     /// Everything the training file says each user interacted with (negatives avoid these).
     pub known: UserItems,
     /// What is trained on: `known` minus the validation holdout.
@@ -137,7 +135,7 @@ impl Prepared {
             })
             .collect();
         let test = split.test.iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
-        Prepared { n_users: split.n_users, n_items: split.n_items, known, train, valid, test }
+        Prepared { known, train, valid, test }
     }
 }
 
@@ -259,8 +257,8 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
     let be = CpuBackend::<f32>::new(cfg.gemm);
     let mcfg = ModelConfig {
         kind,
-        users: data.n_users,
-        items: data.n_items,
+        users: data.known.n_users,
+        items: data.known.n_items,
         factors: cfg.factors,
         layers: cfg.layers.clone(),
         init: Default::default(),
