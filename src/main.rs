@@ -1,6 +1,6 @@
 //! `ncf`: the command-line front end of ncf-rs.
 //!
-//! Today it has `gradcheck`; `train`, `eval`, `recommend`, `serve`, … arrive with later issues.
+//! Commands: `train`, `eval`, `data synth`, `data split` and `gradcheck`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -9,6 +9,8 @@ use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_model::gradcheck::{self, Options, Report};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod data_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -26,12 +28,14 @@ enum Cmd {
     /// Check every op's and every model's backward pass against finite differences (in f64),
     /// and one step of each optimizer against hand-computed values. Exits 1 on any failure.
     Gradcheck(GradcheckArgs),
-    /// Train GMF, MLP, NeuMF or MF on an NCF split folder (NAME.train.rating, NAME.test.rating,
-    /// NAME.test.negative), reporting HR@K / NDCG@K on a validation holdout and on the test set
-    /// after every epoch.
+    /// Train GMF, MLP, NeuMF or MF (default: NeuMF on the embedded sample), reporting HR@K /
+    /// NDCG@K on a validation holdout and on the test set after every epoch.
     Train(Box<TrainArgs>),
-    /// Re-evaluate a saved checkpoint on an NCF split's test set (the sampled protocol).
+    /// Re-evaluate a saved checkpoint on its data's test set (sampled or full ranking).
     Eval(EvalArgs),
+    /// Make datasets: generate synthetic MovieLens data, or split ratings into the NCF format.
+    #[command(subcommand)]
+    Data(data_cmd::DataCmd),
 }
 
 #[derive(clap::Args)]
@@ -41,40 +45,49 @@ struct TrainArgs {
     /// on the command line override it.
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
-    /// Folder holding the NCF split files.
+    /// An NCF split folder, a MovieLens folder (ratings.dat, u.data or ratings.csv) or one
+    /// ratings file; default: the sample embedded in the binary.
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
+    /// MovieLens sources: only ratings >= this count as positives (default: every rating).
+    #[arg(long, conflicts_with = "resume")]
+    min_rating: Option<f32>,
+    /// MovieLens sources: seed of the leave-latest-out test negatives (independent of --seed,
+    /// so every model is tested on the same cases).
+    #[arg(long, conflicts_with = "resume", default_value_t = 42)]
+    split_seed: u64,
     /// gmf, mlp, neumf or mf.
-    #[arg(long, default_value = "neumf")]
+    #[arg(long, conflicts_with = "resume", default_value = "neumf")]
     model: String,
     /// GMF / MF embedding width (predictive factors).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 8)]
     factors: usize,
     /// MLP widths; the first is the concatenated embedding width.
-    #[arg(long, default_value = "64,32,16,8", value_delimiter = ',')]
+    #[arg(long, conflicts_with = "resume", default_value = "64,32,16,8", value_delimiter = ',')]
     layers: Vec<usize>,
     /// Sampled negatives per positive, per epoch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 4)]
     neg: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 256)]
     batch: usize,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.001)]
     lr: f64,
     /// adam or sgd.
-    #[arg(long, default_value = "adam")]
+    #[arg(long, conflicts_with = "resume", default_value = "adam")]
     optimizer: String,
     /// L2 penalty on embeddings and weights.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.0)]
     l2: f64,
-    #[arg(long, default_value_t = 20)]
-    epochs: usize,
-    #[arg(long, default_value_t = 42)]
+    /// Epochs to train (default 20); with --resume, the total to reach.
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long, conflicts_with = "resume", default_value_t = 42)]
     seed: u64,
-    /// Stop after this many epochs without a better validation HR (0: never).
-    #[arg(long, default_value_t = 0)]
-    patience: usize,
+    /// Stop after this many epochs without a better validation HR (default 0: never).
+    #[arg(long)]
+    patience: Option<usize>,
     /// Cut-off K of HR@K and NDCG@K.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 10)]
     k: usize,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -94,17 +107,23 @@ struct TrainArgs {
     /// Write the run's summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
-    /// Save the validation-selected epoch's weights (safetensors, with the config and metrics).
+    /// Checkpoint file (safetensors), rewritten atomically after every epoch: the
+    /// validation-selected weights (what `ncf eval` reads), the config, id maps and metrics,
+    /// and the state `--resume` continues from.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (same data, model and settings; --epochs sets
+    /// the new total). The checkpoint keeps being updated unless --save names another file.
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
     /// NeuMF: start from this trained GMF checkpoint (needs --pretrain-mlp too).
-    #[arg(long, requires = "pretrain_mlp")]
+    #[arg(long, conflicts_with = "resume", requires = "pretrain_mlp")]
     pretrain_gmf: Option<PathBuf>,
     /// NeuMF: start from this trained MLP checkpoint (needs --pretrain-gmf too).
-    #[arg(long, requires = "pretrain_gmf")]
+    #[arg(long, conflicts_with = "resume", requires = "pretrain_gmf")]
     pretrain_mlp: Option<PathBuf>,
     /// Weight of GMF in the pretrained NeuMF's output layer.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.5)]
     alpha: f64,
     /// Overwrite existing output files.
     #[arg(long)]
@@ -116,9 +135,15 @@ struct EvalArgs {
     /// A checkpoint written by `ncf train --save`.
     #[arg(long)]
     model: PathBuf,
-    /// Folder holding the NCF split files the model was trained on.
+    /// The data the model was trained on (as `ncf train --data`; default: the embedded sample).
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
+    /// As `ncf train --min-rating`.
+    #[arg(long)]
+    min_rating: Option<f32>,
+    /// As `ncf train --split-seed`.
+    #[arg(long, default_value_t = 42)]
+    split_seed: u64,
     /// Cut-off K of HR@K and NDCG@K.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -186,6 +211,7 @@ fn run(cli: Cli) -> Result<bool> {
         Cmd::Gradcheck(args) => gradcheck_cmd(args),
         Cmd::Train(args) => train_cmd(*args),
         Cmd::Eval(args) => eval_cmd(args),
+        Cmd::Data(cmd) => data_cmd::run(cmd),
     }
 }
 
@@ -258,13 +284,13 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
     if a.device != "cpu" {
         bail!("--device {}: only `cpu` is available in this build", a.device);
     }
-    let optimizer = match a.optimizer.as_str() {
-        "adam" => ncf_train::OptimChoice::Adam,
-        "sgd" => ncf_train::OptimChoice::Sgd,
-        other => bail!("--optimizer {other}: expected adam or sgd"),
+    let resume = match &a.resume {
+        Some(p) => Some((ncf_train::Checkpoint::load(p)?, p.clone())),
+        None => None,
     };
-    for p in [&a.metrics_jsonl, &a.summary_json, &a.save, &a.plot].into_iter().flatten() {
-        if p.exists() && !a.force {
+    let save = a.save.clone().or_else(|| a.resume.clone());
+    for p in [&a.metrics_jsonl, &a.summary_json, &save, &a.plot].into_iter().flatten() {
+        if p.exists() && !a.force && Some(p) != a.resume.as_ref() {
             bail!("{} exists; pass --force to overwrite it", p.display());
         }
     }
@@ -273,47 +299,84 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
         builder = builder.num_threads(t);
     }
     let pool = builder.build().context("building the thread pool")?;
-    let pretrained = match (&a.pretrain_gmf, &a.pretrain_mlp) {
-        (Some(g), Some(m)) => Some((ncf_train::Checkpoint::load(g)?, ncf_train::Checkpoint::load(m)?)),
-        _ => None,
+    let mut cfg = match &resume {
+        Some((ckpt, path)) => {
+            let mut c = ckpt.train_config(path)?;
+            if let Some(d) = &a.data {
+                c.data = Some(d.display().to_string());
+            }
+            c
+        }
+        None => {
+            let optimizer = match a.optimizer.as_str() {
+                "adam" => ncf_train::OptimChoice::Adam,
+                "sgd" => ncf_train::OptimChoice::Sgd,
+                other => bail!("--optimizer {other}: expected adam or sgd"),
+            };
+            let pretrained = match (&a.pretrain_gmf, &a.pretrain_mlp) {
+                (Some(g), Some(m)) => Some((ncf_train::Checkpoint::load(g)?, ncf_train::Checkpoint::load(m)?)),
+                _ => None,
+            };
+            ncf_train::TrainConfig {
+                pretrained,
+                alpha: a.alpha,
+                model: a.model.clone(),
+                factors: a.factors,
+                layers: a.layers.clone(),
+                neg: a.neg,
+                batch: a.batch,
+                lr: a.lr,
+                optimizer,
+                l2: a.l2,
+                seed: a.seed,
+                k: a.k,
+                data: a.data.as_ref().map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()).display().to_string()),
+                min_rating: a.min_rating,
+                split_seed: a.split_seed,
+                ..Default::default()
+            }
+        }
     };
-    let cfg = ncf_train::TrainConfig {
-        pretrained,
-        alpha: a.alpha,
-        progress: true,
-        model: a.model.clone(),
-        factors: a.factors,
-        layers: a.layers.clone(),
-        neg: a.neg,
-        batch: a.batch,
-        lr: a.lr,
-        optimizer,
-        l2: a.l2,
-        epochs: a.epochs,
-        seed: a.seed,
-        patience: a.patience,
-        k: a.k,
-        gemm: a.gemm,
-        ..Default::default()
-    };
+    cfg.gemm = a.gemm;
+    cfg.progress = true;
+    cfg.save = save.clone();
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(p) = a.patience {
+        cfg.patience = p;
+    }
     let t = std::time::Instant::now();
-    let split = ncf_data::NcfSplit::load(&a.data)?;
-    let data = pool.install(|| ncf_train::Prepared::from_split(&split, a.seed));
+    let opts = source_options(cfg.min_rating, cfg.split_seed);
+    let data_path = cfg.data.as_ref().map(PathBuf::from);
+    let loaded = pool.install(|| ncf_train::source::load(data_path.as_deref(), &opts))?;
+    let split = &loaded.split;
+    let data = pool.install(|| ncf_train::Prepared::from_split(split, cfg.seed));
+    eprintln!("{}", loaded.description);
     eprintln!(
-        "loaded {} ({} users, {} items, {} training interactions, {} duplicates dropped, {} validation and {} test users) in {:.2} s",
-        split.name,
+        "{} users, {} items, {} training interactions; {} validation and {} test users; loaded in {:.2} s",
         split.n_users,
         split.n_items,
         split.train.len(),
-        split.duplicates,
         data.valid.len(),
         data.test.len(),
         t.elapsed().as_secs_f64()
     );
+    if let Some((ckpt, path)) = &resume {
+        let (users, items) = ckpt.id_maps(path)?;
+        for (what, saved, here) in [("user", users, &split.user_ids), ("item", items, &split.item_ids)] {
+            if saved.as_ref() != here.as_ref() {
+                bail!("{} was trained with a different {what} id map than this data has", path.display());
+            }
+        }
+        let done = ckpt.metadata.get("epochs").and_then(|e| serde_json::from_str::<Vec<serde_json::Value>>(e).ok());
+        eprintln!("resuming {} after epoch {} of {}", path.display(), done.map_or(0, |d| d.len()), cfg.epochs);
+    }
     let mut jsonl = String::new();
     let k = a.k;
     let outcome = pool.install(|| {
-        ncf_train::train(&cfg, &data, |r| {
+        let from = resume.as_ref().map(|(c, p)| ncf_train::ResumeFrom { checkpoint: c, path: p });
+        ncf_train::train(&cfg, &data, from, |r| {
             println!(
                 "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} samples/s]",
                 r.epoch, r.loss, r.valid_hr, r.valid_ndcg, r.test_hr, r.test_ndcg, r.sampling_s, r.training_s, r.eval_s, r.samples_per_second
@@ -342,11 +405,14 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
     if let Some(p) = &a.plot {
         write_atomic(p, ncf_train::plot::training_curves_svg(&outcome.epochs, a.k).as_bytes(), a.force)?;
     }
-    if let Some(p) = &a.save {
-        outcome.best.save(p, a.force)?;
-        eprintln!("saved epoch {} to {}", summary.selected_epoch, p.display());
+    if let Some(p) = &save {
+        eprintln!("{} holds epoch {} (selected) and the state to resume from", p.display(), summary.selected_epoch);
     }
     Ok(true)
+}
+
+fn source_options(min_rating: Option<f32>, split_seed: u64) -> ncf_train::source::SourceOptions {
+    ncf_train::source::SourceOptions { min_rating, split_seed, ..Default::default() }
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<bool> {
@@ -356,17 +422,27 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     }
     let pool = builder.build().context("building the thread pool")?;
     let ckpt = ncf_train::Checkpoint::load(&a.model)?;
-    let split = ncf_data::NcfSplit::load(&a.data)?;
+    let loaded =
+        pool.install(|| ncf_train::source::load(a.data.as_deref(), &source_options(a.min_rating, a.split_seed)))?;
+    let split = &loaded.split;
+    let data_name = a.data.as_ref().map_or(ncf_train::source::SAMPLE_NAME.to_string(), |d| d.display().to_string());
     if (ckpt.spec.users, ckpt.spec.items) != (split.n_users, split.n_items) {
         bail!(
-            "{} was trained on {} users × {} items, but {} has {} × {}",
+            "{} was trained on {} users × {} items, but {data_name} has {} × {}",
             a.model.display(),
             ckpt.spec.users,
             ckpt.spec.items,
-            a.data.display(),
             split.n_users,
             split.n_items
         );
+    }
+    let (users, items) = ckpt.id_maps(&a.model)?;
+    for (what, saved, here) in [("user", users, &split.user_ids), ("item", items, &split.item_ids)] {
+        if let (Some(saved), Some(here)) = (saved, here)
+            && &saved != here
+        {
+            bail!("{} was trained with a different {what} id map than {data_name} has", a.model.display());
+        }
     }
     let be = CpuBackend::<f32>::default();
     let mut model = ckpt.model(&be, 25_600, &a.model)?;

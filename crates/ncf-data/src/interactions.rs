@@ -101,8 +101,15 @@ pub fn hold_out_one_per_user(all: &UserItems, seed: u64) -> (UserItems, Vec<Opti
 /// not `also_exclude`. Fewer if the user has fewer unseen items.
 pub fn sample_unseen(known: &UserItems, u: usize, also_exclude: &[u32], n: usize, seed: u64) -> Vec<u32> {
     let mut rng = seeded(seed, u as u64);
-    let mut pool: Vec<u32> =
-        (0..known.n_items as u32).filter(|&i| !known.contains(u, i) && !also_exclude.contains(&i)).collect();
+    // Walk the user's sorted items alongside 0..n_items (linear, no per-item search).
+    let seen = known.of(u);
+    let mut pool: Vec<u32> = Vec::with_capacity(known.n_items - seen.len());
+    let mut next = seen.iter().peekable();
+    for i in 0..known.n_items as u32 {
+        if next.next_if_eq(&&i).is_none() && !also_exclude.contains(&i) {
+            pool.push(i);
+        }
+    }
     let n = n.min(pool.len());
     let (chosen, _) = pool.partial_shuffle(&mut rng, n);
     chosen.to_vec()

@@ -5,12 +5,19 @@
 //! synthetic MovieLens generator.
 
 pub mod error;
+pub mod idmap;
 pub mod interactions;
+pub mod movielens;
 pub mod ncf_split;
 pub(crate) mod parse;
 pub mod sampler;
+pub mod split;
+pub mod synth;
 
-pub use error::{DataError, Result};
+pub use error::{DataError, Result, write_atomic};
+pub use idmap::IdMap;
 pub use interactions::UserItems;
+pub use movielens::{MovieLensFiles, RawRating, load_movies, load_ratings, load_users};
 pub use ncf_split::NcfSplit;
 pub use sampler::{Row, sample_epoch};
+pub use split::{Implicit, LeaveOneOut, leave_latest_out};

@@ -16,6 +16,7 @@
 //! no embedding for it.
 
 use crate::error::{DataError, Result, read_file};
+use crate::idmap::IdMap;
 use crate::parse::{lines, parse_i64, parse_u64, show};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,10 @@ pub struct NcfSplit {
     pub test: Vec<(u32, u32)>,
     /// The sampled negatives of each test line.
     pub negatives: Vec<Vec<u32>>,
+    /// Raw ids of the dense user / item ids, when the folder has them (`NAME.user_ids.tsv`,
+    /// `NAME.item_ids.tsv`, or the shared `item_id_map.tsv` of the canonical ML-1M split).
+    pub user_ids: Option<IdMap>,
+    pub item_ids: Option<IdMap>,
 }
 
 /// The three files of a split.
@@ -43,6 +48,8 @@ pub struct SplitFiles {
     pub train: PathBuf,
     pub test: PathBuf,
     pub negative: PathBuf,
+    pub user_ids: Option<PathBuf>,
+    pub item_ids: Option<PathBuf>,
 }
 
 impl SplitFiles {
@@ -73,7 +80,15 @@ impl SplitFiles {
             }
         };
         let f = |suffix: &str| dir.join(format!("{name}.{suffix}"));
-        let files = SplitFiles { train: f("train.rating"), test: f("test.rating"), negative: f("test.negative"), name };
+        let opt = |p: PathBuf| Some(p).filter(|p| p.is_file());
+        let files = SplitFiles {
+            train: f("train.rating"),
+            test: f("test.rating"),
+            negative: f("test.negative"),
+            user_ids: opt(f("user_ids.tsv")),
+            item_ids: opt(f("item_ids.tsv")).or_else(|| opt(dir.join("item_id_map.tsv"))),
+            name,
+        };
         for p in [&files.test, &files.negative] {
             if !p.is_file() {
                 return Err(DataError::invalid(
@@ -240,6 +255,29 @@ impl NcfSplit {
             }
             negatives.push(negs);
         }
-        Ok(NcfSplit { name: files.name.clone(), n_users, n_items, train, duplicates, test, negatives })
+        let read_map = |p: &Option<PathBuf>, n: usize, what: &str| -> Result<Option<IdMap>> {
+            let Some(p) = p else { return Ok(None) };
+            let m = IdMap::read_tsv(p)?;
+            if m.len() < n {
+                return Err(DataError::invalid(
+                    p,
+                    format!("maps {} {what} ids, but the split uses {what}s 0..{}", m.len(), n - 1),
+                ));
+            }
+            Ok(Some(m))
+        };
+        let user_ids = read_map(&files.user_ids, n_users, "user")?;
+        let item_ids = read_map(&files.item_ids, n_items, "item")?;
+        Ok(NcfSplit {
+            name: files.name.clone(),
+            n_users,
+            n_items,
+            train,
+            duplicates,
+            test,
+            negatives,
+            user_ids,
+            item_ids,
+        })
     }
 }

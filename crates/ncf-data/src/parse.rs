@@ -45,6 +45,57 @@ pub fn show(field: &[u8]) -> String {
     if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s.into_owned() }
 }
 
+/// Streams the lines of the file at `path` through `f` (1-based line number, line bytes
+/// without `\n` / `\r\n`), reusing one buffer, so memory stays flat whatever the file's size.
+/// Returns how many lines were seen (blank ones included).
+pub fn for_each_line(path: &std::path::Path, f: impl FnMut(usize, &[u8]) -> crate::Result<()>) -> crate::Result<usize> {
+    let file = std::fs::File::open(path).map_err(|e| crate::DataError::io(path, e))?;
+    for_each_line_in(std::io::BufReader::with_capacity(1 << 20, file), path, f)
+}
+
+/// [`for_each_line`] over any buffered reader; `path` names the source in errors.
+pub fn for_each_line_in(
+    mut reader: impl std::io::BufRead,
+    path: &std::path::Path,
+    mut f: impl FnMut(usize, &[u8]) -> crate::Result<()>,
+) -> crate::Result<usize> {
+    let mut buf = Vec::with_capacity(256);
+    let mut line = 0;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| crate::DataError::io(path, e))?;
+        if n == 0 {
+            return Ok(line);
+        }
+        line += 1;
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        f(line, text.strip_suffix(b"\r").unwrap_or(text))?;
+    }
+}
+
+/// Splits `text` on a multi-byte separator such as `::`.
+pub fn split_on<'a>(text: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.windows(sep.len()).position(|w| w == sep) {
+            Some(p) => {
+                rest = Some(&r[p + sep.len()..]);
+                Some(&r[..p])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// Decodes Latin-1 (ISO-8859-1): every byte is the code point of the same value.
+pub fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +117,13 @@ mod tests {
         assert_eq!(parse_i64(b"-7"), Some(-7));
         assert_eq!(parse_f64(b"4.5"), Some(4.5));
         assert_eq!(parse_f64(b"nan"), None);
+    }
+
+    #[test]
+    fn multi_byte_separator_and_latin1() {
+        let v: Vec<_> = split_on(b"1::Am\xe9lie (2001)::Comedy|Romance", b"::").collect();
+        assert_eq!(v.len(), 3);
+        assert_eq!(latin1(v[1]), "Am\u{e9}lie (2001)");
+        assert_eq!(split_on(b"", b"::").count(), 1);
     }
 }

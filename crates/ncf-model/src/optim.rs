@@ -4,7 +4,8 @@
 //! A step walks the parameter list once. Each tensor is updated by its group's rule and its
 //! gradient is zeroed, so the next backward starts clean.
 
-use crate::params::{IdSource, ParamSet, Role};
+use crate::params::{HostTensor, IdSource, ParamSet, Role};
+use ncf_core::Float;
 use ncf_core::{AdamHp, Backend, Decay, Error, OptimKind, Result, SgdHp};
 
 /// The three parameter groups an optimizer configures separately.
@@ -128,6 +129,52 @@ impl<B: Backend> Optimizer<B> {
 
     /// One step on every tensor using its accumulated gradient, then zeroes the gradients.
     /// `users`/`items (B)` are the batch's ids: lazy embedding groups touch only those rows.
+    /// The optimizer's state as host tensors: `NAME.m` (Adam's first moment, or SGD's momentum)
+    /// and `NAME.v` (Adam's second moment) for each parameter `NAME`. With the step count
+    /// [`Optimizer::t`] this is everything a resumed run needs to continue exactly.
+    pub fn state_to_host(&self, be: &B, params: &ParamSet<B>) -> Result<Vec<HostTensor>> {
+        let mut out = Vec::with_capacity(2 * params.tensors.len());
+        for (k, p) in params.tensors.iter().enumerate() {
+            for (suffix, buf) in [("m", &self.state1[k]), ("v", &self.state2[k])] {
+                if be.len(buf) == 0 {
+                    continue;
+                }
+                let data = be.download(buf)?.iter().take(p.numel()).map(|x| x.to_f64()).collect();
+                out.push(HostTensor { name: format!("{}.{suffix}", p.name), shape: p.shape.clone(), data });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores state saved by [`Optimizer::state_to_host`] and the step count `t`. Every
+    /// state tensor this optimizer keeps must be present with the right size.
+    pub fn load_state(&mut self, be: &B, params: &ParamSet<B>, state: &[HostTensor], t: u64) -> Result<()> {
+        for (k, p) in params.tensors.iter().enumerate() {
+            for (suffix, buf) in [("m", &mut self.state1[k]), ("v", &mut self.state2[k])] {
+                if be.len(buf) == 0 {
+                    continue;
+                }
+                let name = format!("{}.{suffix}", p.name);
+                let h = state
+                    .iter()
+                    .find(|h| h.name == name)
+                    .ok_or_else(|| Error::invalid("Optimizer::load_state", "state", format!("no tensor `{name}`")))?;
+                if h.data.len() != p.numel() {
+                    return Err(Error::shape(
+                        "Optimizer::load_state",
+                        "state",
+                        format!("{} elements for `{name}`", p.numel()),
+                        format!("{} elements", h.data.len()),
+                    ));
+                }
+                let host: Vec<B::T> = h.data.iter().map(|&x| B::T::from_f64(x)).collect();
+                be.write(buf, &host)?;
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+
     pub fn step(
         &mut self,
         be: &B,

@@ -2,12 +2,15 @@
 //! in the model: `gmf_user_embedding`, `mlp_0_weight`, …) and, in its metadata header, the
 //! model configuration, the training configuration and the run's metrics as JSON strings.
 //!
-//! Ids: the NCF split files are already dense, so a checkpoint trained on them uses the
-//! identity map (metadata `id_map = "identity"`). Written atomically: a temporary file in the
+//! Ids: when the data came with raw ids (a MovieLens source, a split written by
+//! `ncf data split`, the canonical ML-1M split's `item_id_map.tsv`), the metadata holds
+//! `user_ids` / `item_ids`, JSON arrays of the raw id of each dense id, and `id_map = "raw"`;
+//! otherwise `id_map = "identity"` (dense ids are the only ids). Written atomically: a temporary file in the
 //! same folder, then a rename, so a crash never leaves half a checkpoint.
 
 use crate::{Result, TrainError};
 use ncf_core::Backend;
+use ncf_data::IdMap;
 use ncf_model::{AnyModel, HostTensor, Model, ModelConfig, ModelKind};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,19 @@ pub struct Checkpoint {
     pub tensors: Vec<HostTensor>,
     /// Extra JSON documents (`train_config`, `summary`, …), by name.
     pub metadata: HashMap<String, String>,
+}
+
+/// Stores the id maps in checkpoint metadata (see the module doc).
+pub fn put_id_maps(meta: &mut HashMap<String, String>, users: Option<&IdMap>, items: Option<&IdMap>) {
+    let arr = |m: &IdMap| serde_json::to_string(m.raw_ids()).unwrap_or_default();
+    if let Some(u) = users {
+        meta.insert("user_ids".into(), arr(u));
+    }
+    if let Some(i) = items {
+        meta.insert("item_ids".into(), arr(i));
+    }
+    let kind = if users.is_some() || items.is_some() { "raw" } else { "identity" };
+    meta.insert("id_map".into(), kind.into());
 }
 
 fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
@@ -111,6 +127,17 @@ impl Checkpoint {
         Ok(Checkpoint { spec, tensors, metadata })
     }
 
+    /// The saved id maps (users, items); `None` where the checkpoint has none.
+    pub fn id_maps(&self, path: &Path) -> Result<(Option<IdMap>, Option<IdMap>)> {
+        let get = |key: &str| -> Result<Option<IdMap>> {
+            let Some(json) = self.metadata.get(key) else { return Ok(None) };
+            let raw: Vec<u64> =
+                serde_json::from_str(json).map_err(|e| ckpt_err(path, format!("bad `{key}` metadata: {e}")))?;
+            IdMap::from_dense_order(raw).map(Some).ok_or_else(|| ckpt_err(path, format!("`{key}` repeats a raw id")))
+        };
+        Ok((get("user_ids")?, get("item_ids")?))
+    }
+
     /// Builds the model the checkpoint describes, with its weights, on `be`.
     pub fn model<B: Backend>(&self, be: &B, max_batch: usize, path: &Path) -> Result<AnyModel<B>> {
         let cfg = self.spec.config()?;
@@ -126,5 +153,68 @@ impl Checkpoint {
             params.load(be, name, &t.data).map_err(|e| ckpt_err(path, e.to_string()))?;
         }
         Ok(m)
+    }
+}
+
+/// What `ncf train --resume` needs beyond the selected weights, stored in the same file:
+/// tensors `resume/param/NAME` (the weights after the last epoch), `resume/optim/NAME.m` and
+/// `resume/optim/NAME.v` (optimizer state), and metadata `resume` = `{"t": steps,
+/// "best_valid": index}`; the epoch reports are the `epochs` metadata.
+pub struct ResumeState {
+    pub epochs: Vec<crate::EpochReport>,
+    pub best_valid: Option<usize>,
+    pub current: Vec<HostTensor>,
+    pub optim: Vec<HostTensor>,
+    /// Optimizer steps taken.
+    pub t: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResumeMeta {
+    t: u64,
+    best_valid: Option<usize>,
+}
+
+const PARAM: &str = "resume/param/";
+const OPTIM: &str = "resume/optim/";
+
+impl ResumeState {
+    pub fn write_into(self, ckpt: &mut Checkpoint) {
+        let meta = ResumeMeta { t: self.t, best_valid: self.best_valid };
+        ckpt.metadata.insert("resume".into(), serde_json::to_string(&meta).unwrap_or_default());
+        ckpt.metadata.insert("epochs".into(), serde_json::to_string(&self.epochs).unwrap_or_default());
+        for (prefix, set) in [(PARAM, self.current), (OPTIM, self.optim)] {
+            ckpt.tensors.extend(set.into_iter().map(|t| HostTensor { name: format!("{prefix}{}", t.name), ..t }));
+        }
+    }
+
+    pub fn read(ckpt: &Checkpoint, path: &Path) -> Result<Self> {
+        let meta: ResumeMeta = ckpt
+            .metadata
+            .get("resume")
+            .ok_or_else(|| ckpt_err(path, "has no resume state (it was not written by `ncf train --save`)"))
+            .and_then(|j| serde_json::from_str(j).map_err(|e| ckpt_err(path, format!("bad `resume` metadata: {e}"))))?;
+        let epochs: Vec<crate::EpochReport> =
+            ckpt.metadata.get("epochs").ok_or_else(|| ckpt_err(path, "no `epochs` metadata")).and_then(|j| {
+                serde_json::from_str(j).map_err(|e| ckpt_err(path, format!("bad `epochs` metadata: {e}")))
+            })?;
+        if meta.best_valid.is_some_and(|b| b >= epochs.len()) {
+            return Err(ckpt_err(path, "resume state names an epoch it has no report for"));
+        }
+        let strip = |prefix: &str| -> Vec<HostTensor> {
+            ckpt.tensors
+                .iter()
+                .filter_map(|t| Some(HostTensor { name: t.name.strip_prefix(prefix)?.to_string(), ..t.clone() }))
+                .collect()
+        };
+        Ok(ResumeState { epochs, best_valid: meta.best_valid, current: strip(PARAM), optim: strip(OPTIM), t: meta.t })
+    }
+}
+
+impl Checkpoint {
+    /// The training configuration the checkpoint was written with.
+    pub fn train_config(&self, path: &Path) -> Result<crate::TrainConfig> {
+        let j = self.metadata.get("train_config").ok_or_else(|| ckpt_err(path, "no `train_config` metadata"))?;
+        serde_json::from_str(j).map_err(|e| ckpt_err(path, format!("bad `train_config` metadata: {e}")))
     }
 }

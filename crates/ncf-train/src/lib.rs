@@ -8,13 +8,13 @@
 use ncf_core::{Decay, OptimKind, SgdHp};
 use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
-use ncf_data::{NcfSplit, Row, UserItems, sample_epoch};
+use ncf_data::{IdMap, NcfSplit, Row, UserItems, sample_epoch};
 use ncf_eval::{HitMetrics, RankCase, evaluate};
 use ncf_model::{
     AnyModel, Batch, Group, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch, train_step,
 };
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,11 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub mod checkpoint;
 pub mod plot;
+pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
 
 /// Which update rule trains every group.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimChoice {
     Adam,
@@ -45,7 +46,7 @@ pub enum OptimChoice {
 
 /// Every setting of a run. Defaults are the original code's: batch 256, Adam lr 0.001,
 /// 4 negatives, factors 8, layers [64,32,16,8], K = 10.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: String,
     pub factors: usize,
@@ -77,6 +78,15 @@ pub struct TrainConfig {
     /// Draw a progress bar per epoch on stderr (hidden when stderr is not a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// Write a checkpoint here after every epoch (atomically, replacing the previous one): the
+    /// validation-selected weights, plus what `--resume` needs to continue the run.
+    #[serde(skip)]
+    pub save: Option<std::path::PathBuf>,
+    /// Where the data came from (`--data`, `--min-rating`, `--split-seed`), recorded so that
+    /// `--resume` and readers of the summary know; `train` itself takes a [`Prepared`].
+    pub data: Option<String>,
+    pub min_rating: Option<f32>,
+    pub split_seed: u64,
 }
 
 impl Default for TrainConfig {
@@ -101,6 +111,10 @@ impl Default for TrainConfig {
             pretrained: None,
             alpha: 0.5,
             progress: false,
+            save: None,
+            data: None,
+            min_rating: None,
+            split_seed: 42,
         }
     }
 }
@@ -114,6 +128,9 @@ pub struct Prepared {
     pub train: UserItems,
     pub valid: Vec<RankCase>,
     pub test: Vec<RankCase>,
+    /// Raw ids of the dense ids, when the data has them; saved in checkpoints.
+    pub user_ids: Option<IdMap>,
+    pub item_ids: Option<IdMap>,
 }
 
 impl Prepared {
@@ -135,12 +152,12 @@ impl Prepared {
             })
             .collect();
         let test = split.test.iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
-        Prepared { known, train, valid, test }
+        Prepared { known, train, valid, test, user_ids: split.user_ids.clone(), item_ids: split.item_ids.clone() }
     }
 }
 
 /// What one epoch did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
     pub loss: f64,
@@ -250,9 +267,24 @@ fn build_model(
     Ok(AnyModel::NeuMf(ncf_model::NeuMf::from_pretrained(be, mcfg, &gmf, &mlp, cfg.alpha, max_rows)?))
 }
 
+/// Where a resumed run picks up: read from a checkpoint's `resume/…` tensors and `resume`
+/// metadata (see [`checkpoint`]).
+pub struct ResumeFrom<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub path: &'a std::path::Path,
+}
+
 /// Trains on `data` with `cfg` (f32, CPU, the current rayon pool), calling `on_epoch` after
-/// each epoch.
-pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&EpochReport)) -> Result<Outcome> {
+/// each epoch. With `resume`, the weights, optimizer state, epoch reports and best epoch come
+/// from the checkpoint and training continues with its next epoch; since every epoch's
+/// negatives and shuffle derive from (seed, epoch), the result is bit-identical to a run that
+/// never stopped.
+pub fn train(
+    cfg: &TrainConfig,
+    data: &Prepared,
+    resume: Option<ResumeFrom<'_>>,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<Outcome> {
     let kind = check(cfg)?;
     let be = CpuBackend::<f32>::new(cfg.gemm);
     let mcfg = ModelConfig {
@@ -264,18 +296,52 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         init: Default::default(),
     };
     let max_rows = cfg.batch.max(cfg.eval_rows);
-    let mut model = build_model(cfg, &mcfg, &be, max_rows)?;
-    let mut best_weights = model.params().to_host(&be)?;
-    let mut opt = Optimizer::new(&be, model.params(), optim_config(cfg), cfg.batch)?;
+    let mut reports: Vec<EpochReport> = Vec::new();
+    let mut best_valid: Option<usize> = None;
+    let (mut model, mut best_weights, mut opt) = match &resume {
+        None => {
+            let model = build_model(cfg, &mcfg, &be, max_rows)?;
+            let best = model.params().to_host(&be)?;
+            let opt = Optimizer::new(&be, model.params(), optim_config(cfg), cfg.batch)?;
+            (model, best, opt)
+        }
+        Some(r) => {
+            let st = checkpoint::ResumeState::read(r.checkpoint, r.path)?;
+            if ModelSpec::of(&mcfg) != r.checkpoint.spec {
+                return Err(TrainError::Checkpoint {
+                    path: r.path.display().to_string(),
+                    reason: format!(
+                        "holds a {:?} model, but this run builds {:?}",
+                        r.checkpoint.spec,
+                        ModelSpec::of(&mcfg)
+                    ),
+                });
+            }
+            let mut model = AnyModel::new(&be, &mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
+            for t in &st.current {
+                model.params_and_grads().0.load(&be, &t.name, &t.data)?;
+            }
+            let mut opt = Optimizer::new(&be, model.params(), optim_config(cfg), cfg.batch)?;
+            opt.load_state(&be, model.params(), &st.optim, st.t)?;
+            reports = st.epochs;
+            best_valid = st.best_valid;
+            (model, r.checkpoint.tensors.iter().filter(|t| !t.name.starts_with("resume/")).cloned().collect(), opt)
+        }
+    };
     let mut batch = Batch::with_capacity(&be, cfg.batch)?;
     let mut scratch = StepScratch::new(&be, cfg.batch)?;
     let (mut us, mut is, mut ys) =
         (Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch));
     let mut rows: Vec<Row> = Vec::new();
-    let mut reports: Vec<EpochReport> = Vec::new();
-    let mut best_valid: Option<usize> = None;
+    let stopped_early = |reports: &[EpochReport], best: Option<usize>| {
+        cfg.patience > 0 && best.is_some_and(|b| reports.len() - 1 - b >= cfg.patience)
+    };
+    let first = reports.len() + 1;
 
-    for epoch in 1..=cfg.epochs {
+    for epoch in first..=cfg.epochs {
+        if stopped_early(&reports, best_valid) {
+            break;
+        }
         let t0 = Instant::now();
         sample_epoch(&data.train, &data.known, cfg.neg, cfg.seed, epoch as u64, &mut rows);
         let t1 = Instant::now();
@@ -332,16 +398,31 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
             best_valid = Some(k);
             best_weights = model.params().to_host(&be)?;
         }
-        if cfg.patience > 0 && best_valid.is_some_and(|b| k - b >= cfg.patience) {
-            break;
+        if let Some(path) = &cfg.save {
+            let resume = checkpoint::ResumeState {
+                epochs: reports.clone(),
+                best_valid,
+                current: model.params().to_host(&be)?,
+                optim: opt.state_to_host(&be, model.params())?,
+                t: opt.t,
+            };
+            let summary = summarize(cfg, &reports, best_valid);
+            snapshot(cfg, &mcfg, data, &summary, &reports, best_weights.clone(), Some(resume)).save(path, true)?;
         }
     }
+    let summary = summarize(cfg, &reports, best_valid);
+    let best = snapshot(cfg, &mcfg, data, &summary, &reports, best_weights, None);
+    Ok(Outcome { summary, epochs: reports, best })
+}
+
+/// The run's summary so far: test metrics at the validation-selected epoch.
+fn summarize(cfg: &TrainConfig, reports: &[EpochReport], best_valid: Option<usize>) -> Summary {
     let n = reports.len().max(1) as f64;
     let mean = |f: fn(&EpochReport) -> f64| reports.iter().map(f).sum::<f64>() / n;
     let sel = best_valid.map(|b| reports[b].clone());
     let best_test = reports.iter().max_by(|a, b| a.test_hr.total_cmp(&b.test_hr)).cloned();
     let (sampling, training, eval) = (mean(|r| r.sampling_s), mean(|r| r.training_s), mean(|r| r.eval_s));
-    let summary = Summary {
+    Summary {
         model: cfg.model.clone(),
         factors: cfg.factors,
         layers: cfg.layers.clone(),
@@ -359,10 +440,27 @@ pub fn train(cfg: &TrainConfig, data: &Prepared, mut on_epoch: impl FnMut(&Epoch
         samples_per_second: mean(|r| r.samples_per_second),
         threads: rayon::current_num_threads(),
         config: cfg.clone(),
-    };
+    }
+}
+
+/// A checkpoint of the selected weights with the run's metadata, and optionally its resume state.
+fn snapshot(
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    data: &Prepared,
+    summary: &Summary,
+    reports: &[EpochReport],
+    best_weights: Vec<ncf_model::HostTensor>,
+    resume: Option<checkpoint::ResumeState>,
+) -> Checkpoint {
     let mut metadata = std::collections::HashMap::new();
-    metadata.insert("summary".to_string(), serde_json::to_string(&summary).unwrap_or_default());
-    metadata.insert("epochs".to_string(), serde_json::to_string(&reports).unwrap_or_default());
-    let best = Checkpoint { spec: ModelSpec::of(&mcfg), tensors: best_weights, metadata };
-    Ok(Outcome { summary, epochs: reports, best })
+    metadata.insert("summary".to_string(), serde_json::to_string(summary).unwrap_or_default());
+    metadata.insert("epochs".to_string(), serde_json::to_string(reports).unwrap_or_default());
+    metadata.insert("train_config".to_string(), serde_json::to_string(cfg).unwrap_or_default());
+    checkpoint::put_id_maps(&mut metadata, data.user_ids.as_ref(), data.item_ids.as_ref());
+    let mut ckpt = Checkpoint { spec: ModelSpec::of(mcfg), tensors: best_weights, metadata };
+    if let Some(r) = resume {
+        r.write_into(&mut ckpt);
+    }
+    ckpt
 }

@@ -1,0 +1,419 @@
+//! MovieLens files as GroupLens ships them, streamed line by line:
+//!
+//! | file | format | encoding |
+//! |---|---|---|
+//! | ML-1M `ratings.dat` | `UserID::MovieID::Rating::Timestamp` | ASCII |
+//! | ML-1M `movies.dat` | `MovieID::Title (Year)::Genre1\|Genre2` | **Latin-1** |
+//! | ML-1M `users.dat` | `UserID::Gender::Age::Occupation::Zip-code` | ASCII |
+//! | ML-100K `u.data` | `user\titem\trating\ttimestamp` | ASCII |
+//! | ml-latest `ratings.csv` | header `userId,movieId,rating,timestamp`, then values | UTF-8 |
+//!
+//! Every malformed line is an error naming the file, the 1-based line and the field. Blank
+//! lines are skipped; a file with no records is an error.
+
+use crate::error::{DataError, Result};
+use crate::parse::{for_each_line, for_each_line_in, latin1, parse_f64, parse_i64, parse_u64, show, split_on};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// One rating line, with the dataset's own ids.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawRating {
+    pub user: u64,
+    pub item: u64,
+    pub rating: f32,
+    pub timestamp: i64,
+}
+
+/// How a ratings file is laid out, chosen from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RatingsFormat {
+    /// `::`-separated (`ratings.dat`).
+    Dat,
+    /// Tab-separated (`u.data`, `*.tsv`).
+    Tab,
+    /// Comma-separated with a header naming the columns (`ratings.csv`).
+    Csv,
+}
+
+impl RatingsFormat {
+    pub fn of(path: &Path) -> Result<Self> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        match name.rsplit('.').next() {
+            Some("dat") => Ok(RatingsFormat::Dat),
+            Some("data" | "tsv") => Ok(RatingsFormat::Tab),
+            Some("csv") => Ok(RatingsFormat::Csv),
+            _ => Err(DataError::invalid(
+                path,
+                "unknown ratings format: expected a .dat (ML-1M ::), .data/.tsv (ML-100K tab) or .csv (with header) file",
+            )),
+        }
+    }
+}
+
+fn id_field(path: &Path, line: usize, field: &'static str, f: &[u8]) -> Result<u64> {
+    parse_u64(f.trim_ascii())
+        .ok_or_else(|| DataError::parse(path, line, field, format!("`{}` is not a non-negative integer id", show(f))))
+}
+
+fn unquote(f: &[u8]) -> &[u8] {
+    let f = f.trim_ascii();
+    f.strip_prefix(b"\"").and_then(|g| g.strip_suffix(b"\"")).unwrap_or(f)
+}
+
+/// Column positions of a ratings CSV, found by header name.
+struct CsvColumns {
+    user: usize,
+    item: usize,
+    rating: usize,
+    timestamp: usize,
+    count: usize,
+}
+
+impl CsvColumns {
+    fn from_header(path: &Path, header: &[u8]) -> Result<Self> {
+        let names: Vec<String> =
+            header.split(|&b| b == b',').map(|f| String::from_utf8_lossy(unquote(f)).to_ascii_lowercase()).collect();
+        let find = |field: &'static str, accepted: &[&str]| {
+            names.iter().position(|n| accepted.contains(&n.as_str())).filter(|&k| k < MAX_FIELDS).ok_or_else(|| {
+                DataError::parse(
+                    path,
+                    1,
+                    field,
+                    format!("the header has no `{}` column (found: {})", accepted[0], names.join(", ")),
+                )
+            })
+        };
+        Ok(CsvColumns {
+            user: find("userId", &["userid", "user_id", "user"])?,
+            item: find("movieId", &["movieid", "movie_id", "itemid", "item_id", "item"])?,
+            rating: find("rating", &["rating"])?,
+            timestamp: find("timestamp", &["timestamp"])?,
+            count: names.len(),
+        })
+    }
+}
+
+/// Most fields a ratings line may have (a CSV may carry extra columns).
+const MAX_FIELDS: usize = 16;
+
+/// Stores up to `MAX_FIELDS` fields in `out` without allocating; returns how many there were.
+fn fill<'a>(it: impl Iterator<Item = &'a [u8]>, out: &mut [&'a [u8]; MAX_FIELDS]) -> usize {
+    let mut n = 0;
+    for f in it {
+        if n < MAX_FIELDS {
+            out[n] = f;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Reads every rating of a `.dat`, `.data`/`.tsv` or `.csv` ratings file (see the module
+/// table), in file order.
+pub fn load_ratings(path: &Path) -> Result<Vec<RawRating>> {
+    let format = RatingsFormat::of(path)?;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    load_ratings_from(std::io::BufReader::with_capacity(1 << 20, file), path, format)
+}
+
+/// [`load_ratings`] from any reader (e.g. bytes embedded in the binary); `path` names the
+/// source in error messages.
+pub fn load_ratings_from(reader: impl std::io::BufRead, path: &Path, format: RatingsFormat) -> Result<Vec<RawRating>> {
+    let mut out = Vec::new();
+    let mut csv: Option<CsvColumns> = None;
+    let (expect, names): (&str, [&'static str; 4]) = match format {
+        RatingsFormat::Dat => ("UserID::MovieID::Rating::Timestamp", ["UserID", "MovieID", "Rating", "Timestamp"]),
+        RatingsFormat::Tab => ("user\\titem\\trating\\ttimestamp", ["user", "item", "rating", "timestamp"]),
+        RatingsFormat::Csv => ("", ["userId", "movieId", "rating", "timestamp"]),
+    };
+    for_each_line_in(reader, path, |line, text| {
+        if text.trim_ascii().is_empty() {
+            return Ok(());
+        }
+        let mut fields: [&[u8]; MAX_FIELDS] = [&[]; MAX_FIELDS];
+        let [fu, fi, fr, ft] = match format {
+            RatingsFormat::Dat | RatingsFormat::Tab => {
+                let n = match format {
+                    RatingsFormat::Dat => fill(split_on(text, b"::"), &mut fields),
+                    _ => fill(text.split(|&b| b == b'\t'), &mut fields),
+                };
+                if n != 4 {
+                    let field = names[n.min(3)];
+                    return Err(DataError::parse(
+                        path,
+                        line,
+                        field,
+                        format!("expected 4 fields ({expect}), found {n}"),
+                    ));
+                }
+                [fields[0], fields[1], fields[2], fields[3]]
+            }
+            RatingsFormat::Csv => {
+                let Some(cols) = &csv else {
+                    csv = Some(CsvColumns::from_header(path, text)?);
+                    return Ok(());
+                };
+                let n = fill(text.split(|&b| b == b','), &mut fields);
+                if n != cols.count {
+                    return Err(DataError::parse(
+                        path,
+                        line,
+                        names[0],
+                        format!("expected {} comma-separated fields like the header, found {n}", cols.count),
+                    ));
+                }
+                [fields[cols.user], fields[cols.item], fields[cols.rating], fields[cols.timestamp]].map(unquote)
+            }
+        };
+        let user = id_field(path, line, names[0], fu)?;
+        let item = id_field(path, line, names[1], fi)?;
+        let rating = parse_f64(fr)
+            .ok_or_else(|| DataError::parse(path, line, names[2], format!("`{}` is not a number", show(fr))))?;
+        let timestamp = parse_i64(ft.trim_ascii())
+            .ok_or_else(|| DataError::parse(path, line, names[3], format!("`{}` is not an integer", show(ft))))?;
+        out.push(RawRating { user, item, rating: rating as f32, timestamp });
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "no ratings in this file"));
+    }
+    Ok(out)
+}
+
+/// One line of `movies.dat`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Movie {
+    pub id: u64,
+    /// The title as written, year included (`Toy Story (1995)`), decoded from Latin-1.
+    pub title: String,
+    /// The year in the title's trailing `(YYYY)`, when there is one.
+    pub year: Option<u16>,
+    pub genres: Vec<String>,
+}
+
+fn title_year(title: &str) -> Option<u16> {
+    let t = title.trim_end();
+    let inner = t.strip_suffix(')')?;
+    let open = inner.rfind('(')?;
+    inner[open + 1..].parse().ok()
+}
+
+/// Reads `movies.dat` (`MovieID::Title::Genres`, Latin-1). A MovieID listed twice is an error.
+pub fn load_movies(path: &Path) -> Result<Vec<Movie>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for_each_line(path, |line, text| {
+        if text.trim_ascii().is_empty() {
+            return Ok(());
+        }
+        let f: Vec<&[u8]> = split_on(text, b"::").collect();
+        if f.len() != 3 {
+            let field = ["MovieID", "Title", "Genres"][f.len().min(2)];
+            return Err(DataError::parse(
+                path,
+                line,
+                field,
+                format!("expected 3 fields (MovieID::Title::Genres), found {}", f.len()),
+            ));
+        }
+        let id = id_field(path, line, "MovieID", f[0])?;
+        if !seen.insert(id) {
+            return Err(DataError::parse(path, line, "MovieID", format!("movie {id} is listed twice")));
+        }
+        let title = latin1(f[1]);
+        let genres =
+            if f[2].is_empty() { Vec::new() } else { f[2].split(|&b| b == b'|').map(latin1).collect::<Vec<_>>() };
+        out.push(Movie { id, year: title_year(&title), title, genres });
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "no movies in this file"));
+    }
+    Ok(out)
+}
+
+/// One line of `users.dat`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    pub id: u64,
+    /// `'M'` or `'F'`.
+    pub gender: char,
+    /// ML-1M's age bracket code: 1 (under 18), 18, 25, 35, 45, 50, 56 (56+).
+    pub age: u8,
+    /// ML-1M's occupation code, 0..=20.
+    pub occupation: u8,
+    pub zip: String,
+}
+
+/// The age bracket codes of ML-1M's `users.dat`.
+pub const AGE_BRACKETS: [u8; 7] = [1, 18, 25, 35, 45, 50, 56];
+
+/// Reads `users.dat` (`UserID::Gender::Age::Occupation::Zip-code`). A UserID listed twice is
+/// an error.
+pub fn load_users(path: &Path) -> Result<Vec<User>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for_each_line(path, |line, text| {
+        if text.trim_ascii().is_empty() {
+            return Ok(());
+        }
+        let f: Vec<&[u8]> = split_on(text, b"::").collect();
+        if f.len() != 5 {
+            let field = ["UserID", "Gender", "Age", "Occupation", "Zip-code"][f.len().min(4)];
+            return Err(DataError::parse(
+                path,
+                line,
+                field,
+                format!("expected 5 fields (UserID::Gender::Age::Occupation::Zip-code), found {}", f.len()),
+            ));
+        }
+        let id = id_field(path, line, "UserID", f[0])?;
+        if !seen.insert(id) {
+            return Err(DataError::parse(path, line, "UserID", format!("user {id} is listed twice")));
+        }
+        let gender = match f[1] {
+            b"M" => 'M',
+            b"F" => 'F',
+            g => return Err(DataError::parse(path, line, "Gender", format!("`{}` is not M or F", show(g)))),
+        };
+        let age = parse_u64(f[2]).and_then(|a| u8::try_from(a).ok()).filter(|a| AGE_BRACKETS.contains(a)).ok_or_else(
+            || DataError::parse(path, line, "Age", format!("`{}` is not one of {AGE_BRACKETS:?}", show(f[2]))),
+        )?;
+        let occupation = parse_u64(f[3]).filter(|&o| o <= 20).ok_or_else(|| {
+            DataError::parse(path, line, "Occupation", format!("`{}` is not an occupation code 0..=20", show(f[3])))
+        })? as u8;
+        out.push(User { id, gender, age, occupation, zip: latin1(f[4]) });
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "no users in this file"));
+    }
+    Ok(out)
+}
+
+/// The files of a MovieLens folder: one ratings file (the first of `ratings.dat`, `u.data`,
+/// `ratings.csv` present), and `movies.dat` / `users.dat` when they exist.
+#[derive(Clone, Debug)]
+pub struct MovieLensFiles {
+    pub ratings: PathBuf,
+    pub movies: Option<PathBuf>,
+    pub users: Option<PathBuf>,
+}
+
+impl MovieLensFiles {
+    /// Whether `dir` holds a MovieLens ratings file.
+    pub fn is_movielens_dir(dir: &Path) -> bool {
+        Self::find(dir).is_ok()
+    }
+
+    pub fn find(dir: &Path) -> Result<Self> {
+        let ratings = ["ratings.dat", "u.data", "ratings.csv"].iter().map(|n| dir.join(n)).find(|p| p.is_file());
+        let Some(ratings) = ratings else {
+            return Err(DataError::invalid(dir, "no MovieLens ratings file here (ratings.dat, u.data or ratings.csv)"));
+        };
+        let opt = |n: &str| Some(dir.join(n)).filter(|p| p.is_file());
+        Ok(MovieLensFiles { ratings, movies: opt("movies.dat"), users: opt("users.dat") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_three_ratings_formats_read_the_same_ratings() {
+        let d = tempfile::tempdir().unwrap();
+        let want = vec![
+            RawRating { user: 1, item: 1193, rating: 5.0, timestamp: 978300760 },
+            RawRating { user: 2, item: 661, rating: 3.5, timestamp: 978302109 },
+        ];
+        let dat = write(d.path(), "ratings.dat", b"1::1193::5::978300760\r\n\n2::661::3.5::978302109");
+        let tab = write(d.path(), "u.data", b"1\t1193\t5\t978300760\n2\t661\t3.5\t978302109\n");
+        let csv = write(
+            d.path(),
+            "ratings.csv",
+            b"timestamp,userId,movieId,rating\n978300760,1,1193,5.0\n978302109,2,661,3.5\n",
+        );
+        for p in [dat, tab, csv] {
+            assert_eq!(load_ratings(&p).unwrap(), want, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn movies_are_latin1_with_year_and_genres() {
+        let d = tempfile::tempdir().unwrap();
+        let p =
+            write(d.path(), "movies.dat", b"1::Toy Story (1995)::Animation|Children's|Comedy\n2::Am\xe9lie (2001)::\n");
+        let m = load_movies(&p).unwrap();
+        assert_eq!(m[0].year, Some(1995));
+        assert_eq!(m[0].genres, vec!["Animation", "Children's", "Comedy"]);
+        assert_eq!(m[1].title, "Am\u{e9}lie (2001)");
+        assert!(m[1].genres.is_empty());
+    }
+
+    #[test]
+    fn users_parse_and_validate_codes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "users.dat", b"1::F::1::10::48067\n2::M::56::16::70072\n");
+        let u = load_users(&p).unwrap();
+        assert_eq!(u[1], User { id: 2, gender: 'M', age: 56, occupation: 16, zip: "70072".into() });
+    }
+
+    /// Every malformed case names the file, the line and the field.
+    #[test]
+    fn malformed_lines_name_file_line_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("ratings.dat", b"1::2::3::4\n1::x::3::4\n", "ratings.dat:2: field `MovieID`"),
+            ("ratings.dat", b"1::2::3\n", "ratings.dat:1: field `Timestamp`: expected 4 fields"),
+            ("ratings.dat", b"1::2::3::4::5\n", "ratings.dat:1: field `Timestamp`: expected 4 fields"),
+            ("ratings.dat", b"1::2::five::4\n", "ratings.dat:1: field `Rating`"),
+            ("ratings.dat", b"-1::2::5::4\n", "ratings.dat:1: field `UserID`"),
+            ("ratings.dat", b"1::2::5::yesterday\n", "ratings.dat:1: field `Timestamp`"),
+            ("ratings.dat", b"", "ratings.dat: no ratings"),
+            ("ratings.dat", b"\n\n", "ratings.dat: no ratings"),
+            ("u.data", b"1\t2\t3\t4\n5\t6\n", "u.data:2: field `rating`: expected 4 fields"),
+            ("u.data", b"1\t2\t3\t4\n5\t6\t7\t8.5\n", "u.data:2: field `timestamp`"),
+            ("ratings.csv", b"userId,rating,timestamp\n", "ratings.csv:1: field `movieId`: the header has no"),
+            ("ratings.csv", b"userId,movieId,rating,timestamp\n1,2,3\n", "ratings.csv:2: field `userId`: expected 4"),
+            ("ratings.csv", b"userId,movieId,rating,timestamp\n1,2,3,4\n1,b,3,4\n", "ratings.csv:3: field `movieId`"),
+            ("ratings.csv", b"userId,movieId,rating,timestamp\n", "ratings.csv: no ratings"),
+            ("movies.dat", b"1::A (1990)::Drama\n2::B (1991)\n", "movies.dat:2: field `Genres`: expected 3"),
+            (
+                "movies.dat",
+                b"1::A (1990)::Drama\n1::B (1991)::Drama\n",
+                "movies.dat:2: field `MovieID`: movie 1 is listed twice",
+            ),
+            ("movies.dat", b"x::A (1990)::Drama\n", "movies.dat:1: field `MovieID`"),
+            ("movies.dat", b"", "movies.dat: no movies"),
+            ("users.dat", b"1::F::1::10::48067\n2::X::1::10::1\n", "users.dat:2: field `Gender`"),
+            ("users.dat", b"1::F::17::10::48067\n", "users.dat:1: field `Age`"),
+            ("users.dat", b"1::F::18::21::48067\n", "users.dat:1: field `Occupation`"),
+            ("users.dat", b"1::F::18::2\n", "users.dat:1: field `Zip-code`: expected 5"),
+            ("users.dat", b"1::F::18::2::1\n1::F::18::2::1\n", "users.dat:2: field `UserID`: user 1 is listed twice"),
+        ];
+        for &(name, body, want) in cases {
+            let p = write(d.path(), name, body);
+            let e = match name {
+                "movies.dat" => load_movies(&p).map(|_| ()),
+                "users.dat" => load_users(&p).map(|_| ()),
+                _ => load_ratings(&p).map(|_| ()),
+            }
+            .expect_err(want)
+            .to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+            assert!(e.contains(&d.path().display().to_string()), "{e:?} should name the full path");
+        }
+        let missing = load_ratings(&d.path().join("nope.dat")).unwrap_err().to_string();
+        assert!(missing.contains("nope.dat"), "{missing}");
+        let unknown = load_ratings(&write(d.path(), "r.xlsx", b"1")).unwrap_err().to_string();
+        assert!(unknown.contains("unknown ratings format"), "{unknown}");
+    }
+}
