@@ -75,6 +75,9 @@ struct TrainArgs {
     /// adam or sgd.
     #[arg(long, conflicts_with = "resume", default_value = "adam")]
     optimizer: String,
+    /// SGD momentum (0: vanilla SGD, as the paper uses for pretrained NeuMF).
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.9)]
+    momentum: f64,
     /// L2 penalty on embeddings and weights.
     #[arg(long, conflicts_with = "resume", default_value_t = 0.0)]
     l2: f64,
@@ -328,6 +331,7 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
                 lr: a.lr,
                 optimizer,
                 l2: a.l2,
+                momentum: a.momentum,
                 seed: a.seed,
                 k: a.k,
                 data: a.data.as_ref().map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()).display().to_string()),
@@ -451,7 +455,7 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     let t = std::time::Instant::now();
     if a.full_ranking {
         let known = ncf_data::UserItems::from_pairs(split.n_users, split.n_items, &split.train);
-        let seen = |u: usize, j: u32| known.contains(u, j);
+        let seen = |u: usize| known.of(u);
         let m = pool.install(|| ncf_eval::evaluate_full(&be, &mut model, &split.test, split.n_items, seen, a.k))?;
         println!(
             "{} ({}), full ranking: HR@{k} {:.4} NDCG@{k} {:.4} Precision@{k} {:.4} Recall@{k} {:.4} MRR {:.4} over {} users ({:.3} s)",

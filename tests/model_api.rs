@@ -99,3 +99,36 @@ fn neumf_from_pretrained_copies_towers_and_mixes_the_output_layer() {
     assert!(err.to_string().contains("NeuMf::from_pretrained"), "{err}");
     assert!(NeuMf::from_pretrained(&be, &cfg, &g, &m, 1.5, 3).is_err());
 }
+
+/// `score` (first MLP layer precomputed per user and per item) is `forward` up to rounding, for
+/// every model, in f64 and f32; and it refuses tables computed from older weights.
+#[test]
+fn fast_scoring_matches_forward_and_refuses_stale_tables() {
+    fn check<T: ncf_cpu::CpuFloat>(tol: ncf_core::Tol) {
+        let be = CpuBackend::<T>::default();
+        let (n_users, n_items, b) = (13, 29, 64);
+        let users: Vec<u32> = (0..b as u32).map(|k| (k * 7) % n_users as u32).collect();
+        let items: Vec<u32> = (0..b as u32).map(|k| (k * 11 + 3) % n_items as u32).collect();
+        for kind in ModelKind::ALL {
+            let mut cfg = ModelConfig::new(kind, n_users, n_items);
+            cfg.layers = vec![16, 12, 6, 4];
+            cfg.init = ncf_model::InitConfig::for_gradcheck();
+            let mut m = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(5, 0)).unwrap();
+            m.forward(&be, &users, &items, b).unwrap();
+            let want: Vec<f64> = m.logits()[..b].iter().map(|x| x.to_f64()).collect();
+            m.prepare_scoring(&be).unwrap();
+            m.score(&be, &users, &items, b).unwrap();
+            let got: Vec<f64> = m.logits()[..b].iter().map(|x| x.to_f64()).collect();
+            ncf_core::tol::assert_close(&format!("{kind} score vs forward"), &got, &want, tol);
+            if matches!(kind, ModelKind::Mlp | ModelKind::NeuMf) {
+                let name = m.params().tensors[0].name.clone();
+                let n = m.params().tensors[0].numel();
+                m.params_and_grads().0.load(&be, &name, &vec![0.5; n]).unwrap();
+                let err = m.score(&be, &users, &items, b).unwrap_err().to_string();
+                assert!(err.contains("weights changed since prepare_scoring"), "{kind}: {err}");
+            }
+        }
+    }
+    check::<f64>(ncf_core::Tol::F64_KERNEL);
+    check::<f32>(ncf_core::Tol::F32_KERNEL);
+}

@@ -69,6 +69,22 @@ pub trait Backend: Sync {
         out: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// Fused inference gather (no backward): `a (NA,D)  ia (B)  c (NC,D)  ic (B)  out (B,D)`:
+    /// `out[b,:] = relu(a[ia[b],:] + c[ic[b],:])`. Scores an MLP's first layer from per-user and
+    /// per-item tables in one pass instead of two gathers, an add and a ReLU.
+    fn gather_add_relu(
+        &self,
+        a: &Self::Buf,
+        na: usize,
+        ia: &Self::Ids,
+        c: &Self::Buf,
+        nc: usize,
+        ic: &Self::Ids,
+        d: usize,
+        b: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
     /// Scatter-add. `dout (B,D)  ids (B)  dtable (N,D)`:  `dtable[ids[b],:] += dout[b,:]`.
     /// Repeated ids accumulate: no update may be lost.
     fn embedding_backward(

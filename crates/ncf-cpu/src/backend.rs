@@ -93,6 +93,30 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         Ok(())
     }
 
+    fn gather_add_relu(
+        &self,
+        a: &Vec<T>,
+        na: usize,
+        ia: &Vec<u32>,
+        c: &Vec<T>,
+        nc: usize,
+        ic: &Vec<u32>,
+        d: usize,
+        b: usize,
+        out: &mut Vec<T>,
+    ) -> Result<()> {
+        const OP: &str = "gather_add_relu";
+        check_len(OP, "a", a.len(), &[na, d])?;
+        check_len(OP, "c", c.len(), &[nc, d])?;
+        check_len(OP, "ia", ia.len(), &[b])?;
+        check_len(OP, "ic", ic.len(), &[b])?;
+        check_len(OP, "out", out.len(), &[b, d])?;
+        check_ids(OP, "a", &ia[..b], na)?;
+        check_ids(OP, "c", &ic[..b], nc)?;
+        embedding::gather_add_relu(&a[..na * d], &ia[..b], &c[..nc * d], &ic[..b], d, &mut out[..b * d]);
+        Ok(())
+    }
+
     fn embedding_backward(
         &self,
         dout: &Vec<T>,

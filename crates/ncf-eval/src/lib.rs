@@ -10,8 +10,10 @@
 //! holds 99 distinct items (the positive once) and the positive is ranked against 98 others.
 //! [`RankCase::new`] does the same, so our numbers are comparable with the paper's.
 //!
-//! **Ties** are resolved in the positive's favour: its rank is the number of candidates with a
-//! strictly higher score.
+//! **Ties** count against the target: its rank is the number of other candidates scoring at
+//! least as high. This matches `evaluate.py`, where the target is the dict's last key and
+//! `heapq.nlargest` keeps insertion order among equal scores, and it means a degenerate model
+//! that gives every item the same score gets HR 0, not a perfect HR 1.
 
 use ncf_core::{Backend, Float, Result};
 use ncf_model::Model;
@@ -47,10 +49,10 @@ pub struct HitMetrics {
     pub users: usize,
 }
 
-/// Rank (0-based) of `scores[0]` among `scores`: how many score strictly higher.
+/// Rank (0-based) of `scores[0]` among `scores`: how many others score at least as high.
 pub fn rank_of_first<T: Float>(scores: &[T]) -> usize {
     let s0 = scores[0];
-    scores[1..].iter().filter(|&&s| s > s0).count()
+    scores[1..].iter().filter(|&&s| s >= s0).count()
 }
 
 /// `(hit, ndcg)` contribution of one user whose target has rank `rank`.
@@ -61,6 +63,7 @@ pub fn hit_ndcg(rank: usize, k: usize) -> (f64, f64) {
 /// Scores every case with `model` (many users per forward call, up to the model's max batch)
 /// and averages HR@K and NDCG@K.
 pub fn evaluate<B: Backend, M: Model<B>>(be: &B, model: &mut M, cases: &[RankCase], k: usize) -> Result<HitMetrics> {
+    model.prepare_scoring(be)?;
     let cap = model.max_batch();
     let (mut users_host, mut items_host) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
     let mut users = be.zeros_ids(cap)?;
@@ -90,7 +93,7 @@ pub fn evaluate<B: Backend, M: Model<B>>(be: &B, model: &mut M, cases: &[RankCas
         }
         be.write_ids(&mut users, &users_host)?;
         be.write_ids(&mut items, &items_host)?;
-        model.forward(be, &users, &items, users_host.len())?;
+        model.score(be, &users, &items, users_host.len())?;
         let logits = be.download(model.logits())?;
         let mut off = 0;
         for c in &cases[start..end] {
@@ -118,7 +121,8 @@ mod tests {
 
     #[test]
     fn rank_and_metrics() {
-        assert_eq!(rank_of_first(&[0.5f32, 0.9, 0.1, 0.5]), 1, "ties go to the target");
+        assert_eq!(rank_of_first(&[0.5f32, 0.9, 0.1, 0.5]), 2, "ties count against the target");
+        assert_eq!(rank_of_first(&[0.5f32; 100]), 99, "a constant model ranks the target last");
         assert_eq!(hit_ndcg(0, 10), (1.0, 1.0));
         assert_eq!(hit_ndcg(10, 10), (0.0, 0.0));
         assert!((hit_ndcg(2, 10).1 - 0.5).abs() < 1e-12);
@@ -138,14 +142,18 @@ pub struct FullMetrics {
     pub users: usize,
 }
 
-/// Ranks each `(user, target)` among all items `j` with `!seen(user, j)` (the target itself is
-/// always a candidate). Scores as many users per forward call as the model's batch holds.
-pub fn evaluate_full<B: Backend, M: Model<B>>(
+/// Ranks each `(user, target)` among all items the user has not interacted with in training
+/// (`seen(user)` lists those, distinct; the target itself is always a candidate; ties count
+/// against it, as in [`rank_of_first`]).
+///
+/// The rank is counted in two linear passes instead of a membership test per item: the items
+/// scoring at least the target's score, minus the seen ones among them. Scores as many users per forward call as the model's batch holds.
+pub fn evaluate_full<'s, B: Backend, M: Model<B>>(
     be: &B,
     model: &mut M,
     targets: &[(u32, u32)],
     n_items: usize,
-    seen: impl Fn(usize, u32) -> bool + Sync,
+    seen: impl Fn(usize) -> &'s [u32] + Sync,
     k: usize,
 ) -> Result<FullMetrics> {
     let cap = model.max_batch();
@@ -156,6 +164,7 @@ pub fn evaluate_full<B: Backend, M: Model<B>>(
             format!("scoring all {n_items} items of a user needs a workspace of at least {n_items} rows, got {cap}"),
         ));
     }
+    model.prepare_scoring(be)?;
     let per_call = cap / n_items;
     let all_items: Vec<u32> = (0..n_items as u32).collect();
     let mut users = be.zeros_ids(per_call * n_items)?;
@@ -170,7 +179,7 @@ pub fn evaluate_full<B: Backend, M: Model<B>>(
             user_block.extend(std::iter::repeat_n(u, n_items));
         }
         be.write_ids(&mut users, &user_block)?;
-        model.forward(be, &users, &items, user_block.len())?;
+        model.score(be, &users, &items, user_block.len())?;
         let logits = be.download(model.logits())?;
         // Ranks in parallel (one user per task), summed in user order so the result is
         // deterministic.
@@ -180,7 +189,9 @@ pub fn evaluate_full<B: Backend, M: Model<B>>(
             .map(|(c, &(u, target))| {
                 let s = &logits[c * n_items..(c + 1) * n_items];
                 let st = s[target as usize];
-                (0..n_items as u32).filter(|&j| j != target && s[j as usize] > st && !seen(u as usize, j)).count()
+                let above = s.iter().filter(|&&x| x >= st).count() - 1; // minus the target itself
+                let seen_above = seen(u as usize).iter().filter(|&&j| j != target && s[j as usize] >= st).count();
+                above - seen_above
             })
             .collect();
         for rank in ranks {
@@ -220,7 +231,7 @@ mod full_tests {
         }
         m.params.load(&be, "item_bias", &(0..n_items).map(|j| j as f64).collect::<Vec<_>>()).unwrap();
         // user 0 has seen items 8 and 9; user 1 has seen nothing.
-        let seen = |u: usize, j: u32| u == 0 && j >= 8;
+        let seen = |u: usize| -> &[u32] { if u == 0 { &[8, 9] } else { &[] } };
         // user 0, target 5: unseen above 5 are 6, 7 → rank 2 (hit at K=3, NDCG 1/log2(4) = 0.5).
         // user 1, target 5: 6, 7, 8, 9 above → rank 4 (miss at K=3).
         let r = evaluate_full(&be, &mut m, &[(0, 5), (1, 5)], n_items, seen, 3).unwrap();

@@ -113,6 +113,20 @@ pub struct MlpTower<B: Backend> {
     dx0: B::Buf,
     dpu: B::Buf,
     dqi: B::Buf,
+    tables: Option<FirstLayerTables<B>>,
+}
+
+/// Inference only: the first dense layer applied to every user and every item once. With
+/// `W₀ = [W_u | W_i]` (the columns that read the user half and the item half of the concatenated
+/// input), `U = E_u·W_uᵀ + b₀ (users, o)` and `V = E_i·W_iᵀ (items, o)`, and layer 0's
+/// pre-activation for a pair is `U[u] + V[i]`: the same value as `W₀·[e_u; e_i] + b₀` up to
+/// float rounding, for `o` additions instead of `2·d·o` multiply-adds per pair. This is the
+/// bulk of the MLP's arithmetic at the paper's shapes, and evaluation scores 100 items per user.
+struct FirstLayerTables<B: Backend> {
+    u: B::Buf,
+    v: B::Buf,
+    /// The [`ParamSet::generation`] the tables were computed from.
+    generation: u64,
 }
 
 impl<B: Backend> MlpTower<B> {
@@ -145,6 +159,7 @@ impl<B: Backend> MlpTower<B> {
             dpu: z(d)?,
             dqi: z(d)?,
             dense,
+            tables: None,
         })
     }
 
@@ -171,6 +186,49 @@ impl<B: Backend> MlpTower<B> {
     }
 
     /// `dout (B,H_L)` is the gradient of the loss w.r.t. [`MlpTower::out`].
+    /// Computes the [`FirstLayerTables`] from the current weights (inference only).
+    pub fn prepare_scoring(&mut self, be: &B, p: &ParamSet<B>) -> Result<()> {
+        let Some(&l0) = self.dense.first() else { return Ok(()) };
+        let (d, o) = (self.d, l0.o);
+        let w = be.download(p.buf(l0.w))?;
+        let (mut wu, mut wi) = (Vec::with_capacity(o * d), Vec::with_capacity(o * d));
+        for row in w.chunks_exact(2 * d).take(o) {
+            wu.extend_from_slice(&row[..d]);
+            wi.extend_from_slice(&row[d..]);
+        }
+        let (wu, wi, zero) = (be.upload(&wu)?, be.upload(&wi)?, be.zeros(o)?);
+        let mut u = be.zeros(self.users * o)?;
+        let mut v = be.zeros(self.items * o)?;
+        be.linear_forward(p.buf(self.user), &wu, p.buf(l0.bias), &mut u, self.users, d, o)?;
+        be.linear_forward(p.buf(self.item), &wi, &zero, &mut v, self.items, d, o)?;
+        self.tables = Some(FirstLayerTables { u, v, generation: p.generation });
+        Ok(())
+    }
+
+    /// [`MlpTower::forward`] with layer 0 read from the tables of
+    /// [`MlpTower::prepare_scoring`]: `x₀ = relu(U[users] + V[items])`, one fused pass. No
+    /// backward may follow (the pre-activations are not kept).
+    pub fn forward_scoring(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        let Some(&l0) = self.dense.first() else { return self.forward(be, p, users, items, b) };
+        let t = match &self.tables {
+            Some(t) if t.generation == p.generation => t,
+            _ => {
+                return Err(Error::invalid(
+                    "mlp.forward_scoring",
+                    "tables",
+                    "the weights changed since prepare_scoring (or it was never called)",
+                ));
+            }
+        };
+        be.gather_add_relu(&t.u, self.users, users, &t.v, self.items, items, l0.o, b, &mut self.x[0])?;
+        for l in 1..self.dense.len() {
+            let layer = self.dense[l];
+            be.linear_forward(&self.x[l - 1], p.buf(layer.w), p.buf(layer.bias), &mut self.z[l], b, layer.i, layer.o)?;
+            be.relu_forward(&self.z[l], &mut self.x[l], b * layer.o)?;
+        }
+        Ok(())
+    }
+
     pub fn backward(
         &mut self,
         be: &B,

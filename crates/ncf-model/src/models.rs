@@ -127,6 +127,17 @@ pub trait Model<B: Backend> {
     fn relu_pattern(&self, _be: &B, _b: usize) -> Result<Vec<bool>> {
         Ok(Vec::new())
     }
+    /// Gets ready for [`Model::score`]: precomputes what inference alone allows (for MLP and
+    /// NeuMF, the first dense layer per user and per item). Call again after the weights change;
+    /// `score` refuses stale tables.
+    fn prepare_scoring(&mut self, _be: &B) -> Result<()> {
+        Ok(())
+    }
+    /// Logits for `(users[b], items[b])` into [`Model::logits`]: the values of
+    /// [`Model::forward`] up to float rounding, faster, and with no backward allowed after.
+    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.forward(be, users, items, b)
+    }
 }
 
 /// Adds an MLP tower's parameters and returns its dense-layer indices.
@@ -275,6 +286,14 @@ impl<B: Backend> Model<B> for Mlp<B> {
         self.head.backward(be, &self.params, &mut self.grads, self.tower.out(), dlogits, b)?;
         self.tower.backward(be, &self.params, &mut self.grads, users, items, &self.head.dinp, b)
     }
+    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
+        self.tower.prepare_scoring(be, &self.params)
+    }
+    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        check_batch("mlp.score", b, self.max_batch)?;
+        self.tower.forward_scoring(be, &self.params, users, items, b)?;
+        self.head.forward(be, &self.params, self.tower.out(), b)
+    }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
         self.tower.relu_pattern(be, b)
     }
@@ -382,6 +401,16 @@ impl<B: Backend> Model<B> for NeuMf<B> {
         check_batch("neumf.forward", b, self.max_batch)?;
         self.gmf.forward(be, &self.params, users, items, b)?;
         self.mlp.forward(be, &self.params, users, items, b)?;
+        be.concat_cols(&self.gmf.h, self.gmf.f, self.mlp.out(), self.mlp.out_width(), b, &mut self.cat)?;
+        self.head.forward(be, &self.params, &self.cat, b)
+    }
+    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
+        self.mlp.prepare_scoring(be, &self.params)
+    }
+    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        check_batch("neumf.score", b, self.max_batch)?;
+        self.gmf.forward(be, &self.params, users, items, b)?;
+        self.mlp.forward_scoring(be, &self.params, users, items, b)?;
         be.concat_cols(&self.gmf.h, self.gmf.f, self.mlp.out(), self.mlp.out_width(), b, &mut self.cat)?;
         self.head.forward(be, &self.params, &self.cat, b)
     }
@@ -566,5 +595,11 @@ impl<B: Backend> Model<B> for AnyModel<B> {
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
         each!(self, m => m.relu_pattern(be, b))
+    }
+    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
+        each!(self, m => m.prepare_scoring(be))
+    }
+    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        each!(self, m => m.score(be, users, items, b))
     }
 }

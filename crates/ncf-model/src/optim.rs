@@ -185,6 +185,7 @@ impl<B: Backend> Optimizer<B> {
         b: usize,
     ) -> Result<()> {
         self.t += 1;
+        params.touch();
         let t = self.t;
         let mut n_users: Option<usize> = None;
         let mut n_items: Option<usize> = None;

@@ -51,6 +51,11 @@ impl<B: Backend> Tensor<B> {
 /// A list of named tensors. Index `k` of a model's params and of its grads is the same tensor.
 pub struct ParamSet<B: Backend> {
     pub tensors: Vec<Tensor<B>>,
+    /// Bumped whenever the values change through [`ParamSet::load`], [`ParamSet::buf_mut`],
+    /// [`ParamSet::touch`] or an optimizer step, so caches derived from the weights (the
+    /// scoring tables of [`crate::Model::prepare_scoring`]) can tell they are stale. Code that
+    /// writes `tensors[k].buf` directly must call [`ParamSet::touch`].
+    pub generation: u64,
 }
 
 /// A host copy of one tensor, in f64, for reports, tests and (later) checkpoints.
@@ -74,7 +79,13 @@ impl<B: Backend> ParamSet<B> {
 
     /// The mutable buffer of tensor `k`.
     pub fn buf_mut(&mut self, k: usize) -> &mut B::Buf {
+        self.generation += 1;
         &mut self.tensors[k].buf
+    }
+
+    /// Records that the values changed (see [`ParamSet::generation`]).
+    pub fn touch(&mut self) {
+        self.generation += 1;
     }
 
     /// A zero-filled set with the same names, shapes and roles (the gradients' layout).
@@ -86,7 +97,7 @@ impl<B: Backend> ParamSet<B> {
                 Ok(Tensor { name: t.name.clone(), shape: t.shape.clone(), role: t.role, buf: be.zeros(t.numel())? })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(ParamSet { tensors })
+        Ok(ParamSet { tensors, generation: 0 })
     }
 
     /// Sets every element of every tensor to zero.
@@ -129,6 +140,7 @@ impl<B: Backend> ParamSet<B> {
             ));
         }
         let host: Vec<B::T> = data.iter().map(|&x| B::T::from_f64(x)).collect();
+        self.generation += 1;
         be.write(&mut t.buf, &host)
     }
 }
@@ -164,6 +176,6 @@ impl<'a, B: Backend> ParamBuilder<'a, B> {
     }
 
     pub fn finish(self) -> ParamSet<B> {
-        ParamSet { tensors: self.tensors }
+        ParamSet { tensors: self.tensors, generation: 0 }
     }
 }

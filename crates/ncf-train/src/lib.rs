@@ -230,6 +230,9 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return bad("lr", "must be a positive number");
     }
+    if !(0.0..1.0).contains(&cfg.momentum) {
+        return bad("momentum", "must be in [0, 1)");
+    }
     if cfg.eval_rows < 100 {
         return bad("eval_rows", "must hold at least one user's 100 candidates");
     }

@@ -9,6 +9,7 @@
 
 use super::gemm::{CpuFloat, GemmImpl, MatMut, MatRef, gemm};
 use ncf_core::{Float, Result};
+use rayon::prelude::*;
 
 /// Forward, reference: the definition, one dot product per output element.
 pub fn linear_forward_naive<T: Float>(inp: &[T], w: &[T], bias: &[T], out: &mut [T], b: usize, i: usize, o: usize) {
@@ -34,8 +35,15 @@ pub fn linear_forward<T: CpuFloat>(
     i: usize,
     o: usize,
 ) -> Result<()> {
-    for row in out[..b * o].chunks_exact_mut(o.max(1)) {
-        row.copy_from_slice(&bias[..o]);
+    if o == 1 && imp == GemmImpl::Scratch && i > 0 {
+        matvec_bias(inp, &w[..i], bias[0], &mut out[..b], i);
+        return Ok(());
+    }
+    let fill = |row: &mut [T]| row.copy_from_slice(&bias[..o]);
+    if b * o >= super::activation::PAR_MIN_ELEMS {
+        out[..b * o].par_chunks_exact_mut(o.max(1)).for_each(fill);
+    } else {
+        out[..b * o].chunks_exact_mut(o.max(1)).for_each(fill);
     }
     // w is stored (O,I) row-major; wᵀ (I,O) is the same memory read with the strides swapped,
     // so no transpose is ever materialized.
@@ -47,6 +55,34 @@ pub fn linear_forward<T: CpuFloat>(
         T::ONE,
         MatMut::row_major(out, b, o),
     )
+}
+
+/// A single output column (the prediction layer, `o = 1`) is a matrix-vector product:
+/// `out[r] = bias + inp[r,:]·w`. A GEMM micro-tile would fill one of its NR columns and waste
+/// the rest, so this path takes one dot product per row instead, with 8 partial sums so the
+/// compiler can vectorize it. Each row is computed by one thread: deterministic.
+fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
+    let dot = |(row, o): (&[T], &mut T)| {
+        let mut acc = [T::ZERO; 8];
+        let (head, tail) = row.split_at(i - i % 8);
+        let (wh, wt) = w.split_at(i - i % 8);
+        for (x8, w8) in head.chunks_exact(8).zip(wh.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += x8[l] * w8[l];
+            }
+        }
+        let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (&x, &wk) in tail.iter().zip(wt) {
+            s += x * wk;
+        }
+        *o = bias + s;
+    };
+    let rows = inp[..out.len() * i].chunks_exact(i);
+    if out.len() * i >= super::activation::PAR_MIN_ELEMS {
+        inp[..out.len() * i].par_chunks_exact(i).zip(out.par_iter_mut()).for_each(dot);
+    } else {
+        rows.zip(out.iter_mut()).for_each(dot);
+    }
 }
 
 /// Backward, reference: the three sums written out.
@@ -141,7 +177,16 @@ mod tests {
     #[test]
     fn every_gemm_impl_matches_the_naive_layer() {
         // The model's real shapes, plus odd ones.
-        for &(b, i, o) in &[(256, 64, 32), (256, 32, 16), (256, 16, 8), (256, 16, 1), (7, 5, 3), (1, 1, 1)] {
+        for &(b, i, o) in &[
+            (256, 64, 32),
+            (256, 32, 16),
+            (256, 16, 8),
+            (256, 16, 1),
+            (25_600, 16, 1),
+            (9, 21, 1),
+            (7, 5, 3),
+            (1, 1, 1),
+        ] {
             let inp = rand_vec(b * i, 1);
             let w = rand_vec(o * i, 2);
             let bias = rand_vec(o, 3);
