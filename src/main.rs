@@ -136,8 +136,12 @@ struct TrainArgs {
 #[derive(clap::Args)]
 struct EvalArgs {
     /// A checkpoint written by `ncf train --save`.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "popularity")]
+    model: Option<PathBuf>,
+    /// Instead of a model, evaluate the popularity baseline (candidates ranked by their number
+    /// of training interactions), sampled protocol.
+    #[arg(long, conflicts_with_all = ["model", "full_ranking"])]
+    popularity: bool,
     /// The data the model was trained on (as `ncf train --data`; default: the embedded sample).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -425,33 +429,48 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
         builder = builder.num_threads(t);
     }
     let pool = builder.build().context("building the thread pool")?;
-    let ckpt = ncf_train::Checkpoint::load(&a.model)?;
     let loaded =
         pool.install(|| ncf_train::source::load(a.data.as_deref(), &source_options(a.min_rating, a.split_seed)))?;
     let split = &loaded.split;
     let data_name = a.data.as_ref().map_or(ncf_train::source::SAMPLE_NAME.to_string(), |d| d.display().to_string());
+    let cases: Vec<ncf_eval::RankCase> =
+        split.test.iter().zip(&split.negatives).map(|(&(u, i), n)| ncf_eval::RankCase::new(u, i, n)).collect();
+    let Some(model_path) = &a.model else {
+        let mut counts = vec![0u32; split.n_items];
+        for &(_, i) in &split.train {
+            counts[i as usize] += 1;
+        }
+        let m = ncf_eval::evaluate_popularity(&counts, &cases, a.k);
+        println!(
+            "popularity baseline on {data_name}: test HR@{k} {:.4} NDCG@{k} {:.4} over {} users",
+            m.hr,
+            m.ndcg,
+            m.users,
+            k = a.k
+        );
+        return Ok(true);
+    };
+    let ckpt = ncf_train::Checkpoint::load(model_path)?;
     if (ckpt.spec.users, ckpt.spec.items) != (split.n_users, split.n_items) {
         bail!(
             "{} was trained on {} users × {} items, but {data_name} has {} × {}",
-            a.model.display(),
+            model_path.display(),
             ckpt.spec.users,
             ckpt.spec.items,
             split.n_users,
             split.n_items
         );
     }
-    let (users, items) = ckpt.id_maps(&a.model)?;
+    let (users, items) = ckpt.id_maps(model_path)?;
     for (what, saved, here) in [("user", users, &split.user_ids), ("item", items, &split.item_ids)] {
         if let (Some(saved), Some(here)) = (saved, here)
             && &saved != here
         {
-            bail!("{} was trained with a different {what} id map than {data_name} has", a.model.display());
+            bail!("{} was trained with a different {what} id map than {data_name} has", model_path.display());
         }
     }
     let be = CpuBackend::<f32>::default();
-    let mut model = ckpt.model(&be, 25_600, &a.model)?;
-    let cases: Vec<ncf_eval::RankCase> =
-        split.test.iter().zip(&split.negatives).map(|(&(u, i), n)| ncf_eval::RankCase::new(u, i, n)).collect();
+    let mut model = ckpt.model(&be, 25_600, model_path)?;
     let t = std::time::Instant::now();
     if a.full_ranking {
         let known = ncf_data::UserItems::from_pairs(split.n_users, split.n_items, &split.train);
@@ -459,7 +478,7 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
         let m = pool.install(|| ncf_eval::evaluate_full(&be, &mut model, &split.test, split.n_items, seen, a.k))?;
         println!(
             "{} ({}), full ranking: HR@{k} {:.4} NDCG@{k} {:.4} Precision@{k} {:.4} Recall@{k} {:.4} MRR {:.4} over {} users ({:.3} s)",
-            a.model.display(),
+            model_path.display(),
             ckpt.spec.kind,
             m.hr,
             m.ndcg,
@@ -475,7 +494,7 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     let m = pool.install(|| ncf_eval::evaluate(&be, &mut model, &cases, a.k))?;
     println!(
         "{} ({}): test HR@{k} {:.4} NDCG@{k} {:.4} over {} users ({:.3} s)",
-        a.model.display(),
+        model_path.display(),
         ckpt.spec.kind,
         m.hr,
         m.ndcg,

@@ -109,9 +109,37 @@ pub fn evaluate<B: Backend, M: Model<B>>(be: &B, model: &mut M, cases: &[RankCas
     Ok(HitMetrics { hr: hr / n, ndcg: ndcg / n, users: cases.len() })
 }
 
+/// The popularity baseline under the same protocol: every candidate scores its number of
+/// training interactions (`item_counts[item]`). A model that does not beat this has learned
+/// nothing personal.
+pub fn evaluate_popularity(item_counts: &[u32], cases: &[RankCase], k: usize) -> HitMetrics {
+    let (mut hr, mut ndcg) = (0.0, 0.0);
+    let mut scores: Vec<f64> = Vec::new();
+    for c in cases {
+        scores.clear();
+        scores.extend(c.candidates.iter().map(|&j| item_counts.get(j as usize).copied().unwrap_or(0) as f64));
+        let (h, g) = hit_ndcg(rank_of_first(&scores), k);
+        hr += h;
+        ndcg += g;
+    }
+    let n = cases.len().max(1) as f64;
+    HitMetrics { hr: hr / n, ndcg: ndcg / n, users: cases.len() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn popularity_baseline_ranks_by_training_counts() {
+        let counts = [5, 1, 9, 3];
+        // Target 0 (count 5) among 1, 2, 3: only item 2 is above → rank 1.
+        let cases = [RankCase::new(0, 0, &[1, 2, 3]), RankCase::new(1, 1, &[0, 2, 3])];
+        let m = evaluate_popularity(&counts, &cases, 1);
+        assert_eq!((m.hr, m.users), (0.0, 2));
+        let m = evaluate_popularity(&counts, &cases, 2);
+        assert_eq!(m.hr, 0.5, "user 0 hits at rank 1, user 1 (count 1, lowest) misses");
+    }
 
     #[test]
     fn duplicate_candidates_count_once_like_evaluate_py() {
