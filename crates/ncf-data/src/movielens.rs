@@ -201,6 +201,22 @@ fn title_year(title: &str) -> Option<u16> {
 
 /// Reads `movies.dat` (`MovieID::Title::Genres`, Latin-1). A MovieID listed twice is an error.
 pub fn load_movies(path: &Path) -> Result<Vec<Movie>> {
+    load_dat_records(path, &["MovieID", "Title", "Genres"], "movie", |_, id, f| {
+        let title = latin1(f[1]);
+        let genres =
+            if f[2].is_empty() { Vec::new() } else { f[2].split(|&b| b == b'|').map(latin1).collect::<Vec<_>>() };
+        Ok(Movie { id, year: title_year(&title), title, genres })
+    })
+}
+
+/// Reads a `::`-separated file whose records are `ID::…` with exactly `names.len()` fields,
+/// each ID at most once; `record(line, id, fields)` builds one record.
+fn load_dat_records<R>(
+    path: &Path,
+    names: &[&'static str],
+    what: &str,
+    mut record: impl FnMut(usize, u64, &[&[u8]]) -> Result<R>,
+) -> Result<Vec<R>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for_each_line(path, |line, text| {
@@ -208,27 +224,23 @@ pub fn load_movies(path: &Path) -> Result<Vec<Movie>> {
             return Ok(());
         }
         let f: Vec<&[u8]> = split_on(text, b"::").collect();
-        if f.len() != 3 {
-            let field = ["MovieID", "Title", "Genres"][f.len().min(2)];
+        if f.len() != names.len() {
             return Err(DataError::parse(
                 path,
                 line,
-                field,
-                format!("expected 3 fields (MovieID::Title::Genres), found {}", f.len()),
+                names[f.len().min(names.len() - 1)],
+                format!("expected {} fields ({}), found {}", names.len(), names.join("::"), f.len()),
             ));
         }
-        let id = id_field(path, line, "MovieID", f[0])?;
+        let id = id_field(path, line, names[0], f[0])?;
         if !seen.insert(id) {
-            return Err(DataError::parse(path, line, "MovieID", format!("movie {id} is listed twice")));
+            return Err(DataError::parse(path, line, names[0], format!("{what} {id} is listed twice")));
         }
-        let title = latin1(f[1]);
-        let genres =
-            if f[2].is_empty() { Vec::new() } else { f[2].split(|&b| b == b'|').map(latin1).collect::<Vec<_>>() };
-        out.push(Movie { id, year: title_year(&title), title, genres });
+        out.push(record(line, id, &f)?);
         Ok(())
     })?;
     if out.is_empty() {
-        return Err(DataError::invalid(path, "no movies in this file"));
+        return Err(DataError::invalid(path, format!("no {what}s in this file")));
     }
     Ok(out)
 }
@@ -252,26 +264,8 @@ pub const AGE_BRACKETS: [u8; 7] = [1, 18, 25, 35, 45, 50, 56];
 /// Reads `users.dat` (`UserID::Gender::Age::Occupation::Zip-code`). A UserID listed twice is
 /// an error.
 pub fn load_users(path: &Path) -> Result<Vec<User>> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    for_each_line(path, |line, text| {
-        if text.trim_ascii().is_empty() {
-            return Ok(());
-        }
-        let f: Vec<&[u8]> = split_on(text, b"::").collect();
-        if f.len() != 5 {
-            let field = ["UserID", "Gender", "Age", "Occupation", "Zip-code"][f.len().min(4)];
-            return Err(DataError::parse(
-                path,
-                line,
-                field,
-                format!("expected 5 fields (UserID::Gender::Age::Occupation::Zip-code), found {}", f.len()),
-            ));
-        }
-        let id = id_field(path, line, "UserID", f[0])?;
-        if !seen.insert(id) {
-            return Err(DataError::parse(path, line, "UserID", format!("user {id} is listed twice")));
-        }
+    let names = ["UserID", "Gender", "Age", "Occupation", "Zip-code"];
+    load_dat_records(path, &names, "user", |line, id, f| {
         let gender = match f[1] {
             b"M" => 'M',
             b"F" => 'F',
@@ -283,13 +277,8 @@ pub fn load_users(path: &Path) -> Result<Vec<User>> {
         let occupation = parse_u64(f[3]).filter(|&o| o <= 20).ok_or_else(|| {
             DataError::parse(path, line, "Occupation", format!("`{}` is not an occupation code 0..=20", show(f[3])))
         })? as u8;
-        out.push(User { id, gender, age, occupation, zip: latin1(f[4]) });
-        Ok(())
-    })?;
-    if out.is_empty() {
-        return Err(DataError::invalid(path, "no users in this file"));
-    }
-    Ok(out)
+        Ok(User { id, gender, age, occupation, zip: latin1(f[4]) })
+    })
 }
 
 /// The files of a MovieLens folder: one ratings file (the first of `ratings.dat`, `u.data`,
