@@ -100,3 +100,20 @@ fn train_with_config_then_eval_the_checkpoint() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nowhere"));
 }
+
+/// Without a driver, `--device cuda` is a clean error naming what is missing (exit 2, no
+/// panic). On a machine with a GPU the probe passes and this test has nothing to check.
+#[test]
+fn device_cuda_without_a_gpu_names_what_is_missing() {
+    if ncf_cuda::device::driver_present() {
+        println!("skipped: a CUDA driver is present");
+        return;
+    }
+    for cmd in [&["train", "--device", "cuda"][..], &["eval", "--popularity", "--device", "cuda"][..]] {
+        let out = ncf(cmd);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CUDA is not available: libcuda (the NVIDIA driver) could not be loaded"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

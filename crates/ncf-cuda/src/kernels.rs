@@ -1,0 +1,84 @@
+//! The kernel sources, embedded in the binary. Each file is compiled on its own with the shared
+//! helpers of `common.cuh` prepended (NVRTC has no file system to include from).
+
+/// Helpers every kernel file uses (grid-stride loop, block reduction, stable sigmoid/softplus).
+pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// `(file name, source)` of every kernel file, in the order of the CPU ops files.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
+    ("linear.cu", include_str!("../../../kernels/linear.cu")),
+    ("activation.cu", include_str!("../../../kernels/activation.cu")),
+    ("loss.cu", include_str!("../../../kernels/loss.cu")),
+    ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
+    ("optim.cu", include_str!("../../../kernels/optim.cu")),
+    ("eval.cu", include_str!("../../../kernels/eval.cu")),
+];
+
+/// The full translation unit NVRTC compiles for `source`: the common helpers, then the file.
+pub fn unit(source: &str) -> String {
+    format!("{COMMON}\n{source}")
+}
+
+/// The `extern "C" __global__` kernel names defined in `source`, in order (for loading a
+/// module's functions and for tests that check every kernel was compiled).
+pub fn kernel_names(source: &str) -> Vec<&str> {
+    source
+        .split("extern \"C\" __global__ void ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .map(str::trim)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every CPU op the backend trait needs has a kernel of the same name.
+    #[test]
+    fn kernel_files_define_the_cpu_op_names() {
+        let all: Vec<&str> = SOURCES.iter().flat_map(|(_, s)| kernel_names(s)).collect();
+        for name in [
+            "embedding_forward",
+            "embedding_backward_atomic",
+            "embedding_backward_sorted",
+            "gather_add_relu",
+            "gemm_naive",
+            "gemm_tiled",
+            "bias_broadcast",
+            "bias_grad",
+            "matvec_bias",
+            "relu_forward",
+            "relu_backward",
+            "bias_relu_forward",
+            "sigmoid_forward",
+            "bce_with_logits",
+            "mse",
+            "loss_sum",
+            "gmf_forward",
+            "gmf_backward",
+            "concat_cols",
+            "split_cols",
+            "rowdot_forward",
+            "rowdot_backward",
+            "add_assign",
+            "add_scalar",
+            "sum_into",
+            "fill",
+            "sgd_step",
+            "sgd_step_rows",
+            "adam_step",
+            "adam_step_rows",
+            "mark_rows",
+            "rank_of_first",
+            "full_rank",
+        ] {
+            assert!(all.contains(&name), "no kernel `{name}` in kernels/*.cu (found {all:?})");
+        }
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), all.len(), "kernel names are unique across files");
+    }
+}

@@ -1,0 +1,19 @@
+//! # ncf-cuda
+//!
+//! The GPU side of ncf-rs. Kernels live in `kernels/*.cu`, one file per CPU ops file
+//! (`embedding.cu` ↔ `ncf-cpu/src/ops/embedding.rs`, …) with the same kernel names; they are
+//! embedded with `include_str!` ([`kernels`]) and compiled at run time by NVRTC ([`nvrtc`]).
+//! Nothing CUDA is needed to build this crate: cudarc loads `libcuda`, `libnvrtc` and
+//! `libcublas` when first used, and [`device::probe`] checks that each is present before any
+//! call that would otherwise panic.
+//!
+//! Status: kernels, run-time compilation (checked in CI on a CPU-only machine, to PTX and to
+//! sm_90 CUBIN) and the device probe behind `--device cuda`. The `Backend` implementation that
+//! launches them is the next step (issue 4).
+
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod nvrtc;
+
+pub use error::{CudaError, Result};

@@ -1,0 +1,25 @@
+// Element-wise activations, the GPU twin of crates/ncf-cpu/src/ops/activation.rs.
+
+// out = max(inp, 0)
+extern "C" __global__ void relu_forward(const float* inp, float* out, long long n) {
+    GRID_STRIDE(k, n) { out[k] = inp[k] > 0.0f ? inp[k] : 0.0f; }
+}
+
+// dinp = dout · 1[out > 0]
+extern "C" __global__ void relu_backward(const float* out, const float* dout, float* dinp, long long n) {
+    GRID_STRIDE(k, n) { dinp[k] = out[k] > 0.0f ? dout[k] : 0.0f; }
+}
+
+// Fused bias + ReLU on a layer's output in place: z[r,c] += bias[c]; x = max(z, 0).
+extern "C" __global__ void bias_relu_forward(float* z, const float* bias, float* x, int b, int o) {
+    GRID_STRIDE(k, (long long)b * o) {
+        float v = z[k] + bias[k % o];
+        z[k] = v;
+        x[k] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+// out = σ(inp)
+extern "C" __global__ void sigmoid_forward(const float* inp, float* out, long long n) {
+    GRID_STRIDE(k, n) { out[k] = sigmoidf_stable(inp[k]); }
+}
