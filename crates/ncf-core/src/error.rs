@@ -15,6 +15,9 @@ pub enum Error {
     /// A configuration value that can never work (zero width, negative learning rate, …).
     #[error("{op}: invalid argument `{arg}`: {reason}")]
     InvalidArgument { op: &'static str, arg: &'static str, reason: String },
+    /// A device call failed (a CUDA driver, launch or cuBLAS error).
+    #[error("{op}: device error: {message}")]
+    Device { op: &'static str, message: String },
 }
 
 impl Error {

@@ -11,9 +11,11 @@
 //! sm_90 CUBIN) and the device probe behind `--device cuda`. The `Backend` implementation that
 //! launches them is the next step (issue 4).
 
+pub mod backend;
 pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod nvrtc;
 
+pub use backend::{CudaBackend, GpuGemm};
 pub use error::{CudaError, Result};

@@ -5,7 +5,7 @@
 //! interaction per user, which chooses the epoch and drives early stopping) and on the test set
 //! (reported every epoch, never used to choose anything).
 
-use ncf_core::{Decay, OptimKind, SgdHp};
+use ncf_core::{Backend, Decay, OptimKind, SgdHp};
 use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
 use ncf_data::{IdMap, NcfSplit, Row, UserItems, sample_epoch};
@@ -35,6 +35,10 @@ pub mod checkpoint;
 pub mod plot;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
+
+fn cpu() -> String {
+    "cpu".into()
+}
 
 /// Which update rule trains every group.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,6 +82,9 @@ pub struct TrainConfig {
     /// Draw a progress bar per epoch on stderr (hidden when stderr is not a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// `cpu` or `cuda`.
+    #[serde(skip, default = "cpu")]
+    pub device: String,
     /// Write a checkpoint here after every epoch (atomically, replacing the previous one): the
     /// validation-selected weights, plus what `--resume` needs to continue the run.
     #[serde(skip)]
@@ -111,6 +118,7 @@ impl Default for TrainConfig {
             pretrained: None,
             alpha: 0.5,
             progress: false,
+            device: "cpu".into(),
             save: None,
             data: None,
             min_rating: None,
@@ -248,12 +256,12 @@ pub struct Outcome {
 }
 
 /// Builds the model to train: fresh, or NeuMF from pretrained GMF + MLP checkpoints.
-fn build_model(
+fn build_model<B: Backend<T = f32>>(
     cfg: &TrainConfig,
     mcfg: &ModelConfig,
-    be: &CpuBackend<f32>,
+    be: &B,
     max_rows: usize,
-) -> Result<AnyModel<CpuBackend<f32>>> {
+) -> Result<AnyModel<B>> {
     let Some((g, m)) = &cfg.pretrained else {
         return Ok(AnyModel::new(be, mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?);
     };
@@ -286,10 +294,30 @@ pub fn train(
     cfg: &TrainConfig,
     data: &Prepared,
     resume: Option<ResumeFrom<'_>>,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<Outcome> {
+    check(cfg)?;
+    match cfg.device.as_str() {
+        "cpu" => train_on(&CpuBackend::<f32>::new(cfg.gemm), cfg, data, resume, on_epoch),
+        // Written, not yet run on a GPU (see crates/ncf-cuda).
+        "cuda" => {
+            let be = ncf_cuda::CudaBackend::new(0, ncf_cuda::GpuGemm::Tiled)
+                .map_err(|e| TrainError::Config("device", e.to_string()))?;
+            train_on(&be, cfg, data, resume, on_epoch)
+        }
+        other => Err(TrainError::Config("device", format!("`{other}`: expected cpu or cuda"))),
+    }
+}
+
+/// [`train`] on a given backend.
+fn train_on<B: Backend<T = f32>>(
+    be: &B,
+    cfg: &TrainConfig,
+    data: &Prepared,
+    resume: Option<ResumeFrom<'_>>,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
     let kind = check(cfg)?;
-    let be = CpuBackend::<f32>::new(cfg.gemm);
     let mcfg = ModelConfig {
         kind,
         users: data.known.n_users,
@@ -303,9 +331,9 @@ pub fn train(
     let mut best_valid: Option<usize> = None;
     let (mut model, mut best_weights, mut opt) = match &resume {
         None => {
-            let model = build_model(cfg, &mcfg, &be, max_rows)?;
-            let best = model.params().to_host(&be)?;
-            let opt = Optimizer::new(&be, model.params(), optim_config(cfg), cfg.batch)?;
+            let model = build_model(cfg, &mcfg, be, max_rows)?;
+            let best = model.params().to_host(be)?;
+            let opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
             (model, best, opt)
         }
         Some(r) => {
@@ -320,19 +348,19 @@ pub fn train(
                     ),
                 });
             }
-            let mut model = AnyModel::new(&be, &mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
+            let mut model = AnyModel::new(be, &mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
             for t in &st.current {
-                model.params_and_grads().0.load(&be, &t.name, &t.data)?;
+                model.params_and_grads().0.load(be, &t.name, &t.data)?;
             }
-            let mut opt = Optimizer::new(&be, model.params(), optim_config(cfg), cfg.batch)?;
-            opt.load_state(&be, model.params(), &st.optim, st.t)?;
+            let mut opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
+            opt.load_state(be, model.params(), &st.optim, st.t)?;
             reports = st.epochs;
             best_valid = st.best_valid;
             (model, r.checkpoint.tensors.iter().filter(|t| !t.name.starts_with("resume/")).cloned().collect(), opt)
         }
     };
-    let mut batch = Batch::with_capacity(&be, cfg.batch)?;
-    let mut scratch = StepScratch::new(&be, cfg.batch)?;
+    let mut batch = Batch::with_capacity(be, cfg.batch)?;
+    let mut scratch = StepScratch::new(be, cfg.batch)?;
     let (mut us, mut is, mut ys) =
         (Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch));
     let mut rows: Vec<Row> = Vec::new();
@@ -366,20 +394,20 @@ pub fn train(
                 is.push(r.item);
                 ys.push(r.label);
             }
-            batch.set(&be, &us, &is, &ys)?;
-            train_step(&be, &mut model, &mut opt, &batch, &mut scratch)?;
+            batch.set(be, &us, &is, &ys)?;
+            train_step(be, &mut model, &mut opt, &batch, &mut scratch)?;
             if cfg.progress && (step + 1) % 200 == 0 {
-                loss_sum += scratch.take_loss(&be)?;
+                loss_sum += scratch.take_loss(be)?;
                 let rate = ((step + 1) * cfg.batch) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
                 bar.set_position(step as u64 + 1);
                 bar.set_message(format!("loss {:.4}  {:.0} samples/s", loss_sum / (step + 1) as f64, rate));
             }
         }
         bar.finish_and_clear();
-        let loss = (loss_sum + scratch.take_loss(&be)?) / steps.max(1) as f64;
+        let loss = (loss_sum + scratch.take_loss(be)?) / steps.max(1) as f64;
         let t2 = Instant::now();
-        let v: HitMetrics = evaluate(&be, &mut model, &data.valid, cfg.k)?;
-        let t: HitMetrics = evaluate(&be, &mut model, &data.test, cfg.k)?;
+        let v: HitMetrics = evaluate(be, &mut model, &data.valid, cfg.k)?;
+        let t: HitMetrics = evaluate(be, &mut model, &data.test, cfg.k)?;
         let t3 = Instant::now();
         let training_s = (t2 - t1).as_secs_f64();
         let report = EpochReport {
@@ -399,14 +427,14 @@ pub fn train(
         let k = reports.len() - 1;
         if best_valid.is_none_or(|b| reports[k].valid_hr > reports[b].valid_hr) {
             best_valid = Some(k);
-            best_weights = model.params().to_host(&be)?;
+            best_weights = model.params().to_host(be)?;
         }
         if let Some(path) = &cfg.save {
             let resume = checkpoint::ResumeState {
                 epochs: reports.clone(),
                 best_valid,
-                current: model.params().to_host(&be)?,
-                optim: opt.state_to_host(&be, model.params())?,
+                current: model.params().to_host(be)?,
+                optim: opt.state_to_host(be, model.params())?,
                 t: opt.t,
             };
             let summary = summarize(cfg, &reports, best_valid);

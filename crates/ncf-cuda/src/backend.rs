@@ -1,0 +1,743 @@
+//! `CudaBackend`: the [`Backend`] trait on an NVIDIA GPU, f32, one stream. Each op validates
+//! its sizes on the host exactly as the CPU backend does (same typed errors), then launches the
+//! kernel of the same name from `kernels/*.cu`.
+//!
+//! **Status: written and compiled, not yet run on a GPU** (no session so far was lent one). The
+//! parity tests in `tests/parity.rs` compare every op with `CpuBackend<f32>` and print
+//! `skipped: no CUDA device` here.
+//!
+//! Ids keep a host mirror next to the device copy: range checks read it without a device
+//! round-trip, and `unique_ids` / the deterministic scatter-add order are computed from it.
+//! That costs one small host→device copy per batch, which the fully on-device loop of issue 4
+//! removes.
+
+use crate::device::probe;
+use crate::error::CudaError;
+use crate::kernels::{SOURCES, kernel_names, unit};
+use crate::nvrtc::{Target, compile};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use ncf_core::error::{check_ids, check_len};
+use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Which matrix multiply the dense layers use (`--gemm` on the GPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuGemm {
+    /// One thread per output element (the reference).
+    Naive,
+    /// The hand-written shared-memory kernel tuned for NCF's tall-skinny shapes.
+    Tiled,
+    /// cuBLAS `sgemm`.
+    Cublas,
+}
+
+/// Ids on the device, with the host copy of what was last written.
+pub struct DevIds {
+    dev: CudaSlice<u32>,
+    host: Vec<u32>,
+}
+
+/// The GPU backend (f32).
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    blas: CudaBlas,
+    pub gemm: GpuGemm,
+    /// Scatter-add in a fixed order (sorted runs) instead of with atomics.
+    pub deterministic: bool,
+    /// Per-block loss partial sums (`LOSS_BLOCKS` floats).
+    partials: Mutex<CudaSlice<f32>>,
+    pub device_name: String,
+}
+
+const BLOCK: u32 = 256;
+const LOSS_BLOCKS: u32 = 64;
+
+fn dev_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Device { op, message: e.to_string() }
+}
+
+/// A launch covering `n` elements with a grid-stride kernel.
+fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One warp per row.
+fn warps(rows: usize) -> LaunchConfig {
+    let blocks = (rows * 32).div_ceil(BLOCK as usize).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn i32_of(op: &'static str, what: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(op, what, format!("{v} exceeds the GPU kernels' 32-bit sizes")))
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` (after [`probe`] checked every library), compiles every kernel
+    /// file to PTX for the device's architecture and loads the kernels.
+    pub fn new(ordinal: usize, gemm: GpuGemm) -> std::result::Result<Self, CudaError> {
+        let info = probe(ordinal)?;
+        let call =
+            |call: &'static str| move |e: cudarc::driver::DriverError| CudaError::Call { call, status: e.to_string() };
+        let ctx = CudaContext::new(ordinal).map_err(call("cuCtxCreate"))?;
+        let stream = ctx.default_stream();
+        let arch = (info.compute_capability.0 * 10 + info.compute_capability.1) as u32;
+        let mut funcs = HashMap::new();
+        for &(file, src) in SOURCES {
+            let ptx = compile(file, &unit(src), Target::Ptx(arch))?;
+            let text = String::from_utf8_lossy(&ptx).trim_end_matches('\0').to_string();
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(text)).map_err(call("cuModuleLoadData"))?;
+            for name in kernel_names(src) {
+                let f = module.load_function(name).map_err(call("cuModuleGetFunction"))?;
+                funcs.insert(name, f);
+            }
+        }
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| CudaError::Call { call: "cublasCreate", status: e.to_string() })?;
+        let partials = stream.alloc_zeros::<f32>(LOSS_BLOCKS as usize).map_err(call("cuMemAlloc"))?;
+        Ok(CudaBackend {
+            stream,
+            funcs,
+            blas,
+            gemm,
+            deterministic: true,
+            partials: Mutex::new(partials),
+            device_name: info.name,
+        })
+    }
+
+    fn f(&self, name: &'static str) -> Result<&CudaFunction> {
+        self.funcs.get(name).ok_or_else(|| Error::invalid("cuda", "kernel", format!("kernel `{name}` was not loaded")))
+    }
+
+    /// `C (M,N) = alpha·op(A)·op(B) + beta·C`, row-major (see `kernels/linear.cu`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rm(
+        &self,
+        op: &'static str,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+        (m, n, k): (usize, usize, usize),
+        (ta, tb): (bool, bool),
+        (alpha, beta): (f32, f32),
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (mi, ni, ki) = (i32_of(op, "m", m)?, i32_of(op, "n", n)?, i32_of(op, "k", k)?);
+        match self.gemm {
+            GpuGemm::Cublas => {
+                // Row-major C = A'·B' is column-major Cᵀ = B'ᵀ·A'ᵀ: pass B as cuBLAS's first
+                // operand. A row-major (R,C) buffer is a column-major (C,R) matrix, its transpose.
+                let (transa, lda) =
+                    if tb { (cublasOperation_t::CUBLAS_OP_T, ki) } else { (cublasOperation_t::CUBLAS_OP_N, ni) };
+                let (transb, ldb) =
+                    if ta { (cublasOperation_t::CUBLAS_OP_T, mi) } else { (cublasOperation_t::CUBLAS_OP_N, ki) };
+                let cfg = GemmConfig { transa, transb, m: ni, n: mi, k: ki, alpha, lda, ldb, beta, ldc: ni };
+                // SAFETY: the buffers hold at least m·k, k·n and m·n elements (checked by the
+                // callers with check_len), matching the leading dimensions above.
+                unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Device { op, message: e.to_string() })
+            }
+            GpuGemm::Naive | GpuGemm::Tiled => {
+                let (name, cfg) = if self.gemm == GpuGemm::Naive {
+                    ("gemm_naive", grid(m * n))
+                } else {
+                    let g = LaunchConfig {
+                        grid_dim: (n.div_ceil(16) as u32, m.div_ceil(64) as u32, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    ("gemm_tiled", g)
+                };
+                let f = self.f(name)?;
+                let (ta, tb) = (ta as i32, tb as i32);
+                let mut l = self.stream.launch_builder(f);
+                l.arg(a).arg(b).arg(c).arg(&mi).arg(&ni).arg(&ki).arg(&ta).arg(&tb).arg(&alpha).arg(&beta);
+                // SAFETY: the argument list matches the kernel's signature in linear.cu, and
+                // the buffers are large enough for the shapes (checked by the callers).
+                unsafe { l.launch(cfg) }.map(|_| ()).map_err(dev_err(op))
+            }
+        }
+    }
+
+    /// Adds one batch's loss partial sums into `loss[0]`, scaled by `1/b`.
+    fn finish_loss(
+        &self,
+        op: &'static str,
+        partials: &CudaSlice<f32>,
+        b: usize,
+        loss: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let f = self.f("loss_sum")?;
+        let (n, scale) = (LOSS_BLOCKS as i32, 1.0f32 / b as f32);
+        let mut l = self.stream.launch_builder(f);
+        l.arg(partials).arg(&n).arg(&scale).arg(loss);
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `loss_sum(const float*, int, float, float*)`; partials holds n floats.
+        unsafe { l.launch(cfg) }.map(|_| ()).map_err(dev_err(op))
+    }
+}
+
+/// Launches `$kernel` over `$cfg` with the listed arguments.
+macro_rules! launch {
+    ($self:ident, $op:expr, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $self.f($kernel)?;
+        let mut l = $self.stream.launch_builder(f);
+        $( l.arg($arg); )+
+        // SAFETY: each call site passes exactly the arguments of the kernel's signature in
+        // kernels/*.cu, in order and with the same types, after checking buffer sizes.
+        unsafe { l.launch($cfg) }.map(|_| ()).map_err(dev_err($op))
+    }};
+}
+
+impl Backend for CudaBackend {
+    type T = f32;
+    type Buf = CudaSlice<f32>;
+    type Ids = DevIds;
+
+    fn name(&self) -> String {
+        format!("cuda ({})", self.device_name)
+    }
+
+    fn zeros(&self, len: usize) -> Result<Self::Buf> {
+        self.stream.alloc_zeros::<f32>(len.max(1)).map_err(dev_err("zeros"))
+    }
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf> {
+        if host.is_empty() {
+            return self.zeros(1);
+        }
+        self.stream.clone_htod(host).map_err(dev_err("upload"))
+    }
+    fn write(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()> {
+        check_len("write", "dst", dst.len(), &[src.len()])?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut view = dst.slice_mut(..src.len());
+        self.stream.memcpy_htod(src, &mut view).map_err(dev_err("write"))
+    }
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(buf).map_err(dev_err("download"))
+    }
+    fn len(&self, buf: &Self::Buf) -> usize {
+        buf.len()
+    }
+    fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()> {
+        check_len("fill", "buf", buf.len(), &[n])?;
+        let nn = n as i64;
+        launch!(self, "fill", "fill", grid(n), buf, &value, &nn)
+    }
+    fn zeros_ids(&self, len: usize) -> Result<Self::Ids> {
+        let dev = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err("zeros_ids"))?;
+        Ok(DevIds { dev, host: vec![0; len] })
+    }
+    fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()> {
+        check_len("write_ids", "dst", dst.host.len(), &[src.len()])?;
+        dst.host[..src.len()].copy_from_slice(src);
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut view = dst.dev.slice_mut(..src.len());
+        self.stream.memcpy_htod(src, &mut view).map_err(dev_err("write_ids"))
+    }
+    fn download_ids(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>> {
+        check_len("download_ids", "ids", ids.host.len(), &[n])?;
+        Ok(ids.host[..n].to_vec())
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(dev_err("synchronize"))
+    }
+
+    fn embedding_forward(
+        &self,
+        table: &Self::Buf,
+        n: usize,
+        d: usize,
+        ids: &Self::Ids,
+        b: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "embedding_forward";
+        check_len(OP, "table", table.len(), &[n, d])?;
+        check_len(OP, "ids", ids.host.len(), &[b])?;
+        check_len(OP, "out", out.len(), &[b, d])?;
+        check_ids(OP, "table", &ids.host[..b], n)?;
+        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
+        launch!(self, OP, "embedding_forward", grid(b * d), table, &ids.dev, out, &bi, &di)
+    }
+
+    fn gather_add_relu(
+        &self,
+        a: &Self::Buf,
+        na: usize,
+        ia: &Self::Ids,
+        c: &Self::Buf,
+        nc: usize,
+        ic: &Self::Ids,
+        d: usize,
+        b: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "gather_add_relu";
+        check_len(OP, "a", a.len(), &[na, d])?;
+        check_len(OP, "c", c.len(), &[nc, d])?;
+        check_len(OP, "ia", ia.host.len(), &[b])?;
+        check_len(OP, "ic", ic.host.len(), &[b])?;
+        check_len(OP, "out", out.len(), &[b, d])?;
+        check_ids(OP, "a", &ia.host[..b], na)?;
+        check_ids(OP, "c", &ic.host[..b], nc)?;
+        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
+        launch!(self, OP, "gather_add_relu", grid(b * d), a, &ia.dev, c, &ic.dev, out, &bi, &di)
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: &Self::Buf,
+        ids: &Self::Ids,
+        b: usize,
+        d: usize,
+        dtable: &mut Self::Buf,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding_backward";
+        check_len(OP, "dout", dout.len(), &[b, d])?;
+        check_len(OP, "ids", ids.host.len(), &[b])?;
+        check_len(OP, "dtable", dtable.len(), &[n, d])?;
+        check_ids(OP, "dtable", &ids.host[..b], n)?;
+        if b == 0 || d == 0 {
+            return Ok(());
+        }
+        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
+        if !self.deterministic {
+            return launch!(self, OP, "embedding_backward_atomic", grid(b * d), dout, &ids.dev, dtable, &bi, &di);
+        }
+        // Batch positions ordered by id (stable, so equal ids keep batch order), and the starts of
+        // the runs of equal ids: each run is summed by one thread in batch order.
+        let mut order: Vec<u32> = (0..b as u32).collect();
+        order.sort_by_key(|&p| ids.host[p as usize]);
+        let mut starts: Vec<u32> = Vec::with_capacity(b + 1);
+        for (k, &p) in order.iter().enumerate() {
+            if k == 0 || ids.host[p as usize] != ids.host[order[k - 1] as usize] {
+                starts.push(k as u32);
+            }
+        }
+        let segments = starts.len();
+        starts.push(b as u32);
+        let order_dev = self.stream.clone_htod(&order).map_err(dev_err(OP))?;
+        let starts_dev = self.stream.clone_htod(&starts).map_err(dev_err(OP))?;
+        let si = i32_of(OP, "segments", segments)?;
+        launch!(
+            self,
+            OP,
+            "embedding_backward_sorted",
+            grid(segments * d),
+            dout,
+            &ids.dev,
+            &order_dev,
+            &starts_dev,
+            dtable,
+            &si,
+            &di
+        )
+    }
+
+    fn linear_forward(
+        &self,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        out: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear_forward";
+        check_len(OP, "inp", inp.len(), &[b, i])?;
+        check_len(OP, "w", w.len(), &[o, i])?;
+        check_len(OP, "bias", bias.len(), &[o])?;
+        check_len(OP, "out", out.len(), &[b, o])?;
+        let (bi, ii, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "i", i)?, i32_of(OP, "o", o)?);
+        if o == 1 && self.gemm != GpuGemm::Naive {
+            return launch!(self, OP, "matvec_bias", warps(b), inp, w, bias, out, &bi, &ii);
+        }
+        launch!(self, OP, "bias_broadcast", grid(b * o), bias, &mut *out, &bi, &oi)?;
+        self.gemm_rm(OP, inp, w, out, (b, o, i), (false, true), (1.0, 1.0))
+    }
+
+    fn linear_backward(
+        &self,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        dinp: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        dbias: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear_backward";
+        check_len(OP, "dout", dout.len(), &[b, o])?;
+        check_len(OP, "inp", inp.len(), &[b, i])?;
+        check_len(OP, "w", w.len(), &[o, i])?;
+        check_len(OP, "dw", dw.len(), &[o, i])?;
+        check_len(OP, "dbias", dbias.len(), &[o])?;
+        if let Some(dinp) = dinp {
+            check_len(OP, "dinp", dinp.len(), &[b, i])?;
+            // dinp (B,I) = dout (B,O) · w (O,I)
+            self.gemm_rm(OP, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0))?;
+        }
+        // dw (O,I) += doutᵀ (O,B) · inp (B,I)
+        self.gemm_rm(OP, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0))?;
+        let (bi, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "o", o)?);
+        let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, OP, "bias_grad", cfg, dout, dbias, &bi, &oi)
+    }
+
+    fn relu_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
+        check_len("relu_forward", "inp", inp.len(), &[n])?;
+        check_len("relu_forward", "out", out.len(), &[n])?;
+        let nn = n as i64;
+        launch!(self, "relu_forward", "relu_forward", grid(n), inp, out, &nn)
+    }
+    fn relu_backward(&self, out: &Self::Buf, dout: &Self::Buf, dinp: &mut Self::Buf, n: usize) -> Result<()> {
+        for (t, l) in [("out", out.len()), ("dout", dout.len()), ("dinp", dinp.len())] {
+            check_len("relu_backward", t, l, &[n])?;
+        }
+        let nn = n as i64;
+        launch!(self, "relu_backward", "relu_backward", grid(n), out, dout, dinp, &nn)
+    }
+    fn sigmoid_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
+        check_len("sigmoid_forward", "inp", inp.len(), &[n])?;
+        check_len("sigmoid_forward", "out", out.len(), &[n])?;
+        let nn = n as i64;
+        launch!(self, "sigmoid_forward", "sigmoid_forward", grid(n), inp, out, &nn)
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &Self::Buf,
+        labels: &Self::Buf,
+        b: usize,
+        loss: &mut Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "bce_with_logits";
+        check_len(OP, "logits", logits.len(), &[b])?;
+        check_len(OP, "labels", labels.len(), &[b])?;
+        check_len(OP, "dlogits", dlogits.len(), &[b])?;
+        check_len(OP, "loss", loss.len(), &[1])?;
+        if b == 0 {
+            return Ok(());
+        }
+        let bi = i32_of(OP, "b", b)?;
+        let mut partials = self.partials.lock().map_err(|_| Error::invalid(OP, "partials", "lock poisoned"))?;
+        let cfg = LaunchConfig { grid_dim: (LOSS_BLOCKS, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, OP, "bce_with_logits", cfg, logits, labels, dlogits, &mut *partials, &bi)?;
+        self.finish_loss(OP, &partials, b, loss)
+    }
+
+    fn mse(
+        &self,
+        pred: &Self::Buf,
+        target: &Self::Buf,
+        b: usize,
+        loss: &mut Self::Buf,
+        dpred: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "mse";
+        check_len(OP, "pred", pred.len(), &[b])?;
+        check_len(OP, "target", target.len(), &[b])?;
+        check_len(OP, "dpred", dpred.len(), &[b])?;
+        check_len(OP, "loss", loss.len(), &[1])?;
+        if b == 0 {
+            return Ok(());
+        }
+        let bi = i32_of(OP, "b", b)?;
+        let mut partials = self.partials.lock().map_err(|_| Error::invalid(OP, "partials", "lock poisoned"))?;
+        let cfg = LaunchConfig { grid_dim: (LOSS_BLOCKS, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, OP, "mse", cfg, pred, target, dpred, &mut *partials, &bi)?;
+        self.finish_loss(OP, &partials, b, loss)
+    }
+
+    fn gmf_forward(&self, u: &Self::Buf, v: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
+        for (t, l) in [("u", u.len()), ("v", v.len()), ("out", out.len())] {
+            check_len("gmf_forward", t, l, &[n])?;
+        }
+        let nn = n as i64;
+        launch!(self, "gmf_forward", "gmf_forward", grid(n), u, v, out, &nn)
+    }
+    fn gmf_backward(
+        &self,
+        dout: &Self::Buf,
+        u: &Self::Buf,
+        v: &Self::Buf,
+        du: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        n: usize,
+    ) -> Result<()> {
+        for (t, l) in [("dout", dout.len()), ("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
+            check_len("gmf_backward", t, l, &[n])?;
+        }
+        let nn = n as i64;
+        launch!(self, "gmf_backward", "gmf_backward", grid(n), dout, u, v, du, dv, &nn)
+    }
+    fn concat_cols(
+        &self,
+        a: &Self::Buf,
+        da: usize,
+        c: &Self::Buf,
+        dc: usize,
+        b: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "concat_cols";
+        check_len(OP, "a", a.len(), &[b, da])?;
+        check_len(OP, "c", c.len(), &[b, dc])?;
+        check_len(OP, "out", out.len(), &[b, da + dc])?;
+        let (dai, dci, bi) = (i32_of(OP, "da", da)?, i32_of(OP, "dc", dc)?, i32_of(OP, "b", b)?);
+        launch!(self, OP, "concat_cols", grid(b * (da + dc)), a, &dai, c, &dci, out, &bi)
+    }
+    fn split_cols(
+        &self,
+        dout: &Self::Buf,
+        da: usize,
+        dc: usize,
+        b: usize,
+        grad_a: &mut Self::Buf,
+        grad_c: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "split_cols";
+        check_len(OP, "dout", dout.len(), &[b, da + dc])?;
+        check_len(OP, "grad_a", grad_a.len(), &[b, da])?;
+        check_len(OP, "grad_c", grad_c.len(), &[b, dc])?;
+        let (dai, dci, bi) = (i32_of(OP, "da", da)?, i32_of(OP, "dc", dc)?, i32_of(OP, "b", b)?);
+        launch!(self, OP, "split_cols", grid(b * (da + dc)), dout, &dai, &dci, grad_a, grad_c, &bi)
+    }
+    fn rowdot_forward(&self, u: &Self::Buf, v: &Self::Buf, b: usize, d: usize, out: &mut Self::Buf) -> Result<()> {
+        const OP: &str = "rowdot_forward";
+        check_len(OP, "u", u.len(), &[b, d])?;
+        check_len(OP, "v", v.len(), &[b, d])?;
+        check_len(OP, "out", out.len(), &[b])?;
+        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
+        launch!(self, OP, "rowdot_forward", warps(b), u, v, out, &bi, &di)
+    }
+    fn rowdot_backward(
+        &self,
+        dout: &Self::Buf,
+        u: &Self::Buf,
+        v: &Self::Buf,
+        b: usize,
+        d: usize,
+        du: &mut Self::Buf,
+        dv: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "rowdot_backward";
+        check_len(OP, "dout", dout.len(), &[b])?;
+        for (t, l) in [("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
+            check_len(OP, t, l, &[b, d])?;
+        }
+        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
+        launch!(self, OP, "rowdot_backward", grid(b * d), dout, u, v, du, dv, &bi, &di)
+    }
+    fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()> {
+        check_len("add_assign", "out", out.len(), &[n])?;
+        check_len("add_assign", "x", x.len(), &[n])?;
+        let nn = n as i64;
+        launch!(self, "add_assign", "add_assign", grid(n), out, x, &nn)
+    }
+    fn add_scalar(&self, out: &mut Self::Buf, s: &Self::Buf, n: usize) -> Result<()> {
+        check_len("add_scalar", "out", out.len(), &[n])?;
+        check_len("add_scalar", "s", s.len(), &[1])?;
+        let nn = n as i64;
+        launch!(self, "add_scalar", "add_scalar", grid(n), out, s, &nn)
+    }
+    fn sum_into(&self, x: &Self::Buf, n: usize, acc: &mut Self::Buf) -> Result<()> {
+        check_len("sum_into", "x", x.len(), &[n])?;
+        check_len("sum_into", "acc", acc.len(), &[1])?;
+        let nn = n as i64;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "sum_into", "sum_into", cfg, x, &nn, acc)
+    }
+
+    fn sgd_step(&self, p: &mut Self::Buf, g: &mut Self::Buf, mom: &mut Self::Buf, n: usize, hp: &SgdHp) -> Result<()> {
+        for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
+            check_len("sgd_step", t, l, &[n])?;
+        }
+        let s = SgdScalars::new(hp);
+        let nn = n as i64;
+        launch!(self, "sgd_step", "sgd_step", grid(n), p, g, mom, &nn, &s.lr, &s.mu, &s.l2, &s.shrink)
+    }
+    fn adam_step(
+        &self,
+        p: &mut Self::Buf,
+        g: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        n: usize,
+        hp: &AdamHp,
+        t: u64,
+    ) -> Result<()> {
+        for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
+            check_len("adam_step", name, l, &[n])?;
+        }
+        let s = AdamScalars::new(hp, t);
+        let nn = n as i64;
+        launch!(
+            self,
+            "adam_step",
+            "adam_step",
+            grid(n),
+            p,
+            g,
+            m,
+            v,
+            &nn,
+            &s.b1,
+            &s.b2,
+            &s.step,
+            &s.inv_sqrt_bc2,
+            &s.eps,
+            &s.l2,
+            &s.shrink
+        )
+    }
+    fn sgd_step_rows(
+        &self,
+        p: &mut Self::Buf,
+        g: &mut Self::Buf,
+        mom: &mut Self::Buf,
+        rows: &Self::Ids,
+        nrows: usize,
+        d: usize,
+        n: usize,
+        hp: &SgdHp,
+    ) -> Result<()> {
+        const OP: &str = "sgd_step_rows";
+        for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
+            check_len(OP, t, l, &[n, d])?;
+        }
+        check_len(OP, "rows", rows.host.len(), &[nrows])?;
+        check_ids(OP, "p", &rows.host[..nrows], n)?;
+        let s = SgdScalars::new(hp);
+        let (ri, di) = (i32_of(OP, "nrows", nrows)?, i32_of(OP, "d", d)?);
+        launch!(
+            self,
+            OP,
+            "sgd_step_rows",
+            grid(nrows * d),
+            p,
+            g,
+            mom,
+            &rows.dev,
+            &ri,
+            &di,
+            &s.lr,
+            &s.mu,
+            &s.l2,
+            &s.shrink
+        )
+    }
+    fn adam_step_rows(
+        &self,
+        p: &mut Self::Buf,
+        g: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        rows: &Self::Ids,
+        nrows: usize,
+        d: usize,
+        n: usize,
+        hp: &AdamHp,
+        t: u64,
+    ) -> Result<()> {
+        const OP: &str = "adam_step_rows";
+        for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
+            check_len(OP, name, l, &[n, d])?;
+        }
+        check_len(OP, "rows", rows.host.len(), &[nrows])?;
+        check_ids(OP, "p", &rows.host[..nrows], n)?;
+        let s = AdamScalars::new(hp, t);
+        let (ri, di) = (i32_of(OP, "nrows", nrows)?, i32_of(OP, "d", d)?);
+        launch!(
+            self,
+            OP,
+            "adam_step_rows",
+            grid(nrows * d),
+            p,
+            g,
+            m,
+            v,
+            &rows.dev,
+            &ri,
+            &di,
+            &s.b1,
+            &s.b2,
+            &s.step,
+            &s.inv_sqrt_bc2,
+            &s.eps,
+            &s.l2,
+            &s.shrink
+        )
+    }
+    fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<usize> {
+        check_len("unique_ids", "ids", ids.host.len(), &[b])?;
+        check_len("unique_ids", "out", out.host.len(), &[b])?;
+        check_ids("unique_ids", "table", &ids.host[..b], n)?;
+        let mut u = ids.host[..b].to_vec();
+        u.sort_unstable();
+        u.dedup();
+        self.write_ids(out, &u)?;
+        Ok(u.len())
+    }
+}
+
+/// SGD's scalars in f32, from the f64 hyperparameters (as `ops/optim.rs` on the CPU).
+struct SgdScalars {
+    lr: f32,
+    mu: f32,
+    l2: f32,
+    shrink: f32,
+}
+
+impl SgdScalars {
+    fn new(hp: &SgdHp) -> Self {
+        SgdScalars {
+            lr: hp.lr as f32,
+            mu: hp.momentum as f32,
+            l2: hp.decay.l2() as f32,
+            shrink: (1.0 - hp.lr * hp.decay.decoupled()) as f32,
+        }
+    }
+}
+
+/// Adam's per-step scalars, computed in f64 like the CPU's `AdamScalars`.
+struct AdamScalars {
+    b1: f32,
+    b2: f32,
+    step: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+    l2: f32,
+    shrink: f32,
+}
+
+impl AdamScalars {
+    fn new(hp: &AdamHp, t: u64) -> Self {
+        let t = t.max(1) as i32;
+        let (bc1, bc2) = (1.0 - hp.beta1.powi(t), 1.0 - hp.beta2.powi(t));
+        AdamScalars {
+            b1: hp.beta1 as f32,
+            b2: hp.beta2 as f32,
+            step: (hp.lr / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            eps: hp.eps as f32,
+            l2: hp.decay.l2() as f32,
+            shrink: (1.0 - hp.lr * hp.decay.decoupled()) as f32,
+        }
+    }
+}
