@@ -14,7 +14,6 @@
 use crate::device::probe;
 use crate::error::CudaError;
 use crate::kernels::{SOURCES, kernel_names, unit};
-use crate::nvrtc::{Target, compile};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use ncf_core::error::{check_ids, check_len};
@@ -77,7 +76,8 @@ fn i32_of(op: &'static str, what: &'static str, v: usize) -> Result<i32> {
 
 impl CudaBackend {
     /// Opens device `ordinal` (after [`probe`] checked every library), compiles every kernel
-    /// file to PTX for the device's architecture and loads the kernels.
+    /// file to CUBIN for the device's architecture (or takes it from the [`crate::cache`]) and
+    /// loads the kernels.
     pub fn new(ordinal: usize, gemm: GpuGemm) -> std::result::Result<Self, CudaError> {
         let info = probe(ordinal)?;
         let call =
@@ -86,10 +86,10 @@ impl CudaBackend {
         let stream = ctx.default_stream();
         let arch = (info.compute_capability.0 * 10 + info.compute_capability.1) as u32;
         let mut funcs = HashMap::new();
+        let cache_dir = crate::cache::default_dir();
         for &(file, src) in SOURCES {
-            let ptx = compile(file, &unit(src), Target::Ptx(arch))?;
-            let text = String::from_utf8_lossy(&ptx).trim_end_matches('\0').to_string();
-            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(text)).map_err(call("cuModuleLoadData"))?;
+            let (cubin, _) = crate::cache::cubin(file, &unit(src), arch, cache_dir.as_deref())?;
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(call("cuModuleLoadData"))?;
             for name in kernel_names(src) {
                 let f = module.load_function(name).map_err(call("cuModuleGetFunction"))?;
                 funcs.insert(name, f);

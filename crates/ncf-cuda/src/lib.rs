@@ -8,10 +8,12 @@
 //! call that would otherwise panic.
 //!
 //! Status: kernels, run-time compilation (checked in CI on a CPU-only machine, to PTX and to
-//! sm_90 CUBIN) and the device probe behind `--device cuda`. The `Backend` implementation that
-//! launches them is the next step (issue 4).
+//! sm_90 CUBIN), the kernel cache ([`cache`]), the device probe behind `--device cuda`, and
+//! [`CudaBackend`], which is written and compiles but has not yet run on a GPU: its parity
+//! tests (`tests/parity.rs`) skip without a device.
 
 pub mod backend;
+pub mod cache;
 pub mod device;
 pub mod error;
 pub mod kernels;

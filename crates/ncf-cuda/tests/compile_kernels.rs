@@ -50,3 +50,31 @@ fn a_broken_kernel_is_reported_with_its_line() {
         println!("{target}: {msg}");
     }
 }
+
+/// The kernel cache: a first call compiles and writes the CUBIN file, a fresh process would read
+/// it from disk, and a changed source gets a new key.
+#[test]
+fn compiled_kernels_are_cached_on_disk_by_source_and_arch() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    use ncf_cuda::cache::{Origin, cubin};
+    let dir = std::env::temp_dir().join(format!("ncf-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = "extern \"C\" __global__ void cache_probe(float* x) { x[0] = 2.0f; }";
+    let (a, oa) = cubin("probe.cu", src, 90, Some(&dir)).unwrap();
+    assert_eq!(oa, Origin::Compiled);
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].to_string_lossy().starts_with("probe-sm_90-"), "{files:?}");
+    let (b, ob) = cubin("probe.cu", src, 90, Some(&dir)).unwrap();
+    assert_eq!((ob, &b), (Origin::Memory, &a), "the same process hits memory");
+    // Another process has an empty memory: it reads the file. Simulate by using a different
+    // file name for the memory key but the same disk file name stem and key.
+    std::fs::rename(dir.join(&files[0]), dir.join(files[0].to_string_lossy().replace("probe-", "probe2-"))).unwrap();
+    let (c, oc) = cubin("probe2.cu", src, 90, Some(&dir)).unwrap();
+    assert_eq!((oc, &c), (Origin::Disk, &a), "a fresh lookup reads the cached CUBIN");
+    let (_, od) = cubin("probe2.cu", &src.replace("2.0f", "3.0f"), 90, Some(&dir)).unwrap();
+    assert_eq!(od, Origin::Compiled, "a changed source is a different key");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
