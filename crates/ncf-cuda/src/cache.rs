@@ -35,8 +35,11 @@ pub fn default_dir() -> Option<PathBuf> {
     Some(base.join("ncf-rs").join("kernels"))
 }
 
-fn memory() -> &'static Mutex<HashMap<(String, u32, u64), Vec<u8>>> {
-    static M: OnceLock<Mutex<HashMap<(String, u32, u64), Vec<u8>>>> = OnceLock::new();
+/// (file, arch, source key) → CUBIN.
+type Modules = HashMap<(String, u32, u64), Vec<u8>>;
+
+fn memory() -> &'static Mutex<Modules> {
+    static M: OnceLock<Mutex<Modules>> = OnceLock::new();
     M.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
