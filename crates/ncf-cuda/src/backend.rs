@@ -109,6 +109,16 @@ impl CudaBackend {
         })
     }
 
+    /// GPU time of the work `f` queues, in milliseconds, measured with CUDA events.
+    pub fn time_ms(&self, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(flags).map_err(dev_err("time_ms"))?;
+        f()?;
+        let end = self.stream.record_event(flags).map_err(dev_err("time_ms"))?;
+        end.synchronize().map_err(dev_err("time_ms"))?;
+        start.elapsed_ms(&end).map_err(dev_err("time_ms"))
+    }
+
     fn f(&self, name: &'static str) -> Result<&CudaFunction> {
         self.funcs.get(name).ok_or_else(|| Error::invalid("cuda", "kernel", format!("kernel `{name}` was not loaded")))
     }
