@@ -32,6 +32,53 @@ pub enum GpuGemm {
     Cublas,
 }
 
+/// cuBLAS (column-major) arguments for the row-major product `C (M,N) = op(A)·op(B)`, where
+/// `A` is `(M,K)` (or `(K,M)` if `ta`) and `B` is `(K,N)` (or `(N,K)` if `tb`), all row-major.
+///
+/// Row-major `C = A'·B'` is column-major `Cᵀ = B'ᵀ·A'ᵀ`, so `B` is cuBLAS's *first* operand. A
+/// row-major `(R,C)` buffer read column-major is the `(C,R)` matrix, its transpose, with leading
+/// dimension `C`. Kept separate so the mapping is tested on the CPU (`tests` below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CublasArgs {
+    pub trans_first: bool,
+    pub trans_second: bool,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub ld_first: i32,
+    pub ld_second: i32,
+    pub ldc: i32,
+}
+
+pub fn cublas_args(m: i32, n: i32, k: i32, ta: bool, tb: bool) -> CublasArgs {
+    CublasArgs {
+        trans_first: tb,
+        trans_second: ta,
+        m: n,
+        n: m,
+        k,
+        ld_first: if tb { k } else { n },
+        ld_second: if ta { m } else { k },
+        ldc: n,
+    }
+}
+
+/// The order in which the deterministic scatter-add visits a batch: batch positions sorted by id
+/// (stably, so equal ids keep batch order) and the start of each run of equal ids, closed by
+/// `ids.len()`. `embedding_backward_sorted` sums each run in this order.
+pub fn sorted_runs(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by_key(|&p| ids[p as usize]);
+    let mut starts: Vec<u32> = Vec::with_capacity(ids.len() + 1);
+    for (k, &p) in order.iter().enumerate() {
+        if k == 0 || ids[p as usize] != ids[order[k - 1] as usize] {
+            starts.push(k as u32);
+        }
+    }
+    starts.push(ids.len() as u32);
+    (order, starts)
+}
+
 /// Ids on the device, with the host copy of what was last written.
 pub struct DevIds {
     dev: CudaSlice<u32>,
@@ -141,13 +188,20 @@ impl CudaBackend {
         let (mi, ni, ki) = (i32_of(op, "m", m)?, i32_of(op, "n", n)?, i32_of(op, "k", k)?);
         match self.gemm {
             GpuGemm::Cublas => {
-                // Row-major C = A'·B' is column-major Cᵀ = B'ᵀ·A'ᵀ: pass B as cuBLAS's first
-                // operand. A row-major (R,C) buffer is a column-major (C,R) matrix, its transpose.
-                let (transa, lda) =
-                    if tb { (cublasOperation_t::CUBLAS_OP_T, ki) } else { (cublasOperation_t::CUBLAS_OP_N, ni) };
-                let (transb, ldb) =
-                    if ta { (cublasOperation_t::CUBLAS_OP_T, mi) } else { (cublasOperation_t::CUBLAS_OP_N, ki) };
-                let cfg = GemmConfig { transa, transb, m: ni, n: mi, k: ki, alpha, lda, ldb, beta, ldc: ni };
+                let a_ = cublas_args(mi, ni, ki, ta, tb);
+                let trans = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+                let cfg = GemmConfig {
+                    transa: trans(a_.trans_first),
+                    transb: trans(a_.trans_second),
+                    m: a_.m,
+                    n: a_.n,
+                    k: a_.k,
+                    alpha,
+                    lda: a_.ld_first,
+                    ldb: a_.ld_second,
+                    beta,
+                    ldc: a_.ldc,
+                };
                 // SAFETY: the buffers hold at least m·k, k·n and m·n elements (checked by the
                 // callers with check_len), matching the leading dimensions above.
                 unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Device { op, message: e.to_string() })
@@ -327,16 +381,8 @@ impl Backend for CudaBackend {
         }
         // Batch positions ordered by id (stable, so equal ids keep batch order), and the starts of
         // the runs of equal ids: each run is summed by one thread in batch order.
-        let mut order: Vec<u32> = (0..b as u32).collect();
-        order.sort_by_key(|&p| ids.host[p as usize]);
-        let mut starts: Vec<u32> = Vec::with_capacity(b + 1);
-        for (k, &p) in order.iter().enumerate() {
-            if k == 0 || ids.host[p as usize] != ids.host[order[k - 1] as usize] {
-                starts.push(k as u32);
-            }
-        }
-        let segments = starts.len();
-        starts.push(b as u32);
+        let (order, starts) = sorted_runs(&ids.host[..b]);
+        let segments = starts.len() - 1;
         let order_dev = self.stream.clone_htod(&order).map_err(dev_err(OP))?;
         let starts_dev = self.stream.clone_htod(&starts).map_err(dev_err(OP))?;
         let si = i32_of(OP, "segments", segments)?;
@@ -749,5 +795,80 @@ impl AdamScalars {
             l2: hp.decay.l2() as f32,
             shrink: (1.0 - hp.lr * hp.decay.decoupled()) as f32,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Column-major GEMM as cuBLAS defines it: `C (m,n) = op(A)·op(B)`, `ld*` the column strides.
+    fn sgemm_col_major(args: &CublasArgs, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
+        let (lda, ldb, ldc) = (args.ld_first as usize, args.ld_second as usize, args.ldc as usize);
+        for j in 0..n {
+            for i in 0..m {
+                let mut s = 0.0f32;
+                for p in 0..k {
+                    let x = if args.trans_first { a[p + i * lda] } else { a[i + p * lda] };
+                    let y = if args.trans_second { b[j + p * ldb] } else { b[p + j * ldb] };
+                    s += x * y;
+                }
+                c[i + j * ldc] = s;
+            }
+        }
+    }
+
+    /// The row-major → cuBLAS mapping, run through a column-major reference GEMM on the CPU,
+    /// gives the row-major product for all four transpose combinations.
+    #[test]
+    fn cublas_mapping_computes_the_row_major_product() {
+        let (m, n, k) = (5usize, 3usize, 4usize);
+        let av: Vec<f32> = (0..m * k).map(|x| x as f32 * 0.5 - 3.0).collect(); // A' (M,K)
+        let bv: Vec<f32> = (0..k * n).map(|x| 1.0 - x as f32 * 0.25).collect(); // B' (K,N)
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|p| av[i * k + p] * bv[p * n + j]).sum();
+            }
+        }
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            // Store A' as A = A'ᵀ (K,M) when ta, and B' as B = B'ᵀ (N,K) when tb, row-major.
+            let a: Vec<f32> = if ta { (0..k * m).map(|e| av[(e % m) * k + e / m]).collect() } else { av.clone() };
+            let b: Vec<f32> = if tb { (0..n * k).map(|e| bv[(e % k) * n + e / k]).collect() } else { bv.clone() };
+            let args = cublas_args(m as i32, n as i32, k as i32, ta, tb);
+            let mut c = vec![f32::NAN; m * n];
+            sgemm_col_major(&args, &b, &a, &mut c); // B is cuBLAS's first operand
+            assert_eq!(c, want, "ta={ta} tb={tb}");
+        }
+    }
+
+    /// Summing each run of `sorted_runs` in order (what `embedding_backward_sorted` does) is the
+    /// CPU's naive scatter-add, bit for bit.
+    #[test]
+    fn sorted_runs_reproduce_the_naive_scatter_add_order() {
+        let ids = [3u32, 1, 3, 0, 1, 3, 2, 0];
+        let d = 2;
+        let dout: Vec<f32> = (0..ids.len() * d).map(|x| (x as f32).sin()).collect();
+        let mut want = vec![0.5f32; 4 * d];
+        for (b, &id) in ids.iter().enumerate() {
+            for j in 0..d {
+                want[id as usize * d + j] += dout[b * d + j];
+            }
+        }
+        let (order, starts) = sorted_runs(&ids);
+        assert_eq!(starts, vec![0, 2, 4, 5, 8]);
+        let mut got = vec![0.5f32; 4 * d];
+        for s in 0..starts.len() - 1 {
+            let row = ids[order[starts[s] as usize] as usize] as usize;
+            for j in 0..d {
+                let mut acc = got[row * d + j];
+                for &p in &order[starts[s] as usize..starts[s + 1] as usize] {
+                    acc += dout[p as usize * d + j];
+                }
+                got[row * d + j] = acc;
+            }
+        }
+        assert_eq!(got, want);
     }
 }
