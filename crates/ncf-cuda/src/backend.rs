@@ -228,21 +228,39 @@ impl CudaBackend {
         }
     }
 
-    /// Adds one batch's loss partial sums into `loss[0]`, scaled by `1/b`.
-    fn finish_loss(
+    /// A mean loss over `b` rows (`bce_with_logits` or `mse`, same signature in loss.cu): the
+    /// kernel writes the gradient and per-block partial sums, then `loss_sum` adds
+    /// `(1/b)·Σ partials` into `loss[0]`, in a fixed order.
+    fn mean_loss(
         &self,
         op: &'static str,
-        partials: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
         b: usize,
         loss: &mut CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let f = self.f("loss_sum")?;
+        for (t, l) in [("x", x.len()), ("y", y.len()), ("dx", dx.len())] {
+            check_len(op, t, l, &[b])?;
+        }
+        check_len(op, "loss", loss.len(), &[1])?;
+        if b == 0 {
+            return Ok(());
+        }
+        let bi = i32_of(op, "b", b)?;
+        let mut partials = self.partials.lock().map_err(|_| Error::invalid(op, "partials", "lock poisoned"))?;
+        let cfg = LaunchConfig { grid_dim: (LOSS_BLOCKS, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let mut l = self.stream.launch_builder(self.f(op)?);
+        l.arg(x).arg(y).arg(dx).arg(&mut *partials).arg(&bi);
+        // SAFETY: matches `bce_with_logits` / `mse(const float*, const float*, float*, float*, int)`
+        // in loss.cu; every buffer holds at least b floats (checked above), partials LOSS_BLOCKS.
+        unsafe { l.launch(cfg) }.map_err(dev_err(op))?;
         let (n, scale) = (LOSS_BLOCKS as i32, 1.0f32 / b as f32);
-        let mut l = self.stream.launch_builder(f);
-        l.arg(partials).arg(&n).arg(&scale).arg(loss);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let mut l = self.stream.launch_builder(self.f("loss_sum")?);
+        l.arg(&*partials).arg(&n).arg(&scale).arg(loss);
+        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches `loss_sum(const float*, int, float, float*)`; partials holds n floats.
-        unsafe { l.launch(cfg) }.map(|_| ()).map_err(dev_err(op))
+        unsafe { l.launch(one) }.map(|_| ()).map_err(dev_err(op))
     }
 }
 
@@ -482,19 +500,7 @@ impl Backend for CudaBackend {
         loss: &mut Self::Buf,
         dlogits: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "bce_with_logits";
-        check_len(OP, "logits", logits.len(), &[b])?;
-        check_len(OP, "labels", labels.len(), &[b])?;
-        check_len(OP, "dlogits", dlogits.len(), &[b])?;
-        check_len(OP, "loss", loss.len(), &[1])?;
-        if b == 0 {
-            return Ok(());
-        }
-        let bi = i32_of(OP, "b", b)?;
-        let mut partials = self.partials.lock().map_err(|_| Error::invalid(OP, "partials", "lock poisoned"))?;
-        let cfg = LaunchConfig { grid_dim: (LOSS_BLOCKS, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, OP, "bce_with_logits", cfg, logits, labels, dlogits, &mut *partials, &bi)?;
-        self.finish_loss(OP, &partials, b, loss)
+        self.mean_loss("bce_with_logits", logits, labels, b, loss, dlogits)
     }
 
     fn mse(
@@ -505,19 +511,7 @@ impl Backend for CudaBackend {
         loss: &mut Self::Buf,
         dpred: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "mse";
-        check_len(OP, "pred", pred.len(), &[b])?;
-        check_len(OP, "target", target.len(), &[b])?;
-        check_len(OP, "dpred", dpred.len(), &[b])?;
-        check_len(OP, "loss", loss.len(), &[1])?;
-        if b == 0 {
-            return Ok(());
-        }
-        let bi = i32_of(OP, "b", b)?;
-        let mut partials = self.partials.lock().map_err(|_| Error::invalid(OP, "partials", "lock poisoned"))?;
-        let cfg = LaunchConfig { grid_dim: (LOSS_BLOCKS, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, OP, "mse", cfg, pred, target, dpred, &mut *partials, &bi)?;
-        self.finish_loss(OP, &partials, b, loss)
+        self.mean_loss("mse", pred, target, b, loss, dpred)
     }
 
     fn gmf_forward(&self, u: &Self::Buf, v: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {

@@ -291,11 +291,6 @@ pub struct MovieLensFiles {
 }
 
 impl MovieLensFiles {
-    /// Whether `dir` holds a MovieLens ratings file.
-    pub fn is_movielens_dir(dir: &Path) -> bool {
-        Self::find(dir).is_ok()
-    }
-
     pub fn find(dir: &Path) -> Result<Self> {
         let ratings = ["ratings.dat", "u.data", "ratings.csv"].iter().map(|n| dir.join(n)).find(|p| p.is_file());
         let Some(ratings) = ratings else {

@@ -296,14 +296,14 @@ pub fn train(
     resume: Option<ResumeFrom<'_>>,
     on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
-    check(cfg)?;
+    let kind = check(cfg)?;
     match cfg.device.as_str() {
-        "cpu" => train_on(&CpuBackend::<f32>::new(cfg.gemm), cfg, data, resume, on_epoch),
+        "cpu" => train_on(&CpuBackend::<f32>::new(cfg.gemm), kind, cfg, data, resume, on_epoch),
         // Written, not yet run on a GPU (see crates/ncf-cuda).
         "cuda" => {
             let be = ncf_cuda::CudaBackend::new(0, ncf_cuda::GpuGemm::Tiled)
                 .map_err(|e| TrainError::Config("device", e.to_string()))?;
-            train_on(&be, cfg, data, resume, on_epoch)
+            train_on(&be, kind, cfg, data, resume, on_epoch)
         }
         other => Err(TrainError::Config("device", format!("`{other}`: expected cpu or cuda"))),
     }
@@ -312,12 +312,12 @@ pub fn train(
 /// [`train`] on a given backend.
 fn train_on<B: Backend<T = f32>>(
     be: &B,
+    kind: ModelKind,
     cfg: &TrainConfig,
     data: &Prepared,
     resume: Option<ResumeFrom<'_>>,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
-    let kind = check(cfg)?;
     let mcfg = ModelConfig {
         kind,
         users: data.known.n_users,
