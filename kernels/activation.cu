@@ -10,12 +10,13 @@ extern "C" __global__ void relu_backward(const float* out, const float* dout, fl
     GRID_STRIDE(k, n) { dinp[k] = out[k] > 0.0f ? dout[k] : 0.0f; }
 }
 
-// Fused bias + ReLU on a layer's output in place: z[r,c] += bias[c]; x = max(z, 0).
+// Fused bias + ReLU on a layer's output in place: z[r,c] += bias[c]; x = max(z, 0) when x is
+// set (the cuBLAS path's epilogue; the scratch GEMMs do this in their own epilogue).
 extern "C" __global__ void bias_relu_forward(float* z, const float* bias, float* x, int b, int o) {
     GRID_STRIDE(k, (long long)b * o) {
         float v = z[k] + bias[k % o];
         z[k] = v;
-        x[k] = v > 0.0f ? v : 0.0f;
+        if (x) x[k] = v > 0.0f ? v : 0.0f;
     }
 }
 

@@ -3,6 +3,18 @@
 // A is (M,K) when ta == 0 and (K,M) when ta == 1; B is (K,N) when tb == 0 and (N,K) when
 // tb == 1. The dense layer uses: forward  out = inp·wᵀ (ta 0, tb 1);  dinp = dout·w (0, 0);
 // dw += doutᵀ·inp (1, 0).
+//
+// Epilogue (both GEMMs): c = alpha·acc + beta·C, then + bias[n] when `bias` is set; C = c, and
+// when `relu_out` is set, relu_out = max(c, 0) as well. The dense layer's forward is then one
+// launch: z = inp·wᵀ + bias and x = relu(z) (no separate bias broadcast or ReLU pass).
+
+__device__ __forceinline__ void epilogue(float* C, long long idx, int n, float acc, float alpha, float beta,
+                                         const float* bias, float* relu_out) {
+    float c = alpha * acc + (beta == 0.0f ? 0.0f : beta * C[idx]);
+    if (bias) c += bias[n];
+    C[idx] = c;
+    if (relu_out) relu_out[idx] = c > 0.0f ? c : 0.0f;
+}
 
 __device__ __forceinline__ float load_a(const float* A, int ta, int m, int k, int M, int K) {
     return ta ? A[(long long)k * M + m] : A[(long long)m * K + k];
@@ -13,12 +25,12 @@ __device__ __forceinline__ float load_b(const float* B, int tb, int k, int n, in
 
 // Reference: one thread per output element, the sum in k order.
 extern "C" __global__ void gemm_naive(const float* A, const float* B, float* C, int M, int N, int K, int ta, int tb,
-                                      float alpha, float beta) {
+                                      float alpha, float beta, const float* bias, float* relu_out) {
     GRID_STRIDE(idx, (long long)M * N) {
         int m = (int)(idx / N), n = (int)(idx % N);
         float acc = 0.0f;
         for (int k = 0; k < K; ++k) acc += load_a(A, ta, m, k, M, K) * load_b(B, tb, k, n, K, N);
-        C[idx] = alpha * acc + (beta == 0.0f ? 0.0f : beta * C[idx]);
+        epilogue(C, idx, n, acc, alpha, beta, bias, relu_out);
     }
 }
 
@@ -29,7 +41,7 @@ extern "C" __global__ void gemm_naive(const float* A, const float* B, float* C, 
 #define TN 16
 #define TK 16
 extern "C" __global__ void gemm_tiled(const float* A, const float* B, float* C, int M, int N, int K, int ta, int tb,
-                                      float alpha, float beta) {
+                                      float alpha, float beta, const float* bias, float* relu_out) {
     __shared__ float As[TK][TM + 1];
     __shared__ float Bs[TK][TN + 1];
     int tx = threadIdx.x % TN;   // column within the tile
@@ -58,10 +70,7 @@ extern "C" __global__ void gemm_tiled(const float* A, const float* B, float* C, 
     if (n >= N) return;
     for (int r = 0; r < 4; ++r) {
         int m = m0 + ty + 16 * r;
-        if (m < M) {
-            long long idx = (long long)m * N + n;
-            C[idx] = alpha * acc[r] + (beta == 0.0f ? 0.0f : beta * C[idx]);
-        }
+        if (m < M) epilogue(C, (long long)m * N + n, n, acc[r], alpha, beta, bias, relu_out);
     }
 }
 

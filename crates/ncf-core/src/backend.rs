@@ -222,7 +222,9 @@ pub trait Backend: Sync {
     /// Dense SGD step over `n` elements (see [`SgdHp`]), then `g ← 0`.
     fn sgd_step(&self, p: &mut Self::Buf, g: &mut Self::Buf, mom: &mut Self::Buf, n: usize, hp: &SgdHp) -> Result<()>;
 
-    /// Dense Adam step over `n` elements at step `t ≥ 1` (see [`AdamHp`]), then `g ← 0`.
+    /// Dense Adam step over `n` elements at step `t[0] ≥ 1` (see [`AdamHp`]), then `g ← 0`.
+    /// The step count lives in an id buffer so that a device can advance it itself
+    /// ([`Backend::counter_add`]) when a captured step is replayed.
     fn adam_step(
         &self,
         p: &mut Self::Buf,
@@ -231,26 +233,25 @@ pub trait Backend: Sync {
         v: &mut Self::Buf,
         n: usize,
         hp: &AdamHp,
-        t: u64,
+        t: &Self::Ids,
     ) -> Result<()>;
 
-    /// Row-sparse ("lazy") SGD: the dense rule applied only to the `nrows` distinct rows listed
-    /// in `rows` of an `(N,D)` table; those gradient rows are then zeroed. Untouched rows keep
-    /// their parameters *and* their momentum.
+    /// Row-sparse ("lazy") SGD: the dense rule applied only to the distinct rows listed in
+    /// `rows` (the output of [`Backend::unique_ids`]) of an `(N,D)` table; those gradient rows
+    /// are then zeroed. Untouched rows keep their parameters *and* their momentum.
     fn sgd_step_rows(
         &self,
         p: &mut Self::Buf,
         g: &mut Self::Buf,
         mom: &mut Self::Buf,
         rows: &Self::Ids,
-        nrows: usize,
         d: usize,
         n: usize,
         hp: &SgdHp,
     ) -> Result<()>;
 
     /// Row-sparse ("lazy") Adam, as TensorFlow's `LazyAdam`: moments of untouched rows are not
-    /// decayed, and bias correction uses the global step `t`.
+    /// decayed, and bias correction uses the global step `t[0]`.
     fn adam_step_rows(
         &self,
         p: &mut Self::Buf,
@@ -258,14 +259,74 @@ pub trait Backend: Sync {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
         rows: &Self::Ids,
-        nrows: usize,
         d: usize,
         n: usize,
         hp: &AdamHp,
-        t: u64,
+        t: &Self::Ids,
     ) -> Result<()>;
 
-    /// Writes the distinct values of `ids[..b]` into `out` in ascending order and returns how
-    /// many there are (the rows a lazy optimizer must touch). Ids must be `< n`.
-    fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<usize>;
+    /// Writes the distinct values of `ids[..b]` into `out` in ascending order (the rows a lazy
+    /// optimizer must touch). Ids must be `< n`. How many there are stays with `out` (its
+    /// length on the CPU, a count on the device), so no device ever reports it to the host.
+    fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<()>;
+
+    /// `c[0] += add`: advances a counter that lives on the device (Adam's step, the sampler's
+    /// batch number) without a host round-trip.
+    fn counter_add(&self, c: &mut Self::Ids, add: u32) -> Result<()>;
+
+    // ---------------------------------------------------------------- sampling
+
+    /// One mini-batch of an epoch sampled on the device ([`crate::sample`]): for `k < b`,
+    /// slot `state[0]·batch + k` of the shuffled epoch gives `users[k], items[k], labels[k]`;
+    /// then `state[0] += 1`. `state` is `[batch number, perm key lo, hi, draw key lo, hi]`
+    /// ([`crate::sample::EpochKeys::words`]). Ids made here are in range by construction.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_batch(
+        &self,
+        tables: &crate::sample::SampleTables<Self>,
+        state: &mut Self::Ids,
+        batch: usize,
+        b: usize,
+        users: &mut Self::Ids,
+        items: &mut Self::Ids,
+        labels: &mut Self::Buf,
+    ) -> Result<()>
+    where
+        Self: Sized;
+
+    // ---------------------------------------------------------------- fused ops
+
+    /// A dense layer and its ReLU: `z = inp · wᵀ + bias`, `x = max(z, 0)` (both written; `z`
+    /// is kept for the gradient check's kink detection). Backends fuse it into one pass over
+    /// the output (the GPU: the GEMM's epilogue); this default runs the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_relu_forward(
+        &self,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        z: &mut Self::Buf,
+        x: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        self.linear_forward(inp, w, bias, z, b, i, o)?;
+        self.relu_forward(z, x, b * o)
+    }
+
+    // ---------------------------------------------------------------- graphs
+
+    /// A recorded sequence of ops that can be replayed without the host issuing each op again
+    /// (a CUDA graph). Backends without such a thing use `()` and never return one.
+    type Graph;
+
+    /// Records the ops `f` issues, without running them, and returns the recording, or `None`
+    /// when the backend cannot record (then nothing was recorded and `f` was not called, and
+    /// the caller runs its ops directly). Whatever `f` reads on the host is baked in: every
+    /// value that changes between replays must live on the device (counters, sampled ids).
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>>;
+
+    /// Runs a recording once.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 }

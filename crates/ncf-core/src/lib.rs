@@ -31,6 +31,7 @@ pub mod error;
 pub mod float;
 pub mod optim;
 pub mod rng;
+pub mod sample;
 pub mod tol;
 
 pub use backend::Backend;

@@ -6,6 +6,7 @@
 use crate::ops::gemm::{CpuFloat, GemmImpl};
 use crate::ops::{activation, elementwise, embedding, linear, loss, optim};
 use ncf_core::error::{check_ids, check_len};
+use ncf_core::sample::{Csrs, EpochKeys, SampleTables, row_at};
 use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
 use std::marker::PhantomData;
 
@@ -352,14 +353,12 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         v: &mut Vec<T>,
         n: usize,
         hp: &AdamHp,
-        t: u64,
+        t: &Vec<u32>,
     ) -> Result<()> {
         for (name, len) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
             check_len("adam_step", name, len, &[n])?;
         }
-        if t == 0 {
-            return Err(Error::invalid("adam_step", "t", "Adam steps count from 1"));
-        }
+        let t = step_of("adam_step", t)?;
         optim::adam_step(&mut p[..n], &mut g[..n], &mut m[..n], &mut v[..n], hp, t);
         Ok(())
     }
@@ -369,7 +368,6 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         g: &mut Vec<T>,
         mom: &mut Vec<T>,
         rows: &Vec<u32>,
-        nrows: usize,
         d: usize,
         n: usize,
         hp: &SgdHp,
@@ -378,9 +376,8 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         for (name, len) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
             check_len(OP, name, len, &[n, d])?;
         }
-        check_len(OP, "rows", rows.len(), &[nrows])?;
-        check_ids(OP, "p", &rows[..nrows], n)?;
-        optim::sgd_step_rows(&mut p[..n * d], &mut g[..n * d], &mut mom[..n * d], &rows[..nrows], d, hp);
+        check_ids(OP, "p", rows, n)?;
+        optim::sgd_step_rows(&mut p[..n * d], &mut g[..n * d], &mut mom[..n * d], rows, d, hp);
         Ok(())
     }
     fn adam_step_rows(
@@ -390,39 +387,112 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         m: &mut Vec<T>,
         v: &mut Vec<T>,
         rows: &Vec<u32>,
-        nrows: usize,
         d: usize,
         n: usize,
         hp: &AdamHp,
-        t: u64,
+        t: &Vec<u32>,
     ) -> Result<()> {
         const OP: &str = "adam_step_rows";
         for (name, len) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
             check_len(OP, name, len, &[n, d])?;
         }
-        check_len(OP, "rows", rows.len(), &[nrows])?;
-        check_ids(OP, "p", &rows[..nrows], n)?;
-        if t == 0 {
-            return Err(Error::invalid(OP, "t", "Adam steps count from 1"));
-        }
-        optim::adam_step_rows(
-            &mut p[..n * d],
-            &mut g[..n * d],
-            &mut m[..n * d],
-            &mut v[..n * d],
-            &rows[..nrows],
-            d,
-            hp,
-            t,
-        );
+        check_ids(OP, "p", rows, n)?;
+        let t = step_of(OP, t)?;
+        optim::adam_step_rows(&mut p[..n * d], &mut g[..n * d], &mut m[..n * d], &mut v[..n * d], rows, d, hp, t);
         Ok(())
     }
-    fn unique_ids(&self, ids: &Vec<u32>, b: usize, n: usize, out: &mut Vec<u32>) -> Result<usize> {
+    fn unique_ids(&self, ids: &Vec<u32>, b: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
         check_len("unique_ids", "ids", ids.len(), &[b])?;
-        check_len("unique_ids", "out", out.len(), &[b])?;
         check_ids("unique_ids", "ids", &ids[..b], n)?;
-        Ok(optim::unique_ids(&ids[..b], &mut out[..b]))
+        // `out` keeps its capacity across steps: no allocation once it has held a full batch.
+        out.clear();
+        out.resize(b, 0);
+        let count = optim::unique_ids(&ids[..b], &mut out[..b]);
+        out.truncate(count);
+        Ok(())
     }
+    fn counter_add(&self, c: &mut Vec<u32>, add: u32) -> Result<()> {
+        check_len("counter_add", "c", c.len(), &[1])?;
+        c[0] = c[0].wrapping_add(add);
+        Ok(())
+    }
+
+    fn sample_batch(
+        &self,
+        tables: &SampleTables<Self>,
+        state: &mut Vec<u32>,
+        batch: usize,
+        b: usize,
+        users: &mut Vec<u32>,
+        items: &mut Vec<u32>,
+        labels: &mut Vec<T>,
+    ) -> Result<()> {
+        const OP: &str = "sample_batch";
+        check_len(OP, "state", state.len(), &[5])?;
+        for (name, len) in [("users", users.len()), ("items", items.len()), ("labels", labels.len())] {
+            check_len(OP, name, len, &[b])?;
+        }
+        let c = Csrs {
+            train_off: &tables.train_off[..tables.n_users + 1],
+            train_items: &tables.train_items[..tables.positives],
+            known_off: &tables.known_off[..tables.n_users + 1],
+            known_items: &tables.known_items,
+            n_items: tables.n_items as u32,
+            n_neg: tables.n_neg as u32,
+        };
+        let keys = EpochKeys {
+            perm: state[1] as u64 | (state[2] as u64) << 32,
+            draw: state[3] as u64 | (state[4] as u64) << 32,
+        };
+        let first = state[0] as u64 * batch as u64;
+        if b > batch || first + b as u64 > c.rows() {
+            return Err(Error::invalid(
+                OP,
+                "b",
+                format!("slots {first}..{} exceed the epoch's {} rows (batch {batch})", first + b as u64, c.rows()),
+            ));
+        }
+        for k in 0..b {
+            let (u, i, y) = row_at(&c, &keys, first + k as u64);
+            users[k] = u;
+            items[k] = i;
+            labels[k] = T::from_f64(y as f64);
+        }
+        state[0] += 1;
+        Ok(())
+    }
+
+    fn linear_relu_forward(
+        &self,
+        inp: &Vec<T>,
+        w: &Vec<T>,
+        bias: &Vec<T>,
+        z: &mut Vec<T>,
+        x: &mut Vec<T>,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        self.linear_forward(inp, w, bias, z, b, i, o)?;
+        self.relu_forward(z, x, b * o)
+    }
+
+    type Graph = ();
+    fn capture(&self, _f: &mut dyn FnMut() -> Result<()>) -> Result<Option<()>> {
+        Ok(None)
+    }
+    fn replay(&self, _graph: &()) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The step `t[0] ≥ 1` of an Adam update.
+fn step_of(op: &'static str, t: &[u32]) -> Result<u64> {
+    check_len(op, "t", t.len(), &[1])?;
+    if t[0] == 0 {
+        return Err(Error::invalid(op, "t", "Adam steps count from 1"));
+    }
+    Ok(t[0] as u64)
 }
 
 #[cfg(test)]
@@ -460,11 +530,10 @@ mod tests {
                 &mut vec![0.0; 8],
                 &mut vec![0.0; 8],
                 &vec![5],
-                1,
                 4,
                 2,
                 &AdamHp::default(),
-                1,
+                &vec![1],
             )
             .unwrap_err();
         assert!(matches!(err, Error::IdOutOfRange { op: "adam_step_rows", id: 5, .. }), "{err}");

@@ -4,22 +4,30 @@
 //!
 //! **Status: written and compiled, not yet run on a GPU** (no session so far was lent one). The
 //! parity tests in `tests/parity.rs` compare every op with `CpuBackend<f32>` and print
-//! `skipped: no CUDA device` here.
+//! `skipped: no CUDA device` here; `tests/emulated.rs` runs the kernels themselves on the CPU.
 //!
-//! Ids keep a host mirror next to the device copy: range checks read it without a device
-//! round-trip, and `unique_ids` / the deterministic scatter-add order are computed from it.
-//! That costs one small host→device copy per batch, which the fully on-device loop of issue 4
-//! removes.
-
+//! ## No host round-trip per batch
+//!
+//! * Ids written from the host keep a host mirror, so range checks cost no device read. Ids
+//!   the device writes itself ([`Backend::sample_batch`], [`Backend::unique_ids`]) have none:
+//!   they are in range by construction, and their count, when it varies, stays on the device.
+//! * The **row plan** of a batch's ids (its distinct rows, ascending, and each row's batch
+//!   positions in batch order) is built on the device in four launches (`rows_count`,
+//!   `rows_scan`, `rows_place`, `rows_sort` in `embedding.cu`), once per id buffer and batch,
+//!   and cached with the ids: the deterministic scatter-add and the lazy optimizers read it.
+//! * Adam's step count and the sampler's batch number are device counters
+//!   ([`Backend::counter_add`]), so one training step can be recorded as a CUDA graph and
+//!   replayed ([`Backend::capture`]).
 use crate::device::probe;
 use crate::error::CudaError;
 use crate::kernels::{SOURCES, kernel_names, unit};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
 use ncf_core::error::{check_ids, check_len};
+use ncf_core::sample::SampleTables;
 use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Which matrix multiply the dense layers use (`--gemm` on the GPU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,10 +87,56 @@ pub fn sorted_runs(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
     (order, starts)
 }
 
-/// Ids on the device, with the host copy of what was last written.
+/// Ids on the device.
 pub struct DevIds {
     dev: CudaSlice<u32>,
-    host: Vec<u32>,
+    /// What the host last wrote (range checks read it), or `None` when the device wrote the
+    /// ids (then they are in range by construction).
+    host: Option<Vec<u32>>,
+    /// How many leading ids are live, as far as the host knows: what `write_ids` wrote, or the
+    /// capacity. A device-made list of rows keeps its own count in `count` instead.
+    len: usize,
+    /// The live count on the device (the output of `unique_ids`).
+    count: Option<CudaSlice<u32>>,
+    /// Bumped on every write, so a cached row plan knows when it is stale.
+    generation: u64,
+    plan: Mutex<Option<RowPlan>>,
+}
+
+impl DevIds {
+    /// Capacity in ids.
+    fn cap(&self) -> usize {
+        self.dev.len()
+    }
+
+    /// Range check through the host mirror; device-made ids pass (valid by construction).
+    fn check(&self, op: &'static str, table: &'static str, b: usize, n: usize) -> Result<()> {
+        check_len(op, "ids", self.cap(), &[b])?;
+        match &self.host {
+            Some(h) => check_ids(op, table, &h[..b], n),
+            None => Ok(()),
+        }
+    }
+
+    fn written_by_device(&mut self, len: usize) {
+        self.host = None;
+        self.len = len;
+        self.generation += 1;
+    }
+}
+
+/// The row plan of one id buffer (see the module docs): buffers sized for `n` table rows and
+/// `cap` batch positions, and what they were last computed for.
+struct RowPlan {
+    /// Per-row counts; all zero between plans.
+    count: CudaSlice<u32>,
+    fill: CudaSlice<u32>,
+    order: CudaSlice<u32>,
+    seg: CudaSlice<u32>,
+    uniq: CudaSlice<u32>,
+    nuniq: CudaSlice<u32>,
+    /// `(ids generation, b, n)` of the plan the buffers hold.
+    fresh: Option<(u64, usize, usize)>,
 }
 
 /// The GPU backend (f32).
@@ -91,10 +145,11 @@ pub struct CudaBackend {
     funcs: HashMap<&'static str, CudaFunction>,
     blas: CudaBlas,
     pub gemm: GpuGemm,
-    /// Scatter-add in a fixed order (sorted runs) instead of with atomics.
+    /// Scatter-add in a fixed order (the row plan) instead of with atomics.
     pub deterministic: bool,
-    /// Per-block loss partial sums (`LOSS_BLOCKS` floats).
-    partials: Mutex<CudaSlice<f32>>,
+    /// Per-block loss partial sums (`LOSS_BLOCKS` floats) and the finished-block counter of the
+    /// single-launch loss reduction.
+    partials: Mutex<(CudaSlice<f32>, CudaSlice<u32>)>,
     pub device_name: String,
 }
 
@@ -121,6 +176,18 @@ fn i32_of(op: &'static str, what: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, what, format!("{v} exceeds the GPU kernels' 32-bit sizes")))
 }
 
+/// Launches `$kernel` over `$cfg` with the listed arguments.
+macro_rules! launch {
+    ($self:ident, $op:expr, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $self.f($kernel)?;
+        let mut l = $self.stream.launch_builder(f);
+        $( l.arg($arg); )+
+        // SAFETY: each call site passes exactly the arguments of the kernel's signature in
+        // kernels/*.cu, in order and with the same types, after checking buffer sizes.
+        unsafe { l.launch($cfg) }.map(|_| ()).map_err(dev_err($op))
+    }};
+}
+
 impl CudaBackend {
     /// Opens device `ordinal` (after [`probe`] checked every library), compiles every kernel
     /// file to CUBIN for the device's architecture (or takes it from the [`crate::cache`]) and
@@ -130,7 +197,12 @@ impl CudaBackend {
         let call =
             |call: &'static str| move |e: cudarc::driver::DriverError| CudaError::Call { call, status: e.to_string() };
         let ctx = CudaContext::new(ordinal).map_err(call("cuCtxCreate"))?;
-        let stream = ctx.default_stream();
+        // SAFETY: every buffer of this backend is used on its one stream only, so cudarc's
+        // per-buffer events (which order work across streams, and would be recorded into a
+        // captured graph) are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(call("cuStreamCreate"))?;
         let arch = (info.compute_capability.0 * 10 + info.compute_capability.1) as u32;
         let mut funcs = HashMap::new();
         let cache_dir = crate::cache::default_dir();
@@ -145,13 +217,14 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| CudaError::Call { call: "cublasCreate", status: e.to_string() })?;
         let partials = stream.alloc_zeros::<f32>(LOSS_BLOCKS as usize).map_err(call("cuMemAlloc"))?;
+        let done = stream.alloc_zeros::<u32>(1).map_err(call("cuMemAlloc"))?;
         Ok(CudaBackend {
             stream,
             funcs,
             blas,
             gemm,
             deterministic: true,
-            partials: Mutex::new(partials),
+            partials: Mutex::new((partials, done)),
             device_name: info.name,
         })
     }
@@ -170,7 +243,9 @@ impl CudaBackend {
         self.funcs.get(name).ok_or_else(|| Error::invalid("cuda", "kernel", format!("kernel `{name}` was not loaded")))
     }
 
-    /// `C (M,N) = alpha·op(A)·op(B) + beta·C`, row-major (see `kernels/linear.cu`).
+    /// `C (M,N) = alpha·op(A)·op(B) + beta·C`, row-major (see `kernels/linear.cu`), with the
+    /// epilogue `C += bias` (per column) and `relu_out = max(C, 0)` when given. cuBLAS has no
+    /// such epilogue here, so its path adds one `bias_relu_forward` pass for it.
     #[allow(clippy::too_many_arguments)]
     fn gemm_rm(
         &self,
@@ -181,6 +256,7 @@ impl CudaBackend {
         (m, n, k): (usize, usize, usize),
         (ta, tb): (bool, bool),
         (alpha, beta): (f32, f32),
+        epilogue: Option<(&CudaSlice<f32>, Option<&mut CudaSlice<f32>>)>,
     ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
@@ -204,7 +280,17 @@ impl CudaBackend {
                 };
                 // SAFETY: the buffers hold at least m·k, k·n and m·n elements (checked by the
                 // callers with check_len), matching the leading dimensions above.
-                unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Device { op, message: e.to_string() })
+                unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Device { op, message: e.to_string() })?;
+                match epilogue {
+                    None => Ok(()),
+                    Some((bias, relu)) => {
+                        let null = 0u64;
+                        match relu {
+                            Some(x) => launch!(self, op, "bias_relu_forward", grid(m * n), &mut *c, bias, x, &mi, &ni),
+                            None => launch!(self, op, "bias_relu_forward", grid(m * n), &mut *c, bias, &null, &mi, &ni),
+                        }
+                    }
+                }
             }
             GpuGemm::Naive | GpuGemm::Tiled => {
                 let (name, cfg) = if self.gemm == GpuGemm::Naive {
@@ -219,18 +305,25 @@ impl CudaBackend {
                 };
                 let f = self.f(name)?;
                 let (ta, tb) = (ta as i32, tb as i32);
+                let null = 0u64;
                 let mut l = self.stream.launch_builder(f);
-                l.arg(a).arg(b).arg(c).arg(&mi).arg(&ni).arg(&ki).arg(&ta).arg(&tb).arg(&alpha).arg(&beta);
-                // SAFETY: the argument list matches the kernel's signature in linear.cu, and
-                // the buffers are large enough for the shapes (checked by the callers).
+                l.arg(a).arg(b).arg(&mut *c).arg(&mi).arg(&ni).arg(&ki).arg(&ta).arg(&tb).arg(&alpha).arg(&beta);
+                match epilogue {
+                    None => l.arg(&null).arg(&null),
+                    Some((bias, None)) => l.arg(bias).arg(&null),
+                    Some((bias, Some(x))) => l.arg(bias).arg(x),
+                };
+                // SAFETY: the argument list matches the kernel's signature in linear.cu (a null
+                // pointer is passed as a 64-bit zero), and the buffers are large enough for the
+                // shapes (checked by the callers).
                 unsafe { l.launch(cfg) }.map(|_| ()).map_err(dev_err(op))
             }
         }
     }
 
-    /// A mean loss over `b` rows (`bce_with_logits` or `mse`, same signature in loss.cu): the
-    /// kernel writes the gradient and per-block partial sums, then `loss_sum` adds
-    /// `(1/b)·Σ partials` into `loss[0]`, in a fixed order.
+    /// A mean loss over `b` rows (`bce_with_logits` or `mse`, same signature in loss.cu), in one
+    /// launch: the kernel writes the gradient, and its last block adds `(1/b)·Σ partials` into
+    /// `loss[0]` in a fixed order.
     fn mean_loss(
         &self,
         op: &'static str,
@@ -245,35 +338,69 @@ impl CudaBackend {
         }
         check_len(op, "loss", loss.len(), &[1])?;
         if b == 0 {
-            return Ok(());
+            return Err(Error::invalid(op, "b", "a mean over an empty batch"));
         }
         let bi = i32_of(op, "b", b)?;
-        let mut partials = self.partials.lock().map_err(|_| Error::invalid(op, "partials", "lock poisoned"))?;
-        let cfg = LaunchConfig { grid_dim: (LOSS_BLOCKS, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let mut l = self.stream.launch_builder(self.f(op)?);
-        l.arg(x).arg(y).arg(dx).arg(&mut *partials).arg(&bi);
-        // SAFETY: matches `bce_with_logits` / `mse(const float*, const float*, float*, float*, int)`
-        // in loss.cu; every buffer holds at least b floats (checked above), partials LOSS_BLOCKS.
-        unsafe { l.launch(cfg) }.map_err(dev_err(op))?;
-        let (n, scale) = (LOSS_BLOCKS as i32, 1.0f32 / b as f32);
-        let mut l = self.stream.launch_builder(self.f("loss_sum")?);
-        l.arg(&*partials).arg(&n).arg(&scale).arg(loss);
-        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches `loss_sum(const float*, int, float, float*)`; partials holds n floats.
-        unsafe { l.launch(one) }.map(|_| ()).map_err(dev_err(op))
+        let mut guard = self.partials.lock().map_err(|_| Error::invalid(op, "partials", "lock poisoned"))?;
+        let (partials, done) = &mut *guard;
+        let blocks = (b.div_ceil(BLOCK as usize) as u32).clamp(1, LOSS_BLOCKS);
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, op, op, cfg, x, y, dx, partials, done, loss, &bi)
     }
-}
 
-/// Launches `$kernel` over `$cfg` with the listed arguments.
-macro_rules! launch {
-    ($self:ident, $op:expr, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $self.f($kernel)?;
-        let mut l = $self.stream.launch_builder(f);
-        $( l.arg($arg); )+
-        // SAFETY: each call site passes exactly the arguments of the kernel's signature in
-        // kernels/*.cu, in order and with the same types, after checking buffer sizes.
-        unsafe { l.launch($cfg) }.map(|_| ()).map_err(dev_err($op))
-    }};
+    /// The row plan of `ids[..b]` over a table of `n` rows, computed on the device unless the
+    /// cached one is current. Returned locked; its buffers are valid until the ids change.
+    fn plan<'a>(
+        &self,
+        op: &'static str,
+        ids: &'a DevIds,
+        b: usize,
+        n: usize,
+    ) -> Result<MutexGuard<'a, Option<RowPlan>>> {
+        let mut guard = ids.plan.lock().map_err(|_| Error::invalid(op, "plan", "lock poisoned"))?;
+        let cap = ids.cap();
+        let fits = guard.as_ref().is_some_and(|p| p.count.len() >= n && p.order.len() >= cap);
+        if !fits {
+            // Allocated once per id buffer (outside any graph capture: the first, eager step).
+            let z = |len: usize| self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err(op));
+            *guard = Some(RowPlan {
+                count: z(n)?,
+                fill: z(n)?,
+                order: z(cap)?,
+                seg: z(cap + 1)?,
+                uniq: z(cap)?,
+                nuniq: z(1)?,
+                fresh: None,
+            });
+        }
+        let Some(plan) = guard.as_mut() else { unreachable!("allocated above") };
+        if plan.fresh != Some((ids.generation, b, n)) {
+            let (bi, ni, ci) = (i32_of(op, "b", b)?, i32_of(op, "n", n)?, i32_of(op, "cap", cap)?);
+            launch!(self, op, "rows_count", grid(b), &ids.dev, &bi, &mut plan.count)?;
+            let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+            launch!(
+                self,
+                op,
+                "rows_scan",
+                one,
+                &mut plan.count,
+                &ni,
+                &mut plan.fill,
+                &mut plan.uniq,
+                &mut plan.seg,
+                &mut plan.nuniq
+            )?;
+            launch!(self, op, "rows_place", grid(b), &ids.dev, &bi, &mut plan.fill, &mut plan.order)?;
+            launch!(self, op, "rows_sort", grid(cap), &mut plan.order, &plan.seg, &plan.nuniq, &ci)?;
+            plan.fresh = Some((ids.generation, b, n));
+        }
+        Ok(guard)
+    }
+
+    /// Rows for a lazy optimizer: `(rows, nrows on the host, nrows on the device)`.
+    fn live_rows<'a>(&self, rows: &'a DevIds) -> (&'a CudaSlice<u32>, i32, Option<&'a CudaSlice<u32>>) {
+        (&rows.dev, rows.len.min(i32::MAX as usize) as i32, rows.count.as_ref())
+    }
 }
 
 impl Backend for CudaBackend {
@@ -315,11 +442,16 @@ impl Backend for CudaBackend {
     }
     fn zeros_ids(&self, len: usize) -> Result<Self::Ids> {
         let dev = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err("zeros_ids"))?;
-        Ok(DevIds { dev, host: vec![0; len] })
+        Ok(DevIds { dev, host: Some(vec![0; len.max(1)]), len, count: None, generation: 0, plan: Mutex::new(None) })
     }
     fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()> {
-        check_len("write_ids", "dst", dst.host.len(), &[src.len()])?;
-        dst.host[..src.len()].copy_from_slice(src);
+        check_len("write_ids", "dst", dst.cap(), &[src.len()])?;
+        let cap = dst.cap();
+        let host = dst.host.get_or_insert_with(|| vec![0; cap]);
+        host[..src.len()].copy_from_slice(src);
+        dst.len = src.len();
+        dst.count = None;
+        dst.generation += 1;
         if src.is_empty() {
             return Ok(());
         }
@@ -327,8 +459,15 @@ impl Backend for CudaBackend {
         self.stream.memcpy_htod(src, &mut view).map_err(dev_err("write_ids"))
     }
     fn download_ids(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>> {
-        check_len("download_ids", "ids", ids.host.len(), &[n])?;
-        Ok(ids.host[..n].to_vec())
+        check_len("download_ids", "ids", ids.cap(), &[n])?;
+        match &ids.host {
+            Some(h) => Ok(h[..n].to_vec()),
+            None => {
+                let mut all = self.stream.clone_dtoh(&ids.dev).map_err(dev_err("download_ids"))?;
+                all.truncate(n);
+                Ok(all)
+            }
+        }
     }
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(dev_err("synchronize"))
@@ -345,9 +484,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "embedding_forward";
         check_len(OP, "table", table.len(), &[n, d])?;
-        check_len(OP, "ids", ids.host.len(), &[b])?;
         check_len(OP, "out", out.len(), &[b, d])?;
-        check_ids(OP, "table", &ids.host[..b], n)?;
+        ids.check(OP, "table", b, n)?;
         let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
         launch!(self, OP, "embedding_forward", grid(b * d), table, &ids.dev, out, &bi, &di)
     }
@@ -367,11 +505,9 @@ impl Backend for CudaBackend {
         const OP: &str = "gather_add_relu";
         check_len(OP, "a", a.len(), &[na, d])?;
         check_len(OP, "c", c.len(), &[nc, d])?;
-        check_len(OP, "ia", ia.host.len(), &[b])?;
-        check_len(OP, "ic", ic.host.len(), &[b])?;
         check_len(OP, "out", out.len(), &[b, d])?;
-        check_ids(OP, "a", &ia.host[..b], na)?;
-        check_ids(OP, "c", &ic.host[..b], nc)?;
+        ia.check(OP, "a", b, na)?;
+        ic.check(OP, "c", b, nc)?;
         let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
         launch!(self, OP, "gather_add_relu", grid(b * d), a, &ia.dev, c, &ic.dev, out, &bi, &di)
     }
@@ -387,9 +523,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
         check_len(OP, "dout", dout.len(), &[b, d])?;
-        check_len(OP, "ids", ids.host.len(), &[b])?;
         check_len(OP, "dtable", dtable.len(), &[n, d])?;
-        check_ids(OP, "dtable", &ids.host[..b], n)?;
+        ids.check(OP, "dtable", b, n)?;
         if b == 0 || d == 0 {
             return Ok(());
         }
@@ -397,24 +532,22 @@ impl Backend for CudaBackend {
         if !self.deterministic {
             return launch!(self, OP, "embedding_backward_atomic", grid(b * d), dout, &ids.dev, dtable, &bi, &di);
         }
-        // Batch positions ordered by id (stable, so equal ids keep batch order), and the starts of
-        // the runs of equal ids: each run is summed by one thread in batch order.
-        let (order, starts) = sorted_runs(&ids.host[..b]);
-        let segments = starts.len() - 1;
-        let order_dev = self.stream.clone_htod(&order).map_err(dev_err(OP))?;
-        let starts_dev = self.stream.clone_htod(&starts).map_err(dev_err(OP))?;
-        let si = i32_of(OP, "segments", segments)?;
+        // Each distinct row sums its batch positions in batch order (the row plan).
+        let guard = self.plan(OP, ids, b, n)?;
+        let Some(plan) = guard.as_ref() else { unreachable!("plan() returns a computed plan") };
+        let ci = i32_of(OP, "cap", b)?;
         launch!(
             self,
             OP,
             "embedding_backward_sorted",
-            grid(segments * d),
+            grid(b * d),
             dout,
-            &ids.dev,
-            &order_dev,
-            &starts_dev,
+            &plan.order,
+            &plan.seg,
+            &plan.uniq,
+            &plan.nuniq,
             dtable,
-            &si,
+            &ci,
             &di
         )
     }
@@ -438,8 +571,34 @@ impl Backend for CudaBackend {
         if o == 1 && self.gemm != GpuGemm::Naive {
             return launch!(self, OP, "matvec_bias", warps(b), inp, w, bias, out, &bi, &ii);
         }
-        launch!(self, OP, "bias_broadcast", grid(b * o), bias, &mut *out, &bi, &oi)?;
-        self.gemm_rm(OP, inp, w, out, (b, o, i), (false, true), (1.0, 1.0))
+        if self.gemm == GpuGemm::Cublas {
+            launch!(self, OP, "bias_broadcast", grid(b * o), bias, &mut *out, &bi, &oi)?;
+            return self.gemm_rm(OP, inp, w, out, (b, o, i), (false, true), (1.0, 1.0), None);
+        }
+        // out = inp·wᵀ, plus the bias in the GEMM's epilogue: one launch.
+        self.gemm_rm(OP, inp, w, out, (b, o, i), (false, true), (1.0, 0.0), Some((bias, None)))
+    }
+
+    fn linear_relu_forward(
+        &self,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        bias: &Self::Buf,
+        z: &mut Self::Buf,
+        x: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear_relu_forward";
+        check_len(OP, "inp", inp.len(), &[b, i])?;
+        check_len(OP, "w", w.len(), &[o, i])?;
+        check_len(OP, "bias", bias.len(), &[o])?;
+        check_len(OP, "z", z.len(), &[b, o])?;
+        check_len(OP, "x", x.len(), &[b, o])?;
+        // z = inp·wᵀ + bias and x = relu(z) in the GEMM's epilogue (cuBLAS: sgemm, then one
+        // bias_relu_forward pass).
+        self.gemm_rm(OP, inp, w, z, (b, o, i), (false, true), (1.0, 0.0), Some((bias, Some(x))))
     }
 
     fn linear_backward(
@@ -463,10 +622,10 @@ impl Backend for CudaBackend {
         if let Some(dinp) = dinp {
             check_len(OP, "dinp", dinp.len(), &[b, i])?;
             // dinp (B,I) = dout (B,O) · w (O,I)
-            self.gemm_rm(OP, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0))?;
+            self.gemm_rm(OP, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None)?;
         }
         // dw (O,I) += doutᵀ (O,B) · inp (B,I)
-        self.gemm_rm(OP, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0))?;
+        self.gemm_rm(OP, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None)?;
         let (bi, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "o", o)?);
         let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, OP, "bias_grad", cfg, dout, dbias, &bi, &oi)
@@ -630,12 +789,13 @@ impl Backend for CudaBackend {
         v: &mut Self::Buf,
         n: usize,
         hp: &AdamHp,
-        t: u64,
+        t: &Self::Ids,
     ) -> Result<()> {
         for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
             check_len("adam_step", name, l, &[n])?;
         }
-        let s = AdamScalars::new(hp, t);
+        check_step("adam_step", t)?;
+        let s = AdamScalars::new(hp);
         let nn = n as i64;
         launch!(
             self,
@@ -648,12 +808,16 @@ impl Backend for CudaBackend {
             v,
             &nn,
             &s.b1,
+            &s.omb1,
             &s.b2,
-            &s.step,
-            &s.inv_sqrt_bc2,
+            &s.omb2,
+            &s.lr,
+            &s.beta1,
+            &s.beta2,
             &s.eps,
             &s.l2,
-            &s.shrink
+            &s.shrink,
+            &t.dev
         )
     }
     fn sgd_step_rows(
@@ -662,7 +826,6 @@ impl Backend for CudaBackend {
         g: &mut Self::Buf,
         mom: &mut Self::Buf,
         rows: &Self::Ids,
-        nrows: usize,
         d: usize,
         n: usize,
         hp: &SgdHp,
@@ -671,26 +834,49 @@ impl Backend for CudaBackend {
         for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
             check_len(OP, t, l, &[n, d])?;
         }
-        check_len(OP, "rows", rows.host.len(), &[nrows])?;
-        check_ids(OP, "p", &rows.host[..nrows], n)?;
+        rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
         let s = SgdScalars::new(hp);
-        let (ri, di) = (i32_of(OP, "nrows", nrows)?, i32_of(OP, "d", d)?);
-        launch!(
-            self,
-            OP,
-            "sgd_step_rows",
-            grid(nrows * d),
-            p,
-            g,
-            mom,
-            &rows.dev,
-            &ri,
-            &di,
-            &s.lr,
-            &s.mu,
-            &s.l2,
-            &s.shrink
-        )
+        let (list, nrows, count) = self.live_rows(rows);
+        let (ci, di) = (i32_of(OP, "cap", rows.cap())?, i32_of(OP, "d", d)?);
+        let null = 0u64;
+        match count {
+            Some(c) => launch!(
+                self,
+                OP,
+                OP,
+                grid(rows.cap() * d),
+                p,
+                g,
+                mom,
+                list,
+                &nrows,
+                c,
+                &ci,
+                &di,
+                &s.lr,
+                &s.mu,
+                &s.l2,
+                &s.shrink
+            ),
+            None => launch!(
+                self,
+                OP,
+                OP,
+                grid(rows.cap() * d),
+                p,
+                g,
+                mom,
+                list,
+                &nrows,
+                &null,
+                &ci,
+                &di,
+                &s.lr,
+                &s.mu,
+                &s.l2,
+                &s.shrink
+            ),
+        }
     }
     fn adam_step_rows(
         &self,
@@ -699,50 +885,144 @@ impl Backend for CudaBackend {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
         rows: &Self::Ids,
-        nrows: usize,
         d: usize,
         n: usize,
         hp: &AdamHp,
-        t: u64,
+        t: &Self::Ids,
     ) -> Result<()> {
         const OP: &str = "adam_step_rows";
         for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
             check_len(OP, name, l, &[n, d])?;
         }
-        check_len(OP, "rows", rows.host.len(), &[nrows])?;
-        check_ids(OP, "p", &rows.host[..nrows], n)?;
-        let s = AdamScalars::new(hp, t);
-        let (ri, di) = (i32_of(OP, "nrows", nrows)?, i32_of(OP, "d", d)?);
+        rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
+        check_step(OP, t)?;
+        let s = AdamScalars::new(hp);
+        let (list, nrows, count) = self.live_rows(rows);
+        let (ci, di) = (i32_of(OP, "cap", rows.cap())?, i32_of(OP, "d", d)?);
+        let null = 0u64;
+        let cfg = grid(rows.cap() * d);
+        match count {
+            Some(c) => launch!(
+                self, OP, OP, cfg, p, g, m, v, list, &nrows, c, &ci, &di, &s.b1, &s.omb1, &s.b2, &s.omb2, &s.lr,
+                &s.beta1, &s.beta2, &s.eps, &s.l2, &s.shrink, &t.dev
+            ),
+            None => launch!(
+                self, OP, OP, cfg, p, g, m, v, list, &nrows, &null, &ci, &di, &s.b1, &s.omb1, &s.b2, &s.omb2, &s.lr,
+                &s.beta1, &s.beta2, &s.eps, &s.l2, &s.shrink, &t.dev
+            ),
+        }
+    }
+    fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<()> {
+        const OP: &str = "unique_ids";
+        check_len(OP, "out", out.cap(), &[b])?;
+        ids.check(OP, "table", b, n)?;
+        if b == 0 {
+            out.written_by_device(0);
+            out.count = None;
+            return Ok(());
+        }
+        let guard = self.plan(OP, ids, b, n)?;
+        let Some(plan) = guard.as_ref() else { unreachable!("plan() returns a computed plan") };
+        // The distinct rows and their count, copied device to device (capacity b: at most b).
+        let src = plan.uniq.slice(..b);
+        let mut dst = out.dev.slice_mut(..b);
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(dev_err(OP))?;
+        if out.count.is_none() {
+            out.count = Some(self.stream.alloc_zeros::<u32>(1).map_err(dev_err(OP))?);
+        }
+        let Some(count) = out.count.as_mut() else { unreachable!("set above") };
+        self.stream.memcpy_dtod(&plan.nuniq, count).map_err(dev_err(OP))?;
+        let keep = out.count.take();
+        out.written_by_device(b);
+        out.count = keep;
+        Ok(())
+    }
+    fn counter_add(&self, c: &mut Self::Ids, add: u32) -> Result<()> {
+        check_len("counter_add", "c", c.cap(), &[1])?;
+        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "counter_add", "counter_add", one, &mut c.dev, &add)?;
+        // The device now owns the value; a host mirror would be stale.
+        c.host = None;
+        c.generation += 1;
+        Ok(())
+    }
+
+    fn sample_batch(
+        &self,
+        tables: &SampleTables<Self>,
+        state: &mut Self::Ids,
+        batch: usize,
+        b: usize,
+        users: &mut Self::Ids,
+        items: &mut Self::Ids,
+        labels: &mut Self::Buf,
+    ) -> Result<()> {
+        const OP: &str = "sample_batch";
+        check_len(OP, "state", state.cap(), &[5])?;
+        check_len(OP, "users", users.cap(), &[b])?;
+        check_len(OP, "items", items.cap(), &[b])?;
+        check_len(OP, "labels", labels.len(), &[b])?;
+        if b > batch || tables.positives == 0 {
+            return Err(Error::invalid(
+                OP,
+                "b",
+                format!("{b} rows from batches of {batch} over {} positives", tables.positives),
+            ));
+        }
+        let (ui, bi, ki) = (i32_of(OP, "users", tables.n_users)?, i32_of(OP, "batch", batch)?, i32_of(OP, "b", b)?);
+        let (n_items, n_neg, rows) = (tables.n_items as u32, tables.n_neg as u32, tables.rows());
         launch!(
             self,
             OP,
-            "adam_step_rows",
-            grid(nrows * d),
-            p,
-            g,
-            m,
-            v,
-            &rows.dev,
-            &ri,
-            &di,
-            &s.b1,
-            &s.b2,
-            &s.step,
-            &s.inv_sqrt_bc2,
-            &s.eps,
-            &s.l2,
-            &s.shrink
-        )
+            OP,
+            grid(b),
+            &tables.train_off.dev,
+            &tables.train_items.dev,
+            &tables.known_off.dev,
+            &tables.known_items.dev,
+            &ui,
+            &n_items,
+            &n_neg,
+            &rows,
+            &state.dev,
+            &bi,
+            &ki,
+            &mut users.dev,
+            &mut items.dev,
+            labels
+        )?;
+        users.written_by_device(b);
+        items.written_by_device(b);
+        self.counter_add(state, 1)
     }
-    fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<usize> {
-        check_len("unique_ids", "ids", ids.host.len(), &[b])?;
-        check_len("unique_ids", "out", out.host.len(), &[b])?;
-        check_ids("unique_ids", "table", &ids.host[..b], n)?;
-        let mut u = ids.host[..b].to_vec();
-        u.sort_unstable();
-        u.dedup();
-        self.write_ids(out, &u)?;
-        Ok(u.len())
+
+    type Graph = CudaGraph;
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaGraph>> {
+        let err = |op: &'static str| move |e: cudarc::driver::DriverError| Error::Device { op, message: e.to_string() };
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(err("cuStreamBeginCapture"))?;
+        let recorded = f();
+        // End the capture whatever happened, so the stream is usable again.
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(err("cuStreamEndCapture"));
+        recorded?;
+        let graph = graph?.ok_or_else(|| Error::invalid("capture", "graph", "the capture recorded nothing"))?;
+        graph.upload().map_err(err("cuGraphUpload"))?;
+        Ok(Some(graph))
+    }
+
+    fn replay(&self, graph: &CudaGraph) -> Result<()> {
+        graph.launch().map_err(dev_err("cuGraphLaunch"))
+    }
+}
+
+/// A step counter buffer: one id, written by the host or advanced on the device.
+fn check_step(op: &'static str, t: &DevIds) -> Result<()> {
+    check_len(op, "t", t.cap(), &[1])?;
+    match &t.host {
+        Some(h) if h[0] == 0 => Err(Error::invalid(op, "t", "Adam steps count from 1")),
+        _ => Ok(()),
     }
 }
 
@@ -765,26 +1045,32 @@ impl SgdScalars {
     }
 }
 
-/// Adam's per-step scalars, computed in f64 like the CPU's `AdamScalars`.
+/// Adam's scalars as the kernels take them: the moment rates in f32 rounded from f64 (as the
+/// CPU's `AdamScalars`), and lr, β₁, β₂ in f64 for the bias corrections the kernel computes
+/// from the device's step count.
 struct AdamScalars {
     b1: f32,
+    omb1: f32,
     b2: f32,
-    step: f32,
-    inv_sqrt_bc2: f32,
+    omb2: f32,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
     eps: f32,
     l2: f32,
     shrink: f32,
 }
 
 impl AdamScalars {
-    fn new(hp: &AdamHp, t: u64) -> Self {
-        let t = t.max(1) as i32;
-        let (bc1, bc2) = (1.0 - hp.beta1.powi(t), 1.0 - hp.beta2.powi(t));
+    fn new(hp: &AdamHp) -> Self {
         AdamScalars {
             b1: hp.beta1 as f32,
+            omb1: (1.0 - hp.beta1) as f32,
             b2: hp.beta2 as f32,
-            step: (hp.lr / bc1) as f32,
-            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            omb2: (1.0 - hp.beta2) as f32,
+            lr: hp.lr,
+            beta1: hp.beta1,
+            beta2: hp.beta2,
             eps: hp.eps as f32,
             l2: hp.decay.l2() as f32,
             shrink: (1.0 - hp.lr * hp.decay.decoupled()) as f32,

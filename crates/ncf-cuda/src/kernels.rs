@@ -13,6 +13,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("eval.cu", include_str!("../../../kernels/eval.cu")),
+    ("sample.cu", include_str!("../../../kernels/sample.cu")),
 ];
 
 /// The full translation unit NVRTC compiles for `source`: the common helpers, then the file.
@@ -55,7 +56,6 @@ mod tests {
             "sigmoid_forward",
             "bce_with_logits",
             "mse",
-            "loss_sum",
             "gmf_forward",
             "gmf_backward",
             "concat_cols",
@@ -70,7 +70,12 @@ mod tests {
             "sgd_step_rows",
             "adam_step",
             "adam_step_rows",
-            "mark_rows",
+            "rows_count",
+            "rows_scan",
+            "rows_place",
+            "rows_sort",
+            "counter_add",
+            "sample_batch",
             "rank_of_first",
             "full_rank",
         ] {

@@ -120,9 +120,12 @@ fn every_op_matches_the_cpu() {
     let (mut p, mut gr, mut m1, mut v1) = (x.clone(), y.clone(), vec![0.0; m], vec![0.0; m]);
     let (mut gp, mut ggr, mut gm, mut gv) =
         (g.upload(&p).unwrap(), g.upload(&gr).unwrap(), g.zeros(m).unwrap(), g.zeros(m).unwrap());
-    for t in 1..=3 {
-        c.adam_step(&mut p, &mut gr, &mut m1, &mut v1, m, &hp, t).unwrap();
-        g.adam_step(&mut gp, &mut ggr, &mut gm, &mut gv, m, &hp, t).unwrap();
+    let (mut ct, mut gt) = (vec![0u32], g.zeros_ids(1).unwrap());
+    for _ in 1..=3 {
+        c.counter_add(&mut ct, 1).unwrap();
+        g.counter_add(&mut gt, 1).unwrap();
+        c.adam_step(&mut p, &mut gr, &mut m1, &mut v1, m, &hp, &ct).unwrap();
+        g.adam_step(&mut gp, &mut ggr, &mut gm, &mut gv, m, &hp, &gt).unwrap();
         gr.copy_from_slice(&y);
         g.write(&mut ggr, &y).unwrap();
     }

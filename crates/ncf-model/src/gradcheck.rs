@@ -512,7 +512,8 @@ pub fn check_optimizers<B: Backend>(be: &B) -> Result<Vec<SubjectCheck>> {
     let hp = AdamHp { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, decay: Decay::None };
     let (mut p, mut g) = (up(be, &[1.0, -2.0, 0.5])?, up(be, &[0.5, -4.0, 0.0])?);
     let (mut m, mut v) = (be.zeros(3)?, be.zeros(3)?);
-    be.adam_step(&mut p, &mut g, &mut m, &mut v, 3, &hp, 1)?;
+    let t1 = ids(be, &[1])?;
+    be.adam_step(&mut p, &mut g, &mut m, &mut v, 3, &hp, &t1)?;
     let want_p = [1.0 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0 + 0.1 * 4.0 / (4.0 + 1e-8), 0.5];
     out.push(SubjectCheck::new(
         "optim",
@@ -528,7 +529,7 @@ pub fn check_optimizers<B: Backend>(be: &B) -> Result<Vec<SubjectCheck>> {
     // Lazy Adam on a (3,1) table touching rows {0, 2}: row 1 must not move even with a gradient.
     let (mut p, mut g) = (up(be, &[1.0, -2.0, 0.5])?, up(be, &[0.5, 9.0, -0.25])?);
     let (mut m, mut v) = (be.zeros(3)?, be.zeros(3)?);
-    be.adam_step_rows(&mut p, &mut g, &mut m, &mut v, &ids(be, &[0, 2])?, 2, 1, 3, &hp, 1)?;
+    be.adam_step_rows(&mut p, &mut g, &mut m, &mut v, &ids(be, &[0, 2])?, 1, 3, &hp, &t1)?;
     let want_lazy = [1.0 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0, 0.5 + 0.1 * 0.25 / (0.25 + 1e-8)];
     out.push(SubjectCheck::new("optim", "adam (lazy rows {0,2}, t=1)", vec![cmp("w", down(be, &p, 3)?, &want_lazy)]));
 
@@ -552,7 +553,7 @@ pub fn check_optimizers<B: Backend>(be: &B) -> Result<Vec<SubjectCheck>> {
     let hp = AdamHp { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, decay: Decay::Decoupled(0.5) };
     let (mut p, mut g) = (up(be, &[2.0])?, up(be, &[-1.0])?);
     let (mut m, mut v) = (be.zeros(1)?, be.zeros(1)?);
-    be.adam_step(&mut p, &mut g, &mut m, &mut v, 1, &hp, 1)?;
+    be.adam_step(&mut p, &mut g, &mut m, &mut v, 1, &hp, &t1)?;
     out.push(SubjectCheck::new(
         "optim",
         "adamw (decoupled 0.5, t=1)",

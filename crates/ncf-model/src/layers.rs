@@ -178,9 +178,19 @@ impl<B: Backend> MlpTower<B> {
         be.embedding_forward(p.buf(self.item), self.items, self.d, items, b, &mut self.qi)?;
         be.concat_cols(&self.pu, self.d, &self.qi, self.d, b, &mut self.x0)?;
         for (l, layer) in self.dense.iter().enumerate() {
-            let inp = if l == 0 { &self.x0 } else { &self.x[l - 1] };
-            be.linear_forward(inp, p.buf(layer.w), p.buf(layer.bias), &mut self.z[l], b, layer.i, layer.o)?;
-            be.relu_forward(&self.z[l], &mut self.x[l], b * layer.o)?;
+            // zₗ = xₗ₋₁·Wₗᵀ + bₗ and xₗ = relu(zₗ), fused (one pass on the GPU).
+            let (prev, cur) = self.x.split_at_mut(l);
+            let inp = if l == 0 { &self.x0 } else { &prev[l - 1] };
+            be.linear_relu_forward(
+                inp,
+                p.buf(layer.w),
+                p.buf(layer.bias),
+                &mut self.z[l],
+                &mut cur[0],
+                b,
+                layer.i,
+                layer.o,
+            )?;
         }
         Ok(())
     }
@@ -223,8 +233,18 @@ impl<B: Backend> MlpTower<B> {
         be.gather_add_relu(&t.u, self.users, users, &t.v, self.items, items, l0.o, b, &mut self.x[0])?;
         for l in 1..self.dense.len() {
             let layer = self.dense[l];
-            be.linear_forward(&self.x[l - 1], p.buf(layer.w), p.buf(layer.bias), &mut self.z[l], b, layer.i, layer.o)?;
-            be.relu_forward(&self.z[l], &mut self.x[l], b * layer.o)?;
+            let (prev, cur) = self.x.split_at_mut(l);
+            let z = &mut self.z[l];
+            be.linear_relu_forward(
+                &prev[l - 1],
+                p.buf(layer.w),
+                p.buf(layer.bias),
+                z,
+                &mut cur[0],
+                b,
+                layer.i,
+                layer.o,
+            )?;
         }
         Ok(())
     }

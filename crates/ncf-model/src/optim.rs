@@ -98,6 +98,10 @@ pub struct Optimizer<B: Backend> {
     state2: Vec<B::Buf>,
     /// Steps taken so far; the next step is `t + 1`.
     pub t: u64,
+    /// The step count on the device (`t_dev[0]`), which the Adam kernels read: advanced by the
+    /// device itself, so a recorded step replays correctly. [`Optimizer::set_steps`] keeps
+    /// the two in agreement.
+    t_dev: B::Ids,
     uniq_users: B::Ids,
     uniq_items: B::Ids,
 }
@@ -122,6 +126,7 @@ impl<B: Backend> Optimizer<B> {
             state1,
             state2,
             t: 0,
+            t_dev: be.zeros_ids(1)?,
             uniq_users: be.zeros_ids(max_batch)?,
             uniq_items: be.zeros_ids(max_batch)?,
         })
@@ -171,6 +176,15 @@ impl<B: Backend> Optimizer<B> {
                 be.write(buf, &host)?;
             }
         }
+        self.set_steps(be, t)
+    }
+
+    /// Sets the step count, on the host and the device (after steps were replayed from a
+    /// recording, which advanced only the device's count).
+    pub fn set_steps(&mut self, be: &B, t: u64) -> Result<()> {
+        let t32 = u32::try_from(t)
+            .map_err(|_| Error::invalid("Optimizer::set_steps", "t", format!("{t} steps exceed the u32 counter")))?;
+        be.write_ids(&mut self.t_dev, &[t32])?;
         self.t = t;
         Ok(())
     }
@@ -185,10 +199,10 @@ impl<B: Backend> Optimizer<B> {
         b: usize,
     ) -> Result<()> {
         self.t += 1;
+        be.counter_add(&mut self.t_dev, 1)?;
         params.touch();
-        let t = self.t;
-        let mut n_users: Option<usize> = None;
-        let mut n_items: Option<usize> = None;
+        let mut have_users = false;
+        let mut have_items = false;
         for (k, (p, g)) in params.tensors.iter_mut().zip(grads.tensors.iter_mut()).enumerate() {
             let group = *self.cfg.group(p.role);
             let n = p.numel();
@@ -196,26 +210,24 @@ impl<B: Backend> Optimizer<B> {
             match (p.role, group.lazy) {
                 (Role::Embedding(src), true) => {
                     // Distinct rows touched by this batch, computed once per id stream per step.
-                    let (ids, uniq, count) = match src {
-                        IdSource::User => (users, &mut self.uniq_users, &mut n_users),
-                        IdSource::Item => (items, &mut self.uniq_items, &mut n_items),
+                    let (ids, uniq, have) = match src {
+                        IdSource::User => (users, &mut self.uniq_users, &mut have_users),
+                        IdSource::Item => (items, &mut self.uniq_items, &mut have_items),
                     };
                     let (rows, d) = (p.rows(), p.row_width());
-                    let nrows = match *count {
-                        Some(c) => c,
-                        None => *count.insert(be.unique_ids(ids, b, rows, uniq)?),
-                    };
+                    if !*have {
+                        be.unique_ids(ids, b, rows, uniq)?;
+                        *have = true;
+                    }
                     match group.rule {
                         OptimKind::Adam(hp) => {
-                            be.adam_step_rows(&mut p.buf, &mut g.buf, s1, s2, uniq, nrows, d, rows, &hp, t)?
+                            be.adam_step_rows(&mut p.buf, &mut g.buf, s1, s2, uniq, d, rows, &hp, &self.t_dev)?
                         }
-                        OptimKind::Sgd(hp) => {
-                            be.sgd_step_rows(&mut p.buf, &mut g.buf, s1, uniq, nrows, d, rows, &hp)?
-                        }
+                        OptimKind::Sgd(hp) => be.sgd_step_rows(&mut p.buf, &mut g.buf, s1, uniq, d, rows, &hp)?,
                     }
                 }
                 _ => match group.rule {
-                    OptimKind::Adam(hp) => be.adam_step(&mut p.buf, &mut g.buf, s1, s2, n, &hp, t)?,
+                    OptimKind::Adam(hp) => be.adam_step(&mut p.buf, &mut g.buf, s1, s2, n, &hp, &self.t_dev)?,
                     OptimKind::Sgd(hp) => be.sgd_step(&mut p.buf, &mut g.buf, s1, n, &hp)?,
                 },
             }
