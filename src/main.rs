@@ -102,6 +102,15 @@ struct TrainArgs {
     /// missing; the CUDA path is written but not yet verified on a GPU.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Where each epoch's negatives are sampled: host (the CPU threads), device (where the model
+    /// trains, from tables uploaded once: no copy per batch), or auto (host on the CPU, device
+    /// on a GPU).
+    #[arg(long, default_value = "auto")]
+    sampler: String,
+    /// With the device sampler on a GPU: issue every op of every step from the host instead of
+    /// replaying one recorded step (a CUDA graph).
+    #[arg(long)]
+    no_graph: bool,
     /// Write one JSON object per epoch to this file.
     #[arg(long)]
     metrics_jsonl: Option<PathBuf>,
@@ -165,6 +174,10 @@ struct EvalArgs {
     /// cpu or cuda (as `ncf train --device`; the CUDA path is not yet verified on a GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// GEMM of the dense layers: naive, scratch (the tiled kernel on a GPU) or library
+    /// (matrixmultiply on the CPU, cuBLAS on a GPU).
+    #[arg(long, default_value = "scratch", value_parser = parse_gemm)]
+    gemm: GemmImpl,
 }
 
 #[derive(clap::Args)]
@@ -349,6 +362,8 @@ fn train_cmd(a: TrainArgs) -> Result<bool> {
     };
     cfg.gemm = a.gemm;
     cfg.device = a.device.clone();
+    cfg.sampler = a.sampler.parse()?;
+    cfg.graph = !a.no_graph;
     cfg.progress = true;
     cfg.save = save.clone();
     if let Some(e) = a.epochs {
@@ -492,10 +507,10 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     }
     let run = EvalRun { ckpt: &ckpt, path: model_path, split, cases: &cases, k: a.k, full: a.full_ranking };
     if a.device == "cuda" {
-        let be = ncf_cuda::CudaBackend::new(0, ncf_cuda::GpuGemm::Tiled).context("--device cuda")?;
+        let be = ncf_cuda::CudaBackend::new(0, ncf_train::gpu_gemm(a.gemm)).context("--device cuda")?;
         return pool.install(|| eval_on(&be, &run));
     }
-    pool.install(|| eval_on(&CpuBackend::<f32>::default(), &run))
+    pool.install(|| eval_on(&CpuBackend::<f32>::new(a.gemm), &run))
 }
 
 /// What `ncf eval` evaluates.

@@ -540,4 +540,38 @@ mod tests {
         let err = be.bce_with_logits(&vec![], &vec![], 0, &mut vec![0.0], &mut vec![]).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { op: "bce_with_logits", .. }), "{err}");
     }
+
+    /// `sample_batch` walks the epoch batch by batch: the concatenated batches are the
+    /// epoch's slots in order ([`row_at`]), the counter advances once per batch, and a batch
+    /// past the epoch's end is an error.
+    #[test]
+    fn sample_batch_walks_the_epoch_slot_by_slot() {
+        let be = CpuBackend::<f32>::default();
+        let (off, items) = (vec![0usize, 3, 3, 7], vec![1u32, 4, 6, 0, 2, 3, 9]);
+        let tables = SampleTables::upload(&be, (&off, &items), (&off, &items), 10, 2).unwrap();
+        assert_eq!(tables.rows(), 21);
+        let keys = EpochKeys::new(11, 2);
+        let k = keys.words();
+        let mut state = vec![0, k[0], k[1], k[2], k[3]];
+        let (mut u, mut i, mut y) = (vec![0u32; 8], vec![0u32; 8], vec![0f32; 8]);
+        let mut got = Vec::new();
+        for b in [8, 8, 5] {
+            be.sample_batch(&tables, &mut state, 8, b, &mut u, &mut i, &mut y).unwrap();
+            got.extend((0..b).map(|k| (u[k], i[k], y[k])));
+        }
+        assert_eq!(state[0], 3);
+        let off32: Vec<u32> = off.iter().map(|&o| o as u32).collect();
+        let c = Csrs {
+            train_off: &off32,
+            train_items: &items,
+            known_off: &off32,
+            known_items: &items,
+            n_items: 10,
+            n_neg: 2,
+        };
+        let want: Vec<_> = (0..21).map(|s| row_at(&c, &keys, s)).collect();
+        assert_eq!(got, want);
+        let err = be.sample_batch(&tables, &mut state, 8, 1, &mut u, &mut i, &mut y).unwrap_err();
+        assert!(err.to_string().contains("exceed the epoch's 21 rows"), "{err}");
+    }
 }

@@ -171,3 +171,150 @@ fn five_neumf_training_steps_match_the_cpu() {
         assert_close(&format!("{} after 5 steps", a.name), &bb.data, &a.data, Tol { abs: 1e-5, rel: 1e-3 });
     }
 }
+
+/// The device-side pieces of the training loop: row plans (distinct rows, lazy optimizers with
+/// a device count), counters, the fused dense+ReLU layer, and the sampler, which must draw the
+/// CPU's batches bit for bit.
+#[test]
+fn device_loop_ops_match_the_cpu() {
+    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let c = CpuBackend::<f32>::default();
+    let (n, d, b) = (300, 16, 1000);
+    let ids = rand_ids(b, n, 21);
+    let mut gids = g.zeros_ids(b).unwrap();
+    g.write_ids(&mut gids, &ids).unwrap();
+
+    // unique_ids: the same sorted list; its count stays on the device, and the lazy Adam that
+    // reads it updates exactly the CPU's rows.
+    let (mut cu, mut gu) = (Vec::new(), g.zeros_ids(b).unwrap());
+    c.unique_ids(&ids, b, n, &mut cu).unwrap();
+    g.unique_ids(&gids, b, n, &mut gu).unwrap();
+    let got = g.download_ids(&gu, cu.len()).unwrap();
+    assert_eq!(got, cu, "unique_ids");
+    let (mut ct, mut gt) = (vec![0u32], g.zeros_ids(1).unwrap());
+    c.counter_add(&mut ct, 2).unwrap();
+    g.counter_add(&mut gt, 2).unwrap();
+    assert_eq!(g.download_ids(&gt, 1).unwrap(), ct, "counter_add");
+    let hp = AdamHp::default();
+    let (mut p, mut gr) = (rand_vec(n * d, 22), rand_vec(n * d, 23));
+    let (mut m1, mut v1) = (vec![0.0; n * d], vec![0.0; n * d]);
+    let (mut gp, mut ggr, mut gm, mut gv) =
+        (g.upload(&p).unwrap(), g.upload(&gr).unwrap(), g.zeros(n * d).unwrap(), g.zeros(n * d).unwrap());
+    c.adam_step_rows(&mut p, &mut gr, &mut m1, &mut v1, &cu, d, n, &hp, &ct).unwrap();
+    g.adam_step_rows(&mut gp, &mut ggr, &mut gm, &mut gv, &gu, d, n, &hp, &gt).unwrap();
+    check("adam_step_rows (device count)", &g, &gp, &p);
+    check("adam_step_rows gradient zeroed on touched rows only", &g, &ggr, &gr);
+
+    // The scatter-add over the row plan, twice on the same ids (the cached plan is reused).
+    let dout = rand_vec(b * d, 24);
+    let gd = g.upload(&dout).unwrap();
+    let mut want = rand_vec(n * d, 25);
+    let mut got = g.upload(&want).unwrap();
+    for _ in 0..2 {
+        c.embedding_backward(&dout, &ids, b, d, &mut want, n).unwrap();
+        g.embedding_backward(&gd, &gids, b, d, &mut got, n).unwrap();
+    }
+    let (gv, wv) = (g.download(&got).unwrap(), want.clone());
+    assert_eq!(gv[..n * d], wv[..], "the deterministic scatter-add is the CPU's naive order, bit for bit");
+
+    // Dense layer + ReLU through every GEMM.
+    for gemm in [GpuGemm::Naive, GpuGemm::Tiled, GpuGemm::Cublas] {
+        let Some(g) = gpu(gemm) else { return };
+        let (b, i, o) = (257, 64, 32);
+        let (inp, w, bias) = (rand_vec(b * i, 26), rand_vec(o * i, 27), rand_vec(o, 28));
+        let (mut z, mut x) = (vec![0.0; b * o], vec![0.0; b * o]);
+        c.linear_relu_forward(&inp, &w, &bias, &mut z, &mut x, b, i, o).unwrap();
+        let (gi, gw, gb) = (g.upload(&inp).unwrap(), g.upload(&w).unwrap(), g.upload(&bias).unwrap());
+        let (mut gz, mut gx) = (g.zeros(b * o).unwrap(), g.zeros(b * o).unwrap());
+        g.linear_relu_forward(&gi, &gw, &gb, &mut gz, &mut gx, b, i, o).unwrap();
+        check(&format!("linear_relu_forward z {gemm:?}"), &g, &gz, &z);
+        check(&format!("linear_relu_forward x {gemm:?}"), &g, &gx, &x);
+    }
+
+    // The sampler: three batches of an epoch, identical to the CPU's.
+    use ncf_core::sample::{EpochKeys, SampleTables};
+    let pairs: Vec<(u32, u32)> = (0..5000u32).map(|k| (k % 97, (k * 31 + k / 97) % 400)).collect();
+    let ui = ncf_data_like(97, 400, &pairs);
+    let ct = SampleTables::upload(&c, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
+    let gtab = SampleTables::upload(&g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
+    let k = EpochKeys::new(5, 3).words();
+    let (mut cs, mut gs) = (vec![0, k[0], k[1], k[2], k[3]], g.zeros_ids(5).unwrap());
+    g.write_ids(&mut gs, &cs).unwrap();
+    let bs = 1024;
+    let (mut cu, mut ci, mut cl) = (vec![0u32; bs], vec![0u32; bs], vec![0f32; bs]);
+    let (mut gu, mut gi, mut gl) = (g.zeros_ids(bs).unwrap(), g.zeros_ids(bs).unwrap(), g.zeros(bs).unwrap());
+    for step in 0..3 {
+        c.sample_batch(&ct, &mut cs, bs, bs, &mut cu, &mut ci, &mut cl).unwrap();
+        g.sample_batch(&gtab, &mut gs, bs, bs, &mut gu, &mut gi, &mut gl).unwrap();
+        assert_eq!(g.download_ids(&gu, bs).unwrap(), cu, "sampled users, batch {step}");
+        assert_eq!(g.download_ids(&gi, bs).unwrap(), ci, "sampled items, batch {step}");
+        assert_eq!(g.download(&gl).unwrap()[..bs], cl[..], "sampled labels, batch {step}");
+    }
+    assert_eq!(g.download_ids(&gs, 1).unwrap(), vec![3], "the batch counter advanced on the device");
+}
+
+/// Sorted, deduplicated CSR `(offsets, items)` of `pairs` (what `ncf_data::UserItems` holds).
+fn ncf_data_like(users: usize, _items: usize, pairs: &[(u32, u32)]) -> (Vec<usize>, Vec<u32>) {
+    let mut per: Vec<Vec<u32>> = vec![Vec::new(); users];
+    for &(u, i) in pairs {
+        per[u as usize].push(i);
+    }
+    let (mut off, mut items) = (vec![0usize], Vec::new());
+    for mut v in per {
+        v.sort_unstable();
+        v.dedup();
+        items.extend(v);
+        off.push(items.len());
+    }
+    (off, items)
+}
+
+/// One NeuMF step recorded as a CUDA graph and replayed gives the same bits as issuing the
+/// same steps op by op (the sampler, plans, counters and loss all live on the device).
+#[test]
+fn a_replayed_graph_step_equals_eager_steps() {
+    use ncf_core::sample::{EpochKeys, SampleTables};
+    use ncf_model::{AnyModel, Batch, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch, train_step};
+    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let cfg = ModelConfig::new(ModelKind::NeuMf, 97, 400);
+    let pairs: Vec<(u32, u32)> = (0..5000u32).map(|k| (k % 97, (k * 31 + k / 97) % 400)).collect();
+    let ui = ncf_data_like(97, 400, &pairs);
+    let tables = SampleTables::upload(&g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
+    let b = 256;
+    let run = |graph: bool| {
+        let mut model = AnyModel::new(&g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+        let mut opt = Optimizer::new(&g, model.params(), OptimConfig::adam(0.01), b).unwrap();
+        let mut batch = Batch::with_capacity(&g, b).unwrap();
+        let mut scratch = StepScratch::new(&g, b).unwrap();
+        let mut state = g.zeros_ids(5).unwrap();
+        let k = EpochKeys::new(1, 1).words();
+        g.write_ids(&mut state, &[0, k[0], k[1], k[2], k[3]]).unwrap();
+        let mut step = |model: &mut AnyModel<CudaBackend>, opt: &mut Optimizer<CudaBackend>| {
+            g.sample_batch(&tables, &mut state, b, b, &mut batch.users, &mut batch.items, &mut batch.labels)?;
+            batch.len = b;
+            train_step(&g, model, opt, &batch, &mut scratch)
+        };
+        step(&mut model, &mut opt).unwrap();
+        if graph {
+            let t = opt.t;
+            let rec = g.capture(&mut || step(&mut model, &mut opt)).unwrap().expect("CUDA records graphs");
+            for _ in 0..4 {
+                g.replay(&rec).unwrap();
+            }
+            opt.set_steps(&g, t + 4).unwrap();
+        } else {
+            for _ in 0..4 {
+                step(&mut model, &mut opt).unwrap();
+            }
+        }
+        let loss = scratch.take_loss(&g).unwrap();
+        (loss, model.params().to_host(&g).unwrap())
+    };
+    let (le, pe) = run(false);
+    let (lg, pg) = run(true);
+    println!("5 steps: loss eager {le:.7}, graph {lg:.7}");
+    assert_eq!(le, lg, "the loss accumulated over 5 steps");
+    for (a, bb) in pe.iter().zip(&pg) {
+        assert_eq!(a.data, bb.data, "{} after 5 steps, eager vs graph", a.name);
+    }
+}

@@ -5,6 +5,7 @@
 //! interaction per user, which chooses the epoch and drives early stopping) and on the test set
 //! (reported every epoch, never used to choose anything).
 
+use ncf_core::sample::{EpochKeys, SampleTables};
 use ncf_core::{Backend, Decay, OptimKind, SgdHp};
 use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
@@ -38,6 +39,36 @@ pub use checkpoint::{Checkpoint, ModelSpec};
 
 fn cpu() -> String {
     "cpu".into()
+}
+
+/// Where each epoch's rows (positives and sampled negatives, shuffled) come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerChoice {
+    /// `host` on the CPU, `device` on a GPU.
+    #[default]
+    Auto,
+    /// `ncf_data::sample_epoch` on the CPU threads, copied in batch by batch.
+    Host,
+    /// [`Backend::sample_batch`]: each batch drawn where the model lives, from tables uploaded
+    /// once ([`ncf_core::sample`]); no host→device copy per batch.
+    Device,
+}
+
+impl std::str::FromStr for SamplerChoice {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(SamplerChoice::Auto),
+            "host" => Ok(SamplerChoice::Host),
+            "device" => Ok(SamplerChoice::Device),
+            other => Err(TrainError::Config("sampler", format!("`{other}`: expected auto, host or device"))),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Which update rule trains every group.
@@ -85,6 +116,13 @@ pub struct TrainConfig {
     /// `cpu` or `cuda`.
     #[serde(skip, default = "cpu")]
     pub device: String,
+    /// Where the epoch's rows are sampled.
+    #[serde(default)]
+    pub sampler: SamplerChoice,
+    /// With the device sampler: record one training step as a graph (CUDA) and replay it for
+    /// every full batch of the epoch, instead of issuing each op from the host.
+    #[serde(default = "yes")]
+    pub graph: bool,
     /// Write a checkpoint here after every epoch (atomically, replacing the previous one): the
     /// validation-selected weights, plus what `--resume` needs to continue the run.
     #[serde(skip)]
@@ -119,6 +157,8 @@ impl Default for TrainConfig {
             alpha: 0.5,
             progress: false,
             device: "cpu".into(),
+            sampler: SamplerChoice::Auto,
+            graph: true,
             save: None,
             data: None,
             min_rating: None,
@@ -301,11 +341,29 @@ pub fn train(
         "cpu" => train_on(&CpuBackend::<f32>::new(cfg.gemm), kind, cfg, data, resume, on_epoch),
         // Written, not yet run on a GPU (see crates/ncf-cuda).
         "cuda" => {
-            let be = ncf_cuda::CudaBackend::new(0, ncf_cuda::GpuGemm::Tiled)
+            let be = ncf_cuda::CudaBackend::new(0, gpu_gemm(cfg.gemm))
                 .map_err(|e| TrainError::Config("device", e.to_string()))?;
-            train_on(&be, kind, cfg, data, resume, on_epoch)
+            // Score every validation or test case in one forward call where it fits: the GPU
+            // has room for far more rows than the CPU's cache-sized default.
+            let mut cfg = cfg.clone();
+            if cfg.eval_rows == TrainConfig::default().eval_rows {
+                cfg.eval_rows = GPU_EVAL_ROWS;
+            }
+            train_on(&be, kind, &cfg, data, resume, on_epoch)
         }
         other => Err(TrainError::Config("device", format!("`{other}`: expected cpu or cuda"))),
+    }
+}
+
+/// Rows scored per forward call on a GPU (6,040 ML-1M users × 100 candidates fit in one).
+pub const GPU_EVAL_ROWS: usize = 1 << 20;
+
+/// `--gemm` on a GPU: the naive kernel, the hand-written tiled kernel, or cuBLAS.
+pub fn gpu_gemm(g: GemmImpl) -> ncf_cuda::GpuGemm {
+    match g {
+        GemmImpl::Naive => ncf_cuda::GpuGemm::Naive,
+        GemmImpl::Scratch => ncf_cuda::GpuGemm::Tiled,
+        GemmImpl::Library => ncf_cuda::GpuGemm::Cublas,
     }
 }
 
@@ -364,6 +422,19 @@ fn train_on<B: Backend<T = f32>>(
     let (mut us, mut is, mut ys) =
         (Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch));
     let mut rows: Vec<Row> = Vec::new();
+    let device_sampling = match cfg.sampler {
+        SamplerChoice::Auto => cfg.device != "cpu",
+        SamplerChoice::Host => false,
+        SamplerChoice::Device => true,
+    };
+    // The device sampler's tables (uploaded once) and state `[batch number, epoch keys]`.
+    let tables = if device_sampling {
+        let (t, k) = (&data.train, &data.known);
+        Some(SampleTables::upload(be, (&t.offsets, &t.items), (&k.offsets, &k.items), t.n_items, cfg.neg)?)
+    } else {
+        None
+    };
+    let mut sampler_state = be.zeros_ids(5)?;
     let stopped_early = |reports: &[EpochReport], best: Option<usize>| {
         cfg.patience > 0 && best.is_some_and(|b| reports.len() - 1 - b >= cfg.patience)
     };
@@ -374,9 +445,19 @@ fn train_on<B: Backend<T = f32>>(
             break;
         }
         let t0 = Instant::now();
-        sample_epoch(&data.train, &data.known, cfg.neg, cfg.seed, epoch as u64, &mut rows);
+        let n_rows = match &tables {
+            Some(tables) => {
+                let k = EpochKeys::new(cfg.seed, epoch as u64).words();
+                be.write_ids(&mut sampler_state, &[0, k[0], k[1], k[2], k[3]])?;
+                tables.rows() as usize
+            }
+            None => {
+                sample_epoch(&data.train, &data.known, cfg.neg, cfg.seed, epoch as u64, &mut rows);
+                rows.len()
+            }
+        };
         let t1 = Instant::now();
-        let steps = rows.len().div_ceil(cfg.batch);
+        let steps = n_rows.div_ceil(cfg.batch);
         let bar =
             if cfg.progress { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
         bar.set_style(
@@ -385,22 +466,96 @@ fn train_on<B: Backend<T = f32>>(
         );
         bar.set_prefix(epoch.to_string());
         let mut loss_sum = 0.0;
-        for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
-            us.clear();
-            is.clear();
-            ys.clear();
-            for r in chunk {
-                us.push(r.user);
-                is.push(r.item);
-                ys.push(r.label);
-            }
-            batch.set(be, &us, &is, &ys)?;
-            train_step(be, &mut model, &mut opt, &batch, &mut scratch)?;
-            if cfg.progress && (step + 1) % 200 == 0 {
+        let mut progress = |step: usize, scratch: &mut StepScratch<B>| -> Result<()> {
+            if cfg.progress && (step + 1).is_multiple_of(200) {
                 loss_sum += scratch.take_loss(be)?;
                 let rate = ((step + 1) * cfg.batch) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
                 bar.set_position(step as u64 + 1);
                 bar.set_message(format!("loss {:.4}  {:.0} samples/s", loss_sum / (step + 1) as f64, rate));
+            }
+            Ok(())
+        };
+        match &tables {
+            None => {
+                for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
+                    us.clear();
+                    is.clear();
+                    ys.clear();
+                    for r in chunk {
+                        us.push(r.user);
+                        is.push(r.item);
+                        ys.push(r.label);
+                    }
+                    batch.set(be, &us, &is, &ys)?;
+                    train_step(be, &mut model, &mut opt, &batch, &mut scratch)?;
+                    progress(step, &mut scratch)?;
+                }
+            }
+            Some(tables) => {
+                // Every batch is drawn on the device; only the loss is read back, every 200
+                // steps with a progress bar, else once per epoch.
+                let mut sampled_step = |b: usize,
+                                        model: &mut AnyModel<B>,
+                                        opt: &mut Optimizer<B>,
+                                        batch: &mut Batch<B>,
+                                        scratch: &mut StepScratch<B>|
+                 -> ncf_core::Result<()> {
+                    be.sample_batch(
+                        tables,
+                        &mut sampler_state,
+                        cfg.batch,
+                        b,
+                        &mut batch.users,
+                        &mut batch.items,
+                        &mut batch.labels,
+                    )?;
+                    batch.len = b;
+                    train_step(be, model, opt, batch, scratch)
+                };
+                let full = n_rows / cfg.batch;
+                let mut step = 0;
+                // The first step runs directly: it allocates what later steps reuse (row plans,
+                // library workspaces), which a recording could not.
+                if full > 0 {
+                    sampled_step(cfg.batch, &mut model, &mut opt, &mut batch, &mut scratch)?;
+                    progress(step, &mut scratch)?;
+                    step += 1;
+                }
+                let graph = if cfg.graph && full > 2 {
+                    let t_before = opt.t;
+                    let g =
+                        be.capture(&mut || sampled_step(cfg.batch, &mut model, &mut opt, &mut batch, &mut scratch))?;
+                    // Recording ran the host side of one step (the optimizer's host count went up)
+                    // but nothing on the device.
+                    opt.t = t_before;
+                    g
+                } else {
+                    None
+                };
+                match &graph {
+                    Some(g) => {
+                        let t_start = opt.t;
+                        while step < full {
+                            be.replay(g)?;
+                            progress(step, &mut scratch)?;
+                            step += 1;
+                        }
+                        // Each replay advanced the device's step count; the host's follows.
+                        opt.set_steps(be, t_start + (full - 1) as u64)?;
+                        model.params_and_grads().0.touch();
+                    }
+                    None => {
+                        while step < full {
+                            sampled_step(cfg.batch, &mut model, &mut opt, &mut batch, &mut scratch)?;
+                            progress(step, &mut scratch)?;
+                            step += 1;
+                        }
+                    }
+                }
+                let tail = n_rows - full * cfg.batch;
+                if tail > 0 {
+                    sampled_step(tail, &mut model, &mut opt, &mut batch, &mut scratch)?;
+                }
             }
         }
         bar.finish_and_clear();
@@ -420,7 +575,7 @@ fn train_on<B: Backend<T = f32>>(
             sampling_s: (t1 - t0).as_secs_f64(),
             training_s,
             eval_s: (t3 - t2).as_secs_f64(),
-            samples_per_second: rows.len() as f64 / training_s.max(1e-9),
+            samples_per_second: n_rows as f64 / training_s.max(1e-9),
         };
         on_epoch(&report);
         reports.push(report);
