@@ -33,3 +33,56 @@ extern "C" __global__ void full_rank(const float* scores, int n_items, const uns
     above = block_sum(above, shared);
     if (threadIdx.x == 0) rank[u] = (unsigned)(above + 0.5f) - 1u;
 }
+
+// Top-K recommendation: user slot u's scores over all n items are scores[u*n ...]; out[u*k + r]
+// is its r-th best item not in seen[seen_off[u]..seen_off[u+1]], ties to the lower item id,
+// u32::MAX past the unseen items. One block (256 threads) per user; K rounds of a block-wide
+// arg-max over the items not yet masked. Dynamic shared memory: a bitmap of the n items
+// ((n+31)/32 words) marking seen and already chosen items.
+__device__ __forceinline__ bool better(float s, unsigned j, float bs, unsigned bj) {
+    return bj == 0xffffffffu || s > bs || (s == bs && j < bj);
+}
+
+extern "C" __global__ void top_k(const float* scores, int n, int k, const unsigned* seen, const unsigned* seen_off,
+                                 unsigned* out) {
+    extern __shared__ unsigned mask[];
+    __shared__ float best_s[256];
+    __shared__ unsigned best_j[256];
+    int u = blockIdx.x, t = threadIdx.x;
+    const float* s = scores + (long long)u * n;
+    int words = (n + 31) / 32;
+    for (int w = t; w < words; w += blockDim.x) mask[w] = 0u;
+    __syncthreads();
+    for (unsigned q = seen_off[u] + t; q < seen_off[u + 1]; q += blockDim.x) {
+        unsigned j = seen[q];
+        atomicOr(&mask[j >> 5], 1u << (j & 31u));
+    }
+    __syncthreads();
+    for (int r = 0; r < k; ++r) {
+        float bs = 0.0f;
+        unsigned bj = 0xffffffffu;
+        for (int j = t; j < n; j += blockDim.x) {
+            if (mask[j >> 5] & (1u << (j & 31))) continue;
+            if (better(s[j], (unsigned)j, bs, bj)) {
+                bs = s[j];
+                bj = (unsigned)j;
+            }
+        }
+        best_s[t] = bs;
+        best_j[t] = bj;
+        __syncthreads();
+        for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+            if (t < half && best_j[t + half] != 0xffffffffu && better(best_s[t + half], best_j[t + half], best_s[t], best_j[t])) {
+                best_s[t] = best_s[t + half];
+                best_j[t] = best_j[t + half];
+            }
+            __syncthreads();
+        }
+        if (t == 0) {
+            unsigned j = best_j[0];
+            out[(long long)u * k + r] = j;
+            if (j != 0xffffffffu) mask[j >> 5] |= 1u << (j & 31u);
+        }
+        __syncthreads();
+    }
+}

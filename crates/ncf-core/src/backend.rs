@@ -315,6 +315,83 @@ pub trait Backend: Sync {
         self.relu_forward(z, x, b * o)
     }
 
+    // ---------------------------------------------------------------- evaluation
+
+    /// Full ranking. `scores (U,N)`: row `c` scores all `N` items for user slot `c`;
+    /// `seen_off (U+1)` and `seen` list each slot's training items (distinct). Writes
+    /// `ranks[c]` = how many items the user has not seen, other than `targets[c]`, score at
+    /// least as high as the target (ties count against it, as in the sampled protocol). Only
+    /// `U` ranks come back to the host instead of `U·N` scores. This default downloads the
+    /// scores and counts on the host; a GPU counts on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn rank_unseen(
+        &self,
+        scores: &Self::Buf,
+        u: usize,
+        n: usize,
+        targets: &Self::Ids,
+        seen_off: &Self::Ids,
+        seen: &Self::Ids,
+        ranks: &mut Self::Ids,
+    ) -> Result<()> {
+        let s = self.download(scores)?;
+        crate::error::check_len("rank_unseen", "scores", s.len(), &[u, n])?;
+        let t = self.download_ids(targets, u)?;
+        let off = self.download_ids(seen_off, u + 1)?;
+        let seen = self.download_ids(seen, off[u] as usize)?;
+        let mut out = Vec::with_capacity(u);
+        for c in 0..u {
+            let row = &s[c * n..(c + 1) * n];
+            let target = t[c] as usize;
+            crate::error::check_ids("rank_unseen", "targets", &t[c..c + 1], n)?;
+            let st = row[target];
+            let above = row.iter().filter(|&&x| x >= st).count() - 1;
+            let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
+            crate::error::check_ids("rank_unseen", "seen", seen_c, n)?;
+            let seen_above = seen_c.iter().filter(|&&j| j as usize != target && row[j as usize] >= st).count();
+            out.push((above - seen_above) as u32);
+        }
+        self.write_ids(ranks, &out)
+    }
+
+    /// Top-K recommendation. `scores (U,N)` as in [`Backend::rank_unseen`]; writes
+    /// `out (U,K)`: each user's `K` highest-scoring items among those not in `seen`, best
+    /// first, ties to the lower item id (deterministic); slots past the user's unseen items
+    /// hold `u32::MAX`. This default sorts on the host; a GPU selects on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn top_k(
+        &self,
+        scores: &Self::Buf,
+        u: usize,
+        n: usize,
+        k: usize,
+        seen_off: &Self::Ids,
+        seen: &Self::Ids,
+        out: &mut Self::Ids,
+    ) -> Result<()> {
+        let s = self.download(scores)?;
+        crate::error::check_len("top_k", "scores", s.len(), &[u, n])?;
+        let off = self.download_ids(seen_off, u + 1)?;
+        let seen = self.download_ids(seen, off[u] as usize)?;
+        let mut res = Vec::with_capacity(u * k);
+        let mut mask = vec![false; n];
+        let mut cand: Vec<u32> = Vec::with_capacity(n);
+        for c in 0..u {
+            let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
+            crate::error::check_ids("top_k", "seen", seen_c, n)?;
+            seen_c.iter().for_each(|&j| mask[j as usize] = true);
+            let row = &s[c * n..(c + 1) * n];
+            cand.clear();
+            cand.extend((0..n as u32).filter(|&j| !mask[j as usize]));
+            cand.sort_by(|&a, &b| {
+                row[b as usize].partial_cmp(&row[a as usize]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+            });
+            res.extend((0..k).map(|r| cand.get(r).copied().unwrap_or(u32::MAX)));
+            seen_c.iter().for_each(|&j| mask[j as usize] = false);
+        }
+        self.write_ids(out, &res)
+    }
+
     // ---------------------------------------------------------------- graphs
 
     /// A recorded sequence of ops that can be replayed without the host issuing each op again

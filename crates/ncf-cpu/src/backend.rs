@@ -477,6 +477,42 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         self.relu_forward(z, x, b * o)
     }
 
+    fn rank_unseen(
+        &self,
+        scores: &Vec<T>,
+        u: usize,
+        n: usize,
+        targets: &Vec<u32>,
+        seen_off: &Vec<u32>,
+        seen: &Vec<u32>,
+        ranks: &mut Vec<u32>,
+    ) -> Result<()> {
+        const OP: &str = "rank_unseen";
+        check_len(OP, "scores", scores.len(), &[u, n])?;
+        check_len(OP, "targets", targets.len(), &[u])?;
+        check_len(OP, "seen_off", seen_off.len(), &[u + 1])?;
+        check_len(OP, "ranks", ranks.len(), &[u])?;
+        check_ids(OP, "scores", &targets[..u], n)?;
+        if seen_off[..=u].windows(2).any(|w| w[0] > w[1]) {
+            return Err(Error::invalid(OP, "seen_off", "offsets must not decrease"));
+        }
+        check_len(OP, "seen", seen.len(), &[seen_off[u] as usize])?;
+        check_ids(OP, "scores", &seen[..seen_off[u] as usize], n)?;
+        // The items scoring at least the target's score, minus the seen ones among them: two
+        // linear passes instead of a membership test per item; one user per task.
+        use rayon::prelude::*;
+        ranks[..u].par_iter_mut().enumerate().for_each(|(c, rank)| {
+            let row = &scores[c * n..(c + 1) * n];
+            let target = targets[c] as usize;
+            let st = row[target];
+            let above = row.iter().filter(|&&x| x >= st).count() - 1;
+            let seen_c = &seen[seen_off[c] as usize..seen_off[c + 1] as usize];
+            let seen_above = seen_c.iter().filter(|&&j| j as usize != target && row[j as usize] >= st).count();
+            *rank = (above - seen_above) as u32;
+        });
+        Ok(())
+    }
+
     type Graph = ();
     fn capture(&self, _f: &mut dyn FnMut() -> Result<()>) -> Result<Option<()>> {
         Ok(None)
@@ -573,5 +609,50 @@ mod tests {
         assert_eq!(got, want);
         let err = be.sample_batch(&tables, &mut state, 8, 1, &mut u, &mut i, &mut y).unwrap_err();
         assert!(err.to_string().contains("exceed the epoch's 21 rows"), "{err}");
+    }
+
+    /// Full-ranking ranks and top-K lists against brute force on random scores with many
+    /// ties (scores rounded to tenths): ranks count unseen items scoring at least the target's
+    /// score; top-K is sorted by score, ties to the lower id, seen items left out.
+    #[test]
+    fn rank_unseen_and_top_k_match_brute_force() {
+        let be = CpuBackend::<f32>::default();
+        let (u, n, k) = (7usize, 40usize, 6usize);
+        let mut x = 12345u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as u32
+        };
+        let scores: Vec<f32> = (0..u * n).map(|_| (next() % 10) as f32 / 10.0).collect();
+        let targets: Vec<u32> = (0..u).map(|_| next() % n as u32).collect();
+        let mut seen_off = vec![0u32];
+        let mut seen = Vec::new();
+        for c in 0..u {
+            let mut s: Vec<u32> = (0..n as u32).filter(|&j| j != targets[c] && next() % 3 == 0).collect();
+            if c == 6 {
+                s = (0..n as u32).filter(|&j| j >= 3).collect(); // only 3 unseen items: top-K runs out
+            }
+            seen.extend(s);
+            seen_off.push(seen.len() as u32);
+        }
+        let mut ranks = vec![0u32; u];
+        be.rank_unseen(&scores, u, n, &targets, &seen_off, &seen, &mut ranks).unwrap();
+        let mut top = vec![0u32; u * k];
+        be.top_k(&scores, u, n, k, &seen_off, &seen, &mut top).unwrap();
+        for c in 0..u {
+            let row = &scores[c * n..(c + 1) * n];
+            let seen_c = &seen[seen_off[c] as usize..seen_off[c + 1] as usize];
+            let t = targets[c] as usize;
+            let want = (0..n).filter(|&j| j != t && !seen_c.contains(&(j as u32)) && row[j] >= row[t]).count();
+            assert_eq!(ranks[c] as usize, want, "rank of user slot {c}");
+            let mut unseen: Vec<u32> = (0..n as u32).filter(|j| !seen_c.contains(j)).collect();
+            unseen.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            unseen.resize(k.max(unseen.len()), u32::MAX);
+            assert_eq!(top[c * k..(c + 1) * k], unseen[..k], "top-{k} of user slot {c}");
+        }
+        let mut last = top[6 * k..6 * k + 3].to_vec();
+        last.sort_unstable();
+        assert_eq!(last, vec![0, 1, 2], "user slot 6 has only items 0..3 unseen");
+        assert_eq!(top[6 * k + 3..7 * k], [u32::MAX; 3], "and no more");
     }
 }

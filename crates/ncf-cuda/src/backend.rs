@@ -996,6 +996,62 @@ impl Backend for CudaBackend {
         self.counter_add(state, 1)
     }
 
+    fn rank_unseen(
+        &self,
+        scores: &Self::Buf,
+        u: usize,
+        n: usize,
+        targets: &Self::Ids,
+        seen_off: &Self::Ids,
+        seen: &Self::Ids,
+        ranks: &mut Self::Ids,
+    ) -> Result<()> {
+        const OP: &str = "rank_unseen";
+        check_len(OP, "scores", scores.len(), &[u, n])?;
+        check_len(OP, "ranks", ranks.cap(), &[u])?;
+        targets.check(OP, "scores", u, n)?;
+        let seen_len = seen_csr_len(OP, seen_off, u)?;
+        seen.check(OP, "scores", seen_len, n)?;
+        if u == 0 {
+            return Ok(());
+        }
+        let ni = i32_of(OP, "n", n)?;
+        let cfg = LaunchConfig { grid_dim: (u as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, OP, "full_rank", cfg, scores, &ni, &targets.dev, &seen.dev, &seen_off.dev, &mut ranks.dev)?;
+        ranks.written_by_device(u);
+        Ok(())
+    }
+
+    fn top_k(
+        &self,
+        scores: &Self::Buf,
+        u: usize,
+        n: usize,
+        k: usize,
+        seen_off: &Self::Ids,
+        seen: &Self::Ids,
+        out: &mut Self::Ids,
+    ) -> Result<()> {
+        const OP: &str = "top_k";
+        check_len(OP, "scores", scores.len(), &[u, n])?;
+        check_len(OP, "out", out.cap(), &[u, k])?;
+        let seen_len = seen_csr_len(OP, seen_off, u)?;
+        seen.check(OP, "scores", seen_len, n)?;
+        let mask_bytes = n.div_ceil(32) * 4;
+        if mask_bytes > 40 * 1024 {
+            return Err(Error::invalid(OP, "n", format!("{n} items exceed the kernel's 40 KiB shared-memory bitmap")));
+        }
+        if u == 0 || k == 0 {
+            return Ok(());
+        }
+        let (ni, ki) = (i32_of(OP, "n", n)?, i32_of(OP, "k", k)?);
+        let cfg =
+            LaunchConfig { grid_dim: (u as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: mask_bytes as u32 };
+        launch!(self, OP, "top_k", cfg, scores, &ni, &ki, &seen.dev, &seen_off.dev, &mut out.dev)?;
+        out.written_by_device(u * k);
+        Ok(())
+    }
+
     type Graph = CudaGraph;
 
     fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaGraph>> {
@@ -1015,6 +1071,19 @@ impl Backend for CudaBackend {
     fn replay(&self, graph: &CudaGraph) -> Result<()> {
         graph.launch().map_err(dev_err("cuGraphLaunch"))
     }
+}
+
+/// Entries of a seen-items CSR over `u` users, read from its host-written offsets (the kernels
+/// index it unchecked, so the offsets must be known).
+fn seen_csr_len(op: &'static str, off: &DevIds, u: usize) -> Result<usize> {
+    check_len(op, "seen_off", off.cap(), &[u + 1])?;
+    let Some(h) = &off.host else {
+        return Err(Error::invalid(op, "seen_off", "offsets must be written from the host"));
+    };
+    if h[..=u].windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::invalid(op, "seen_off", "offsets must not decrease"));
+    }
+    Ok(h[u] as usize)
 }
 
 /// A step counter buffer: one id, written by the host or advanced on the device.

@@ -78,6 +78,7 @@ mod tests {
             "sample_batch",
             "rank_of_first",
             "full_rank",
+            "top_k",
         ] {
             assert!(all.contains(&name), "no kernel `{name}` in kernels/*.cu (found {all:?})");
         }

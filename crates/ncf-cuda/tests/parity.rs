@@ -318,3 +318,38 @@ fn a_replayed_graph_step_equals_eager_steps() {
         assert_eq!(a.data, bb.data, "{} after 5 steps, eager vs graph", a.name);
     }
 }
+
+/// Full-ranking ranks and top-K lists on the device equal the CPU's, exactly (integer results;
+/// the scores are the same floats on both sides).
+#[test]
+fn ranks_and_top_k_match_the_cpu() {
+    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let c = CpuBackend::<f32>::default();
+    let (u, n, k) = (50usize, 3706usize, 10usize);
+    // Rounded scores, so ties are common.
+    let scores: Vec<f32> = rand_vec(u * n, 31).iter().map(|x| (x * 20.0).round() / 20.0).collect();
+    let targets = rand_ids(u, n, 32);
+    let mut seen_off = vec![0u32];
+    let mut seen = Vec::new();
+    for (cu, &t) in targets.iter().enumerate() {
+        let mut s: Vec<u32> = rand_ids(200, n, 100 + cu as u64).into_iter().filter(|&j| j != t).collect();
+        s.sort_unstable();
+        s.dedup();
+        seen.extend(s);
+        seen_off.push(seen.len() as u32);
+    }
+    let ids = |v: &[u32]| {
+        let mut d = g.zeros_ids(v.len()).unwrap();
+        g.write_ids(&mut d, v).unwrap();
+        d
+    };
+    let (gs, gt, goff, gseen) = (g.upload(&scores).unwrap(), ids(&targets), ids(&seen_off), ids(&seen));
+    let (mut cr, mut gr) = (vec![0u32; u], g.zeros_ids(u).unwrap());
+    c.rank_unseen(&scores, u, n, &targets, &seen_off, &seen, &mut cr).unwrap();
+    g.rank_unseen(&gs, u, n, &gt, &goff, &gseen, &mut gr).unwrap();
+    assert_eq!(g.download_ids(&gr, u).unwrap(), cr, "full-ranking ranks");
+    let (mut ct, mut gk) = (vec![0u32; u * k], g.zeros_ids(u * k).unwrap());
+    c.top_k(&scores, u, n, k, &seen_off, &seen, &mut ct).unwrap();
+    g.top_k(&gs, u, n, k, &goff, &gseen, &mut gk).unwrap();
+    assert_eq!(g.download_ids(&gk, u * k).unwrap(), ct, "top-{k} lists");
+}

@@ -17,7 +17,6 @@
 
 use ncf_core::{Backend, Float, Result};
 use ncf_model::Model;
-use rayon::prelude::*;
 
 /// One user's ranking task: `candidates` are distinct and include `target`.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,33 +199,40 @@ pub fn evaluate_full<'s, B: Backend, M: Model<B>>(
     let item_block: Vec<u32> = (0..per_call).flat_map(|_| all_items.iter().copied()).collect();
     be.write_ids(&mut items, &item_block)?;
     let mut user_block = Vec::with_capacity(per_call * n_items);
+    // Each chunk's targets and seen items go to the backend, which counts the ranks where the
+    // scores are (on a GPU only the ranks come back, not per_call × n_items scores).
+    let max_seen =
+        targets.chunks(per_call).map(|c| c.iter().map(|&(u, _)| seen(u as usize).len()).sum::<usize>()).max();
+    let mut t_dev = be.zeros_ids(per_call)?;
+    let mut off_dev = be.zeros_ids(per_call + 1)?;
+    let mut seen_dev = be.zeros_ids(max_seen.unwrap_or(0).max(1))?;
+    let mut ranks_dev = be.zeros_ids(per_call)?;
+    let (mut t_host, mut off_host, mut seen_host) = (Vec::new(), Vec::new(), Vec::new());
     let mut m = FullMetrics::default();
     for chunk in targets.chunks(per_call) {
         user_block.clear();
-        for &(u, _) in chunk {
+        t_host.clear();
+        off_host.clear();
+        seen_host.clear();
+        off_host.push(0u32);
+        for &(u, target) in chunk {
             user_block.extend(std::iter::repeat_n(u, n_items));
+            t_host.push(target);
+            seen_host.extend_from_slice(seen(u as usize));
+            off_host.push(seen_host.len() as u32);
         }
         be.write_ids(&mut users, &user_block)?;
         model.score(be, &users, &items, user_block.len())?;
-        let logits = be.download(model.logits())?;
-        // Ranks in parallel (one user per task), summed in user order so the result is
-        // deterministic.
-        let ranks: Vec<usize> = chunk
-            .par_iter()
-            .enumerate()
-            .map(|(c, &(u, target))| {
-                let s = &logits[c * n_items..(c + 1) * n_items];
-                let st = s[target as usize];
-                let above = s.iter().filter(|&&x| x >= st).count() - 1; // minus the target itself
-                let seen_above = seen(u as usize).iter().filter(|&&j| j != target && s[j as usize] >= st).count();
-                above - seen_above
-            })
-            .collect();
-        for rank in ranks {
-            let (h, g) = hit_ndcg(rank, k);
+        be.write_ids(&mut t_dev, &t_host)?;
+        be.write_ids(&mut off_dev, &off_host)?;
+        be.write_ids(&mut seen_dev, &seen_host)?;
+        be.rank_unseen(model.logits(), chunk.len(), n_items, &t_dev, &off_dev, &seen_dev, &mut ranks_dev)?;
+        // Summed in user order, so the result is deterministic.
+        for rank in be.download_ids(&ranks_dev, chunk.len())? {
+            let (h, g) = hit_ndcg(rank as usize, k);
             m.hr += h;
             m.ndcg += g;
-            m.mrr += 1.0 / (rank + 1) as f64;
+            m.mrr += 1.0 / (rank as usize + 1) as f64;
         }
     }
     let n = targets.len().max(1) as f64;
