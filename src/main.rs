@@ -508,9 +508,9 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     let run = EvalRun { ckpt: &ckpt, path: model_path, split, cases: &cases, k: a.k, full: a.full_ranking };
     if a.device == "cuda" {
         let be = ncf_cuda::CudaBackend::new(0, ncf_train::gpu_gemm(a.gemm)).context("--device cuda")?;
-        return pool.install(|| eval_on(&be, &run));
+        return pool.install(|| eval_on(&be, &run, ncf_train::GPU_EVAL_ROWS));
     }
-    pool.install(|| eval_on(&CpuBackend::<f32>::new(a.gemm), &run))
+    pool.install(|| eval_on(&CpuBackend::<f32>::new(a.gemm), &run, ncf_train::TrainConfig::default().eval_rows))
 }
 
 /// What `ncf eval` evaluates.
@@ -524,9 +524,9 @@ struct EvalRun<'a> {
 }
 
 /// `ncf eval` on one backend.
-fn eval_on<B: Backend<T = f32>>(be: &B, r: &EvalRun) -> Result<bool> {
+fn eval_on<B: Backend<T = f32>>(be: &B, r: &EvalRun, rows: usize) -> Result<bool> {
     let (ckpt, model_path, split, k) = (r.ckpt, r.path, r.split, r.k);
-    let mut model = ckpt.model(be, 25_600, model_path)?;
+    let mut model = ckpt.model(be, rows, model_path)?;
     let t = std::time::Instant::now();
     if r.full {
         let known = ncf_data::UserItems::from_pairs(split.n_users, split.n_items, &split.train);
