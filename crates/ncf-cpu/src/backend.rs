@@ -627,8 +627,8 @@ mod tests {
         let targets: Vec<u32> = (0..u).map(|_| next() % n as u32).collect();
         let mut seen_off = vec![0u32];
         let mut seen = Vec::new();
-        for c in 0..u {
-            let mut s: Vec<u32> = (0..n as u32).filter(|&j| j != targets[c] && next() % 3 == 0).collect();
+        for (c, &t) in targets.iter().enumerate() {
+            let mut s: Vec<u32> = (0..n as u32).filter(|&j| j != t && next() % 3 == 0).collect();
             if c == 6 {
                 s = (0..n as u32).filter(|&j| j >= 3).collect(); // only 3 unseen items: top-K runs out
             }

@@ -1,0 +1,1305 @@
+//! Every kernel of `kernels/*.cu`, run on the CPU by the CUDA emulator (`crates/ncf-cuda/emu`)
+//! with the launch configuration and argument list `src/backend.rs` uses, on random inputs of
+//! odd sizes, against `CpuBackend<f32>` (or a naive loop where the CPU has no such op). Each
+//! kernel runs with its threads in forward, reverse and shuffled order. Needs only a C++
+//! compiler; prints `skipped: no C++ compiler (g++)` without one.
+//!
+//! `cargo test --release -p ncf-cuda --test emulated -- --nocapture`
+//!
+//! Adding a kernel: write a check launching it like backend.rs does and comparing with a
+//! reference, and list it in `CHECKS` with the kernels it launches:
+//!
+//! ```ignore
+//! fn scale(x: &Ctx) {
+//!     let (n, inp) = (1001, rand_vec(1001, 1));
+//!     let mut out = vec![f32::NAN; n];
+//!     x.run("scale", grid(n), &[arg(&inp), arg(&mut out), arg(2.0f32), arg(n as i64)]);
+//!     x.check("scale", "n=1001", &out, &inp.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), EXACT);
+//! }
+//! // CHECKS: (&["scale"], scale),
+//! ```
+//!
+//! `arg(&v)` is a read-only buffer (`const T*`), `arg(&mut v)` a written one, `arg(n as i64)` a
+//! scalar of the kernel's exact type, `null::<f32>()` a null pointer; a mismatch with the
+//! kernel's signature fails the launch. `every_kernel_is_exercised` fails while a kernel in
+//! `SOURCES` has no entry. Failures print max abs / rel error and the first differing values
+//! (`ncf_core::tol`), or the emulator's message (block, thread, what went wrong).
+
+mod emu;
+
+use emu::{Arg, Cfg, Emu, Order, arg, null};
+use ncf_core::tol::{Tol, compare};
+use ncf_core::{AdamHp, Backend, Decay, SgdHp};
+use ncf_cpu::CpuBackend;
+use ncf_cuda::kernels::{SOURCES, kernel_names, unit};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::c_void;
+
+// ---- Launch configurations: the same as src/backend.rs ------------------------------------
+
+const BLOCK: u32 = 256;
+const LOSS_BLOCKS: u32 = 64;
+
+/// backend.rs `grid`: a grid-stride launch covering `n` elements.
+fn grid(n: usize) -> Cfg {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
+    Cfg::new((blocks, 1, 1), (BLOCK, 1, 1), 0)
+}
+
+/// backend.rs `warps`: one warp per row.
+fn warps(rows: usize) -> Cfg {
+    let blocks = (rows * 32).div_ceil(BLOCK as usize).max(1) as u32;
+    Cfg::new((blocks, 1, 1), (BLOCK, 1, 1), 0)
+}
+
+/// `blocks` blocks of 256 threads (one block per column / user / …).
+fn blocks(n: usize) -> Cfg {
+    Cfg::new((n.max(1) as u32, 1, 1), (BLOCK, 1, 1), 0)
+}
+
+/// A deliberately small grid for grid-stride kernels: 192 threads, so every size below takes
+/// several passes of the loop (backend.rs's `grid` only does past 16.7M elements).
+const STRIDED: Cfg = Cfg::new((3, 1, 1), (64, 1, 1), 0);
+
+/// GPU vs CPU in f32: different summation orders.
+const TOL: Tol = Tol::F32_KERNEL;
+/// Gathers, copies, single roundings, integer results: the same bits.
+const EXACT: Tol = Tol { abs: 0.0, rel: 0.0 };
+
+// ---- Inputs ---------------------------------------------------------------------------------
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn rand_ids(n: usize, rows: usize, seed: u64) -> Vec<u32> {
+    rand_vec(n, seed).iter().map(|x| (((x + 1.0) * 0.5 * rows as f32) as usize).min(rows - 1) as u32).collect()
+}
+
+/// Scores on a coarse grid (multiples of 1/8), so ties are common.
+fn tied_scores(n: usize, seed: u64) -> Vec<f32> {
+    rand_vec(n, seed).iter().map(|x| (x * 4.0).round() / 8.0).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+// ---- The checking context --------------------------------------------------------------------
+
+#[derive(Default, Clone, Copy)]
+struct Worst {
+    max_abs: f64,
+    max_rel: f64,
+    compared: usize,
+    exact: bool,
+}
+
+/// What a check gets: the emulator, the CPU reference, and the per-kernel worst errors.
+struct Ctx<'e> {
+    emu: &'e Emu,
+    cpu: CpuBackend<f32>,
+    worst: RefCell<BTreeMap<String, Worst>>,
+}
+
+impl Ctx<'_> {
+    fn run(&self, name: &str, cfg: Cfg, args: &[Arg<'_>]) {
+        self.emu.run(name, cfg, args);
+    }
+
+    /// Compares `got` with `want` and records the error under `kernel`; panics with the
+    /// evidence (max abs / rel error, first differing values) when outside `tol`.
+    #[track_caller]
+    fn check(&self, kernel: &str, what: &str, got: &[f32], want: &[f32], tol: Tol) {
+        self.check64(kernel, what, &f64s(got), &f64s(want), tol);
+    }
+
+    #[track_caller]
+    fn check_u32(&self, kernel: &str, what: &str, got: &[u32], want: &[u32]) {
+        let (g, w): (Vec<f64>, Vec<f64>) =
+            (got.iter().map(|&v| v as f64).collect(), want.iter().map(|&v| v as f64).collect());
+        self.check64(kernel, what, &g, &w, EXACT);
+    }
+
+    #[track_caller]
+    fn check64(&self, kernel: &str, what: &str, got: &[f64], want: &[f64], tol: Tol) {
+        let c = compare(&format!("{kernel} [{what}]"), got, want, tol);
+        let mut worst = self.worst.borrow_mut();
+        let w = worst.entry(kernel.to_string()).or_insert(Worst { exact: true, ..Worst::default() });
+        // NaN (a comparison that met a NaN) sticks.
+        w.max_abs = if c.max_abs.is_nan() || w.max_abs.is_nan() { f64::NAN } else { w.max_abs.max(c.max_abs) };
+        w.max_rel = if c.max_rel.is_nan() || w.max_rel.is_nan() { f64::NAN } else { w.max_rel.max(c.max_rel) };
+        w.compared += c.len;
+        w.exact &= tol == EXACT;
+        drop(worst);
+        assert!(c.ok(), "{c}");
+    }
+}
+
+type Check = fn(&Ctx);
+
+/// Each check with the kernels it launches (it must launch all of them). Together they cover
+/// every kernel of `SOURCES` (`every_kernel_is_exercised`).
+const CHECKS: &[(&[&str], Check)] = &[
+    (&["embedding_forward"], embedding_forward),
+    (&["embedding_backward_atomic"], embedding_backward_atomic),
+    (&["rows_count", "rows_scan", "rows_place", "rows_sort"], row_plan_check),
+    (&["embedding_backward_sorted"], embedding_backward_sorted),
+    (&["gather_add_relu"], gather_add_relu),
+    (&["gemm_naive", "bias_grad"], gemm_naive),
+    (&["gemm_tiled", "bias_grad", "matvec_bias"], gemm_tiled),
+    (&["bias_broadcast", "bias_relu_forward"], cublas_epilogues),
+    (&["bias_grad"], bias_grad),
+    (&["matvec_bias"], matvec_bias),
+    (&["relu_forward"], relu_forward),
+    (&["relu_backward"], relu_backward),
+    (&["bias_relu_forward"], bias_relu_forward),
+    (&["sigmoid_forward"], sigmoid_forward),
+    (&["bce_with_logits"], bce_with_logits),
+    (&["mse"], mse),
+    (&["gmf_forward"], gmf_forward),
+    (&["gmf_backward"], gmf_backward),
+    (&["concat_cols"], concat_cols),
+    (&["split_cols"], split_cols),
+    (&["rowdot_forward"], rowdot_forward),
+    (&["rowdot_backward"], rowdot_backward),
+    (&["add_assign"], add_assign),
+    (&["add_scalar"], add_scalar),
+    (&["sum_into"], sum_into),
+    (&["fill"], fill),
+    (&["sgd_step"], sgd_step),
+    (&["sgd_step_rows"], sgd_step_rows),
+    (&["adam_step"], adam_step),
+    (&["adam_step_rows"], adam_step_rows),
+    (&["counter_add"], counter_add),
+    (&["sample_batch", "counter_add"], sample_batch),
+    (&["rank_of_first"], rank_of_first),
+    (&["full_rank"], full_rank),
+    (&["top_k"], top_k),
+];
+
+// ---- embedding.cu ------------------------------------------------------------------------------
+
+fn embedding_forward(x: &Ctx) {
+    for &(n, d, b) in &[(97, 24, 300), (31, 13, 1001), (5, 1, 7)] {
+        let (table, ids) = (rand_vec(n * d, 1), rand_ids(b, n, 2));
+        let mut want = vec![0.0; b * d];
+        x.cpu.embedding_forward(&table, n, d, &ids, b, &mut want).unwrap();
+        for cfg in [grid(b * d), STRIDED] {
+            let mut out = vec![f32::NAN; b * d];
+            x.run("embedding_forward", cfg, &[arg(&table), arg(&ids), arg(&mut out), arg(b as i32), arg(d as i32)]);
+            x.check("embedding_forward", &format!("n={n} d={d} b={b} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+/// backend.rs `embedding_backward` with `deterministic = false`.
+fn embedding_backward_atomic(x: &Ctx) {
+    for &(n, d, b) in &[(97, 24, 300), (13, 33, 1001), (3, 5, 64)] {
+        let (dout, ids, init) = (rand_vec(b * d, 3), rand_ids(b, n, 4), rand_vec(n * d, 5));
+        let mut want = init.clone();
+        x.cpu.embedding_backward(&dout, &ids, b, d, &mut want, n).unwrap();
+        for cfg in [grid(b * d), STRIDED] {
+            let mut got = init.clone();
+            x.run(
+                "embedding_backward_atomic",
+                cfg,
+                &[arg(&dout), arg(&ids), arg(&mut got), arg(b as i32), arg(d as i32)],
+            );
+            x.check("embedding_backward_atomic", &format!("n={n} d={d} b={b} {cfg}"), &got, &want, TOL);
+        }
+    }
+}
+
+/// The row plan buffers of backend.rs `RowPlan`, for ids of capacity `cap` over `n` rows.
+struct Plan {
+    count: Vec<u32>,
+    fill: Vec<u32>,
+    order: Vec<u32>,
+    seg: Vec<u32>,
+    uniq: Vec<u32>,
+    nuniq: Vec<u32>,
+}
+
+/// backend.rs `plan`: the four launches that build the row plan of `ids[..b]`, checking what
+/// each leaves behind when `verify` is set.
+fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> Plan {
+    let b = ids.len();
+    let z = |len: usize| vec![0u32; len.max(1)];
+    let mut p = Plan { count: z(n), fill: z(n), order: z(cap), seg: z(cap + 1), uniq: z(cap), nuniq: z(1) };
+    let (bi, ni, ci) = (b as i32, n as i32, cap as i32);
+    let tag = format!("n={n} b={b} cap={cap}");
+    let mut counts = vec![0u32; n.max(1)];
+    for &i in ids {
+        counts[i as usize] += 1;
+    }
+    let (order, starts) = ncf_cuda::backend::sorted_runs(ids);
+    let mut uniq: Vec<u32> = ids.to_vec();
+    uniq.sort_unstable();
+    uniq.dedup();
+    let s = uniq.len();
+
+    x.run("rows_count", grid(b), &[arg(ids), arg(bi), arg(&mut p.count)]);
+    if verify {
+        x.check_u32("rows_count", &format!("count {tag}"), &p.count, &counts);
+    }
+    let one = Cfg::new((1, 1, 1), (1024, 1, 1), 0);
+    let args = [arg(&mut p.count), arg(ni), arg(&mut p.fill), arg(&mut p.uniq), arg(&mut p.seg), arg(&mut p.nuniq)];
+    x.run("rows_scan", one, &args);
+    if verify {
+        x.check_u32("rows_scan", &format!("count reset {tag}"), &p.count, &z(n));
+        x.check_u32("rows_scan", &format!("nuniq {tag}"), &p.nuniq, &[s as u32]);
+        x.check_u32("rows_scan", &format!("uniq {tag}"), &p.uniq[..s], &uniq);
+        x.check_u32("rows_scan", &format!("seg {tag}"), &p.seg[..=s], &starts);
+        let fill: Vec<u32> = uniq.iter().map(|&r| p.fill[r as usize]).collect();
+        x.check_u32("rows_scan", &format!("fill {tag}"), &fill, &starts[..s]);
+    }
+    x.run("rows_place", grid(b), &[arg(ids), arg(bi), arg(&mut p.fill), arg(&mut p.order)]);
+    if verify {
+        let fill: Vec<u32> = uniq.iter().map(|&r| p.fill[r as usize]).collect();
+        x.check_u32("rows_place", &format!("fill = run ends {tag}"), &fill, &starts[1..]);
+        // Each run holds its row's positions, in any order.
+        let mut placed = p.order[..b].to_vec();
+        for w in starts.windows(2) {
+            placed[w[0] as usize..w[1] as usize].sort_unstable();
+        }
+        x.check_u32("rows_place", &format!("order as sets {tag}"), &placed, &order);
+    }
+    x.run("rows_sort", grid(cap), &[arg(&mut p.order), arg(&p.seg), arg(&p.nuniq), arg(ci)]);
+    if verify {
+        x.check_u32("rows_sort", &format!("order {tag}"), &p.order[..b], &order);
+    }
+    p
+}
+
+fn row_plan_check(x: &Ctx) {
+    for &(n, b, cap) in &[(97, 300, 300), (5000, 1001, 1024), (3, 64, 100), (1, 1, 1), (100_000, 257, 300)] {
+        let ids = rand_ids(b, n, 6);
+        row_plan(x, &ids, n, cap, true);
+    }
+    // Every id the same: one run of b positions.
+    row_plan(x, &[7u32; 555], 10, 600, true);
+}
+
+/// backend.rs `embedding_backward` (deterministic): the row plan, then one thread per (row,
+/// column) summing in batch order, the CPU's order: the same bits.
+fn embedding_backward_sorted(x: &Ctx) {
+    for &(n, d, b, cap) in &[(97, 24, 300, 300), (13, 33, 1001, 1024), (3, 5, 64, 64), (1000, 7, 5, 40)] {
+        let (dout, ids, init) = (rand_vec(b * d, 6), rand_ids(b, n, 7), rand_vec(n * d, 8));
+        let mut want = init.clone();
+        x.cpu.embedding_backward(&dout, &ids, b, d, &mut want, n).unwrap();
+        let p = row_plan(x, &ids, n, cap, false);
+        for cfg in [grid(b * d), STRIDED] {
+            let mut got = init.clone();
+            let args = [
+                arg(&dout),
+                arg(&p.order),
+                arg(&p.seg),
+                arg(&p.uniq),
+                arg(&p.nuniq),
+                arg(&mut got),
+                arg(b as i32),
+                arg(d as i32),
+            ];
+            x.run("embedding_backward_sorted", cfg, &args);
+            x.check("embedding_backward_sorted", &format!("n={n} d={d} b={b} {cfg}"), &got, &want, EXACT);
+        }
+    }
+}
+
+fn gather_add_relu(x: &Ctx) {
+    for &(na, nc, d, b) in &[(97, 50, 24, 300), (7, 300, 13, 1001), (1, 1, 1, 3)] {
+        let (a, c) = (rand_vec(na * d, 9), rand_vec(nc * d, 10));
+        let (ia, ic) = (rand_ids(b, na, 11), rand_ids(b, nc, 12));
+        let mut want = vec![0.0; b * d];
+        x.cpu.gather_add_relu(&a, na, &ia, &c, nc, &ic, d, b, &mut want).unwrap();
+        for cfg in [grid(b * d), STRIDED] {
+            let mut out = vec![f32::NAN; b * d];
+            let args = [arg(&a), arg(&ia), arg(&c), arg(&ic), arg(&mut out), arg(b as i32), arg(d as i32)];
+            x.run("gather_add_relu", cfg, &args);
+            x.check("gather_add_relu", &format!("d={d} b={b} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+// ---- linear.cu -----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Gemm {
+    Naive,
+    Tiled,
+}
+
+/// The GEMM epilogue of backend.rs `gemm_rm`: `C += bias` per column, and `relu_out = max(C, 0)`.
+type Epilogue<'a, 'b> = Option<(&'a [f32], Option<&'b mut [f32]>)>;
+
+/// backend.rs `gemm_rm` for the hand-written kernels.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rm(
+    x: &Ctx,
+    gemm: Gemm,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    (alpha, beta): (f32, f32),
+    epilogue: Epilogue<'_, '_>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (name, cfg) = match gemm {
+        Gemm::Naive => ("gemm_naive", grid(m * n)),
+        Gemm::Tiled => ("gemm_tiled", Cfg::new((n.div_ceil(16) as u32, m.div_ceil(64) as u32, 1), (256, 1, 1), 0)),
+    };
+    let (mi, ni, ki, tai, tbi) = (m as i32, n as i32, k as i32, ta as i32, tb as i32);
+    let (bias, relu) = match epilogue {
+        None => (null::<f32>(), null::<f32>()),
+        Some((bias, None)) => (arg(bias), null::<f32>()),
+        Some((bias, Some(r))) => (arg(bias), arg(r)),
+    };
+    let args =
+        [arg(a), arg(b), arg(c), arg(mi), arg(ni), arg(ki), arg(tai), arg(tbi), arg(alpha), arg(beta), bias, relu];
+    x.run(name, cfg, &args);
+}
+
+/// backend.rs `linear_forward` (hand-written GEMMs).
+#[allow(clippy::too_many_arguments)]
+fn linear_forward(
+    x: &Ctx,
+    gemm: Gemm,
+    inp: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    b: usize,
+    i: usize,
+    o: usize,
+) {
+    if o == 1 && gemm != Gemm::Naive {
+        let args = [arg(inp), arg(w), arg(bias), arg(out), arg(b as i32), arg(i as i32)];
+        return x.run("matvec_bias", warps(b), &args);
+    }
+    gemm_rm(x, gemm, inp, w, out, (b, o, i), (false, true), (1.0, 0.0), Some((bias, None)));
+}
+
+/// backend.rs `linear_backward` (with `dinp`).
+#[allow(clippy::too_many_arguments)]
+fn linear_backward(
+    x: &Ctx,
+    gemm: Gemm,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    (dinp, dw, dbias): (&mut [f32], &mut [f32], &mut [f32]),
+    b: usize,
+    i: usize,
+    o: usize,
+) {
+    gemm_rm(x, gemm, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None);
+    gemm_rm(x, gemm, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None);
+    x.run("bias_grad", blocks(o), &[arg(dout), arg(dbias), arg(b as i32), arg(o as i32)]);
+}
+
+/// The naive f64 reference of `C = alpha·op(A)·op(B) + beta·C (+ bias)`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_ref(
+    a: &[f32],
+    bm: &[f32],
+    c0: &[f32],
+    (m, n, k): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    (alpha, beta): (f32, f32),
+    bias: Option<&[f32]>,
+) -> Vec<f64> {
+    (0..m * n)
+        .map(|e| {
+            let (r, cc) = (e / n, e % n);
+            let dot: f64 = (0..k)
+                .map(|p| {
+                    let av = if ta { a[p * m + r] } else { a[r * k + p] };
+                    let bv = if tb { bm[cc * k + p] } else { bm[p * n + cc] };
+                    av as f64 * bv as f64
+                })
+                .sum();
+            let c = alpha as f64 * dot + if beta == 0.0 { 0.0 } else { beta as f64 * c0[e] as f64 };
+            c + bias.map_or(0.0, |bs| bs[cc] as f64)
+        })
+        .collect()
+}
+
+/// The dense layer forward (with and without the fused ReLU) and backward through `gemm`,
+/// against the CPU's; then the GEMM alone with every transpose combination, alpha / beta and
+/// epilogue against a naive f64 product.
+fn check_gemm(x: &Ctx, gemm: Gemm, kernel: &str) {
+    let shapes =
+        [(256, 64, 32), (300, 32, 16), (257, 16, 8), (7, 5, 3), (70, 33, 65), (129, 100, 17), (1, 1, 2), (33, 7, 1)];
+    for &(b, i, o) in &shapes {
+        let (inp, w, bias, dout) = (rand_vec(b * i, 5), rand_vec(o * i, 6), rand_vec(o, 7), rand_vec(b * o, 8));
+        let tag = format!("{gemm:?} b={b} i={i} o={o}");
+        let mut want = vec![0.0; b * o];
+        x.cpu.linear_forward(&inp, &w, &bias, &mut want, b, i, o).unwrap();
+        let mut got = vec![f32::NAN; b * o];
+        linear_forward(x, gemm, &inp, &w, &bias, &mut got, b, i, o);
+        let fwd = if o == 1 && gemm != Gemm::Naive { "matvec_bias" } else { kernel };
+        x.check(fwd, &format!("linear_forward {tag}"), &got, &want, TOL);
+
+        // backend.rs `linear_relu_forward`: z and relu(z) from the GEMM's epilogue.
+        let (mut wz, mut wx) = (vec![0.0; b * o], vec![0.0; b * o]);
+        x.cpu.linear_relu_forward(&inp, &w, &bias, &mut wz, &mut wx, b, i, o).unwrap();
+        let (mut gz, mut gx) = (vec![f32::NAN; b * o], vec![f32::NAN; b * o]);
+        gemm_rm(x, gemm, &inp, &w, &mut gz, (b, o, i), (false, true), (1.0, 0.0), Some((&bias, Some(&mut gx))));
+        x.check(kernel, &format!("linear_relu_forward z {tag}"), &gz, &wz, TOL);
+        x.check(kernel, &format!("linear_relu_forward x {tag}"), &gx, &wx, TOL);
+
+        let (mut dinp, mut dw, mut db) = (vec![0.0; b * i], rand_vec(o * i, 9), rand_vec(o, 10));
+        let (mut gdinp, mut gdw, mut gdb) = (vec![f32::NAN; b * i], dw.clone(), db.clone());
+        x.cpu.linear_backward(&dout, &inp, &w, Some(&mut dinp), &mut dw, &mut db, b, i, o).unwrap();
+        linear_backward(x, gemm, &dout, &inp, &w, (&mut gdinp, &mut gdw, &mut gdb), b, i, o);
+        x.check(kernel, &format!("dinp {tag}"), &gdinp, &dinp, TOL);
+        x.check(kernel, &format!("dw {tag}"), &gdw, &dw, TOL);
+        x.check("bias_grad", &format!("dbias {tag}"), &gdb, &db, TOL);
+    }
+    for &(m, n, k) in &[(67, 19, 35), (5, 3, 1), (130, 40, 16), (64, 16, 16)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (a, bm, bias) = (rand_vec(m * k, 11), rand_vec(k * n, 12), rand_vec(n, 13));
+            for (alpha, beta, with_bias) in
+                [(0.5f32, 0.0f32, false), (-1.25, 1.5, false), (1.0, 0.0, true), (0.75, -0.5, true)]
+            {
+                // beta = 0 must ignore C, even NaN.
+                let c0 = if beta == 0.0 { vec![f32::NAN; m * n] } else { rand_vec(m * n, 14) };
+                let want = gemm_ref(&a, &bm, &c0, (m, n, k), (ta, tb), (alpha, beta), with_bias.then_some(&bias[..]));
+                let mut c = c0.clone();
+                let mut relu = vec![f32::NAN; m * n];
+                let epi = if with_bias { Some((&bias[..], Some(&mut relu[..]))) } else { None };
+                gemm_rm(x, gemm, &a, &bm, &mut c, (m, n, k), (ta, tb), (alpha, beta), epi);
+                let what = format!("m={m} n={n} k={k} ta={ta} tb={tb} α={alpha} β={beta} bias={with_bias}");
+                x.check64(kernel, &format!("C {what}"), &f64s(&c), &want, TOL);
+                if with_bias {
+                    let want_relu: Vec<f64> = want.iter().map(|v| v.max(0.0)).collect();
+                    x.check64(kernel, &format!("relu_out {what}"), &f64s(&relu), &want_relu, TOL);
+                }
+            }
+        }
+    }
+}
+
+fn gemm_naive(x: &Ctx) {
+    check_gemm(x, Gemm::Naive, "gemm_naive");
+}
+
+fn gemm_tiled(x: &Ctx) {
+    check_gemm(x, Gemm::Tiled, "gemm_tiled");
+}
+
+/// The cuBLAS path's extra launches around `sgemm` (backend.rs `linear_forward` and
+/// `gemm_rm` with `GpuGemm::Cublas`), with the product itself computed here.
+fn cublas_epilogues(x: &Ctx) {
+    for &(b, i, o) in &[(300, 32, 17), (7, 5, 64), (1, 3, 1)] {
+        let (inp, w, bias) = (rand_vec(b * i, 15), rand_vec(o * i, 16), rand_vec(o, 17));
+        let prod: Vec<f32> =
+            gemm_ref(&inp, &w, &[], (b, o, i), (false, true), (1.0, 0.0), None).iter().map(|&v| v as f32).collect();
+        // linear_forward: out = bias broadcast, then sgemm with beta = 1.
+        let mut want = vec![0.0; b * o];
+        x.cpu.linear_forward(&inp, &w, &bias, &mut want, b, i, o).unwrap();
+        let mut out = vec![f32::NAN; b * o];
+        x.run("bias_broadcast", grid(b * o), &[arg(&bias), arg(&mut out), arg(b as i32), arg(o as i32)]);
+        out.iter_mut().zip(&prod).for_each(|(c, p)| *c += p); // sgemm, beta = 1
+        x.check("bias_broadcast", &format!("linear_forward b={b} i={i} o={o}"), &out, &want, TOL);
+        // linear_relu_forward: sgemm, then bias_relu_forward(z, bias, x).
+        let (mut wz, mut wx) = (vec![0.0; b * o], vec![0.0; b * o]);
+        x.cpu.linear_relu_forward(&inp, &w, &bias, &mut wz, &mut wx, b, i, o).unwrap();
+        let (mut z, mut xo) = (prod.clone(), vec![f32::NAN; b * o]);
+        x.run("bias_relu_forward", grid(b * o), &[arg(&mut z), arg(&bias), arg(&mut xo), arg(b as i32), arg(o as i32)]);
+        x.check("bias_relu_forward", &format!("z b={b} i={i} o={o}"), &z, &wz, TOL);
+        x.check("bias_relu_forward", &format!("x b={b} i={i} o={o}"), &xo, &wx, TOL);
+    }
+}
+
+fn bias_grad(x: &Ctx) {
+    for &(b, o) in &[(300, 17), (1000, 3), (1, 5), (257, 1)] {
+        let (dout, init) = (rand_vec(b * o, 15), rand_vec(o, 16));
+        let want: Vec<f64> =
+            (0..o).map(|c| init[c] as f64 + (0..b).map(|r| dout[r * o + c] as f64).sum::<f64>()).collect();
+        let mut got = init.clone();
+        x.run("bias_grad", blocks(o), &[arg(&dout), arg(&mut got), arg(b as i32), arg(o as i32)]);
+        x.check64("bias_grad", &format!("b={b} o={o}"), &f64s(&got), &want, TOL);
+    }
+}
+
+fn matvec_bias(x: &Ctx) {
+    for &(b, i) in &[(300, 70), (257, 16), (5, 1), (33, 32)] {
+        let (inp, w, bias) = (rand_vec(b * i, 17), rand_vec(i, 18), rand_vec(1, 19));
+        let mut want = vec![0.0; b];
+        x.cpu.linear_forward(&inp, &w, &bias, &mut want, b, i, 1).unwrap();
+        let mut got = vec![f32::NAN; b];
+        linear_forward(x, Gemm::Tiled, &inp, &w, &bias, &mut got, b, i, 1);
+        x.check("matvec_bias", &format!("b={b} i={i}"), &got, &want, TOL);
+    }
+}
+
+// ---- activation.cu ---------------------------------------------------------------------------
+
+const SIZES: [usize; 3] = [5000, 1001, 1];
+
+fn relu_forward(x: &Ctx) {
+    for n in SIZES {
+        let inp = rand_vec(n, 20);
+        let mut want = vec![0.0; n];
+        x.cpu.relu_forward(&inp, &mut want, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut out = vec![f32::NAN; n];
+            x.run("relu_forward", cfg, &[arg(&inp), arg(&mut out), arg(n as i64)]);
+            x.check("relu_forward", &format!("n={n} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+fn relu_backward(x: &Ctx) {
+    for n in SIZES {
+        let out: Vec<f32> = rand_vec(n, 21).iter().map(|v| v.max(0.0)).collect();
+        let dout = rand_vec(n, 22);
+        let mut want = vec![0.0; n];
+        x.cpu.relu_backward(&out, &dout, &mut want, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut dinp = vec![f32::NAN; n];
+            x.run("relu_backward", cfg, &[arg(&out), arg(&dout), arg(&mut dinp), arg(n as i64)]);
+            x.check("relu_backward", &format!("n={n} {cfg}"), &dinp, &want, EXACT);
+        }
+    }
+}
+
+/// `z += bias` per column and `x = relu(z)` when `x` is given (null: z only), as the cuBLAS
+/// path launches it.
+fn bias_relu_forward(x: &Ctx) {
+    for &(b, o) in &[(300, 17), (7, 64), (1, 1)] {
+        let (z0, bias) = (rand_vec(b * o, 23), rand_vec(o, 24));
+        let want_z: Vec<f32> = (0..b * o).map(|k| z0[k] + bias[k % o]).collect();
+        let mut want_x = vec![0.0; b * o];
+        x.cpu.relu_forward(&want_z, &mut want_x, b * o).unwrap();
+        for cfg in [grid(b * o), STRIDED] {
+            let (mut z, mut out) = (z0.clone(), vec![f32::NAN; b * o]);
+            x.run("bias_relu_forward", cfg, &[arg(&mut z), arg(&bias), arg(&mut out), arg(b as i32), arg(o as i32)]);
+            x.check("bias_relu_forward", &format!("z b={b} o={o} {cfg}"), &z, &want_z, EXACT);
+            x.check("bias_relu_forward", &format!("x b={b} o={o} {cfg}"), &out, &want_x, EXACT);
+            let mut z = z0.clone();
+            x.run("bias_relu_forward", cfg, &[arg(&mut z), arg(&bias), null::<f32>(), arg(b as i32), arg(o as i32)]);
+            x.check("bias_relu_forward", &format!("z (x null) b={b} o={o} {cfg}"), &z, &want_z, EXACT);
+        }
+    }
+}
+
+fn sigmoid_forward(x: &Ctx) {
+    for n in SIZES {
+        let inp: Vec<f32> = rand_vec(n, 25).iter().map(|v| v * 30.0).collect();
+        let mut want = vec![0.0; n];
+        x.cpu.sigmoid_forward(&inp, &mut want, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut out = vec![f32::NAN; n];
+            x.run("sigmoid_forward", cfg, &[arg(&inp), arg(&mut out), arg(n as i64)]);
+            x.check("sigmoid_forward", &format!("n={n} {cfg}"), &out, &want, TOL);
+        }
+    }
+}
+
+// ---- loss.cu --------------------------------------------------------------------------------------
+
+/// backend.rs `mean_loss`: one launch of `min(⌈b/256⌉, 64)` blocks writes `dx` and adds the
+/// mean into `loss[0]`; `partials` and the finished-block counter `done` persist across calls.
+#[allow(clippy::too_many_arguments)]
+fn mean_loss(
+    x: &Ctx,
+    op: &str,
+    xs: &[f32],
+    ys: &[f32],
+    b: usize,
+    loss: &mut [f32],
+    dx: &mut [f32],
+    (partials, done): (&mut [f32], &mut [u32]),
+) {
+    let blocks = (b.div_ceil(BLOCK as usize) as u32).clamp(1, LOSS_BLOCKS);
+    let cfg = Cfg::new((blocks, 1, 1), (BLOCK, 1, 1), 0);
+    x.run(op, cfg, &[arg(xs), arg(ys), arg(dx), arg(partials), arg(done), arg(loss), arg(b as i32)]);
+}
+
+/// Batches below, at and above one pass of 64 blocks × 256 threads (16384): one block, some,
+/// all 64, and a grid-stride loop.
+const LOSS_SIZES: [usize; 6] = [5000, 20001, 16384, 255, 257, 1];
+
+/// Two calls in a row (the counter must re-arm), against the CPU's two calls.
+fn check_loss(x: &Ctx, op: &str, xs: &[f32], ys: &[f32], b: usize) {
+    let (mut partials, mut done) = (vec![f32::NAN; LOSS_BLOCKS as usize], vec![0u32]);
+    let (mut loss, mut gloss) = (vec![0.25f32], vec![0.25f32]);
+    for call in 0..2 {
+        let mut dx = vec![0.0; b];
+        match op {
+            "mse" => x.cpu.mse(&xs.to_vec(), &ys.to_vec(), b, &mut loss, &mut dx).unwrap(),
+            _ => x.cpu.bce_with_logits(&xs.to_vec(), &ys.to_vec(), b, &mut loss, &mut dx).unwrap(),
+        }
+        let mut gdx = vec![f32::NAN; b];
+        mean_loss(x, op, xs, ys, b, &mut gloss, &mut gdx, (&mut partials, &mut done));
+        x.check(op, &format!("gradient b={b} call {call}"), &gdx, &dx, TOL);
+        x.check(op, &format!("loss b={b} call {call}"), &gloss, &loss, TOL);
+        x.check_u32(op, &format!("done re-armed b={b}"), &done, &[0]);
+    }
+}
+
+fn bce_with_logits(x: &Ctx) {
+    for b in LOSS_SIZES {
+        let z: Vec<f32> = rand_vec(b, 26).iter().map(|v| v * 8.0).collect();
+        let y: Vec<f32> = rand_vec(b, 27).iter().map(|&v| if v > 0.0 { 1.0 } else { 0.0 }).collect();
+        check_loss(x, "bce_with_logits", &z, &y, b);
+    }
+}
+
+fn mse(x: &Ctx) {
+    for b in LOSS_SIZES {
+        check_loss(x, "mse", &rand_vec(b, 28), &rand_vec(b, 29), b);
+    }
+}
+
+// ---- elementwise.cu ------------------------------------------------------------------------------
+
+fn gmf_forward(x: &Ctx) {
+    for n in SIZES {
+        let (p, q) = (rand_vec(n, 31), rand_vec(n, 32));
+        let mut want = vec![0.0; n];
+        x.cpu.gmf_forward(&p, &q, &mut want, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut h = vec![f32::NAN; n];
+            x.run("gmf_forward", cfg, &[arg(&p), arg(&q), arg(&mut h), arg(n as i64)]);
+            x.check("gmf_forward", &format!("n={n} {cfg}"), &h, &want, EXACT);
+        }
+    }
+}
+
+fn gmf_backward(x: &Ctx) {
+    for n in SIZES {
+        let (dh, p, q) = (rand_vec(n, 33), rand_vec(n, 34), rand_vec(n, 35));
+        let (mut dp, mut dq) = (vec![0.0; n], vec![0.0; n]);
+        x.cpu.gmf_backward(&dh, &p, &q, &mut dp, &mut dq, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let (mut gp, mut gq) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            x.run("gmf_backward", cfg, &[arg(&dh), arg(&p), arg(&q), arg(&mut gp), arg(&mut gq), arg(n as i64)]);
+            x.check("gmf_backward", &format!("dp n={n} {cfg}"), &gp, &dp, EXACT);
+            x.check("gmf_backward", &format!("dq n={n} {cfg}"), &gq, &dq, EXACT);
+        }
+    }
+}
+
+const COLS: [(usize, usize, usize); 3] = [(300, 24, 13), (7, 1, 64), (1001, 3, 5)];
+
+fn concat_cols(x: &Ctx) {
+    for (b, da, dc) in COLS {
+        let (a, c) = (rand_vec(b * da, 36), rand_vec(b * dc, 37));
+        let mut want = vec![0.0; b * (da + dc)];
+        x.cpu.concat_cols(&a, da, &c, dc, b, &mut want).unwrap();
+        for cfg in [grid(b * (da + dc)), STRIDED] {
+            let mut out = vec![f32::NAN; b * (da + dc)];
+            let args = [arg(&a), arg(da as i32), arg(&c), arg(dc as i32), arg(&mut out), arg(b as i32)];
+            x.run("concat_cols", cfg, &args);
+            x.check("concat_cols", &format!("b={b} da={da} dc={dc} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+fn split_cols(x: &Ctx) {
+    for (b, da, dc) in COLS {
+        let inp = rand_vec(b * (da + dc), 38);
+        let (mut wa, mut wc) = (vec![0.0; b * da], vec![0.0; b * dc]);
+        x.cpu.split_cols(&inp, da, dc, b, &mut wa, &mut wc).unwrap();
+        for cfg in [grid(b * (da + dc)), STRIDED] {
+            let (mut ga, mut gc) = (vec![f32::NAN; b * da], vec![f32::NAN; b * dc]);
+            let args = [arg(&inp), arg(da as i32), arg(dc as i32), arg(&mut ga), arg(&mut gc), arg(b as i32)];
+            x.run("split_cols", cfg, &args);
+            x.check("split_cols", &format!("a b={b} da={da} dc={dc} {cfg}"), &ga, &wa, EXACT);
+            x.check("split_cols", &format!("c b={b} da={da} dc={dc} {cfg}"), &gc, &wc, EXACT);
+        }
+    }
+}
+
+const ROWS: [(usize, usize); 4] = [(300, 24), (257, 70), (5, 1), (9, 32)];
+
+fn rowdot_forward(x: &Ctx) {
+    for (b, d) in ROWS {
+        let (u, v) = (rand_vec(b * d, 39), rand_vec(b * d, 40));
+        let mut want = vec![0.0; b];
+        x.cpu.rowdot_forward(&u, &v, b, d, &mut want).unwrap();
+        let mut out = vec![f32::NAN; b];
+        x.run("rowdot_forward", warps(b), &[arg(&u), arg(&v), arg(&mut out), arg(b as i32), arg(d as i32)]);
+        x.check("rowdot_forward", &format!("b={b} d={d}"), &out, &want, TOL);
+    }
+}
+
+fn rowdot_backward(x: &Ctx) {
+    for (b, d) in ROWS {
+        let (dout, u, v) = (rand_vec(b, 41), rand_vec(b * d, 42), rand_vec(b * d, 43));
+        let (mut du, mut dv) = (vec![0.0; b * d], vec![0.0; b * d]);
+        x.cpu.rowdot_backward(&dout, &u, &v, b, d, &mut du, &mut dv).unwrap();
+        for cfg in [grid(b * d), STRIDED] {
+            let (mut gu, mut gv) = (vec![f32::NAN; b * d], vec![f32::NAN; b * d]);
+            let args = [arg(&dout), arg(&u), arg(&v), arg(&mut gu), arg(&mut gv), arg(b as i32), arg(d as i32)];
+            x.run("rowdot_backward", cfg, &args);
+            x.check("rowdot_backward", &format!("du b={b} d={d} {cfg}"), &gu, &du, EXACT);
+            x.check("rowdot_backward", &format!("dv b={b} d={d} {cfg}"), &gv, &dv, EXACT);
+        }
+    }
+}
+
+fn add_assign(x: &Ctx) {
+    for n in SIZES {
+        let (init, v) = (rand_vec(n, 44), rand_vec(n, 45));
+        let mut want = init.clone();
+        x.cpu.add_assign(&mut want, &v, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut out = init.clone();
+            x.run("add_assign", cfg, &[arg(&mut out), arg(&v), arg(n as i64)]);
+            x.check("add_assign", &format!("n={n} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+fn add_scalar(x: &Ctx) {
+    for n in SIZES {
+        let (init, s) = (rand_vec(n, 46), rand_vec(1, 47));
+        let mut want = init.clone();
+        x.cpu.add_scalar(&mut want, &s, n).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut out = init.clone();
+            x.run("add_scalar", cfg, &[arg(&mut out), arg(&s), arg(n as i64)]);
+            x.check("add_scalar", &format!("n={n} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+fn sum_into(x: &Ctx) {
+    for n in [5000usize, 1023, 1024, 3001, 1] {
+        let v = rand_vec(n, 48);
+        let mut want = vec![0.5f32];
+        x.cpu.sum_into(&v, n, &mut want).unwrap();
+        let mut acc = vec![0.5f32];
+        let cfg = Cfg::new((1, 1, 1), (1024, 1, 1), 0);
+        x.run("sum_into", cfg, &[arg(&v), arg(n as i64), arg(&mut acc)]);
+        x.check("sum_into", &format!("n={n}"), &acc, &want, TOL);
+    }
+}
+
+fn fill(x: &Ctx) {
+    for n in SIZES {
+        let mut want = rand_vec(n, 49);
+        x.cpu.fill(&mut want, n, 0.75).unwrap();
+        for cfg in [grid(n), STRIDED] {
+            let mut out = rand_vec(n, 49);
+            x.run("fill", cfg, &[arg(&mut out), arg(0.75f32), arg(n as i64)]);
+            x.check("fill", &format!("n={n} {cfg}"), &out, &want, EXACT);
+        }
+    }
+}
+
+// ---- optim.cu ---------------------------------------------------------------------------------------
+
+/// backend.rs `SgdScalars`: lr, mu, l2, shrink.
+fn sgd_scalars(hp: &SgdHp) -> [f32; 4] {
+    [hp.lr as f32, hp.momentum as f32, hp.decay.l2() as f32, (1.0 - hp.lr * hp.decay.decoupled()) as f32]
+}
+
+/// backend.rs `AdamScalars`, as kernel arguments after `n` (adam_step) or `d` (adam_step_rows),
+/// up to `t`: b1, omb1, b2, omb2, lr, beta1, beta2, eps, l2, shrink.
+fn adam_args<'a>(hp: &AdamHp) -> [Arg<'a>; 10] {
+    [
+        arg(hp.beta1 as f32),
+        arg((1.0 - hp.beta1) as f32),
+        arg(hp.beta2 as f32),
+        arg((1.0 - hp.beta2) as f32),
+        arg(hp.lr),
+        arg(hp.beta1),
+        arg(hp.beta2),
+        arg(hp.eps as f32),
+        arg(hp.decay.l2() as f32),
+        arg((1.0 - hp.lr * hp.decay.decoupled()) as f32),
+    ]
+}
+
+const SGD: [SgdHp; 3] = [
+    SgdHp { lr: 0.1, momentum: 0.9, decay: Decay::None },
+    SgdHp { lr: 0.05, momentum: 0.0, decay: Decay::L2(1e-2) },
+    SgdHp { lr: 0.01, momentum: 0.5, decay: Decay::Decoupled(0.1) },
+];
+
+fn adam_hps() -> [AdamHp; 3] {
+    [
+        AdamHp::default(),
+        AdamHp { lr: 0.01, decay: Decay::L2(1e-2), ..AdamHp::default() },
+        AdamHp { lr: 0.003, beta1: 0.8, decay: Decay::Decoupled(0.05), ..AdamHp::default() },
+    ]
+}
+
+fn sgd_step(x: &Ctx) {
+    for (h, hp) in SGD.iter().enumerate() {
+        for (n, cfg) in [(5000, grid(5000)), (1001, STRIDED), (1, grid(1))] {
+            let grad = rand_vec(n, 50);
+            let (mut p, mut g, mut mom) = (rand_vec(n, 51), grad.clone(), vec![0.0; n]);
+            let (mut gp, mut gg, mut gm) = (p.clone(), g.clone(), mom.clone());
+            let [lr, mu, l2, shrink] = sgd_scalars(hp);
+            for step in 0..3 {
+                x.cpu.sgd_step(&mut p, &mut g, &mut mom, n, hp).unwrap();
+                let args =
+                    [arg(&mut gp), arg(&mut gg), arg(&mut gm), arg(n as i64), arg(lr), arg(mu), arg(l2), arg(shrink)];
+                x.run("sgd_step", cfg, &args);
+                x.check("sgd_step", &format!("g zeroed hp#{h} n={n} step {step}"), &gg, &g, EXACT);
+                g.copy_from_slice(&grad);
+                gg.copy_from_slice(&grad);
+            }
+            x.check("sgd_step", &format!("p hp#{h} n={n} {cfg}"), &gp, &p, TOL);
+            x.check("sgd_step", &format!("mom hp#{h} n={n} {cfg}"), &gm, &mom, TOL);
+        }
+    }
+}
+
+/// `(rows, nrows_host, device count, description)`: see [`row_lists`].
+type RowList = (Vec<u32>, usize, Option<Vec<u32>>, &'static str);
+
+/// The distinct rows of a batch, as the lazy optimizers get them: `(rows, cap, count)` with
+/// `rows` padded to the id buffer's capacity (the padding must not be read) and, when the row
+/// list was made on the device, the device count (backend.rs `live_rows`).
+fn row_lists(x: &Ctx, n: usize, b: usize, seed: u64) -> Vec<RowList> {
+    let ids = rand_ids(b, n, seed);
+    let mut uniq = ids.clone();
+    uniq.sort_unstable();
+    uniq.dedup();
+    // Host-written: write_ids(rows) into a buffer of capacity b; nrows = rows.len().
+    let mut host = uniq.clone();
+    host.resize(b, u32::MAX);
+    // Device-made (unique_ids): the plan's uniq (capacity b), nrows_host = b, the count on the device.
+    let p = row_plan(x, &ids, n, b, false);
+    vec![(host, uniq.len(), None, "host rows"), (p.uniq[..b].to_vec(), b, Some(p.nuniq.clone()), "device rows")]
+}
+
+fn sgd_step_rows(x: &Ctx) {
+    for (h, hp) in SGD.iter().enumerate() {
+        for &(n, d, b) in &[(97, 24, 60), (1000, 7, 300)] {
+            for (rows, nrows_host, count, how) in row_lists(x, n, b, 54) {
+                let live: Vec<u32> = rows[..count.as_ref().map_or(nrows_host, |c| c[0] as usize)].to_vec();
+                let grad = rand_vec(n * d, 55);
+                let (mut p, mut g, mut mom) = (rand_vec(n * d, 56), grad.clone(), rand_vec(n * d, 57));
+                let (mut gp, mut gg, mut gm) = (p.clone(), g.clone(), mom.clone());
+                let [lr, mu, l2, shrink] = sgd_scalars(hp);
+                let cap = rows.len();
+                for _ in 0..2 {
+                    x.cpu.sgd_step_rows(&mut p, &mut g, &mut mom, &live, d, n, hp).unwrap();
+                    let args = [
+                        arg(&mut gp),
+                        arg(&mut gg),
+                        arg(&mut gm),
+                        arg(&rows),
+                        arg(nrows_host as i32),
+                        count.as_ref().map_or_else(null::<u32>, arg),
+                        arg(cap as i32),
+                        arg(d as i32),
+                        arg(lr),
+                        arg(mu),
+                        arg(l2),
+                        arg(shrink),
+                    ];
+                    x.run("sgd_step_rows", grid(cap * d), &args);
+                }
+                let tag = format!("{how} hp#{h} n={n} d={d} b={b}");
+                x.check("sgd_step_rows", &format!("p {tag}"), &gp, &p, TOL);
+                x.check("sgd_step_rows", &format!("mom {tag}"), &gm, &mom, TOL);
+                x.check("sgd_step_rows", &format!("g {tag}"), &gg, &g, EXACT);
+            }
+        }
+    }
+}
+
+fn adam_step(x: &Ctx) {
+    for (h, hp) in adam_hps().iter().enumerate() {
+        for (n, cfg) in [(5000, grid(5000)), (1001, STRIDED)] {
+            let grad = rand_vec(n, 58);
+            let (mut p, mut g, mut m, mut v) = (rand_vec(n, 59), grad.clone(), vec![0.0; n], vec![0.0; n]);
+            let (mut gp, mut gg, mut gm, mut gv) = (p.clone(), g.clone(), m.clone(), v.clone());
+            for t in 1..=3u32 {
+                x.cpu.adam_step(&mut p, &mut g, &mut m, &mut v, n, hp, &vec![t]).unwrap();
+                let tt = vec![t];
+                let mut args = vec![arg(&mut gp), arg(&mut gg), arg(&mut gm), arg(&mut gv), arg(n as i64)];
+                args.extend(adam_args(hp));
+                args.push(arg(&tt));
+                x.run("adam_step", cfg, &args);
+                drop(args);
+                x.check("adam_step", &format!("g zeroed t={t}"), &gg, &g, EXACT);
+                g.copy_from_slice(&grad);
+                gg.copy_from_slice(&grad);
+            }
+            x.check("adam_step", &format!("p hp#{h} n={n} {cfg}"), &gp, &p, TOL);
+            x.check("adam_step", &format!("m hp#{h} n={n} {cfg}"), &gm, &m, TOL);
+            x.check("adam_step", &format!("v hp#{h} n={n} {cfg}"), &gv, &v, TOL);
+        }
+    }
+}
+
+fn adam_step_rows(x: &Ctx) {
+    for (h, hp) in adam_hps().iter().enumerate() {
+        for &(n, d, b) in &[(97, 24, 60), (1000, 7, 300)] {
+            for (rows, nrows_host, count, how) in row_lists(x, n, b, 60) {
+                let live: Vec<u32> = rows[..count.as_ref().map_or(nrows_host, |c| c[0] as usize)].to_vec();
+                let grad = rand_vec(n * d, 61);
+                let (mut p, mut g) = (rand_vec(n * d, 62), grad.clone());
+                let (mut m, mut v) =
+                    (rand_vec(n * d, 63), rand_vec(n * d, 64).iter().map(|x| x.abs()).collect::<Vec<_>>());
+                let (mut gp, mut gg, mut gm, mut gv) = (p.clone(), g.clone(), m.clone(), v.clone());
+                let cap = rows.len();
+                for t in 4..=5u32 {
+                    x.cpu.adam_step_rows(&mut p, &mut g, &mut m, &mut v, &live, d, n, hp, &vec![t]).unwrap();
+                    let tt = vec![t];
+                    let mut args = vec![
+                        arg(&mut gp),
+                        arg(&mut gg),
+                        arg(&mut gm),
+                        arg(&mut gv),
+                        arg(&rows),
+                        arg(nrows_host as i32),
+                        count.as_ref().map_or_else(null::<u32>, arg),
+                        arg(cap as i32),
+                        arg(d as i32),
+                    ];
+                    args.extend(adam_args(hp));
+                    args.push(arg(&tt));
+                    x.run("adam_step_rows", grid(cap * d), &args);
+                }
+                let tag = format!("{how} hp#{h} n={n} d={d} b={b}");
+                x.check("adam_step_rows", &format!("p {tag}"), &gp, &p, TOL);
+                x.check("adam_step_rows", &format!("m {tag}"), &gm, &m, TOL);
+                x.check("adam_step_rows", &format!("v {tag}"), &gv, &v, TOL);
+                x.check("adam_step_rows", &format!("g {tag}"), &gg, &g, EXACT);
+            }
+        }
+    }
+}
+
+// ---- sample.cu ---------------------------------------------------------------------------------------
+
+/// backend.rs `counter_add`: one block of 32 threads, c[0] += add (wrapping).
+fn counter_add(x: &Ctx) {
+    for (c0, add) in [(7u32, 5u32), (u32::MAX, 2), (0, 0)] {
+        let mut want = vec![c0, 99];
+        x.cpu.counter_add(&mut want, add).unwrap();
+        let mut c = vec![c0, 99];
+        x.run("counter_add", Cfg::new((1, 1, 1), (32, 1, 1), 0), &[arg(&mut c), arg(add)]);
+        x.check_u32("counter_add", &format!("{c0} + {add}"), &c, &want);
+    }
+}
+
+/// backend.rs `sample_batch` (then `counter_add` on the state) against `CpuBackend::
+/// sample_batch`, which runs the same integer arithmetic: the same batches, bit for bit.
+fn sample_batch(x: &Ctx) {
+    use ncf_core::sample::{EpochKeys, SampleTables};
+    let (n_users, n_items) = (37usize, 50usize);
+    let (mut train_off, mut train_items, mut known_off, mut known_items) = (vec![0usize], vec![], vec![0usize], vec![]);
+    for u in 0..n_users {
+        let mut t = if u % 9 == 4 { vec![] } else { rand_ids(1 + u % 11, n_items, 80 + u as u64) };
+        t.sort_unstable();
+        t.dedup();
+        let mut k = if u == 5 { (0..n_items as u32).collect() } else { t.clone() }; // user 5 knows every item
+        k.extend(rand_ids(u % 4, n_items, 120 + u as u64));
+        k.sort_unstable();
+        k.dedup();
+        train_items.extend(&t);
+        known_items.extend(&k);
+        train_off.push(train_items.len());
+        known_off.push(known_items.len());
+    }
+    for n_neg in [4usize, 0] {
+        let tables =
+            SampleTables::upload(&x.cpu, (&train_off, &train_items), (&known_off, &known_items), n_items, n_neg)
+                .unwrap();
+        let rows = tables.rows();
+        let keys = EpochKeys::new(3, 1 + n_neg as u64).words();
+        let (mut state, mut gstate) =
+            (vec![0, keys[0], keys[1], keys[2], keys[3]], vec![0, keys[0], keys[1], keys[2], keys[3]]);
+        let batch = 256usize;
+        let mut first = 0u64;
+        while first < rows {
+            let b = (rows - first).min(batch as u64) as usize;
+            let (mut u, mut i, mut y) = (vec![0u32; b], vec![0u32; b], vec![0f32; b]);
+            x.cpu.sample_batch(&tables, &mut state, batch, b, &mut u, &mut i, &mut y).unwrap();
+            let (mut gu, mut gi, mut gy) = (vec![u32::MAX; b], vec![u32::MAX; b], vec![f32::NAN; b]);
+            let args = [
+                arg(&tables.train_off),
+                arg(&tables.train_items),
+                arg(&tables.known_off),
+                arg(&tables.known_items),
+                arg(n_users as i32),
+                arg(n_items as u32),
+                arg(n_neg as u32),
+                arg(rows),
+                arg(&gstate),
+                arg(batch as i32),
+                arg(b as i32),
+                arg(&mut gu),
+                arg(&mut gi),
+                arg(&mut gy),
+            ];
+            x.run("sample_batch", grid(b), &args);
+            x.run("counter_add", Cfg::new((1, 1, 1), (32, 1, 1), 0), &[arg(&mut gstate), arg(1u32)]);
+            let tag = format!("n_neg={n_neg} slots {first}..{}", first + b as u64);
+            x.check_u32("sample_batch", &format!("users {tag}"), &gu, &u);
+            x.check_u32("sample_batch", &format!("items {tag}"), &gi, &i);
+            x.check("sample_batch", &format!("labels {tag}"), &gy, &y, EXACT);
+            x.check_u32("sample_batch", &format!("state {tag}"), &gstate, &state);
+            first += b as u64;
+        }
+    }
+}
+
+// ---- eval.cu --------------------------------------------------------------------------------------
+
+/// Not launched by the crate yet: one warp per case (backend.rs `warps`), as the kernel says.
+fn rank_of_first(x: &Ctx) {
+    for &(cases, max_len) in &[(37usize, 150usize), (300, 101), (1, 1)] {
+        let lens: Vec<usize> = rand_ids(cases, max_len, 66).iter().map(|&l| l as usize + 1).collect();
+        let mut off = vec![0u32];
+        for l in &lens {
+            off.push(off.last().unwrap() + *l as u32);
+        }
+        let scores = tied_scores(*off.last().unwrap() as usize, 67);
+        let want: Vec<u32> = (0..cases)
+            .map(|c| {
+                let s = &scores[off[c] as usize..off[c + 1] as usize];
+                s[1..].iter().filter(|&&v| v >= s[0]).count() as u32
+            })
+            .collect();
+        let mut rank = vec![u32::MAX; cases];
+        x.run("rank_of_first", warps(cases), &[arg(&scores), arg(&off), arg(cases as i32), arg(&mut rank)]);
+        x.check_u32("rank_of_first", &format!("cases={cases} up to {max_len} candidates"), &rank, &want);
+    }
+}
+
+/// Seen-items CSRs for `users` users over `n_items`: `(seen, seen_off)`, distinct items per
+/// user, every third user's list holding its target, user 1 (if any) having seen everything.
+fn seen_csr(users: usize, n_items: usize, targets: &[u32], seed: u64) -> (Vec<u32>, Vec<u32>) {
+    let (mut seen, mut seen_off) = (Vec::new(), vec![0u32]);
+    for (u, &target) in targets.iter().enumerate().take(users) {
+        let mut s =
+            if u == 1 { (0..n_items as u32).collect() } else { rand_ids((u * 7) % 50, n_items, seed + u as u64) };
+        if u % 3 == 0 {
+            s.push(target); // the target among the seen items is still ranked
+        }
+        s.sort_unstable();
+        s.dedup();
+        seen.extend(&s);
+        seen_off.push(seen.len() as u32);
+    }
+    if seen.is_empty() {
+        seen.push(0); // a device buffer is never empty (zeros_ids(len.max(1)))
+    }
+    (seen, seen_off)
+}
+
+/// backend.rs `rank_unseen`: one block of 256 threads per user, against the CPU's.
+fn full_rank(x: &Ctx) {
+    for &(users, n_items) in &[(13usize, 1000usize), (5, 37), (2, 1), (3, 5000)] {
+        let scores = tied_scores(users * n_items, 68);
+        let targets = rand_ids(users, n_items, 69);
+        let (seen, seen_off) = seen_csr(users, n_items, &targets, 70);
+        let mut want = vec![0u32; users];
+        x.cpu.rank_unseen(&scores, users, n_items, &targets, &seen_off, &seen, &mut want).unwrap();
+        let mut rank = vec![u32::MAX; users];
+        let args = [arg(&scores), arg(n_items as i32), arg(&targets), arg(&seen), arg(&seen_off), arg(&mut rank)];
+        x.run("full_rank", blocks(users), &args);
+        x.check_u32("full_rank", &format!("users={users} n_items={n_items}"), &rank, &want);
+    }
+}
+
+/// backend.rs `top_k`: one block of 256 threads per user, a bitmap of the items in dynamic
+/// shared memory, against the CPU's (ties to the lower id, u32::MAX past the unseen items).
+fn top_k(x: &Ctx) {
+    for &(users, n, k) in &[(13usize, 1000usize, 10usize), (5, 37, 40), (3, 1, 1), (2, 5000, 3), (4, 300, 257)] {
+        let scores = tied_scores(users * n, 90);
+        let targets = rand_ids(users, n, 91);
+        let (seen, seen_off) = seen_csr(users, n, &targets, 92);
+        let mut want = vec![0u32; users * k];
+        x.cpu.top_k(&scores, users, n, k, &seen_off, &seen, &mut want).unwrap();
+        let mut out = vec![0u32; users * k];
+        let cfg = Cfg::new((users as u32, 1, 1), (256, 1, 1), (n.div_ceil(32) * 4) as u32);
+        let args = [arg(&scores), arg(n as i32), arg(k as i32), arg(&seen), arg(&seen_off), arg(&mut out)];
+        x.run("top_k", cfg, &args);
+        x.check_u32("top_k", &format!("users={users} n={n} k={k}"), &out, &want);
+    }
+}
+
+// ---- The tests ----------------------------------------------------------------------------------
+
+fn compiler_or_skip() -> Option<String> {
+    let c = emu::compiler();
+    if c.is_none() {
+        println!("skipped: no C++ compiler (g++)");
+    }
+    c
+}
+
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+/// Every kernel in `SOURCES` has an entry in `CHECKS` (and every entry names a kernel).
+#[test]
+fn every_kernel_is_exercised() {
+    let tested: BTreeSet<&str> = CHECKS.iter().flat_map(|c| c.0.iter().copied()).collect();
+    let all: BTreeSet<&str> = SOURCES.iter().flat_map(|(_, s)| kernel_names(s)).collect();
+    let missing: Vec<&&str> = all.difference(&tested).collect();
+    assert!(
+        missing.is_empty(),
+        "kernels without an emulated test (add a check to CHECKS in tests/emulated.rs): {missing:?}"
+    );
+    let stale: Vec<&&str> = tested.difference(&all).collect();
+    assert!(stale.is_empty(), "CHECKS names kernels that are not in kernels/*.cu: {stale:?}");
+}
+
+/// Runs every check in each thread order; each must pass and launch the kernel it is listed
+/// under. Prints the worst error per kernel.
+#[test]
+fn every_kernel_matches_its_cpu_reference() {
+    let Some(cxx) = compiler_or_skip() else { return };
+    let t0 = std::time::Instant::now();
+    let emu = Emu::build_sources(&cxx).unwrap_or_else(|e| panic!("{e}"));
+    println!("compiled {} kernels of {} files in {:.1?}", emu.kernels().len(), SOURCES.len(), t0.elapsed());
+    let x = Ctx { emu: &emu, cpu: CpuBackend::<f32>::default(), worst: RefCell::new(BTreeMap::new()) };
+    let mut failures = Vec::new();
+    for order in [Order::Forward, Order::Reverse, Order::Shuffled] {
+        let t = std::time::Instant::now();
+        emu.set_order(order);
+        for &(kernels, check) in CHECKS {
+            emu.take_launched();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&x)));
+            let launched = emu.take_launched();
+            let name = kernels.join("+");
+            match r {
+                Err(e) => failures.push(format!("{name} ({order:?} order): {}", panic_message(&*e))),
+                Ok(()) => {
+                    let missed: Vec<&&str> = kernels.iter().filter(|k| !launched.contains(**k)).collect();
+                    if !missed.is_empty() {
+                        failures.push(format!("{name}: the check did not launch {missed:?} (launched {launched:?})"));
+                    }
+                }
+            }
+        }
+        println!("{order:?} order: {} checks in {:.1?}", CHECKS.len(), t.elapsed());
+    }
+    println!("{:<28} {:>9} {:>10} {:>10}  tolerance", "kernel", "values", "max_abs", "max_rel");
+    for (k, w) in x.worst.borrow().iter() {
+        let tol = if w.exact { "exact" } else { "abs 1e-5 / rel 1e-4" };
+        println!("{k:<28} {:>9} {:>10.2e} {:>10.2e}  {tol}", w.compared, w.max_abs, w.max_rel);
+    }
+    println!("total {:.1?}", t0.elapsed());
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The emulator catches what a GPU would get wrong: a missing `__syncthreads()`, a shuffle
+/// reading a lane that returned, a deadlock, an out-of-bounds read, wrong argument types, and a
+/// kernel that never ends. Kernels in `tests/fixtures/emu_bugs.cu`.
+#[test]
+fn the_emulator_catches_kernel_bugs() {
+    let Some(cxx) = compiler_or_skip() else { return };
+    let src = include_str!("fixtures/emu_bugs.cu");
+    let emu = Emu::build(&cxx, &[("emu_bugs.cu", unit(src), kernel_names(src))]).unwrap_or_else(|e| panic!("{e}"));
+    let n = 1000usize;
+    let xs = rand_vec(n, 71);
+    let want = xs.iter().map(|&v| v as f64).sum::<f64>();
+    let one_block = Cfg::new((1, 1, 1), (256, 1, 1), 0);
+    let sum = |name: &str, shmem: u32| -> f32 {
+        let mut out = vec![f32::NAN];
+        let cfg = Cfg { shmem, ..one_block };
+        emu.run(name, cfg, &[arg(&xs), arg(n as i32), arg(&mut out)]);
+        out[0]
+    };
+    let orders = [Order::Forward, Order::Reverse, Order::Shuffled];
+    let close = |v: f32| compare("sum", &[v as f64], &[want], TOL).ok();
+
+    // The correct reductions (static and dynamic shared memory) agree in every order.
+    for order in orders {
+        emu.set_order(order);
+        for (k, shmem) in [("block_sum_ok", 0), ("block_sum_dyn", 32 * 4)] {
+            let got = sum(k, shmem);
+            assert!(close(got), "{k} ({order:?}): got {got}, want {want}");
+        }
+    }
+
+    // (1) No __syncthreads() between writing the per-warp partial sums and reading them: warp
+    // 0 reads slots the other warps have not written yet (poisoned with NaN before the block).
+    let got: Vec<(Order, f32)> = orders
+        .iter()
+        .map(|&o| {
+            emu.set_order(o);
+            (o, sum("block_sum_missing_sync", 0))
+        })
+        .collect();
+    println!("block_sum_missing_sync: {got:?} (want {want})");
+    assert!(got.iter().any(|&(_, v)| !close(v)), "the missing __syncthreads went unnoticed: {got:?}");
+
+    // (2) Lanes past n return, then the warp shuffles: lane 4 reads lane 20, which exited.
+    for order in orders {
+        emu.set_order(order);
+        let mut out = vec![0.0f32];
+        let e = emu
+            .launch("shfl_after_early_return", (1, 1, 1), (32, 1, 1), 0, &[arg(&xs), arg(20i32), arg(&mut out)])
+            .expect_err("a shuffle reading an exited lane must fail");
+        assert!(e.contains("reads lane") && e.contains("which has exited"), "{e}");
+        if order == Order::Forward {
+            println!("shfl_after_early_return: {e}");
+        }
+    }
+
+    // (3) Lane 0 waits at __syncthreads, its warp-mates wait for it at a shuffle.
+    emu.set_order(Order::Forward);
+    let mut out = vec![0.0f32; 64];
+    let e = emu.launch("deadlock", (1, 1, 1), (64, 1, 1), 0, &[arg(&mut out)]).expect_err("must deadlock");
+    assert!(e.contains("deadlock") && e.contains("thread 0 waiting at __syncthreads()"), "{e}");
+    println!("deadlock: {e}");
+
+    // (4) `<=` in a grid-stride loop reads one element past the end.
+    let mut ys = vec![0.0f32; n];
+    let e = emu
+        .launch("copy_off_by_one", (4, 1, 1), (256, 1, 1), 0, &[arg(&xs), arg(&mut ys), arg(n as i64)])
+        .expect_err("an out-of-bounds read must fail");
+    assert!(e.contains("past the end") && e.contains("argument 0") && e.contains("byte offset 4000"), "{e}");
+    println!("copy_off_by_one: {e}");
+
+    // (5) Argument types are checked against the signature: `long long n` given an i32, and a
+    // written buffer passed as a shared borrow.
+    let e = emu
+        .launch("copy_off_by_one", (4, 1, 1), (256, 1, 1), 0, &[arg(&xs), arg(&mut ys), arg(n as i32)])
+        .expect_err("wrong scalar type");
+    assert!(e.contains("argument 2 is `i64`, the launch passes `i32`"), "{e}");
+    let e = emu
+        .launch("copy_off_by_one", (4, 1, 1), (256, 1, 1), 0, &[arg(&xs), arg(&ys), arg(n as i64)])
+        .expect_err("read-only buffer for a written parameter");
+    assert!(e.contains("argument 1 is `*f32`") && e.contains("shared borrow"), "{e}");
+
+    // (6) A kernel that never ends times out instead of hanging the test.
+    emu.set_timeout_ms(300);
+    let flag = vec![0.0f32];
+    let e = emu.launch("spin", (1, 1, 1), (32, 1, 1), 0, &[arg(&flag)]).expect_err("must time out");
+    assert!(e.contains("timed out"), "{e}");
+    emu.set_timeout_ms(60_000);
+
+    // The unchecked cuLaunchKernel-style entry point runs the same kernels.
+    let mut out = [f32::NAN];
+    let (mut px, mut nn, mut po) = (xs.as_ptr() as *mut c_void, n as i32, out.as_mut_ptr() as *mut c_void);
+    let mut args =
+        [&mut px as *mut _ as *mut c_void, &mut nn as *mut i32 as *mut c_void, &mut po as *mut _ as *mut c_void];
+    // SAFETY: `block_sum_ok(const float*, int, float*)`: args point at a pointer to n floats, an
+    // int and a pointer to one float, all alive for the call.
+    unsafe { emu.launch_raw("block_sum_ok", one_block, &mut args) }.unwrap();
+    assert!(close(out[0]), "raw launch: got {}, want {want}", out[0]);
+    assert_eq!(emu.signature("block_sum_ok"), Some("block_sum_ok(*const f32, i32, *f32)"));
+}
