@@ -20,6 +20,22 @@ extern "C" __global__ void bias_relu_forward(float* z, const float* bias, float*
     }
 }
 
+// Fused ReLU backward and bias gradient: dz = dx · 1[x > 0] (written) and dbias += Σ_b dz,
+// one block per output column, a block reduction in a fixed order (no atomics).
+extern "C" __global__ void relu_bias_backward(const float* x, const float* dx, float* dz, float* dbias, int b, int o) {
+    __shared__ float shared[32];
+    int c = blockIdx.x;
+    float acc = 0.0f;
+    for (int r = threadIdx.x; r < b; r += blockDim.x) {
+        long long k = (long long)r * o + c;
+        float g = x[k] > 0.0f ? dx[k] : 0.0f;
+        dz[k] = g;
+        acc += g;
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) dbias[c] += acc;
+}
+
 // out = σ(inp)
 extern "C" __global__ void sigmoid_forward(const float* inp, float* out, long long n) {
     GRID_STRIDE(k, n) { out[k] = sigmoidf_stable(inp[k]); }

@@ -315,6 +315,30 @@ pub trait Backend: Sync {
         self.relu_forward(z, x, b * o)
     }
 
+    /// Backward of [`Backend::linear_relu_forward`], from `dx (B,O)` and the layer's output
+    /// `x (B,O)`: `dz = dx · 1[x > 0]` (written, kept in `dz`), then the dense backward:
+    /// `dinp = dz · w` (written, skipped when `None`), `dw += dzᵀ · inp`, `dbias += Σ_b dz`.
+    /// A GPU computes the ReLU mask and the bias gradient in one pass; this default runs the
+    /// two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_relu_backward(
+        &self,
+        x: &Self::Buf,
+        dx: &Self::Buf,
+        dz: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        dinp: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        dbias: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        self.relu_backward(x, dx, dz, b * o)?;
+        self.linear_backward(dz, inp, w, dinp, dw, dbias, b, i, o)
+    }
+
     // ---------------------------------------------------------------- evaluation
 
     /// Full ranking. `scores (U,N)`: row `c` scores all `N` items for user slot `c`;

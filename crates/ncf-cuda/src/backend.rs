@@ -631,6 +631,39 @@ impl Backend for CudaBackend {
         launch!(self, OP, "bias_grad", cfg, dout, dbias, &bi, &oi)
     }
 
+    fn linear_relu_backward(
+        &self,
+        x: &Self::Buf,
+        dx: &Self::Buf,
+        dz: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        dinp: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        dbias: &mut Self::Buf,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear_relu_backward";
+        for (t, l) in [("x", x.len()), ("dx", dx.len()), ("dz", dz.len())] {
+            check_len(OP, t, l, &[b, o])?;
+        }
+        check_len(OP, "inp", inp.len(), &[b, i])?;
+        check_len(OP, "w", w.len(), &[o, i])?;
+        check_len(OP, "dw", dw.len(), &[o, i])?;
+        check_len(OP, "dbias", dbias.len(), &[o])?;
+        let (bi, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "o", o)?);
+        // dz and dbias in one pass (one block per output column), then the two GEMMs.
+        let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, OP, "relu_bias_backward", cfg, x, dx, &mut *dz, &mut *dbias, &bi, &oi)?;
+        if let Some(dinp) = dinp {
+            check_len(OP, "dinp", dinp.len(), &[b, i])?;
+            self.gemm_rm(OP, dz, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None)?;
+        }
+        self.gemm_rm(OP, dz, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None)
+    }
+
     fn relu_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
         check_len("relu_forward", "inp", inp.len(), &[n])?;
         check_len("relu_forward", "out", out.len(), &[n])?;

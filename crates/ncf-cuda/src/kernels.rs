@@ -53,6 +53,7 @@ mod tests {
             "relu_forward",
             "relu_backward",
             "bias_relu_forward",
+            "relu_bias_backward",
             "sigmoid_forward",
             "bce_with_logits",
             "mse",

@@ -162,6 +162,7 @@ const CHECKS: &[(&[&str], Check)] = &[
     (&["matvec_bias"], matvec_bias),
     (&["relu_forward"], relu_forward),
     (&["relu_backward"], relu_backward),
+    (&["relu_bias_backward"], relu_bias_backward),
     (&["bias_relu_forward"], bias_relu_forward),
     (&["sigmoid_forward"], sigmoid_forward),
     (&["bce_with_logits"], bce_with_logits),
@@ -576,6 +577,27 @@ fn relu_backward(x: &Ctx) {
             x.run("relu_backward", cfg, &[arg(&out), arg(&dout), arg(&mut dinp), arg(n as i64)]);
             x.check("relu_backward", &format!("n={n} {cfg}"), &dinp, &want, EXACT);
         }
+    }
+}
+
+/// The fused ReLU mask and bias gradient of `linear_relu_backward`: `dz` exactly the CPU's
+/// `relu_backward`, `dbias += Σ_b dz` within the reduction tolerance.
+fn relu_bias_backward(x: &Ctx) {
+    for &(b, o) in &[(300, 17), (1000, 3), (1, 5), (257, 1)] {
+        let xo: Vec<f32> = rand_vec(b * o, 41).iter().map(|v| v.max(0.0)).collect();
+        let (dx, init) = (rand_vec(b * o, 42), rand_vec(o, 43));
+        let mut want_dz = vec![0.0; b * o];
+        x.cpu.relu_backward(&xo, &dx, &mut want_dz, b * o).unwrap();
+        let want_db: Vec<f64> =
+            (0..o).map(|c| init[c] as f64 + (0..b).map(|r| want_dz[r * o + c] as f64).sum::<f64>()).collect();
+        let (mut dz, mut db) = (vec![f32::NAN; b * o], init.clone());
+        x.run(
+            "relu_bias_backward",
+            blocks(o),
+            &[arg(&xo), arg(&dx), arg(&mut dz), arg(&mut db), arg(b as i32), arg(o as i32)],
+        );
+        x.check("relu_bias_backward", &format!("dz b={b} o={o}"), &dz, &want_dz, EXACT);
+        x.check64("relu_bias_backward", &format!("dbias b={b} o={o}"), &f64s(&db), &want_db, TOL);
     }
 }
 

@@ -229,6 +229,17 @@ fn device_loop_ops_match_the_cpu() {
         g.linear_relu_forward(&gi, &gw, &gb, &mut gz, &mut gx, b, i, o).unwrap();
         check(&format!("linear_relu_forward z {gemm:?}"), &g, &gz, &z);
         check(&format!("linear_relu_forward x {gemm:?}"), &g, &gx, &x);
+        let dx = rand_vec(b * o, 29);
+        let (mut dz, mut dinp, mut dw, mut db) =
+            (vec![0.0; b * o], vec![0.0; b * i], rand_vec(o * i, 30), rand_vec(o, 31));
+        let gdx = g.upload(&dx).unwrap();
+        let (mut gdz, mut gdinp, mut gdw, mut gdb) =
+            (g.zeros(b * o).unwrap(), g.zeros(b * i).unwrap(), g.upload(&dw).unwrap(), g.upload(&db).unwrap());
+        c.linear_relu_backward(&x, &dx, &mut dz, &inp, &w, Some(&mut dinp), &mut dw, &mut db, b, i, o).unwrap();
+        g.linear_relu_backward(&gx, &gdx, &mut gdz, &gi, &gw, Some(&mut gdinp), &mut gdw, &mut gdb, b, i, o).unwrap();
+        for (name, got, want) in [("dz", &gdz, &dz), ("dinp", &gdinp, &dinp), ("dw", &gdw, &dw), ("dbias", &gdb, &db)] {
+            check(&format!("linear_relu_backward {name} {gemm:?}"), &g, got, want);
+        }
     }
 
     // The sampler: three batches of an epoch, identical to the CPU's.

@@ -261,12 +261,25 @@ impl<B: Backend> MlpTower<B> {
     ) -> Result<()> {
         for l in (0..self.dense.len()).rev() {
             let layer = self.dense[l];
-            let dx_l = if l + 1 == self.dense.len() { dout } else { &self.dx[l] };
-            be.relu_backward(&self.x[l], dx_l, &mut self.dz[l], b * layer.o)?;
-            let (inp, dinp) = if l == 0 { (&self.x0, &mut self.dx0) } else { (&self.x[l - 1], &mut self.dx[l - 1]) };
+            let (dx_lo, dx_hi) = self.dx.split_at_mut(l);
+            let dx_l = if l + 1 == self.dense.len() { dout } else { &dx_hi[0] };
+            let (inp, dinp) = if l == 0 { (&self.x0, &mut self.dx0) } else { (&self.x[l - 1], &mut dx_lo[l - 1]) };
             // Both dWₗ and dbₗ come from the same parameter set; take them one at a time.
             let (dw, dbias) = two_mut(g, layer.w, layer.bias);
-            be.linear_backward(&self.dz[l], inp, p.buf(layer.w), Some(dinp), dw, dbias, b, layer.i, layer.o)?;
+            // dzₗ = dxₗ·1[xₗ > 0], then the dense backward (the mask and dbₗ in one pass on a GPU).
+            be.linear_relu_backward(
+                &self.x[l],
+                dx_l,
+                &mut self.dz[l],
+                inp,
+                p.buf(layer.w),
+                Some(dinp),
+                dw,
+                dbias,
+                b,
+                layer.i,
+                layer.o,
+            )?;
         }
         let dx0 = if self.dense.is_empty() { dout } else { &self.dx0 };
         be.split_cols(dx0, self.d, self.d, b, &mut self.dpu, &mut self.dqi)?;
