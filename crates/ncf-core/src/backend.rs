@@ -365,15 +365,10 @@ pub trait Backend: Sync {
         let seen = self.download_ids(seen, off[u] as usize)?;
         let mut out = Vec::with_capacity(u);
         for c in 0..u {
-            let row = &s[c * n..(c + 1) * n];
-            let target = t[c] as usize;
             crate::error::check_ids("rank_unseen", "targets", &t[c..c + 1], n)?;
-            let st = row[target];
-            let above = row.iter().filter(|&&x| x >= st).count() - 1;
             let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
             crate::error::check_ids("rank_unseen", "seen", seen_c, n)?;
-            let seen_above = seen_c.iter().filter(|&&j| j as usize != target && row[j as usize] >= st).count();
-            out.push((above - seen_above) as u32);
+            out.push(rank_among_unseen(&s[c * n..(c + 1) * n], t[c] as usize, seen_c) as u32);
         }
         self.write_ids(ranks, &out)
     }
@@ -430,4 +425,13 @@ pub trait Backend: Sync {
 
     /// Runs a recording once.
     fn replay(&self, graph: &Self::Graph) -> Result<()>;
+}
+
+/// The rank [`Backend::rank_unseen`] defines, for one user's scores `row (N)`: the items scoring
+/// at least `row[target]`, minus the target itself, minus the seen items among them (two linear
+/// passes instead of a membership test per item). `seen` must be distinct and `< N`.
+pub fn rank_among_unseen<T: PartialOrd + Copy>(row: &[T], target: usize, seen: &[u32]) -> usize {
+    let st = row[target];
+    let above = row.iter().filter(|&&x| x >= st).count() - 1;
+    above - seen.iter().filter(|&&j| j as usize != target && row[j as usize] >= st).count()
 }

@@ -5,6 +5,7 @@
 
 use crate::ops::gemm::{CpuFloat, GemmImpl};
 use crate::ops::{activation, elementwise, embedding, linear, loss, optim};
+use ncf_core::backend::rank_among_unseen;
 use ncf_core::error::{check_ids, check_len};
 use ncf_core::sample::{Csrs, EpochKeys, SampleTables, row_at};
 use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
@@ -462,21 +463,6 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         Ok(())
     }
 
-    fn linear_relu_forward(
-        &self,
-        inp: &Vec<T>,
-        w: &Vec<T>,
-        bias: &Vec<T>,
-        z: &mut Vec<T>,
-        x: &mut Vec<T>,
-        b: usize,
-        i: usize,
-        o: usize,
-    ) -> Result<()> {
-        self.linear_forward(inp, w, bias, z, b, i, o)?;
-        self.relu_forward(z, x, b * o)
-    }
-
     fn rank_unseen(
         &self,
         scores: &Vec<T>,
@@ -498,17 +484,11 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         }
         check_len(OP, "seen", seen.len(), &[seen_off[u] as usize])?;
         check_ids(OP, "scores", &seen[..seen_off[u] as usize], n)?;
-        // The items scoring at least the target's score, minus the seen ones among them: two
-        // linear passes instead of a membership test per item; one user per task.
+        // One user per task.
         use rayon::prelude::*;
         ranks[..u].par_iter_mut().enumerate().for_each(|(c, rank)| {
-            let row = &scores[c * n..(c + 1) * n];
-            let target = targets[c] as usize;
-            let st = row[target];
-            let above = row.iter().filter(|&&x| x >= st).count() - 1;
             let seen_c = &seen[seen_off[c] as usize..seen_off[c + 1] as usize];
-            let seen_above = seen_c.iter().filter(|&&j| j as usize != target && row[j as usize] >= st).count();
-            *rank = (above - seen_above) as u32;
+            *rank = rank_among_unseen(&scores[c * n..(c + 1) * n], targets[c] as usize, seen_c) as u32;
         });
         Ok(())
     }

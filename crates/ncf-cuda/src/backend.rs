@@ -73,7 +73,8 @@ pub fn cublas_args(m: i32, n: i32, k: i32, ta: bool, tb: bool) -> CublasArgs {
 
 /// The order in which the deterministic scatter-add visits a batch: batch positions sorted by id
 /// (stably, so equal ids keep batch order) and the start of each run of equal ids, closed by
-/// `ids.len()`. `embedding_backward_sorted` sums each run in this order.
+/// `ids.len()`: the host reference of the row plan (`order`, `seg`) that the `rows_*` kernels
+/// build on the device (`tests/emulated.rs` checks them against it).
 pub fn sorted_runs(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
     order.sort_by_key(|&p| ids[p as usize]);
@@ -397,9 +398,52 @@ impl CudaBackend {
         Ok(guard)
     }
 
-    /// Rows for a lazy optimizer: `(rows, nrows on the host, nrows on the device)`.
-    fn live_rows<'a>(&self, rows: &'a DevIds) -> (&'a CudaSlice<u32>, i32, Option<&'a CudaSlice<u32>>) {
-        (&rows.dev, rows.len.min(i32::MAX as usize) as i32, rows.count.as_ref())
+    /// The dense layer's two backward GEMMs: `dinp (B,I) = dout (B,O) · w (O,I)` (when asked)
+    /// and `dw (O,I) += doutᵀ (O,B) · inp (B,I)`.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward_gemms(
+        &self,
+        op: &'static str,
+        dout: &CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dinp: Option<&mut CudaSlice<f32>>,
+        dw: &mut CudaSlice<f32>,
+        (b, i, o): (usize, usize, usize),
+    ) -> Result<()> {
+        if let Some(dinp) = dinp {
+            check_len(op, "dinp", dinp.len(), &[b, i])?;
+            self.gemm_rm(op, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None)?;
+        }
+        self.gemm_rm(op, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None)
+    }
+}
+
+/// A lazy optimizer's row list as its kernels take it: `rows`, `nrows_host`, and `nrows_dev`
+/// (the device count of a `unique_ids` output, or a null pointer for a host-written list).
+struct LiveRows<'a> {
+    list: &'a CudaSlice<u32>,
+    nrows_host: i32,
+    nrows_dev: Option<&'a CudaSlice<u32>>,
+    null: u64,
+}
+
+impl<'a> LiveRows<'a> {
+    fn of(rows: &'a DevIds) -> Self {
+        LiveRows {
+            list: &rows.dev,
+            nrows_host: rows.len.min(i32::MAX as usize) as i32,
+            nrows_dev: rows.count.as_ref(),
+            null: 0,
+        }
+    }
+
+    fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
+        l.arg(self.list).arg(&self.nrows_host);
+        match self.nrows_dev {
+            Some(c) => l.arg(c),
+            None => l.arg(&self.null),
+        };
     }
 }
 
@@ -619,13 +663,7 @@ impl Backend for CudaBackend {
         check_len(OP, "w", w.len(), &[o, i])?;
         check_len(OP, "dw", dw.len(), &[o, i])?;
         check_len(OP, "dbias", dbias.len(), &[o])?;
-        if let Some(dinp) = dinp {
-            check_len(OP, "dinp", dinp.len(), &[b, i])?;
-            // dinp (B,I) = dout (B,O) · w (O,I)
-            self.gemm_rm(OP, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None)?;
-        }
-        // dw (O,I) += doutᵀ (O,B) · inp (B,I)
-        self.gemm_rm(OP, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None)?;
+        self.dense_backward_gemms(OP, dout, inp, w, dinp, dw, (b, i, o))?;
         let (bi, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "o", o)?);
         let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, OP, "bias_grad", cfg, dout, dbias, &bi, &oi)
@@ -657,11 +695,7 @@ impl Backend for CudaBackend {
         // dz and dbias in one pass (one block per output column), then the two GEMMs.
         let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, OP, "relu_bias_backward", cfg, x, dx, &mut *dz, &mut *dbias, &bi, &oi)?;
-        if let Some(dinp) = dinp {
-            check_len(OP, "dinp", dinp.len(), &[b, i])?;
-            self.gemm_rm(OP, dz, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None)?;
-        }
-        self.gemm_rm(OP, dz, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None)
+        self.dense_backward_gemms(OP, dz, inp, w, dinp, dw, (b, i, o))
     }
 
     fn relu_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
@@ -869,47 +903,15 @@ impl Backend for CudaBackend {
         }
         rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
         let s = SgdScalars::new(hp);
-        let (list, nrows, count) = self.live_rows(rows);
         let (ci, di) = (i32_of(OP, "cap", rows.cap())?, i32_of(OP, "d", d)?);
-        let null = 0u64;
-        match count {
-            Some(c) => launch!(
-                self,
-                OP,
-                OP,
-                grid(rows.cap() * d),
-                p,
-                g,
-                mom,
-                list,
-                &nrows,
-                c,
-                &ci,
-                &di,
-                &s.lr,
-                &s.mu,
-                &s.l2,
-                &s.shrink
-            ),
-            None => launch!(
-                self,
-                OP,
-                OP,
-                grid(rows.cap() * d),
-                p,
-                g,
-                mom,
-                list,
-                &nrows,
-                &null,
-                &ci,
-                &di,
-                &s.lr,
-                &s.mu,
-                &s.l2,
-                &s.shrink
-            ),
-        }
+        let live = LiveRows::of(rows);
+        let mut l = self.stream.launch_builder(self.f(OP)?);
+        l.arg(p).arg(g).arg(mom);
+        live.push(&mut l);
+        l.arg(&ci).arg(&di).arg(&s.lr).arg(&s.mu).arg(&s.l2).arg(&s.shrink);
+        // SAFETY: matches `sgd_step_rows` in optim.cu (rows, nrows_host, nrows_dev, cap, d, …);
+        // the row list holds cap ids < n (checked above, or made by unique_ids).
+        unsafe { l.launch(grid(rows.cap() * d)) }.map(|_| ()).map_err(dev_err(OP))
     }
     fn adam_step_rows(
         &self,
@@ -930,20 +932,16 @@ impl Backend for CudaBackend {
         rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
         check_step(OP, t)?;
         let s = AdamScalars::new(hp);
-        let (list, nrows, count) = self.live_rows(rows);
         let (ci, di) = (i32_of(OP, "cap", rows.cap())?, i32_of(OP, "d", d)?);
-        let null = 0u64;
-        let cfg = grid(rows.cap() * d);
-        match count {
-            Some(c) => launch!(
-                self, OP, OP, cfg, p, g, m, v, list, &nrows, c, &ci, &di, &s.b1, &s.omb1, &s.b2, &s.omb2, &s.lr,
-                &s.beta1, &s.beta2, &s.eps, &s.l2, &s.shrink, &t.dev
-            ),
-            None => launch!(
-                self, OP, OP, cfg, p, g, m, v, list, &nrows, &null, &ci, &di, &s.b1, &s.omb1, &s.b2, &s.omb2, &s.lr,
-                &s.beta1, &s.beta2, &s.eps, &s.l2, &s.shrink, &t.dev
-            ),
-        }
+        let live = LiveRows::of(rows);
+        let mut l = self.stream.launch_builder(self.f(OP)?);
+        l.arg(p).arg(g).arg(m).arg(v);
+        live.push(&mut l);
+        l.arg(&ci).arg(&di).arg(&s.b1).arg(&s.omb1).arg(&s.b2).arg(&s.omb2).arg(&s.lr).arg(&s.beta1).arg(&s.beta2);
+        l.arg(&s.eps).arg(&s.l2).arg(&s.shrink).arg(&t.dev);
+        // SAFETY: matches `adam_step_rows` in optim.cu; the row list holds cap ids < n, and t
+        // is one u32 (checked above).
+        unsafe { l.launch(grid(rows.cap() * d)) }.map(|_| ()).map_err(dev_err(OP))
     }
     fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<()> {
         const OP: &str = "unique_ids";
@@ -965,9 +963,7 @@ impl Backend for CudaBackend {
         }
         let Some(count) = out.count.as_mut() else { unreachable!("set above") };
         self.stream.memcpy_dtod(&plan.nuniq, count).map_err(dev_err(OP))?;
-        let keep = out.count.take();
         out.written_by_device(b);
-        out.count = keep;
         Ok(())
     }
     fn counter_add(&self, c: &mut Self::Ids, add: u32) -> Result<()> {

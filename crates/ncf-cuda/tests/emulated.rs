@@ -25,7 +25,9 @@
 //! `SOURCES` has no entry. Failures print max abs / rel error and the first differing values
 //! (`ncf_core::tol`), or the emulator's message (block, thread, what went wrong).
 
+mod common;
 mod emu;
+use common::{f64s, rand_ids, rand_vec};
 
 use emu::{Arg, Cfg, Emu, Order, arg, null};
 use ncf_core::tol::{Tol, compare};
@@ -69,29 +71,9 @@ const EXACT: Tol = Tol { abs: 0.0, rel: 0.0 };
 
 // ---- Inputs ---------------------------------------------------------------------------------
 
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn rand_ids(n: usize, rows: usize, seed: u64) -> Vec<u32> {
-    rand_vec(n, seed).iter().map(|x| (((x + 1.0) * 0.5 * rows as f32) as usize).min(rows - 1) as u32).collect()
-}
-
 /// Scores on a coarse grid (multiples of 1/8), so ties are common.
 fn tied_scores(n: usize, seed: u64) -> Vec<f32> {
     rand_vec(n, seed).iter().map(|x| (x * 4.0).round() / 8.0).collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 // ---- The checking context --------------------------------------------------------------------

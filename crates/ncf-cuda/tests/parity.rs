@@ -2,6 +2,9 @@
 //! training steps end to end. Needs a GPU; prints `skipped: no CUDA device (…)` otherwise.
 //! Failures print max abs / rel error and the first differing values (`ncf_core::tol`).
 
+mod common;
+
+use common::{f64s, rand_ids, rand_vec};
 use ncf_core::tol::{Tol, assert_close};
 use ncf_core::{AdamHp, Backend, SgdHp};
 use ncf_cpu::CpuBackend;
@@ -18,26 +21,6 @@ fn gpu(gemm: GpuGemm) -> Option<CudaBackend> {
             None
         }
     }
-}
-
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn rand_ids(n: usize, rows: usize, seed: u64) -> Vec<u32> {
-    rand_vec(n, seed).iter().map(|x| (((x + 1.0) * 0.5 * rows as f32) as usize).min(rows - 1) as u32).collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 fn check(name: &str, g: &CudaBackend, got: &<CudaBackend as Backend>::Buf, want: &[f32]) {
@@ -245,7 +228,7 @@ fn device_loop_ops_match_the_cpu() {
     // The sampler: three batches of an epoch, identical to the CPU's.
     use ncf_core::sample::{EpochKeys, SampleTables};
     let pairs: Vec<(u32, u32)> = (0..5000u32).map(|k| (k % 97, (k * 31 + k / 97) % 400)).collect();
-    let ui = ncf_data_like(97, 400, &pairs);
+    let ui = ncf_data_like(97, &pairs);
     let ct = SampleTables::upload(&c, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
     let gtab = SampleTables::upload(&g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
     let k = EpochKeys::new(5, 3).words();
@@ -265,7 +248,7 @@ fn device_loop_ops_match_the_cpu() {
 }
 
 /// Sorted, deduplicated CSR `(offsets, items)` of `pairs` (what `ncf_data::UserItems` holds).
-fn ncf_data_like(users: usize, _items: usize, pairs: &[(u32, u32)]) -> (Vec<usize>, Vec<u32>) {
+fn ncf_data_like(users: usize, pairs: &[(u32, u32)]) -> (Vec<usize>, Vec<u32>) {
     let mut per: Vec<Vec<u32>> = vec![Vec::new(); users];
     for &(u, i) in pairs {
         per[u as usize].push(i);
@@ -289,7 +272,7 @@ fn a_replayed_graph_step_equals_eager_steps() {
     let Some(g) = gpu(GpuGemm::Tiled) else { return };
     let cfg = ModelConfig::new(ModelKind::NeuMf, 97, 400);
     let pairs: Vec<(u32, u32)> = (0..5000u32).map(|k| (k % 97, (k * 31 + k / 97) % 400)).collect();
-    let ui = ncf_data_like(97, 400, &pairs);
+    let ui = ncf_data_like(97, &pairs);
     let tables = SampleTables::upload(&g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
     let b = 256;
     let run = |graph: bool| {
