@@ -76,6 +76,17 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// With two or more threads in the current rayon pool, a helper thread spins beside the
+    /// steps and takes half of each kernel that splits ([`crate::team`]).
+    fn run_steps<R>(&self, f: impl FnOnce() -> R) -> R {
+        if rayon::current_num_threads() >= 2 { crate::team::with_helper(f) } else { f() }
+    }
+    fn lanes(&self) -> usize {
+        2
+    }
+    fn join<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
+        crate::team::join(a, b)
+    }
 
     fn embedding_forward(
         &self,
@@ -324,6 +335,11 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         check_len("add_assign", "out", out.len(), &[n])?;
         check_len("add_assign", "x", x.len(), &[n])?;
         elementwise::add_assign(&mut out[..n], &x[..n]);
+        Ok(())
+    }
+    fn scale(&self, buf: &mut Vec<T>, n: usize, s: T) -> Result<()> {
+        check_len("scale", "buf", buf.len(), &[n])?;
+        buf[..n].iter_mut().for_each(|x| *x *= s);
         Ok(())
     }
     fn add_scalar(&self, out: &mut Vec<T>, s: &Vec<T>, n: usize) -> Result<()> {

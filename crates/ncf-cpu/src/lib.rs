@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod ops;
+pub mod team;
 #[cfg(test)]
 pub(crate) mod testutil;
 

@@ -70,7 +70,18 @@ impl<B: Backend> GmfTower<B> {
         dh: &B::Buf,
         b: usize,
     ) -> Result<()> {
-        be.gmf_backward(dh, &self.pu, &self.qi, &mut self.dpu, &mut self.dqi, b * self.f)?;
+        self.backward_rows(be, dh, b)?;
+        self.scatter(be, g, users, items, b)
+    }
+
+    /// The per-row half of [`GmfTower::backward`]: `dP[u]`, `dQ[i]` for each row, kept in the
+    /// tower until [`GmfTower::scatter`] adds them into the tables' gradients.
+    pub fn backward_rows(&mut self, be: &B, dh: &B::Buf, b: usize) -> Result<()> {
+        be.gmf_backward(dh, &self.pu, &self.qi, &mut self.dpu, &mut self.dqi, b * self.f)
+    }
+
+    /// Adds the rows' embedding gradients into `g` (in row order).
+    pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         be.embedding_backward(&self.dpu, users, b, self.f, g.buf_mut(self.user), self.users)?;
         be.embedding_backward(&self.dqi, items, b, self.f, g.buf_mut(self.item), self.items)
     }
@@ -259,6 +270,20 @@ impl<B: Backend> MlpTower<B> {
         dout: &B::Buf,
         b: usize,
     ) -> Result<()> {
+        self.backward_dense(be, p, g, dout, b)?;
+        self.scatter(be, g, users, items, b)
+    }
+
+    /// [`MlpTower::backward`] up to the embedding tables: the dense layers' gradients go into
+    /// `g`, each row's `dP[u]`, `dQ[i]` stay in the tower for [`MlpTower::scatter`].
+    pub fn backward_dense(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        dout: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
         for l in (0..self.dense.len()).rev() {
             let layer = self.dense[l];
             let (dx_lo, dx_hi) = self.dx.split_at_mut(l);
@@ -282,7 +307,12 @@ impl<B: Backend> MlpTower<B> {
             )?;
         }
         let dx0 = if self.dense.is_empty() { dout } else { &self.dx0 };
-        be.split_cols(dx0, self.d, self.d, b, &mut self.dpu, &mut self.dqi)?;
+        be.split_cols(dx0, self.d, self.d, b, &mut self.dpu, &mut self.dqi)
+    }
+
+    /// Adds the rows' embedding gradients (from [`MlpTower::backward_dense`]) into `g`, in row
+    /// order.
+    pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         be.embedding_backward(&self.dpu, users, b, self.d, g.buf_mut(self.user), self.users)?;
         be.embedding_backward(&self.dqi, items, b, self.d, g.buf_mut(self.item), self.items)
     }

@@ -19,4 +19,4 @@ pub use init::{Init, InitConfig};
 pub use models::{AnyModel, Gmf, Mf, Mlp, Model, ModelConfig, ModelKind, NeuMf};
 pub use optim::{Group, GroupConfig, OptimConfig, Optimizer};
 pub use params::{HostTensor, IdSource, ParamSet, Role};
-pub use step::{Batch, StepScratch, train_step};
+pub use step::{Batch, Half, LaneScratch, MIN_LANE_BATCH, StepScratch, train_step};

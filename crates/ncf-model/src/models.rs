@@ -12,7 +12,8 @@
 use crate::init::InitConfig;
 use crate::layers::{DenseIdx, GmfTower, Head, MlpTower, check_batch};
 use crate::params::{IdSource, ParamBuilder, ParamSet, Role};
-use ncf_core::{Backend, Error, Result, Rng};
+use crate::step::{Batch, StepScratch};
+use ncf_core::{Backend, Error, Float, Result, Rng};
 use std::fmt;
 use std::str::FromStr;
 
@@ -138,6 +139,87 @@ pub trait Model<B: Backend> {
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         self.forward(be, users, items, b)
     }
+    /// Forward, loss and backward of a batch split into two lanes run side by side
+    /// ([`Backend::lanes`], [`Batch::halves`]), leaving the summed gradients in the grads.
+    /// Returns `false`, having done nothing, for models that do not split (GMF and MF: no dense
+    /// layers, so too little work per row to share).
+    fn forward_backward_lanes(&mut self, _be: &B, _batch: &Batch<B>, _scratch: &mut StepScratch<B>) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+// ------------------------------------------------------------------------------------ lanes
+
+/// A model's activation buffers, with its forward and backward written against explicit
+/// parameters and gradients, so that two of them (two lanes) can run on the two halves of a
+/// batch at the same time, sharing the parameters.
+trait Work<B: Backend>: Send + Sized {
+    /// The same blocks and parameter indices, with buffers for `rows` rows.
+    fn fresh(&self, be: &B, rows: usize) -> Result<Self>;
+    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()>;
+    fn logits(&self) -> &B::Buf;
+    /// Backward up to the embedding tables: dense gradients into `g`, each row's embedding
+    /// gradients kept for [`Work::scatter`].
+    fn backward_rows(&mut self, be: &B, p: &ParamSet<B>, g: &mut ParamSet<B>, dlogits: &B::Buf, b: usize)
+    -> Result<()>;
+    /// Adds the rows' embedding gradients into `g`, in row order.
+    fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()>;
+}
+
+/// The second lane: its buffers and its own dense gradients (summed into the model's after
+/// each step, then zeroed).
+struct SecondLane<B: Backend, W> {
+    work: W,
+    grads: ParamSet<B>,
+    rows: usize,
+}
+
+/// The two-lane forward/loss/backward (see [`Model::forward_backward_lanes`]).
+///
+/// Lane 0 takes rows `[0, h)` into the model's own buffers and gradients, lane 1 rows `[h, 2h)`
+/// into the second lane's. Each lane's loss is the mean over its `h` rows, so the batch's mean
+/// is their average and `∂L/∂z = (σ(z) − y)/h · ½`: scaling by ½ is exact, so the logits'
+/// gradients are bit for bit those of the one-lane step. So are the per-row gradients and the
+/// embedding gradients (lane 0's rows are scattered first, then lane 1's: the batch's row
+/// order). Only the dense weights' and biases' gradients differ in rounding: they are summed
+/// per half, then added. The split depends on the batch alone, never on the thread count.
+fn forward_backward_lanes<B: Backend, W: Work<B>>(
+    be: &B,
+    params: &ParamSet<B>,
+    grads: &mut ParamSet<B>,
+    first: &mut W,
+    second: &mut Option<SecondLane<B, W>>,
+    batch: &Batch<B>,
+    scratch: &mut StepScratch<B>,
+) -> Result<bool> {
+    let Some([h0, h1]) = batch.halves() else { return Ok(false) };
+    let h = batch.len / 2;
+    if second.as_ref().is_none_or(|s| s.rows < h) {
+        *second = Some(SecondLane { work: first.fresh(be, h)?, grads: params.zeros_like(be)?, rows: h });
+    }
+    let Some(s) = second.as_mut() else { return Ok(false) };
+    let [l0, l1] = &mut scratch.lanes;
+    let half = B::T::from_f64(0.5);
+    let run =
+        |work: &mut W, g: &mut ParamSet<B>, ids: &crate::step::Half<B>, lane: &mut crate::step::LaneScratch<B>| {
+            work.forward(be, params, &ids.users, &ids.items, h)?;
+            be.bce_with_logits(work.logits(), &ids.labels, h, &mut lane.loss, &mut lane.dlogits)?;
+            be.scale(&mut lane.dlogits, h, half)?;
+            work.backward_rows(be, params, g, &lane.dlogits, h)
+        };
+    let (r0, r1) = be.join(|| run(first, grads, h0, l0), || run(&mut s.work, &mut s.grads, h1, l1));
+    r0?;
+    r1?;
+    first.scatter(be, grads, &h0.users, &h0.items, h)?;
+    s.work.scatter(be, grads, &h1.users, &h1.items, h)?;
+    for (t, t1) in grads.tensors.iter_mut().zip(s.grads.tensors.iter_mut()) {
+        if !matches!(t.role, Role::Embedding(_)) {
+            let n = t.numel();
+            be.add_assign(&mut t.buf, &t1.buf, n)?;
+            be.fill(&mut t1.buf, n, B::T::ZERO)?;
+        }
+    }
+    Ok(true)
 }
 
 /// Adds an MLP tower's parameters and returns its dense-layer indices.
@@ -234,9 +316,46 @@ impl<B: Backend> Model<B> for Gmf<B> {
 pub struct Mlp<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
+    work: MlpWork<B>,
+    second: Option<SecondLane<B, MlpWork<B>>>,
+    max_batch: usize,
+}
+
+/// The MLP's buffers: its tower and head.
+struct MlpWork<B: Backend> {
     tower: MlpTower<B>,
     head: Head<B>,
-    max_batch: usize,
+}
+
+impl<B: Backend> Work<B> for MlpWork<B> {
+    fn fresh(&self, be: &B, rows: usize) -> Result<Self> {
+        let (t, h) = (&self.tower, &self.head.idx);
+        Ok(MlpWork {
+            tower: MlpTower::new(be, t.user, t.item, t.users, t.items, t.d, t.dense.clone(), rows)?,
+            head: Head::new(be, h.w, h.bias, h.i, rows)?,
+        })
+    }
+    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.tower.forward(be, p, users, items, b)?;
+        self.head.forward(be, p, self.tower.out(), b)
+    }
+    fn logits(&self) -> &B::Buf {
+        &self.head.logits
+    }
+    fn backward_rows(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        dlogits: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        self.head.backward(be, p, g, self.tower.out(), dlogits, b)?;
+        self.tower.backward_dense(be, p, g, &self.head.dinp, b)
+    }
+    fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.tower.scatter(be, g, users, items, b)
+    }
 }
 
 impl<B: Backend> Mlp<B> {
@@ -250,8 +369,11 @@ impl<B: Backend> Mlp<B> {
         Ok(Mlp {
             grads: params.zeros_like(be)?,
             params,
-            tower: MlpTower::new(be, user, item, cfg.users, cfg.items, cfg.layers[0] / 2, dense, max_batch)?,
-            head: Head::new(be, w, bias, last, max_batch)?,
+            work: MlpWork {
+                tower: MlpTower::new(be, user, item, cfg.users, cfg.items, cfg.layers[0] / 2, dense, max_batch)?,
+                head: Head::new(be, w, bias, last, max_batch)?,
+            },
+            second: None,
             max_batch,
         })
     }
@@ -275,27 +397,31 @@ impl<B: Backend> Model<B> for Mlp<B> {
     }
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("mlp.forward", b, self.max_batch)?;
-        self.tower.forward(be, &self.params, users, items, b)?;
-        self.head.forward(be, &self.params, self.tower.out(), b)
+        self.work.forward(be, &self.params, users, items, b)
     }
     fn logits(&self) -> &B::Buf {
-        &self.head.logits
+        self.work.logits()
     }
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("mlp.backward", b, self.max_batch)?;
-        self.head.backward(be, &self.params, &mut self.grads, self.tower.out(), dlogits, b)?;
-        self.tower.backward(be, &self.params, &mut self.grads, users, items, &self.head.dinp, b)
+        self.work.backward_rows(be, &self.params, &mut self.grads, dlogits, b)?;
+        self.work.scatter(be, &mut self.grads, users, items, b)
     }
     fn prepare_scoring(&mut self, be: &B) -> Result<()> {
-        self.tower.prepare_scoring(be, &self.params)
+        self.work.tower.prepare_scoring(be, &self.params)
     }
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("mlp.score", b, self.max_batch)?;
-        self.tower.forward_scoring(be, &self.params, users, items, b)?;
-        self.head.forward(be, &self.params, self.tower.out(), b)
+        let w = &mut self.work;
+        w.tower.forward_scoring(be, &self.params, users, items, b)?;
+        w.head.forward(be, &self.params, w.tower.out(), b)
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
-        self.tower.relu_pattern(be, b)
+        self.work.tower.relu_pattern(be, b)
+    }
+    fn forward_backward_lanes(&mut self, be: &B, batch: &Batch<B>, scratch: &mut StepScratch<B>) -> Result<bool> {
+        check_batch("mlp.forward_backward_lanes", batch.len, self.max_batch)?;
+        forward_backward_lanes(be, &self.params, &mut self.grads, &mut self.work, &mut self.second, batch, scratch)
     }
 }
 
@@ -309,13 +435,73 @@ impl<B: Backend> Model<B> for Mlp<B> {
 pub struct NeuMf<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
+    work: NeuMfWork<B>,
+    second: Option<SecondLane<B, NeuMfWork<B>>>,
+    max_batch: usize,
+}
+
+/// NeuMF's buffers: both towers, the concatenation and the head.
+struct NeuMfWork<B: Backend> {
     gmf: GmfTower<B>,
     mlp: MlpTower<B>,
     cat: B::Buf,
     dh_gmf: B::Buf,
     dx_mlp: B::Buf,
     head: Head<B>,
-    max_batch: usize,
+}
+
+impl<B: Backend> NeuMfWork<B> {
+    fn new(be: &B, gmf: GmfTower<B>, mlp: MlpTower<B>, w: usize, bias: usize, rows: usize) -> Result<Self> {
+        let (f, h) = (gmf.f, mlp.out_width());
+        Ok(NeuMfWork {
+            cat: be.zeros(rows * (f + h))?,
+            dh_gmf: be.zeros(rows * f)?,
+            dx_mlp: be.zeros(rows * h)?,
+            head: Head::new(be, w, bias, f + h, rows)?,
+            gmf,
+            mlp,
+        })
+    }
+}
+
+impl<B: Backend> Work<B> for NeuMfWork<B> {
+    fn fresh(&self, be: &B, rows: usize) -> Result<Self> {
+        let (g, m) = (&self.gmf, &self.mlp);
+        NeuMfWork::new(
+            be,
+            GmfTower::new(be, g.user, g.item, g.users, g.items, g.f, rows)?,
+            MlpTower::new(be, m.user, m.item, m.users, m.items, m.d, m.dense.clone(), rows)?,
+            self.head.idx.w,
+            self.head.idx.bias,
+            rows,
+        )
+    }
+    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.gmf.forward(be, p, users, items, b)?;
+        self.mlp.forward(be, p, users, items, b)?;
+        be.concat_cols(&self.gmf.h, self.gmf.f, self.mlp.out(), self.mlp.out_width(), b, &mut self.cat)?;
+        self.head.forward(be, p, &self.cat, b)
+    }
+    fn logits(&self) -> &B::Buf {
+        &self.head.logits
+    }
+    fn backward_rows(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        dlogits: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        self.head.backward(be, p, g, &self.cat, dlogits, b)?;
+        be.split_cols(&self.head.dinp, self.gmf.f, self.mlp.out_width(), b, &mut self.dh_gmf, &mut self.dx_mlp)?;
+        self.gmf.backward_rows(be, &self.dh_gmf, b)?;
+        self.mlp.backward_dense(be, p, g, &self.dx_mlp, b)
+    }
+    fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.gmf.scatter(be, g, users, items, b)?;
+        self.mlp.scatter(be, g, users, items, b)
+    }
 }
 
 impl<B: Backend> NeuMf<B> {
@@ -330,13 +516,16 @@ impl<B: Backend> NeuMf<B> {
         let params = pb.finish();
         Ok(NeuMf {
             grads: params.zeros_like(be)?,
+            work: NeuMfWork::new(
+                be,
+                GmfTower::new(be, gu, gi, cfg.users, cfg.items, f, max_batch)?,
+                MlpTower::new(be, mu, mi, cfg.users, cfg.items, cfg.layers[0] / 2, dense, max_batch)?,
+                w,
+                bias,
+                max_batch,
+            )?,
             params,
-            gmf: GmfTower::new(be, gu, gi, cfg.users, cfg.items, f, max_batch)?,
-            mlp: MlpTower::new(be, mu, mi, cfg.users, cfg.items, cfg.layers[0] / 2, dense, max_batch)?,
-            cat: be.zeros(max_batch * (f + h))?,
-            dh_gmf: be.zeros(max_batch * f)?,
-            dx_mlp: be.zeros(max_batch * h)?,
-            head: Head::new(be, w, bias, f + h, max_batch)?,
+            second: None,
             max_batch,
         })
     }
@@ -399,33 +588,33 @@ impl<B: Backend> Model<B> for NeuMf<B> {
     }
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("neumf.forward", b, self.max_batch)?;
-        self.gmf.forward(be, &self.params, users, items, b)?;
-        self.mlp.forward(be, &self.params, users, items, b)?;
-        be.concat_cols(&self.gmf.h, self.gmf.f, self.mlp.out(), self.mlp.out_width(), b, &mut self.cat)?;
-        self.head.forward(be, &self.params, &self.cat, b)
+        self.work.forward(be, &self.params, users, items, b)
     }
     fn prepare_scoring(&mut self, be: &B) -> Result<()> {
-        self.mlp.prepare_scoring(be, &self.params)
+        self.work.mlp.prepare_scoring(be, &self.params)
     }
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("neumf.score", b, self.max_batch)?;
-        self.gmf.forward(be, &self.params, users, items, b)?;
-        self.mlp.forward_scoring(be, &self.params, users, items, b)?;
-        be.concat_cols(&self.gmf.h, self.gmf.f, self.mlp.out(), self.mlp.out_width(), b, &mut self.cat)?;
-        self.head.forward(be, &self.params, &self.cat, b)
+        let w = &mut self.work;
+        w.gmf.forward(be, &self.params, users, items, b)?;
+        w.mlp.forward_scoring(be, &self.params, users, items, b)?;
+        be.concat_cols(&w.gmf.h, w.gmf.f, w.mlp.out(), w.mlp.out_width(), b, &mut w.cat)?;
+        w.head.forward(be, &self.params, &w.cat, b)
     }
     fn logits(&self) -> &B::Buf {
-        &self.head.logits
+        self.work.logits()
     }
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("neumf.backward", b, self.max_batch)?;
-        self.head.backward(be, &self.params, &mut self.grads, &self.cat, dlogits, b)?;
-        be.split_cols(&self.head.dinp, self.gmf.f, self.mlp.out_width(), b, &mut self.dh_gmf, &mut self.dx_mlp)?;
-        self.gmf.backward(be, &mut self.grads, users, items, &self.dh_gmf, b)?;
-        self.mlp.backward(be, &self.params, &mut self.grads, users, items, &self.dx_mlp, b)
+        self.work.backward_rows(be, &self.params, &mut self.grads, dlogits, b)?;
+        self.work.scatter(be, &mut self.grads, users, items, b)
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
-        self.mlp.relu_pattern(be, b)
+        self.work.mlp.relu_pattern(be, b)
+    }
+    fn forward_backward_lanes(&mut self, be: &B, batch: &Batch<B>, scratch: &mut StepScratch<B>) -> Result<bool> {
+        check_batch("neumf.forward_backward_lanes", batch.len, self.max_batch)?;
+        forward_backward_lanes(be, &self.params, &mut self.grads, &mut self.work, &mut self.second, batch, scratch)
     }
 }
 
@@ -601,5 +790,8 @@ impl<B: Backend> Model<B> for AnyModel<B> {
     }
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         each!(self, m => m.score(be, users, items, b))
+    }
+    fn forward_backward_lanes(&mut self, be: &B, batch: &Batch<B>, scratch: &mut StepScratch<B>) -> Result<bool> {
+        each!(self, m => m.forward_backward_lanes(be, batch, scratch))
     }
 }

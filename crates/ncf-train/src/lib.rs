@@ -476,7 +476,7 @@ fn train_on<B: Backend<T = f32>>(
             Ok(())
         };
         match &tables {
-            None => {
+            None => be.run_steps(|| -> Result<()> {
                 for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
                     us.clear();
                     is.clear();
@@ -490,7 +490,8 @@ fn train_on<B: Backend<T = f32>>(
                     train_step(be, &mut model, &mut opt, &batch, &mut scratch)?;
                     progress(step, &mut scratch)?;
                 }
-            }
+                Ok(())
+            })?,
             Some(tables) => {
                 // Every batch is drawn on the device; only the loss is read back, every 200
                 // steps with a progress bar, else once per epoch.
