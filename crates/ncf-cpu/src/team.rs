@@ -44,6 +44,17 @@ unsafe impl Sync for Slot {}
 thread_local! {
     /// The slot of the [`with_helper`] this thread is inside, or null.
     static SLOT: Cell<*const Slot> = const { Cell::new(std::ptr::null()) };
+    /// Whether this thread is one of a [`with_helper`] pair (the caller or the helper).
+    static PAIRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a kernel running on this thread may fan out on the rayon pool. Not inside
+/// [`with_helper`]: both cores are already busy there (the helper spins on one), a rayon worker
+/// would have to be woken (10–20 µs here) and would then compete with the pair for the cores;
+/// and the helper is not a pool thread, so a rayon call from it would block on the pool. There
+/// the two-lane step and [`join`] are the parallelism.
+pub fn rayon_ok() -> bool {
+    !PAIRED.with(Cell::get)
 }
 
 /// Polls between yields of the helper's core.
@@ -55,17 +66,21 @@ const SPINS_PER_YIELD: u32 = 256;
 pub fn with_helper<R>(f: impl FnOnce() -> R) -> R {
     let slot = Slot { state: AtomicU8::new(IDLE), job: UnsafeCell::new(None) };
     std::thread::scope(|s| {
-        s.spawn(|| serve(&slot));
+        s.spawn(|| {
+            PAIRED.with(|c| c.set(true));
+            serve(&slot)
+        });
         /// Tells the helper to stop and unregisters the slot, also when `f` panics (else the
         /// scope would wait for the helper forever).
-        struct Stop<'a>(&'a Slot, *const Slot);
+        struct Stop<'a>(&'a Slot, *const Slot, bool);
         impl Drop for Stop<'_> {
             fn drop(&mut self) {
                 SLOT.with(|c| c.set(self.1));
+                PAIRED.with(|c| c.set(self.2));
                 self.0.state.store(QUIT, Ordering::Release);
             }
         }
-        let _stop = Stop(&slot, SLOT.with(|c| c.replace(&slot)));
+        let _stop = Stop(&slot, SLOT.with(|c| c.replace(&slot)), PAIRED.with(|c| c.replace(true)));
         f()
     })
 }
@@ -159,17 +174,18 @@ mod tests {
             let (lo, hi) = v.split_at(500);
             join(|| lo.iter().sum::<u64>(), || hi.iter().sum::<u64>())
         };
-        assert!(!helper_active());
+        assert!(!helper_active() && rayon_ok());
         assert_eq!(run(), (124_750, 374_750));
         let on_helper = with_helper(|| {
-            assert!(helper_active());
+            assert!(helper_active() && !rayon_ok());
+            assert!(!join(|| 0, rayon_ok).1, "no rayon on the helper either");
             let me = std::thread::current().id();
             let (r, other) = join(run, || std::thread::current().id());
             assert_eq!(r, (124_750, 374_750), "a nested join runs on the caller");
             other != me
         });
         assert!(on_helper, "inside with_helper, the second closure runs on the helper thread");
-        assert!(!helper_active(), "the helper is unregistered afterwards");
+        assert!(!helper_active() && rayon_ok(), "the helper is unregistered afterwards");
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
 
 /// Applies `f` to `out[i], a[i]` pairs, in parallel for large `n`.
 pub(crate) fn map1<T: Float>(a: &[T], out: &mut [T], f: impl Fn(T) -> T + Sync) {
-    if out.len() >= PAR_MIN_ELEMS {
+    if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out.par_iter_mut().zip(a.par_iter()).for_each(|(o, &x)| *o = f(x));
     } else {
         out.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x));
@@ -17,7 +17,7 @@ pub(crate) fn map1<T: Float>(a: &[T], out: &mut [T], f: impl Fn(T) -> T + Sync) 
 
 /// Applies `f` to `out[i], a[i], c[i]` triples, in parallel for large `n`.
 pub(crate) fn map2<T: Float>(a: &[T], c: &[T], out: &mut [T], f: impl Fn(T, T) -> T + Sync) {
-    if out.len() >= PAR_MIN_ELEMS {
+    if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out.par_iter_mut().zip(a.par_iter().zip(c.par_iter())).for_each(|(o, (&x, &y))| *o = f(x, y));
     } else {
         out.iter_mut().zip(a.iter().zip(c)).for_each(|(o, (&x, &y))| *o = f(x, y));

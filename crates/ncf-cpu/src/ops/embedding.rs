@@ -26,7 +26,7 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
         let start = id as usize * d;
         row.copy_from_slice(&table[start..start + d]);
     };
-    if out.len() >= PAR_MIN_ELEMS {
+    if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
     } else {
         out.chunks_mut(d).zip(ids.iter()).for_each(copy_row);
@@ -59,7 +59,7 @@ pub fn gather_add_relu<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: us
     if d == 0 {
         return;
     }
-    if out.len() >= PAR_MIN_ELEMS {
+    if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out.par_chunks_mut(d).zip(ia.par_iter().zip(ic.par_iter())).for_each(row);
     } else {
         out.chunks_mut(d).zip(ia.iter().zip(ic)).for_each(row);
@@ -86,7 +86,7 @@ pub fn embedding_backward_naive<T: Float>(dout: &[T], d: usize, ids: &[u32], dta
 pub fn embedding_backward<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &mut [T]) {
     let b = ids.len();
     let n = dtable.len() / d.max(1);
-    if b * d < PAR_MIN_ELEMS || n < 2 || d == 0 {
+    if b * d < PAR_MIN_ELEMS || n < 2 || d == 0 || !crate::team::rayon_ok() {
         return embedding_backward_naive(dout, d, ids, dtable);
     }
     // Blocks of table rows; more blocks than threads so rayon can balance skewed ids.

@@ -566,7 +566,7 @@ fn blocked<T: CpuFloat, const MR: usize, const NR: usize>(
     let c_rs = if m == 1 { (n - 1) * c.cs + 1 } else { c.rs };
     // (Saturating: with stride-0 "broadcast" views, m·n·k is not bounded by any slice length.)
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
-    let threads = if flops >= PAR_MIN_FLOPS { rayon::current_num_threads() } else { 1 };
+    let threads = if flops >= PAR_MIN_FLOPS && crate::team::rayon_ok() { rayon::current_num_threads() } else { 1 };
     // On several threads, cut C into a multiple of `threads` row blocks of about equal height, so
     // the threads finish together. (MC never changes the result: it only decides which thread
     // computes which rows.)

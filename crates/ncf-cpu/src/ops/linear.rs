@@ -40,7 +40,7 @@ pub fn linear_forward<T: CpuFloat>(
         return Ok(());
     }
     let fill = |row: &mut [T]| row.copy_from_slice(&bias[..o]);
-    if b * o >= super::activation::PAR_MIN_ELEMS {
+    if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out[..b * o].par_chunks_exact_mut(o.max(1)).for_each(fill);
     } else {
         out[..b * o].chunks_exact_mut(o.max(1)).for_each(fill);
@@ -78,7 +78,7 @@ fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize
         *o = bias + s;
     };
     let rows = inp[..out.len() * i].chunks_exact(i);
-    if out.len() * i >= super::activation::PAR_MIN_ELEMS {
+    if out.len() * i >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
         inp[..out.len() * i].par_chunks_exact(i).zip(out.par_iter_mut()).for_each(dot);
     } else {
         rows.zip(out.iter_mut()).for_each(dot);
