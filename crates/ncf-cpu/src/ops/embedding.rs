@@ -24,7 +24,7 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
     let out = &mut out[..ids.len() * d];
     let copy_row = |(row, &id): (&mut [T], &u32)| {
         let start = id as usize * d;
-        row.copy_from_slice(&table[start..start + d]);
+        copy_into(row, &table[start..start + d]);
     };
     if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
@@ -35,6 +35,38 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
 
 /// Fused gather-add-ReLU, reference version (inference only).
 /// `a (NA,D)  ia (B)  c (NC,D)  ic (B)  out (B,D)`:  `out[b,:] = relu(a[ia[b],:] + c[ic[b],:])`.
+/// `dst = src` for one embedding row. The model's widths (8, 16, 32, 64) get a copy of known
+/// length (a few vector moves); a `memcpy` call costs more than moving 32 bytes.
+#[inline(always)]
+fn copy_into<T: Float>(dst: &mut [T], src: &[T]) {
+    match dst.len() {
+        8 => dst.copy_from_slice(&src[..8]),
+        16 => dst.copy_from_slice(&src[..16]),
+        32 => dst.copy_from_slice(&src[..32]),
+        64 => dst.copy_from_slice(&src[..64]),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// `dst += src` for one embedding row (widths specialised as in [`copy_into`]).
+#[inline(always)]
+fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn add<T: Float, const W: usize>(dst: &mut [T], src: &[T]) {
+        let (dst, src) = (&mut dst[..W], &src[..W]);
+        for j in 0..W {
+            dst[j] += src[j];
+        }
+    }
+    match dst.len() {
+        8 => add::<T, 8>(dst, src),
+        16 => add::<T, 16>(dst, src),
+        32 => add::<T, 32>(dst, src),
+        64 => add::<T, 64>(dst, src),
+        _ => dst.iter_mut().zip(src).for_each(|(x, &g)| *x += g),
+    }
+}
+
 pub fn gather_add_relu_naive<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: usize, out: &mut [T]) {
     for b in 0..ia.len() {
         for j in 0..d {
@@ -86,8 +118,16 @@ pub fn embedding_backward_naive<T: Float>(dout: &[T], d: usize, ids: &[u32], dta
 pub fn embedding_backward<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &mut [T]) {
     let b = ids.len();
     let n = dtable.len() / d.max(1);
-    if b * d < PAR_MIN_ELEMS || n < 2 || d == 0 || !crate::team::rayon_ok() {
-        return embedding_backward_naive(dout, d, ids, dtable);
+    if d == 0 {
+        return;
+    }
+    if b * d < PAR_MIN_ELEMS || n < 2 || !crate::team::rayon_ok() {
+        // One row at a time, in batch order: the naive loop's sums, with whole-row slices
+        // (no per-element bounds checks, so the adds vectorize).
+        for (g, &id) in dout[..b * d].chunks_exact(d).zip(ids) {
+            add_into(&mut dtable[id as usize * d..(id as usize + 1) * d], g);
+        }
+        return;
     }
     // Blocks of table rows; more blocks than threads so rayon can balance skewed ids.
     let blocks = (rayon::current_num_threads() * 4).min(n);
@@ -98,10 +138,7 @@ pub fn embedding_backward<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &
         for (bi, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= lo && id < hi {
-                let dst = &mut chunk[(id - lo) * d..(id - lo + 1) * d];
-                for (x, &g) in dst.iter_mut().zip(&dout[bi * d..(bi + 1) * d]) {
-                    *x += g;
-                }
+                add_into(&mut chunk[(id - lo) * d..(id - lo + 1) * d], &dout[bi * d..(bi + 1) * d]);
             }
         }
     });
@@ -115,7 +152,7 @@ mod tests {
 
     #[test]
     fn gather_matches_naive() {
-        for &(n, d, b) in &[(7, 3, 5), (100, 32, 256), (5000, 16, 4096)] {
+        for &(n, d, b) in &[(7, 3, 5), (100, 8, 256), (100, 32, 256), (5000, 16, 4096)] {
             let table = rand_vec(n * d, 1);
             let ids = rand_ids(b, n, 2);
             let mut want = vec![0.0f32; b * d];
@@ -143,7 +180,7 @@ mod tests {
     #[test]
     fn scatter_add_matches_naive_bitwise_with_heavy_repeats_at_any_thread_count() {
         // Few rows, many ids: every row is hit many times, the case a racy kernel gets wrong.
-        for &(n, d, b) in &[(3, 4, 10), (17, 32, 4096), (1000, 64, 8192)] {
+        for &(n, d, b) in &[(3, 4, 10), (5, 8, 256), (9, 32, 128), (17, 32, 4096), (1000, 64, 8192)] {
             let dout = rand_vec(b * d, 3);
             let ids = rand_ids(b, n, 4);
             let mut want = rand_vec(n * d, 5);
