@@ -201,39 +201,84 @@ impl<B: Backend> Optimizer<B> {
         self.t += 1;
         be.counter_add(&mut self.t_dev, 1)?;
         params.touch();
-        let mut have_users = false;
-        let mut have_items = false;
-        for (k, (p, g)) in params.tensors.iter_mut().zip(grads.tensors.iter_mut()).enumerate() {
-            let group = *self.cfg.group(p.role);
-            let n = p.numel();
-            let (s1, s2) = (&mut self.state1[k], &mut self.state2[k]);
-            match (p.role, group.lazy) {
-                (Role::Embedding(src), true) => {
-                    // Distinct rows touched by this batch, computed once per id stream per step.
-                    let (ids, uniq, have) = match src {
-                        IdSource::User => (users, &mut self.uniq_users, &mut have_users),
-                        IdSource::Item => (items, &mut self.uniq_items, &mut have_items),
-                    };
-                    let (rows, d) = (p.rows(), p.row_width());
-                    if !*have {
-                        be.unique_ids(ids, b, rows, uniq)?;
-                        *have = true;
-                    }
-                    match group.rule {
-                        OptimKind::Adam(hp) => {
-                            be.adam_step_rows(&mut p.buf, &mut g.buf, s1, s2, uniq, d, rows, &hp, &self.t_dev)?
-                        }
-                        OptimKind::Sgd(hp) => be.sgd_step_rows(&mut p.buf, &mut g.buf, s1, uniq, d, rows, &hp)?,
-                    }
-                }
-                _ => match group.rule {
-                    OptimKind::Adam(hp) => be.adam_step(&mut p.buf, &mut g.buf, s1, s2, n, &hp, &self.t_dev)?,
-                    OptimKind::Sgd(hp) => be.sgd_step(&mut p.buf, &mut g.buf, s1, n, &hp)?,
-                },
+        // Two independent halves, run side by side on a two-lane backend ([`Backend::join`]):
+        // the tables indexed by users, and the tables indexed by items plus the dense tensors.
+        // Each half finds its batch's distinct rows once. Every tensor is updated exactly as
+        // on its own, so the split changes no number.
+        const MAX: usize = 32;
+        let mut halves: [[Option<Slot<'_, B>>; MAX]; 2] =
+            [std::array::from_fn(|_| None), std::array::from_fn(|_| None)];
+        let mut counts = [0usize; 2];
+        let jobs = params
+            .tensors
+            .iter_mut()
+            .zip(grads.tensors.iter_mut())
+            .zip(self.state1.iter_mut().zip(self.state2.iter_mut()));
+        for ((p, g), (s1, s2)) in jobs {
+            let side = usize::from(!matches!(p.role, Role::Embedding(IdSource::User)));
+            if counts[side] == MAX {
+                return Err(Error::invalid(
+                    "Optimizer::step",
+                    "params",
+                    format!("more than {MAX} tensors per id source"),
+                ));
             }
+            halves[side][counts[side]] = Some(Slot { group: *self.cfg.group(p.role), p, g, s1, s2 });
+            counts[side] += 1;
         }
-        Ok(())
+        let [user_half, item_half] = &mut halves;
+        let t_dev = &self.t_dev;
+        let (ru, ri) = be.join(
+            || update(be, &mut user_half[..counts[0]], users, &mut self.uniq_users, b, t_dev),
+            || update(be, &mut item_half[..counts[1]], items, &mut self.uniq_items, b, t_dev),
+        );
+        ru.and(ri)
     }
+}
+
+/// One tensor's share of an optimizer step.
+struct Slot<'a, B: Backend> {
+    group: GroupConfig,
+    p: &'a mut crate::params::Tensor<B>,
+    g: &'a mut crate::params::Tensor<B>,
+    s1: &'a mut B::Buf,
+    s2: &'a mut B::Buf,
+}
+
+/// Updates `slots`: lazy embedding groups only on the distinct rows of `ids` (computed into
+/// `uniq` the first time one needs them), every other tensor whole.
+fn update<B: Backend>(
+    be: &B,
+    slots: &mut [Option<Slot<'_, B>>],
+    ids: &B::Ids,
+    uniq: &mut B::Ids,
+    b: usize,
+    t_dev: &B::Ids,
+) -> Result<()> {
+    let mut have_rows = false;
+    for Slot { group, p, g, s1, s2 } in slots.iter_mut().flatten() {
+        let n = p.numel();
+        match (p.role, group.lazy) {
+            (Role::Embedding(_), true) => {
+                let (rows, d) = (p.rows(), p.row_width());
+                if !have_rows {
+                    be.unique_ids(ids, b, rows, uniq)?;
+                    have_rows = true;
+                }
+                match group.rule {
+                    OptimKind::Adam(hp) => {
+                        be.adam_step_rows(&mut p.buf, &mut g.buf, s1, s2, uniq, d, rows, &hp, t_dev)?
+                    }
+                    OptimKind::Sgd(hp) => be.sgd_step_rows(&mut p.buf, &mut g.buf, s1, uniq, d, rows, &hp)?,
+                }
+            }
+            _ => match group.rule {
+                OptimKind::Adam(hp) => be.adam_step(&mut p.buf, &mut g.buf, s1, s2, n, &hp, t_dev)?,
+                OptimKind::Sgd(hp) => be.sgd_step(&mut p.buf, &mut g.buf, s1, n, &hp)?,
+            },
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
