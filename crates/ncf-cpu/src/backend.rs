@@ -424,7 +424,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         // `out` keeps its capacity across steps: no allocation once it has held a full batch.
         out.clear();
         out.resize(b, 0);
-        let count = optim::unique_ids(&ids[..b], &mut out[..b]);
+        let count = optim::unique_ids(&ids[..b], n, &mut out[..b]);
         out.truncate(count);
         Ok(())
     }
