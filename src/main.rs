@@ -95,8 +95,11 @@ struct TrainArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// GEMM used by the dense layers: naive, scratch or library.
-    #[arg(long, default_value = "scratch", value_parser = parse_gemm)]
+    /// GEMM used by the dense layers: naive, scratch (the hand-written kernel; the tiled
+    /// kernel on a GPU), library (matrixmultiply; cuBLAS on a GPU) or auto (on the CPU the
+    /// scratch kernel forward and matrixmultiply backward, the fastest measured; on a GPU the
+    /// tiled kernel).
+    #[arg(long, default_value = "auto", value_parser = parse_gemm)]
     gemm: GemmImpl,
     /// cpu or cuda. cuda checks for the driver, NVRTC, cuBLAS and a GPU and names what is
     /// missing; the CUDA path is written but not yet verified on a GPU.
@@ -194,7 +197,7 @@ struct GradcheckArgs {
     /// Maximum relative error allowed per element.
     #[arg(long, default_value_t = ncf_core::Tol::GRADCHECK_F64.rel)]
     rel_tol: f64,
-    /// GEMM used by the dense layers: naive, scratch or library (matrixmultiply).
+    /// GEMM used by the dense layers: naive, scratch, library (matrixmultiply) or auto.
     #[arg(long, default_value = "scratch", value_parser = parse_gemm)]
     gemm: GemmImpl,
     /// Worker threads (default: all cores).

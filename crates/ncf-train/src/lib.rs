@@ -152,7 +152,7 @@ impl Default for TrainConfig {
             k: 10,
             lazy_embeddings: true,
             eval_rows: 25_600,
-            gemm: GemmImpl::Scratch,
+            gemm: GemmImpl::Auto,
             pretrained: None,
             alpha: 0.5,
             progress: false,
@@ -362,7 +362,7 @@ pub const GPU_EVAL_ROWS: usize = 1 << 20;
 pub fn gpu_gemm(g: GemmImpl) -> ncf_cuda::GpuGemm {
     match g {
         GemmImpl::Naive => ncf_cuda::GpuGemm::Naive,
-        GemmImpl::Scratch => ncf_cuda::GpuGemm::Tiled,
+        GemmImpl::Scratch | GemmImpl::Auto => ncf_cuda::GpuGemm::Tiled,
         GemmImpl::Library => ncf_cuda::GpuGemm::Cublas,
     }
 }

@@ -134,19 +134,37 @@ pub enum GemmImpl {
     Scratch,
     /// [`gemm_library`]: matrixmultiply.
     Library,
+    /// For the dense layers, the fastest measured at NCF's shapes on the CPUs we benchmark:
+    /// the scratch kernel for the forward products, matrixmultiply for the two backward ones
+    /// (`dinp = dout·w` with a short inner dimension, `dw += doutᵀ·inp`); see BENCHMARKS.md.
+    /// Any other product runs on the scratch kernel. [`GemmImpl::forward`] and
+    /// [`GemmImpl::backward`] resolve it.
+    Auto,
 }
 
 impl GemmImpl {
-    /// Every implementation, in the order reports list them.
+    /// Every concrete implementation, in the order reports list them ([`GemmImpl::Auto`] is a
+    /// choice among them).
     pub const ALL: [GemmImpl; 3] = [GemmImpl::Naive, GemmImpl::Scratch, GemmImpl::Library];
 
-    /// The name that [`FromStr`] accepts: `naive`, `scratch` or `library`.
+    /// The name that [`FromStr`] accepts: `naive`, `scratch`, `library` or `auto`.
     pub fn name(self) -> &'static str {
         match self {
             GemmImpl::Naive => "naive",
             GemmImpl::Scratch => "scratch",
             GemmImpl::Library => "library",
+            GemmImpl::Auto => "auto",
         }
+    }
+
+    /// The implementation a dense layer's forward product uses.
+    pub fn forward(self) -> GemmImpl {
+        if self == GemmImpl::Auto { GemmImpl::Scratch } else { self }
+    }
+
+    /// The implementation a dense layer's backward products use.
+    pub fn backward(self) -> GemmImpl {
+        if self == GemmImpl::Auto { GemmImpl::Library } else { self }
     }
 }
 
@@ -159,9 +177,9 @@ impl fmt::Display for GemmImpl {
 impl FromStr for GemmImpl {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        GemmImpl::ALL.into_iter().find(|g| g.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
-            Error::invalid("gemm", "impl", format!("unknown GEMM `{s}`; expected naive, scratch or library"))
-        })
+        GemmImpl::ALL.into_iter().chain([GemmImpl::Auto]).find(|g| g.name().eq_ignore_ascii_case(s.trim())).ok_or_else(
+            || Error::invalid("gemm", "impl", format!("unknown GEMM `{s}`; expected naive, scratch, library or auto")),
+        )
     }
 }
 
@@ -169,7 +187,7 @@ impl FromStr for GemmImpl {
 pub fn gemm<T: CpuFloat>(imp: GemmImpl, alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: MatMut<T>) -> Result<()> {
     match imp {
         GemmImpl::Naive => gemm_naive(alpha, a, b, beta, c),
-        GemmImpl::Scratch => gemm_scratch(alpha, a, b, beta, c),
+        GemmImpl::Scratch | GemmImpl::Auto => gemm_scratch(alpha, a, b, beta, c),
         GemmImpl::Library => gemm_library(alpha, a, b, beta, c),
     }
 }

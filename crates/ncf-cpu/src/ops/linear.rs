@@ -35,6 +35,7 @@ pub fn linear_forward<T: CpuFloat>(
     i: usize,
     o: usize,
 ) -> Result<()> {
+    let imp = imp.forward();
     if o == 1 && imp == GemmImpl::Scratch && i > 0 {
         matvec_bias(inp, &w[..i], bias[0], &mut out[..b], i);
         return Ok(());
@@ -137,6 +138,7 @@ pub fn linear_backward<T: CpuFloat>(
     i: usize,
     o: usize,
 ) -> Result<()> {
+    let imp = imp.backward();
     if let Some(dinp) = dinp {
         // dinp (B,I) = dout (B,O) · w (O,I), overwriting (β = 0).
         gemm(
@@ -196,7 +198,7 @@ mod tests {
             let (mut dinp_w, mut dw_w, mut db_w) = (vec![0.0; b * i], rand_vec(o * i, 5), rand_vec(o, 6));
             let (dw0, db0) = (dw_w.clone(), db_w.clone());
             linear_backward_naive(&dout, &inp, &w, Some(&mut dinp_w), &mut dw_w, &mut db_w, b, i, o);
-            for imp in [GemmImpl::Naive, GemmImpl::Scratch, GemmImpl::Library] {
+            for imp in [GemmImpl::Naive, GemmImpl::Scratch, GemmImpl::Library, GemmImpl::Auto] {
                 let mut got = vec![f32::NAN; b * o];
                 linear_forward(imp, &inp, &w, &bias, &mut got, b, i, o).unwrap();
                 let tag = format!("{imp:?} b={b} i={i} o={o}");
