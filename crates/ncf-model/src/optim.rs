@@ -205,10 +205,23 @@ impl<B: Backend> Optimizer<B> {
         // the tables indexed by users, and the tables indexed by items plus the dense tensors.
         // Each half finds its batch's distinct rows once. Every tensor is updated exactly as
         // on its own, so the split changes no number.
-        const MAX: usize = 32;
+        // Up to MAX tensors per half at a time (stack arrays, no allocation); a model with
+        // more runs several rounds.
+        const MAX: usize = 16;
         let mut halves: [[Option<Slot<'_, B>>; MAX]; 2] =
             [std::array::from_fn(|_| None), std::array::from_fn(|_| None)];
         let mut counts = [0usize; 2];
+        let mut have_rows = [false; 2];
+        let (uniq_users, uniq_items, t_dev) = (&mut self.uniq_users, &mut self.uniq_items, &self.t_dev);
+        let mut round = |halves: &mut [[Option<Slot<'_, B>>; MAX]; 2], counts: &mut [usize; 2]| -> Result<()> {
+            let ([user_half, item_half], [have_u, have_i]) = (halves, &mut have_rows);
+            let (ru, ri) = be.join(
+                || update(be, &mut user_half[..counts[0]], users, uniq_users, have_u, b, t_dev),
+                || update(be, &mut item_half[..counts[1]], items, uniq_items, have_i, b, t_dev),
+            );
+            *counts = [0, 0];
+            ru.and(ri)
+        };
         let jobs = params
             .tensors
             .iter_mut()
@@ -217,22 +230,12 @@ impl<B: Backend> Optimizer<B> {
         for ((p, g), (s1, s2)) in jobs {
             let side = usize::from(!matches!(p.role, Role::Embedding(IdSource::User)));
             if counts[side] == MAX {
-                return Err(Error::invalid(
-                    "Optimizer::step",
-                    "params",
-                    format!("more than {MAX} tensors per id source"),
-                ));
+                round(&mut halves, &mut counts)?;
             }
             halves[side][counts[side]] = Some(Slot { group: *self.cfg.group(p.role), p, g, s1, s2 });
             counts[side] += 1;
         }
-        let [user_half, item_half] = &mut halves;
-        let t_dev = &self.t_dev;
-        let (ru, ri) = be.join(
-            || update(be, &mut user_half[..counts[0]], users, &mut self.uniq_users, b, t_dev),
-            || update(be, &mut item_half[..counts[1]], items, &mut self.uniq_items, b, t_dev),
-        );
-        ru.and(ri)
+        round(&mut halves, &mut counts)
     }
 }
 
@@ -246,24 +249,25 @@ struct Slot<'a, B: Backend> {
 }
 
 /// Updates `slots`: lazy embedding groups only on the distinct rows of `ids` (computed into
-/// `uniq` the first time one needs them), every other tensor whole.
+/// `uniq` the first time one needs them this step, which `have_rows` records), every other
+/// tensor whole.
 fn update<B: Backend>(
     be: &B,
     slots: &mut [Option<Slot<'_, B>>],
     ids: &B::Ids,
     uniq: &mut B::Ids,
+    have_rows: &mut bool,
     b: usize,
     t_dev: &B::Ids,
 ) -> Result<()> {
-    let mut have_rows = false;
-    for Slot { group, p, g, s1, s2 } in slots.iter_mut().flatten() {
+    for Slot { group, p, g, s1, s2 } in slots.iter_mut().filter_map(Option::take) {
         let n = p.numel();
         match (p.role, group.lazy) {
             (Role::Embedding(_), true) => {
                 let (rows, d) = (p.rows(), p.row_width());
-                if !have_rows {
+                if !*have_rows {
                     be.unique_ids(ids, b, rows, uniq)?;
-                    have_rows = true;
+                    *have_rows = true;
                 }
                 match group.rule {
                     OptimKind::Adam(hp) => {
@@ -287,6 +291,47 @@ mod tests {
     use crate::{AnyModel, Model, ModelConfig, ModelKind};
     use ncf_core::Float;
     use ncf_cpu::CpuBackend;
+
+    /// A model with more tensors than one round of the two-half step holds (an MLP of 19
+    /// dense layers: 40 dense tensors on one side) still updates every tensor and zeroes every
+    /// gradient, exactly as one tensor at a time would.
+    #[test]
+    fn a_deep_mlp_updates_every_tensor() {
+        let be = CpuBackend::<f64>::default();
+        let mut cfg = ModelConfig::new(ModelKind::Mlp, 6, 5);
+        cfg.layers = vec![8; 20];
+        let mut m = AnyModel::new(&be, &cfg, 4, &mut ncf_core::rng::seeded(3, 1)).unwrap();
+        let before = m.params().to_host(&be).unwrap();
+        let (users, items) = (vec![0u32, 1, 2, 5], vec![4u32, 3, 0, 1]);
+        let opt_cfg = OptimConfig::adam(0.01);
+        let mut opt = Optimizer::new(&be, m.params(), opt_cfg, 4).unwrap();
+        {
+            let (p, g) = m.params_and_grads();
+            for t in &mut g.tensors {
+                let ids: Option<&[u32]> = match t.role {
+                    Role::Embedding(IdSource::User) => Some(&users),
+                    Role::Embedding(IdSource::Item) => Some(&items),
+                    _ => None,
+                };
+                let d = t.row_width();
+                match ids {
+                    // Lazy rows: a gradient only where the batch has one.
+                    Some(ids) => ids.iter().for_each(|&r| t.buf[r as usize * d..][..d].fill(0.5)),
+                    None => t.buf.fill(0.5),
+                }
+            }
+            opt.step(&be, p, g, &users, &items, 4).unwrap();
+        }
+        assert!(m.grads().tensors.iter().all(|t| t.buf.iter().all(|&x| x == 0.0)), "every gradient is consumed");
+        let after = m.params().to_host(&be).unwrap();
+        assert!(after.len() > 40);
+        for (a, b) in before.iter().zip(&after) {
+            // Adam's first step moves every updated element by about lr.
+            let moved = a.data.iter().zip(&b.data).filter(|(x, y)| (*x - *y).abs() > 0.009).count();
+            let want = if a.name.contains("embedding") { 4 * a.shape[1] } else { a.data.len() };
+            assert_eq!(moved, want, "{}", a.name);
+        }
+    }
 
     /// With all gradients zero, only regularization moves weights: L2 on the embedding group
     /// (lazy: only the batch's rows) and decoupled decay on the weight group, nothing on biases.
