@@ -32,6 +32,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::LocalKey;
 
+pub mod direct;
 #[cfg(test)]
 mod tests;
 
@@ -135,8 +136,9 @@ pub enum GemmImpl {
     /// [`gemm_library`]: matrixmultiply.
     Library,
     /// For the dense layers, the fastest measured at NCF's shapes on the CPUs we benchmark:
-    /// the scratch kernel for the forward products, matrixmultiply for the two backward ones
-    /// (`dinp = dout·w` with a short inner dimension, `dw += doutᵀ·inp`); see BENCHMARKS.md.
+    /// the scratch kernel for the forward products; for the two backward ones (`dinp = dout·w`
+    /// with a short inner dimension, `dw += doutᵀ·inp`) the scratch kernel too on a CPU with
+    /// AVX-512 (its [`direct`] kernel), matrixmultiply otherwise; see BENCHMARKS.md.
     /// Any other product runs on the scratch kernel. [`GemmImpl::forward`] and
     /// [`GemmImpl::backward`] resolve it.
     Auto,
@@ -164,7 +166,13 @@ impl GemmImpl {
 
     /// The implementation a dense layer's backward products use.
     pub fn backward(self) -> GemmImpl {
-        if self == GemmImpl::Auto { GemmImpl::Library } else { self }
+        match self {
+            // With AVX-512 the scratch GEMM's direct kernel beats matrixmultiply at every
+            // backward shape of NCF; with AVX2 only, matrixmultiply wins them.
+            GemmImpl::Auto if Simd::best() == Simd::Avx512 => GemmImpl::Scratch,
+            GemmImpl::Auto => GemmImpl::Library,
+            other => other,
+        }
     }
 }
 
@@ -392,16 +400,18 @@ pub fn gemm_library<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, 
 
 /// The instruction sets that [`gemm_scratch`] has a compiled micro-kernel for.
 ///
-/// The kernel is plain Rust; it is compiled once per level, with the matching
+/// The blocked kernel is plain Rust; it is compiled once per level, with the matching
 /// `#[target_feature]`s enabled, and [`Simd::best`] picks one at run time. That way the binary
 /// runs on any x86-64 (or any other architecture, as `Portable`) without `-C target-cpu=native`.
 ///
-/// There is no AVX-512 level, although matrixmultiply has one. On AMD Zen 4 a 512-bit FMA
-/// occupies both 256-bit FMA pipes, so AVX2 reaches the same peak (we measured an AVX-512 build
-/// of this kernel at best equal to AVX2). Worse, the auto-vectorizer is fragile there: with
-/// 32 registers, tiles such as 8×32 or 16×16 were not fully unrolled, and LLVM vectorized across
-/// rows with gathers and scatters instead, at 2 GFLOP/s. On a CPU with two 512-bit FMA units
-/// (Intel Xeon) AVX-512 would double the peak; add a level then, and check the assembly.
+/// The AVX-512 level is the [`direct`] kernel (explicit intrinsics, no packing) for the skinny
+/// products that suit it ([`direct::suits`]: C at most [`direct::MAX_N`] columns wide, which is
+/// every dense layer of NCF), and the AVX2 blocked kernel for everything else. The blocked kernel
+/// has no AVX-512 build: on AMD Zen 4 a 512-bit FMA occupies both 256-bit FMA pipes, so an
+/// AVX-512 build of it measured at best equal to AVX2, and the auto-vectorizer was fragile with
+/// 32 registers (tiles such as 8×32 or 16×16 were not fully unrolled, and LLVM vectorized across
+/// rows with gathers and scatters instead, at 2 GFLOP/s). Zen 5 and Intel Xeons have full-width
+/// 512-bit FMA units, where AVX-512 doubles the peak; the direct kernel is where that pays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Simd {
     /// No extra target features (SSE2 on x86-64); multiply and add are separate, since without
@@ -409,11 +419,14 @@ pub enum Simd {
     Portable,
     /// AVX2 + FMA: sixteen 256-bit registers.
     Avx2Fma,
+    /// AVX-512F (with AVX2 + FMA): thirty-two 512-bit registers. Skinny products run on the
+    /// [`direct`] kernel, the rest on the AVX2 blocked kernel.
+    Avx512,
 }
 
 impl Simd {
     /// Every level, slowest first.
-    pub const ALL: [Simd; 2] = [Simd::Portable, Simd::Avx2Fma];
+    pub const ALL: [Simd; 3] = [Simd::Portable, Simd::Avx2Fma, Simd::Avx512];
 
     /// Whether this CPU can run the level.
     pub fn is_available(self) -> bool {
@@ -421,6 +434,8 @@ impl Simd {
             Simd::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2Fma => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => Simd::Avx2Fma.is_available() && direct::is_available(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -436,6 +451,11 @@ impl Simd {
         let best = Simd::ALL.into_iter().rev().find(|s| s.is_available()).unwrap_or(Simd::Portable);
         BEST.store(best as u8, Ordering::Relaxed);
         best
+    }
+
+    /// The level whose blocked kernel this level uses (AVX-512 has none of its own).
+    fn blocked(self) -> Simd {
+        if self == Simd::Avx512 { Simd::Avx2Fma } else { self }
     }
 }
 
@@ -541,7 +561,13 @@ pub(crate) fn scratch<T: CpuFloat>(
     // The driver splits C into blocks of whole rows, which must be disjoint runs of `c.data`.
     // If C is column-major-like instead, compute Cᵀ = Bᵀ·Aᵀ: same numbers (each product and each
     // sum is the same), and Cᵀ's rows are C's columns.
-    let (a, b, c) = if rows_are_disjoint_runs(c.rows, c.cols, c.rs, c.cs) { (a, b, c) } else { (b.t(), a.t(), c.t()) };
+    let (a, b, mut c) =
+        if rows_are_disjoint_runs(c.rows, c.cols, c.rs, c.cs) { (a, b, c) } else { (b.t(), a.t(), c.t()) };
+    // A forced tile (tests, benches) means the blocked kernel.
+    if tile.is_none() && simd == Simd::Avx512 && T::direct_gemm(alpha, a, b, beta, c.rb_mut()) {
+        return Ok(());
+    }
+    let simd = simd.blocked();
     let tile = tile.unwrap_or_else(|| T::pick_tile(simd, c.rows, c.cols));
     T::blocked_with_tile(simd, tile, blocking, alpha, a, b, beta, c);
     Ok(())
@@ -928,6 +954,12 @@ pub trait CpuFloat: Float + sealed::Sealed {
         c: MatMut<Self>,
     );
 
+    /// Runs the product on the AVX-512 [`direct`] kernel and returns `true` if it suits it
+    /// (f32 only; f64 returns `false`). Call only on validated, non-empty inputs, on a CPU with
+    /// [`Simd::Avx512`].
+    #[doc(hidden)]
+    fn direct_gemm(alpha: Self, a: MatRef<Self>, b: MatRef<Self>, beta: Self, c: MatMut<Self>) -> bool;
+
     /// This thread's packing buffer for A blocks.
     #[doc(hidden)]
     fn a_pack_buffer() -> &'static LocalKey<Cell<Vec<Self>>>;
@@ -979,7 +1011,7 @@ pub trait CpuFloat: Float + sealed::Sealed {
 // 12 KiB in L1, MC = 96 → 192 KiB in L2, NC = 512 → 1 MiB.
 
 macro_rules! impl_cpu_float {
-    ($t:ty, $mm:path, blocking: $blk:expr,
+    ($t:ty, $mm:path, blocking: $blk:expr, direct: $direct:expr,
      portable: [$(($pm:literal, $pn:literal, $ps:literal)),+],
      avx2: [$(($am:literal, $an:literal, $as:literal)),+]) => {
         impl CpuFloat for $t {
@@ -993,14 +1025,14 @@ macro_rules! impl_cpu_float {
             fn tiles(simd: Simd) -> &'static [Tile] {
                 match simd {
                     Simd::Portable => &[$(Tile { mr: $pm, nr: $pn, speed: $ps }),+],
-                    Simd::Avx2Fma => &[$(Tile { mr: $am, nr: $an, speed: $as }),+],
+                    Simd::Avx2Fma | Simd::Avx512 => &[$(Tile { mr: $am, nr: $an, speed: $as }),+],
                 }
             }
 
             fn pick_tile(simd: Simd, m: usize, n: usize) -> usize {
                 match simd {
                     Simd::Portable => pick_tile(&[$(Tile { mr: $pm, nr: $pn, speed: $ps }),+], m, n),
-                    Simd::Avx2Fma => pick_tile(&[$(Tile { mr: $am, nr: $an, speed: $as }),+], m, n),
+                    Simd::Avx2Fma | Simd::Avx512 => pick_tile(&[$(Tile { mr: $am, nr: $an, speed: $as }),+], m, n),
                 }
             }
 
@@ -1018,7 +1050,7 @@ macro_rules! impl_cpu_float {
                 // means the last tile.
                 let tile = tile.min(Self::tiles(simd).len() - 1);
                 let mut i = 0;
-                match simd {
+                match simd.blocked() {
                     Simd::Portable => {
                         $(
                             if tile <= i {
@@ -1027,16 +1059,20 @@ macro_rules! impl_cpu_float {
                             i += 1;
                         )+
                     }
-                    Simd::Avx2Fma => {
+                    Simd::Avx2Fma | Simd::Avx512 => {
                         $(
                             if tile <= i {
-                                return blocked::<$t, $am, $an>(simd, blocking, alpha, a, b, beta, c);
+                                return blocked::<$t, $am, $an>(Simd::Avx2Fma, blocking, alpha, a, b, beta, c);
                             }
                             i += 1;
                         )+
                     }
                 }
                 let _ = i;
+            }
+
+            fn direct_gemm(alpha: $t, a: MatRef<$t>, b: MatRef<$t>, beta: $t, c: MatMut<$t>) -> bool {
+                $direct(alpha, a, b, beta, c)
             }
 
             fn a_pack_buffer() -> &'static LocalKey<Cell<Vec<$t>>> {
@@ -1072,8 +1108,16 @@ macro_rules! impl_cpu_float {
 }
 
 impl_cpu_float!(f32, matrixmultiply::sgemm, blocking: Blocking { mc: 120, kc: 256, nc: 1024 },
+    direct: |alpha, a: MatRef<f32>, b: MatRef<f32>, beta, c: MatMut<f32>| {
+        let ok = direct::suits(a.cols, b.cols, b.cs, c.cs);
+        if ok {
+            direct::gemm_direct(alpha, a, b, beta, c);
+        }
+        ok
+    },
     portable: [(4, 8, 1.0)],
     avx2: [(6, 16, 1.0), (4, 16, 0.93), (8, 8, 0.85)]);
 impl_cpu_float!(f64, matrixmultiply::dgemm, blocking: Blocking { mc: 96, kc: 256, nc: 512 },
+    direct: |_, _, _, _, _| false,
     portable: [(4, 4, 1.0)],
     avx2: [(6, 8, 1.0), (4, 8, 0.93), (8, 4, 0.75)]);

@@ -454,3 +454,92 @@ fn best_simd_is_available() {
     assert!(Simd::best().is_available());
     assert_eq!(Simd::best(), Simd::best());
 }
+
+/// The AVX-512 level routes every product that suits it to the direct kernel: the full sweep,
+/// then shapes around its tiles (row tiles of 12, 8 and 6 rows and the 8-4-2-1 remainders;
+/// 1 to 4 vectors per column block with masked tails; several column blocks), with A and B in
+/// all four transpose combinations.
+#[test]
+fn direct_kernel_matches_naive() {
+    if !Simd::Avx512.is_available() {
+        eprintln!("skipped: this CPU has no AVX-512, so the direct kernel was not tested");
+        return;
+    }
+    fn f(al: f32, a: MatRef<f32>, b: MatRef<f32>, be: f32, c: MatMut<f32>) -> Result<()> {
+        scratch(Simd::Avx512, None, f32::BLOCKING, al, a, b, be, c)
+    }
+    sweep::<f32>("direct", F32_REL, F32_ABS, false, f);
+    let mut seed = 5000u64;
+    for n in [1, 8, 15, 16, 17, 31, 33, 48, 49, 63, 64, 65, 100, 128, 129, 200, 511, 512] {
+        for m in [1, 2, 3, 5, 6, 7, 11, 12, 13, 23, 25, 47, 49, 97] {
+            for (la, lb) in [(RowMajor, RowMajor), (ColMajor, ColMajor), (RowMajor, ColMajor), (ColMajor, RowMajor)] {
+                seed += 1;
+                let k = [1, 7, 64, 300][seed as usize % 4];
+                assert!(direct::suits(k, n, if lb == RowMajor { 1 } else { k }, 1), "({m}, {k}, {n}) suits the kernel");
+                let (alpha, beta) = ([1.0, -1.75][seed as usize % 2], [0.0, 1.0, 0.5][seed as usize % 3]);
+                let case = Case { m, k, n, la, lb, lc: RowMajor, alpha, beta };
+                check_case::<f32>("direct", case, seed, F32_REL, F32_ABS, f);
+            }
+        }
+    }
+}
+
+/// For `k ≤ KC` the direct kernel computes each element as the blocked kernel does (one FMA
+/// chain from zero in `p` order, then `α·acc + β·c` with two roundings), so the two agree bit for
+/// bit. Also checks that NCF's layer shapes take the direct path.
+#[test]
+fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
+    if !Simd::Avx512.is_available() {
+        eprintln!("skipped: this CPU has no AVX-512, so the direct kernel was not tested");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    // (m, k, n, B transposed): the NeuMF-8 layers at a lane of 128 rows (forward reads wᵀ),
+    // then odd shapes.
+    let shapes = [
+        (128, 64, 32, true),
+        (128, 32, 64, false),
+        (32, 128, 64, false),
+        (128, 16, 8, true),
+        (8, 128, 16, false),
+        (37, 256, 29, false),
+        (61, 100, 130, true),
+    ];
+    for (s, &(m, k, n, bt)) in shapes.iter().enumerate() {
+        assert!(direct::suits(k, n, if bt { k } else { 1 }, 1));
+        let a: Vec<f32> = rand_vec(m * k, &mut rng);
+        let b: Vec<f32> = rand_vec(k * n, &mut rng);
+        let c0: Vec<f32> = rand_vec(m * n, &mut rng);
+        let bv = if bt { MatRef::transposed_of_row_major(&b, n, k) } else { MatRef::row_major(&b, k, n) };
+        let (alpha, beta) = ([1.0, 0.75][s % 2], [1.0, 0.0, 0.5][s % 3]);
+        let run = |simd| {
+            let mut c = c0.clone();
+            scratch(
+                simd,
+                None,
+                f32::BLOCKING,
+                alpha,
+                MatRef::row_major(&a, m, k),
+                bv,
+                beta,
+                MatMut::row_major(&mut c, m, n),
+            )
+            .unwrap();
+            c
+        };
+        let (direct, blocked) = (run(Simd::Avx512), run(Simd::Avx2Fma));
+        let diff: Vec<(usize, f32, f32)> = direct
+            .iter()
+            .zip(&blocked)
+            .enumerate()
+            .filter(|(_, (x, y))| x.to_bits() != y.to_bits())
+            .map(|(i, (x, y))| (i, *x, *y))
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "({m}, {k}, {n}): {} elements differ; first (index, direct, blocked): {:?}",
+            diff.len(),
+            &diff[..diff.len().min(5)]
+        );
+    }
+}

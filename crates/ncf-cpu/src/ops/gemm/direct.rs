@@ -1,0 +1,283 @@
+//! The skinny-product kernel: f32 on AVX-512, with no packing of A.
+//!
+//! NCF's dense layers multiply a tall matrix by a small one. At batch 256, split into two lanes
+//! of 128 rows, the NeuMF-8 MLP runs `(128, 64)·(64, 32)` forward, `(128, 32)·(32, 64)` for
+//! `dinp` and `(32, 128)·(128, 64)` for `dW`, and the same at 32→16 and 16→8. The blocked kernel
+//! copies (packs) its A block and B panel before every product. At these shapes the copies cost
+//! as much as the arithmetic: on an ML-1M epoch, `perf` put 12% of the samples in packing against
+//! 19% in the micro-kernels (BENCHMARKS.md). This kernel packs nothing it does not have to:
+//!
+//! ```text
+//! for each column block j0 (V vectors of 16 floats, V ≤ 4)      B[:, j0..] stays in L1
+//!   for each row tile i0 (R rows)
+//!     acc[R][V] = 0                                            R·V zmm registers
+//!     for p in 0..k
+//!       b[v] = B[p, j0+16v .. j0+16v+16]                       V vector loads
+//!       acc[r][v] += A[i0+r, p] · b[v]                         broadcast from memory + FMA
+//!     C[i0.., j0..] = α·acc + β·C
+//! ```
+//!
+//! A is read where it lies, one scalar per row and step, whatever its strides: a row-major A
+//! (forward, `dinp`) is R streams of scalars, a transposed one (`doutᵀ` in `dW`) reads R
+//! consecutive floats per step. B is read where it lies when its rows are contiguous (`w` in
+//! `dinp`, `inp` in `dW`); otherwise (`wᵀ` in the forward) it is first copied row-major into a
+//! `k × n` buffer, which is small next to A.
+//!
+//! Edges: the last vector of a column block is loaded and stored under a lane mask, so nothing
+//! outside C's view is read or written; the last row tile is split into tiles of 8, 4, 2 and 1
+//! rows. With β = 0, C is never read.
+//!
+//! Determinism: every element of C is one accumulator that runs `p` in order from zero, then
+//! `α·acc + β·c` with the same two roundings as the blocked kernel's store. So for `k ≤ KC` the
+//! result equals the blocked AVX2 kernel's bit for bit (tested), and it never depends on the
+//! thread count: threads only split the rows.
+
+use super::{MatMut, MatRef, PAR_MIN_FLOPS, with_pack_buffer};
+use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Widest C this kernel takes: 8 column blocks of 64. Wider products go to the blocked kernel,
+/// whose packed panels are built for them.
+pub const MAX_N: usize = 512;
+
+/// Most elements of a B that has to be copied first (1 MiB of f32, the size of an L2).
+const MAX_B_COPY: usize = 1 << 18;
+
+/// Whether this CPU can run the kernel (AVX-512 Foundation).
+pub fn is_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a `(k, n)` B with column stride `b_cs`, into a C with column stride `c_cs`, suits the
+/// kernel: C's rows contiguous, C not wider than [`MAX_N`], and a B that must be copied (column
+/// stride ≠ 1) not bigger than [`MAX_B_COPY`].
+pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
+    c_cs == 1 && n <= MAX_N && (b_cs == 1 || k.saturating_mul(n) <= MAX_B_COPY)
+}
+
+/// `C ← α·A·B + β·C` with this kernel.
+///
+/// Preconditions (the caller, `gemm.rs`'s `scratch`, establishes them): the views were validated,
+/// `m, k, n > 0`, [`is_available`] and [`suits`] hold.
+pub(super) fn gemm_direct(alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32, c: MatMut<f32>) {
+    let (k, n) = (a.cols, b.cols);
+    if b.cs == 1 {
+        rows_parallel(alpha, a, b.data, b.rs, n, beta, c);
+    } else {
+        with_pack_buffer(<f32 as super::CpuFloat>::b_pack_buffer(), k * n, |buf| {
+            // B (k, n) → row-major, one column of B (a contiguous run when B = wᵀ) at a time.
+            for j in 0..n {
+                for (p, x) in buf[j..].iter_mut().step_by(n).take(k).enumerate() {
+                    *x = b.data[p * b.rs + j * b.cs];
+                }
+            }
+            rows_parallel(alpha, a, buf, n, n, beta, c);
+        });
+    }
+}
+
+/// Rows of C per task when the product is split across threads (a multiple of every tile height).
+const ROWS_PER_TASK: usize = 48;
+
+/// Splits C's rows across the rayon pool when the product is big enough ([`PAR_MIN_FLOPS`]) and
+/// runs [`block`] on each part. `b` holds B row-major with row stride `b_rs`.
+fn rows_parallel(alpha: f32, a: MatRef<f32>, b: &[f32], b_rs: usize, n: usize, beta: f32, c: MatMut<f32>) {
+    let (m, k) = (a.rows, a.cols);
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    // With one row, rs is never used; the chunking below needs "row = run of rs slots".
+    let c_rs = if m == 1 { n } else { c.rs };
+    if flops >= PAR_MIN_FLOPS && m > ROWS_PER_TASK && crate::team::rayon_ok() && rayon::current_num_threads() > 1 {
+        c.data.par_chunks_mut(ROWS_PER_TASK * c_rs).take(m.div_ceil(ROWS_PER_TASK)).enumerate().for_each(
+            |(t, rows)| {
+                let r0 = t * ROWS_PER_TASK;
+                block(alpha, a, r0, ROWS_PER_TASK.min(m - r0), b, b_rs, n, beta, rows, c_rs);
+            },
+        );
+    } else {
+        block(alpha, a, 0, m, b, b_rs, n, beta, c.data, c_rs);
+    }
+}
+
+/// Rows `r0 .. r0 + rows` of C (`c` starts at row `r0`), every column.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    alpha: f32,
+    a: MatRef<f32>,
+    r0: usize,
+    rows: usize,
+    b: &[f32],
+    b_rs: usize,
+    n: usize,
+    beta: f32,
+    c: &mut [f32],
+    c_rs: usize,
+) {
+    let k = a.cols;
+    // Bounds, checked once so the kernel can use raw pointers: every A element of these rows,
+    // every B element, every C element of these rows.
+    let a_last = (r0 + rows - 1) * a.rs + (k - 1) * a.cs;
+    let b_last = (k - 1) * b_rs + n - 1;
+    let c_last = (rows - 1) * c_rs + n - 1;
+    assert!(a_last < a.data.len() && b_last < b.len() && c_last < c.len(), "gemm direct: view out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(is_available(), "gemm direct: called without AVX-512");
+        let a_ptr = a.data[r0 * a.rs..].as_ptr();
+        // SAFETY: the CPU has AVX-512F (just asserted). Every address the kernel forms is an
+        // element of the A rows `r0..r0+rows` (all in `a.data`, asserted above), of B (rows
+        // `0..k`, columns `0..n`: in `b`), or of C's rows `0..rows`, columns `0..n` (in `c`, which
+        // we borrow mutably); lanes past column `n` are masked off and never touched.
+        unsafe { block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b.as_ptr(), b_rs, n, beta, c.as_mut_ptr(), c_rs) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (alpha, beta, c);
+        unreachable!("gemm direct: only built for x86-64");
+    }
+}
+
+/// The column blocks, each through [`rows_v`] with the matching number of vectors.
+///
+/// # Safety
+/// As in [`block`]: AVX-512F, and every element of the described A, B and C views is in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx512(
+    alpha: f32,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    k: usize,
+    m: usize,
+    b: *const f32,
+    b_rs: usize,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    c_rs: usize,
+) {
+    for j0 in (0..n).step_by(64) {
+        let w = 64.min(n - j0);
+        let v = w.div_ceil(16);
+        // Lanes of the last vector that are inside C: the low `w − 16(v−1)` bits.
+        let tail = w - 16 * (v - 1);
+        let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1u16 << tail) - 1 };
+        let s = Strip { a, a_rs, a_cs, k, b: b.wrapping_add(j0), b_rs, mask, c: c.wrapping_add(j0), c_rs, alpha, beta };
+        // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
+        unsafe {
+            match v {
+                1 => rows_v::<1, 12>(&s, m),
+                2 => rows_v::<2, 12>(&s, m),
+                3 => rows_v::<3, 8>(&s, m),
+                _ => rows_v::<4, 6>(&s, m),
+            }
+        }
+    }
+}
+
+/// One column block of C: where its A, B and C start, their strides, and the product's scalars.
+#[cfg(target_arch = "x86_64")]
+struct Strip {
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    k: usize,
+    /// B's first row at this block's first column; rows `b_rs` apart.
+    b: *const f32,
+    b_rs: usize,
+    /// Lanes of the block's last vector that are inside C.
+    mask: __mmask16,
+    c: *mut f32,
+    c_rs: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+/// `m` rows of a strip in tiles of `R` rows of `V` vectors (24 accumulators for the tiles used),
+/// then the rest in tiles of 8, 4, 2, 1 rows.
+///
+/// # Safety
+/// As in [`block`], for the strip's rows `0..m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
+    let mut i = 0;
+    // SAFETY (all calls): rows i..i+R (or the smaller tile) are rows of the strip, i + rows ≤ m.
+    unsafe {
+        while i + R <= m {
+            tile::<R, V>(s, i);
+            i += R;
+        }
+        let rest = m - i;
+        if rest & 8 != 0 {
+            tile::<8, V>(s, i);
+            i += 8;
+        }
+        if rest & 4 != 0 {
+            tile::<4, V>(s, i);
+            i += 4;
+        }
+        if rest & 2 != 0 {
+            tile::<2, V>(s, i);
+            i += 2;
+        }
+        if rest & 1 != 0 {
+            tile::<1, V>(s, i);
+        }
+    }
+}
+
+/// The micro-kernel: rows `i0 .. i0 + R` of the strip, `V` vectors wide (see the module docs).
+/// The arrays are fixed-size and the loops over them have constant bounds, so they unroll and
+/// `acc` lives in R·V zmm registers.
+///
+/// # Safety
+/// As in [`block`], for the strip's rows `i0..i0+R`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
+    // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
+    // 0..k or C rows i0..i0+R, within the columns the mask admits (see `block`).
+    unsafe {
+        let last = |v: usize| if v + 1 == V { s.mask } else { 0xFFFF };
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let a0 = s.a.add(i0 * s.a_rs);
+        for p in 0..s.k {
+            let bp = s.b.add(p * s.b_rs);
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(last(v), bp.add(16 * v));
+            }
+            let ap = a0.add(p * s.a_cs);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*ap.add(r * s.a_rs));
+                for (acc_rv, &b) in acc_r.iter_mut().zip(&bv) {
+                    *acc_rv = _mm512_fmadd_ps(x, b, *acc_rv);
+                }
+            }
+        }
+        let alpha = _mm512_set1_ps(s.alpha);
+        let beta = _mm512_set1_ps(s.beta);
+        for (r, acc_r) in acc.iter().enumerate() {
+            let cr = s.c.add((i0 + r) * s.c_rs);
+            for (v, &x) in acc_r.iter().enumerate() {
+                let dst = cr.add(16 * v);
+                let mut out = _mm512_mul_ps(alpha, x);
+                if s.beta != 0.0 {
+                    // α·acc + β·c, rounded after the product and after the sum (as the blocked kernel).
+                    out = _mm512_add_ps(out, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(last(v), dst)));
+                }
+                _mm512_mask_storeu_ps(dst, last(v), out);
+            }
+        }
+    }
+}
