@@ -5,7 +5,7 @@
 //! A block holds only *indices* into the model's [`ParamSet`] plus its activation buffers
 //! (sized once for the largest batch, so training allocates nothing per batch).
 
-use crate::params::ParamSet;
+use crate::params::{IdSource, ParamSet, SideTables};
 use ncf_core::{Backend, Error, Result};
 
 /// Rejects a batch larger than the workspaces were sized for.
@@ -84,6 +84,21 @@ impl<B: Backend> GmfTower<B> {
     pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         be.embedding_backward(&self.dpu, users, b, self.f, g.buf_mut(self.user), self.users)?;
         be.embedding_backward(&self.dqi, items, b, self.f, g.buf_mut(self.item), self.items)
+    }
+
+    /// One side of [`GmfTower::scatter`]: the users' rows (`ids` = users) or the items'.
+    pub fn scatter_side(
+        &self,
+        be: &B,
+        side: IdSource,
+        t: &mut SideTables<'_, B>,
+        ids: &B::Ids,
+        b: usize,
+    ) -> Result<()> {
+        match side {
+            IdSource::User => be.embedding_backward(&self.dpu, ids, b, self.f, t.get(self.user)?, self.users),
+            IdSource::Item => be.embedding_backward(&self.dqi, ids, b, self.f, t.get(self.item)?, self.items),
+        }
     }
 }
 
@@ -315,6 +330,21 @@ impl<B: Backend> MlpTower<B> {
     pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         be.embedding_backward(&self.dpu, users, b, self.d, g.buf_mut(self.user), self.users)?;
         be.embedding_backward(&self.dqi, items, b, self.d, g.buf_mut(self.item), self.items)
+    }
+
+    /// One side of [`MlpTower::scatter`]: the users' rows (`ids` = users) or the items'.
+    pub fn scatter_side(
+        &self,
+        be: &B,
+        side: IdSource,
+        t: &mut SideTables<'_, B>,
+        ids: &B::Ids,
+        b: usize,
+    ) -> Result<()> {
+        match side {
+            IdSource::User => be.embedding_backward(&self.dpu, ids, b, self.d, t.get(self.user)?, self.users),
+            IdSource::Item => be.embedding_backward(&self.dqi, ids, b, self.d, t.get(self.item)?, self.items),
+        }
     }
 
     /// Signs of every pre-activation `zₗ > 0` for the first `b` rows (the gradient check uses them

@@ -11,7 +11,7 @@
 
 use crate::init::InitConfig;
 use crate::layers::{DenseIdx, GmfTower, Head, MlpTower, check_batch};
-use crate::params::{IdSource, ParamBuilder, ParamSet, Role};
+use crate::params::{IdSource, ParamBuilder, ParamSet, Role, SideTables};
 use crate::step::{Batch, StepScratch};
 use ncf_core::{Backend, Error, Float, Result, Rng};
 use std::fmt;
@@ -153,7 +153,7 @@ pub trait Model<B: Backend> {
 /// A model's activation buffers, with its forward and backward written against explicit
 /// parameters and gradients, so that two of them (two lanes) can run on the two halves of a
 /// batch at the same time, sharing the parameters.
-trait Work<B: Backend>: Send + Sized {
+trait Work<B: Backend>: Send + Sync + Sized {
     /// The same blocks and parameter indices, with buffers for `rows` rows.
     fn fresh(&self, be: &B, rows: usize) -> Result<Self>;
     fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()>;
@@ -162,8 +162,16 @@ trait Work<B: Backend>: Send + Sized {
     /// gradients kept for [`Work::scatter`].
     fn backward_rows(&mut self, be: &B, p: &ParamSet<B>, g: &mut ParamSet<B>, dlogits: &B::Buf, b: usize)
     -> Result<()>;
-    /// Adds the rows' embedding gradients into `g`, in row order.
-    fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()>;
+    /// Adds the rows' embedding gradients of one id side into that side's tables, in row order
+    /// (`ids` = the batch's users or items).
+    fn scatter(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()>;
+
+    /// Both sides of [`Work::scatter`], one after the other.
+    fn scatter_all(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        let [mut tu, mut ti] = g.side_tables_mut()?;
+        self.scatter(be, IdSource::User, &mut tu, users, b)?;
+        self.scatter(be, IdSource::Item, &mut ti, items, b)
+    }
 }
 
 /// The second lane: its buffers and its own dense gradients (summed into the model's after
@@ -210,8 +218,21 @@ fn forward_backward_lanes<B: Backend, W: Work<B>>(
     let (r0, r1) = be.join(|| run(first, grads, h0, l0), || run(&mut s.work, &mut s.grads, h1, l1));
     r0?;
     r1?;
-    first.scatter(be, grads, &h0.users, &h0.items, h)?;
-    s.work.scatter(be, grads, &h1.users, &h1.items, h)?;
+    // The users' tables on one thread, the items' on the other; each table still receives
+    // lane 0's rows, then lane 1's.
+    let [mut tu, mut ti] = grads.side_tables_mut()?;
+    let (w0, w1) = (&*first, &s.work);
+    let (ru, ri) = be.join(
+        || {
+            w0.scatter(be, IdSource::User, &mut tu, &h0.users, h)?;
+            w1.scatter(be, IdSource::User, &mut tu, &h1.users, h)
+        },
+        || {
+            w0.scatter(be, IdSource::Item, &mut ti, &h0.items, h)?;
+            w1.scatter(be, IdSource::Item, &mut ti, &h1.items, h)
+        },
+    );
+    ru.and(ri)?;
     for (t, t1) in grads.tensors.iter_mut().zip(s.grads.tensors.iter_mut()) {
         if !matches!(t.role, Role::Embedding(_)) {
             let n = t.numel();
@@ -353,8 +374,8 @@ impl<B: Backend> Work<B> for MlpWork<B> {
         self.head.backward(be, p, g, self.tower.out(), dlogits, b)?;
         self.tower.backward_dense(be, p, g, &self.head.dinp, b)
     }
-    fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        self.tower.scatter(be, g, users, items, b)
+    fn scatter(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()> {
+        self.tower.scatter_side(be, side, t, ids, b)
     }
 }
 
@@ -405,7 +426,7 @@ impl<B: Backend> Model<B> for Mlp<B> {
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("mlp.backward", b, self.max_batch)?;
         self.work.backward_rows(be, &self.params, &mut self.grads, dlogits, b)?;
-        self.work.scatter(be, &mut self.grads, users, items, b)
+        self.work.scatter_all(be, &mut self.grads, users, items, b)
     }
     fn prepare_scoring(&mut self, be: &B) -> Result<()> {
         self.work.tower.prepare_scoring(be, &self.params)
@@ -498,9 +519,9 @@ impl<B: Backend> Work<B> for NeuMfWork<B> {
         self.gmf.backward_rows(be, &self.dh_gmf, b)?;
         self.mlp.backward_dense(be, p, g, &self.dx_mlp, b)
     }
-    fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        self.gmf.scatter(be, g, users, items, b)?;
-        self.mlp.scatter(be, g, users, items, b)
+    fn scatter(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()> {
+        self.gmf.scatter_side(be, side, t, ids, b)?;
+        self.mlp.scatter_side(be, side, t, ids, b)
     }
 }
 
@@ -607,7 +628,7 @@ impl<B: Backend> Model<B> for NeuMf<B> {
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("neumf.backward", b, self.max_batch)?;
         self.work.backward_rows(be, &self.params, &mut self.grads, dlogits, b)?;
-        self.work.scatter(be, &mut self.grads, users, items, b)
+        self.work.scatter_all(be, &mut self.grads, users, items, b)
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
         self.work.mlp.relu_pattern(be, b)

@@ -83,6 +83,29 @@ impl<B: Backend> ParamSet<B> {
         &mut self.tensors[k].buf
     }
 
+    /// The buffers of the embedding tables, split by the ids that index them: users, items.
+    /// The two groups are disjoint borrows, so one thread can write the users' tables while
+    /// another writes the items' ([`crate::models`]' two-lane step scatters its gradients so).
+    /// A model has at most [`MAX_SIDE_TABLES`] tables per side.
+    pub fn side_tables_mut(&mut self) -> Result<[SideTables<'_, B>; 2]> {
+        self.generation += 1;
+        let mut sides = [SideTables::default(), SideTables::default()];
+        for (k, t) in self.tensors.iter_mut().enumerate() {
+            if let Role::Embedding(src) = t.role {
+                let side = &mut sides[usize::from(src == IdSource::Item)];
+                let slot = side.slots.iter_mut().find(|s| s.is_none()).ok_or_else(|| {
+                    Error::invalid(
+                        "params",
+                        "tables",
+                        format!("more than {MAX_SIDE_TABLES} embedding tables per id side"),
+                    )
+                })?;
+                *slot = Some((k, &mut t.buf));
+            }
+        }
+        Ok(sides)
+    }
+
     /// Records that the values changed (see [`ParamSet::generation`]).
     pub fn touch(&mut self) {
         self.generation += 1;
@@ -177,5 +200,28 @@ impl<'a, B: Backend> ParamBuilder<'a, B> {
 
     pub fn finish(self) -> ParamSet<B> {
         ParamSet { tensors: self.tensors, generation: 0 }
+    }
+}
+
+/// Most embedding tables indexed by the same ids (NeuMF has two: GMF's and the MLP's).
+pub const MAX_SIDE_TABLES: usize = 4;
+
+/// The embedding tables of one id side, borrowed mutably (see [`ParamSet::side_tables_mut`]).
+pub struct SideTables<'a, B: Backend> {
+    slots: [Option<(usize, &'a mut B::Buf)>; MAX_SIDE_TABLES],
+}
+
+impl<B: Backend> Default for SideTables<'_, B> {
+    fn default() -> Self {
+        SideTables { slots: std::array::from_fn(|_| None) }
+    }
+}
+
+impl<B: Backend> SideTables<'_, B> {
+    /// The buffer of tensor `k`, which must be one of this side's tables.
+    pub fn get(&mut self, k: usize) -> Result<&mut B::Buf> {
+        self.slots.iter_mut().flatten().find(|(i, _)| *i == k).map(|(_, buf)| &mut **buf).ok_or_else(|| {
+            Error::invalid("params", "tables", format!("tensor {k} is not an embedding table of this side"))
+        })
     }
 }

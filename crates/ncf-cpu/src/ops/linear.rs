@@ -160,13 +160,41 @@ pub fn linear_backward<T: CpuFloat>(
         MatMut::row_major(dw, o, i),
     )?;
     // dbias (O) += Σ_b dout[b,:]: rows in order, so the sum is deterministic.
-    let dbias = &mut dbias[..o];
-    for row in dout[..b * o].chunks_exact(o.max(1)) {
-        for (acc, &g) in dbias.iter_mut().zip(row) {
-            *acc += g;
+    column_sums_into(&dout[..b * o], &mut dbias[..o]);
+    Ok(())
+}
+
+/// `acc[j] += Σ_r rows[r, j]`, adding the rows in order (the naive loop's sums, bit for bit).
+///
+/// Written as `for row { acc += row }` over memory, every row would wait for the previous row's
+/// stores to `acc`. For the model's widths the sums run in registers instead: a local array of
+/// constant length, loaded from `acc` first and stored back once.
+fn column_sums_into<T: Float>(rows: &[T], acc: &mut [T]) {
+    #[inline(always)]
+    fn fixed<T: Float, const W: usize>(rows: &[T], acc: &mut [T]) {
+        let mut sum: [T; W] = acc[..W].try_into().expect("acc has W elements");
+        for row in rows.chunks_exact(W) {
+            for j in 0..W {
+                sum[j] += row[j];
+            }
+        }
+        acc[..W].copy_from_slice(&sum);
+    }
+    match acc.len() {
+        0 => {}
+        1 => fixed::<T, 1>(rows, acc),
+        8 => fixed::<T, 8>(rows, acc),
+        16 => fixed::<T, 16>(rows, acc),
+        32 => fixed::<T, 32>(rows, acc),
+        64 => fixed::<T, 64>(rows, acc),
+        o => {
+            for row in rows.chunks_exact(o) {
+                for (a, &g) in acc.iter_mut().zip(row) {
+                    *a += g;
+                }
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -175,6 +203,25 @@ mod tests {
     use crate::testutil::rand_vec;
     use ncf_core::Tol;
     use ncf_core::tol::assert_close_f32;
+
+    /// The register-held column sums add the rows in the naive loop's order: same bits.
+    #[test]
+    fn column_sums_match_the_row_loop_bit_for_bit() {
+        for o in [1, 3, 8, 16, 32, 64, 65] {
+            let rows = rand_vec(129 * o, 7);
+            let start = rand_vec(o, 8);
+            let mut want = start.clone();
+            for row in rows.chunks_exact(o) {
+                for (a, &g) in want.iter_mut().zip(row) {
+                    *a += g;
+                }
+            }
+            let mut got = start.clone();
+            column_sums_into(&rows, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "o = {o}: got {got:?}, want {want:?}");
+        }
+    }
 
     #[test]
     fn every_gemm_impl_matches_the_naive_layer() {

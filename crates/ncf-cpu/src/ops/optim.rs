@@ -139,7 +139,13 @@ fn adam_rows<T: Float>(
     match rows {
         None => adam_run(p, g, m, v, s),
         Some((rows, base)) => {
-            for &r in rows {
+            for (i, &r) in rows.iter().enumerate() {
+                if let Some(&next) = rows.get(i + PREFETCH_ROWS) {
+                    let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
+                    for t in [&*p, &*g, &*m, &*v] {
+                        super::prefetch(t, start, d);
+                    }
+                }
                 let k = (r as usize - base) * d..(r as usize - base + 1) * d;
                 adam_run(&mut p[k.clone()], &mut g[k.clone()], &mut m[k.clone()], &mut v[k], s);
             }
@@ -222,6 +228,9 @@ pub fn adam_step_rows<T: Float>(
         adam_rows_best(p, g, m, v, Some((rows, 0)), d, &s);
     }
 }
+
+/// How many rows ahead [`adam_rows`] prefetches the four tables' rows.
+const PREFETCH_ROWS: usize = 4;
 
 /// Fewest rows per thread for which [`adam_step_rows`] splits its rows.
 const ROWS_PER_LANE: usize = 32;
