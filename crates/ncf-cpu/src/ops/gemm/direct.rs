@@ -41,8 +41,12 @@ use std::arch::x86_64::*;
 /// whose packed panels are built for them.
 pub const MAX_N: usize = 512;
 
-/// Most elements of a B that has to be copied first (1 MiB of f32, the size of an L2).
+/// Most elements of a B that has to be copied first (1 MiB of f32, half this machine's L2).
 const MAX_B_COPY: usize = 1 << 18;
+
+/// Most elements of any B (4 MiB of f32): every row tile re-reads all of B, which must come
+/// from cache, not memory. (At batch 4096 the largest, `dW`'s `inp`, is 2048 × 64.)
+const MAX_B: usize = 1 << 20;
 
 /// Whether this CPU can run the kernel (AVX-512 Foundation).
 pub fn is_available() -> bool {
@@ -57,10 +61,11 @@ pub fn is_available() -> bool {
 }
 
 /// Whether a `(k, n)` B with column stride `b_cs`, into a C with column stride `c_cs`, suits the
-/// kernel: C's rows contiguous, C not wider than [`MAX_N`], and a B that must be copied (column
-/// stride ≠ 1) not bigger than [`MAX_B_COPY`].
+/// kernel: C's rows contiguous, C not wider than [`MAX_N`], B not bigger than [`MAX_B`], and a
+/// B that must be copied (column stride ≠ 1) not bigger than [`MAX_B_COPY`].
 pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
-    c_cs == 1 && n <= MAX_N && (b_cs == 1 || k.saturating_mul(n) <= MAX_B_COPY)
+    let b_len = k.saturating_mul(n);
+    c_cs == 1 && n <= MAX_N && b_len <= MAX_B && (b_cs == 1 || b_len <= MAX_B_COPY)
 }
 
 /// `C ← α·A·B + β·C` with this kernel.

@@ -487,6 +487,23 @@ fn direct_kernel_matches_naive() {
 /// For `k ≤ KC` the direct kernel computes each element as the blocked kernel does (one FMA
 /// chain from zero in `p` order, then `α·acc + β·c` with two roundings), so the two agree bit for
 /// bit. Also checks that NCF's layer shapes take the direct path.
+/// Which products the AVX-512 level sends to the direct kernel.
+#[test]
+fn direct_kernel_takes_skinny_products_only() {
+    // NCF's layers at lanes of 128 and 2048 rows (batch 256 and 4096): B is w, wᵀ or inp.
+    for rows in [128, 2048] {
+        for (i, o) in [(64, 32), (32, 16), (16, 8)] {
+            assert!(direct::suits(i, o, i, 1), "forward: wᵀ ({i}, {o}) is copied");
+            assert!(direct::suits(o, i, 1, 1), "dinp, lane of {rows}");
+            assert!(direct::suits(rows, i, 1, 1), "dW, lane of {rows}");
+        }
+    }
+    assert!(!direct::suits(64, 1024, 1, 1), "C wider than MAX_N");
+    assert!(!direct::suits(8192, 256, 1, 1), "a B of 2M elements, re-read per row tile");
+    assert!(!direct::suits(1024, 512, 2, 1), "a strided B too big to copy");
+    assert!(!direct::suits(64, 32, 1, 2), "C with strided rows");
+}
+
 #[test]
 fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
     if !Simd::Avx512.is_available() {
