@@ -82,8 +82,9 @@ impl<B: Backend> GmfTower<B> {
 
     /// Adds the rows' embedding gradients into `g` (in row order).
     pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        be.embedding_backward(&self.dpu, users, b, self.f, g.buf_mut(self.user), self.users)?;
-        be.embedding_backward(&self.dqi, items, b, self.f, g.buf_mut(self.item), self.items)
+        let [mut tu, mut ti] = g.side_tables_mut()?;
+        self.scatter_side(be, IdSource::User, &mut tu, users, b)?;
+        self.scatter_side(be, IdSource::Item, &mut ti, items, b)
     }
 
     /// One side of [`GmfTower::scatter`]: the users' rows (`ids` = users) or the items'.
@@ -328,8 +329,9 @@ impl<B: Backend> MlpTower<B> {
     /// Adds the rows' embedding gradients (from [`MlpTower::backward_dense`]) into `g`, in row
     /// order.
     pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        be.embedding_backward(&self.dpu, users, b, self.d, g.buf_mut(self.user), self.users)?;
-        be.embedding_backward(&self.dqi, items, b, self.d, g.buf_mut(self.item), self.items)
+        let [mut tu, mut ti] = g.side_tables_mut()?;
+        self.scatter_side(be, IdSource::User, &mut tu, users, b)?;
+        self.scatter_side(be, IdSource::Item, &mut ti, items, b)
     }
 
     /// One side of [`MlpTower::scatter`]: the users' rows (`ids` = users) or the items'.
