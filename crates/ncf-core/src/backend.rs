@@ -55,25 +55,6 @@ pub trait Backend: Sync {
     fn download_ids(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;
     /// Waits until every queued op has finished (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
-    /// Runs `f`, a stretch of back-to-back training steps, with whatever lets this backend's
-    /// kernels split microsecond-sized work across cores (the CPU keeps a second thread
-    /// spinning for the duration; see `ncf_cpu::team`). The default just runs `f`.
-    fn run_steps<R>(&self, f: impl FnOnce() -> R) -> R {
-        f()
-    }
-    /// How many lanes a training step splits its batch into: the halves of an even batch are
-    /// run forward and backward side by side ([`Backend::join`]) and their gradients summed.
-    /// The CPU uses 2 whatever its thread count, so results do not depend on it; a GPU, whose
-    /// kernels already spread every row over the device, uses 1 (the default).
-    fn lanes(&self) -> usize {
-        1
-    }
-    /// Runs `a` and `b`, side by side where the backend can (the CPU's spinning helper thread
-    /// inside [`Backend::run_steps`]), and returns both results. The default runs them in turn.
-    fn join<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
-        (a(), b())
-    }
-
     // ---------------------------------------------------------------- embedding
 
     /// Gather. `table (N,D)  ids (B)  out (B,D)`:  `out[b,:] = table[ids[b],:]`.
@@ -230,8 +211,8 @@ pub trait Backend: Sync {
 
     /// `out[i] += x[i]` over `n` elements.
     fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()>;
-    /// `buf[i] *= s` over `n` elements. Only the CPU's two-lane step uses it (with `s = ½`,
-    /// which is exact); this default goes through the host.
+    /// `buf[i] *= s` over `n` elements. This default goes through the host; a backend whose
+    /// training step scales a gradient (the CPU's two-lane step, by `½`) overrides it.
     fn scale(&self, buf: &mut Self::Buf, n: usize, s: Self::T) -> Result<()> {
         let mut h = self.download(buf)?;
         h.truncate(n);

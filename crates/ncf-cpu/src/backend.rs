@@ -76,18 +76,6 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
-    /// With two or more threads in the current rayon pool, a helper thread spins beside the
-    /// steps and takes half of each kernel that splits ([`crate::team`]).
-    fn run_steps<R>(&self, f: impl FnOnce() -> R) -> R {
-        if rayon::current_num_threads() >= 2 { crate::team::with_helper(f) } else { f() }
-    }
-    fn lanes(&self) -> usize {
-        2
-    }
-    fn join<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
-        crate::team::join(a, b)
-    }
-
     fn embedding_forward(
         &self,
         table: &Vec<T>,

@@ -6,21 +6,25 @@
 //!
 //! Reading order: `ops/embedding.rs`, `ops/linear.rs` (then `ops/gemm.rs`, the one kernel that
 //! is hard to make fast), `ops/activation.rs`, `ops/loss.rs`, `ops/elementwise.rs`,
-//! `ops/optim.rs`, and finally `backend.rs`. `team.rs` is how a training epoch uses two cores
-//! at microsecond granularity (a helper thread that spins, instead of rayon's sleeping worker).
+//! `ops/optim.rs`, and finally `backend.rs`. Then the CPU's fast path beside the reference
+//! training step: `step.rs` (the two-lane step) and `team.rs`, how a training epoch uses two
+//! cores at microsecond granularity (a helper thread that spins, instead of rayon's sleeping
+//! worker).
 //!
 //! ## Determinism
 //!
 //! No kernel splits a reduction across threads in a way that depends on the thread count, so a
 //! given input produces bit-identical output on 1, 2 or 64 threads. The two-lane training step
-//! (`ncf_model`) splits a batch by its size alone, never by the thread count, so a training run
+//! ([`step`]) splits a batch by its size alone, never by the thread count, so a training run
 //! gives the same numbers on any number of threads too.
 
 pub mod backend;
 pub mod ops;
+pub mod step;
 pub mod team;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 pub use backend::CpuBackend;
 pub use ops::gemm::{CpuFloat, GemmImpl};
+pub use step::{MIN_LANE_BATCH, TwoLaneStep};

@@ -18,6 +18,7 @@ pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod nvrtc;
+pub mod step;
 
 pub use backend::{CudaBackend, GpuGemm};
 pub use error::{CudaError, Result};

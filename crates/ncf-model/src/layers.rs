@@ -20,75 +20,55 @@ pub(crate) fn check_batch(op: &'static str, b: usize, max_batch: usize) -> Resul
     Ok(())
 }
 
-// ------------------------------------------------------------------------------------ GMF tower
+// ------------------------------------------------------------------------------------ embedding pair
 
-/// GMF: `h = P[u] ⊙ Q[i]`.   `P (U,F)  Q (I,F)  u, i (B)  h (B,F)`
+/// The user and item embeddings of one tower: `pu = P[u]`, `qi = Q[i]`.
+/// `P (U,D)  Q (I,D)  u, i (B)  pu, qi (B,D)`
 ///
-/// Backward: `dP[u] += dh ⊙ Q[i]`,  `dQ[i] += dh ⊙ P[u]`.
-pub struct GmfTower<B: Backend> {
+/// Backward is a scatter-add of each row's gradient into its table row:
+/// `dP[u[b]] += dpu[b]`, `dQ[i[b]] += dqi[b]`. The tower that owns the pair writes `dpu`, `dqi`.
+pub struct EmbeddingPair<B: Backend> {
+    /// Indices of `P` and `Q` in the model's [`ParamSet`].
     pub user: usize,
     pub item: usize,
+    /// Rows of `P` (users `U`) and of `Q` (items `I`).
     pub users: usize,
     pub items: usize,
-    /// Predictive factors `F`.
-    pub f: usize,
-    pu: B::Buf,
-    qi: B::Buf,
-    /// The tower's output `h (B,F)`.
-    pub h: B::Buf,
-    dpu: B::Buf,
-    dqi: B::Buf,
+    /// Width `D`.
+    pub d: usize,
+    pub pu: B::Buf,
+    pub qi: B::Buf,
+    pub dpu: B::Buf,
+    pub dqi: B::Buf,
 }
 
-impl<B: Backend> GmfTower<B> {
-    pub fn new(
-        be: &B,
-        user: usize,
-        item: usize,
-        users: usize,
-        items: usize,
-        f: usize,
-        max_batch: usize,
-    ) -> Result<Self> {
-        let z = || be.zeros(max_batch * f);
-        Ok(GmfTower { user, item, users, items, f, pu: z()?, qi: z()?, h: z()?, dpu: z()?, dqi: z()? })
+impl<B: Backend> EmbeddingPair<B> {
+    pub fn new(be: &B, user: usize, item: usize, users: usize, items: usize, d: usize, rows: usize) -> Result<Self> {
+        let z = || be.zeros(rows * d);
+        Ok(EmbeddingPair { user, item, users, items, d, pu: z()?, qi: z()?, dpu: z()?, dqi: z()? })
     }
 
+    /// The same tables, with buffers for `rows` rows.
+    pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
+        Self::new(be, self.user, self.item, self.users, self.items, self.d, rows)
+    }
+
+    /// `pu = P[users]`, `qi = Q[items]`.
     pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        be.embedding_forward(p.buf(self.user), self.users, self.f, users, b, &mut self.pu)?;
-        be.embedding_forward(p.buf(self.item), self.items, self.f, items, b, &mut self.qi)?;
-        be.gmf_forward(&self.pu, &self.qi, &mut self.h, b * self.f)
+        be.embedding_forward(p.buf(self.user), self.users, self.d, users, b, &mut self.pu)?;
+        be.embedding_forward(p.buf(self.item), self.items, self.d, items, b, &mut self.qi)
     }
 
-    /// `dh (B,F)` is the gradient of the loss w.r.t. [`GmfTower::h`].
-    pub fn backward(
-        &mut self,
-        be: &B,
-        g: &mut ParamSet<B>,
-        users: &B::Ids,
-        items: &B::Ids,
-        dh: &B::Buf,
-        b: usize,
-    ) -> Result<()> {
-        self.backward_rows(be, dh, b)?;
-        self.scatter(be, g, users, items, b)
-    }
-
-    /// The per-row half of [`GmfTower::backward`]: `dP[u]`, `dQ[i]` for each row, kept in the
-    /// tower until [`GmfTower::scatter`] adds them into the tables' gradients.
-    pub fn backward_rows(&mut self, be: &B, dh: &B::Buf, b: usize) -> Result<()> {
-        be.gmf_backward(dh, &self.pu, &self.qi, &mut self.dpu, &mut self.dqi, b * self.f)
-    }
-
-    /// Adds the rows' embedding gradients into `g` (in row order).
-    pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+    /// `dP[users] += dpu`, `dQ[items] += dqi`, in row order.
+    pub fn backward(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         let [mut tu, mut ti] = g.side_tables_mut()?;
-        self.scatter_side(be, IdSource::User, &mut tu, users, b)?;
-        self.scatter_side(be, IdSource::Item, &mut ti, items, b)
+        self.backward_side(be, IdSource::User, &mut tu, users, b)?;
+        self.backward_side(be, IdSource::Item, &mut ti, items, b)
     }
 
-    /// One side of [`GmfTower::scatter`]: the users' rows (`ids` = users) or the items'.
-    pub fn scatter_side(
+    /// One side of [`EmbeddingPair::backward`] (`ids` = the batch's users or items), for a
+    /// caller that holds the two sides' tables apart.
+    pub fn backward_side(
         &self,
         be: &B,
         side: IdSource,
@@ -97,9 +77,49 @@ impl<B: Backend> GmfTower<B> {
         b: usize,
     ) -> Result<()> {
         match side {
-            IdSource::User => be.embedding_backward(&self.dpu, ids, b, self.f, t.get(self.user)?, self.users),
-            IdSource::Item => be.embedding_backward(&self.dqi, ids, b, self.f, t.get(self.item)?, self.items),
+            IdSource::User => be.embedding_backward(&self.dpu, ids, b, self.d, t.get(self.user)?, self.users),
+            IdSource::Item => be.embedding_backward(&self.dqi, ids, b, self.d, t.get(self.item)?, self.items),
         }
+    }
+}
+
+// ------------------------------------------------------------------------------------ GMF tower
+
+/// GMF: `h = P[u] ⊙ Q[i]`.   `P (U,F)  Q (I,F)  u, i (B)  h (B,F)`
+///
+/// Backward: `dP[u] = dh ⊙ Q[i]`,  `dQ[i] = dh ⊙ P[u]` per row, into the pair's `dpu`, `dqi`;
+/// the model then scatters them into the tables ([`EmbeddingPair::backward`]).
+pub struct GmfTower<B: Backend> {
+    pub emb: EmbeddingPair<B>,
+    /// The tower's output `h (B,F)`.
+    pub h: B::Buf,
+}
+
+impl<B: Backend> GmfTower<B> {
+    pub fn new(be: &B, emb: EmbeddingPair<B>, rows: usize) -> Result<Self> {
+        Ok(GmfTower { h: be.zeros(rows * emb.d)?, emb })
+    }
+
+    /// The same tower with buffers for `rows` rows.
+    pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
+        Self::new(be, self.emb.like(be, rows)?, rows)
+    }
+
+    /// Predictive factors `F`.
+    pub fn f(&self) -> usize {
+        self.emb.d
+    }
+
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.emb.forward(be, p, users, items, b)?;
+        be.gmf_forward(&self.emb.pu, &self.emb.qi, &mut self.h, b * self.emb.d)
+    }
+
+    /// `dh (B,F)` is the gradient of the loss w.r.t. [`GmfTower::h`]; leaves each row's
+    /// embedding gradients in the pair.
+    pub fn backward(&mut self, be: &B, dh: &B::Buf, b: usize) -> Result<()> {
+        let e = &mut self.emb;
+        be.gmf_backward(dh, &e.pu, &e.qi, &mut e.dpu, &mut e.dqi, b * e.d)
     }
 }
 
@@ -122,15 +142,9 @@ pub struct DenseIdx {
 /// Backward, from `dx_L`: for each layer in reverse, `dzₗ = dxₗ · 1[xₗ > 0]`, then the dense
 /// backward gives `dWₗ, dbₗ` and `dxₗ₋₁`; finally `dx₀` splits into `dP[u]` and `dQ[i]`.
 pub struct MlpTower<B: Backend> {
-    pub user: usize,
-    pub item: usize,
-    pub users: usize,
-    pub items: usize,
-    /// Embedding width per side, `D = layers[0] / 2`.
-    pub d: usize,
+    /// `P`, `Q` with `D = layers[0] / 2`.
+    pub emb: EmbeddingPair<B>,
     pub dense: Vec<DenseIdx>,
-    pu: B::Buf,
-    qi: B::Buf,
     x0: B::Buf,
     z: Vec<B::Buf>,
     /// Post-ReLU outputs `xₗ`; the last one is the tower's output.
@@ -138,8 +152,6 @@ pub struct MlpTower<B: Backend> {
     dx: Vec<B::Buf>,
     dz: Vec<B::Buf>,
     dx0: B::Buf,
-    dpu: B::Buf,
-    dqi: B::Buf,
     tables: Option<FirstLayerTables<B>>,
 }
 
@@ -157,42 +169,31 @@ struct FirstLayerTables<B: Backend> {
 }
 
 impl<B: Backend> MlpTower<B> {
-    pub fn new(
-        be: &B,
-        user: usize,
-        item: usize,
-        users: usize,
-        items: usize,
-        d: usize,
-        dense: Vec<DenseIdx>,
-        max_batch: usize,
-    ) -> Result<Self> {
-        let z = |w: usize| be.zeros(max_batch * w);
+    pub fn new(be: &B, emb: EmbeddingPair<B>, dense: Vec<DenseIdx>, rows: usize) -> Result<Self> {
+        let z = |w: usize| be.zeros(rows * w);
         let per_layer = || dense.iter().map(|l| z(l.o)).collect::<Result<Vec<_>>>();
+        let d = emb.d;
         Ok(MlpTower {
-            user,
-            item,
-            users,
-            items,
-            d,
-            pu: z(d)?,
-            qi: z(d)?,
             x0: z(2 * d)?,
             z: per_layer()?,
             x: per_layer()?,
             dx: per_layer()?,
             dz: per_layer()?,
             dx0: z(2 * d)?,
-            dpu: z(d)?,
-            dqi: z(d)?,
+            emb,
             dense,
             tables: None,
         })
     }
 
+    /// The same tower with buffers for `rows` rows.
+    pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
+        Self::new(be, self.emb.like(be, rows)?, self.dense.clone(), rows)
+    }
+
     /// Width of the tower's output.
     pub fn out_width(&self) -> usize {
-        self.dense.last().map_or(2 * self.d, |l| l.o)
+        self.dense.last().map_or(2 * self.emb.d, |l| l.o)
     }
 
     /// The tower's output `x_L (B, H_L)` after [`MlpTower::forward`].
@@ -201,9 +202,9 @@ impl<B: Backend> MlpTower<B> {
     }
 
     pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        be.embedding_forward(p.buf(self.user), self.users, self.d, users, b, &mut self.pu)?;
-        be.embedding_forward(p.buf(self.item), self.items, self.d, items, b, &mut self.qi)?;
-        be.concat_cols(&self.pu, self.d, &self.qi, self.d, b, &mut self.x0)?;
+        let e = &mut self.emb;
+        e.forward(be, p, users, items, b)?;
+        be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut self.x0)?;
         for (l, layer) in self.dense.iter().enumerate() {
             // zₗ = xₗ₋₁·Wₗᵀ + bₗ and xₗ = relu(zₗ), fused (one pass on the GPU).
             let (prev, cur) = self.x.split_at_mut(l);
@@ -222,11 +223,10 @@ impl<B: Backend> MlpTower<B> {
         Ok(())
     }
 
-    /// `dout (B,H_L)` is the gradient of the loss w.r.t. [`MlpTower::out`].
     /// Computes the [`FirstLayerTables`] from the current weights (inference only).
     pub fn prepare_scoring(&mut self, be: &B, p: &ParamSet<B>) -> Result<()> {
         let Some(&l0) = self.dense.first() else { return Ok(()) };
-        let (d, o) = (self.d, l0.o);
+        let (d, o) = (self.emb.d, l0.o);
         let w = be.download(p.buf(l0.w))?;
         let (mut wu, mut wi) = (Vec::with_capacity(o * d), Vec::with_capacity(o * d));
         for row in w.chunks_exact(2 * d).take(o) {
@@ -234,10 +234,11 @@ impl<B: Backend> MlpTower<B> {
             wi.extend_from_slice(&row[d..]);
         }
         let (wu, wi, zero) = (be.upload(&wu)?, be.upload(&wi)?, be.zeros(o)?);
-        let mut u = be.zeros(self.users * o)?;
-        let mut v = be.zeros(self.items * o)?;
-        be.linear_forward(p.buf(self.user), &wu, p.buf(l0.bias), &mut u, self.users, d, o)?;
-        be.linear_forward(p.buf(self.item), &wi, &zero, &mut v, self.items, d, o)?;
+        let e = &self.emb;
+        let mut u = be.zeros(e.users * o)?;
+        let mut v = be.zeros(e.items * o)?;
+        be.linear_forward(p.buf(e.user), &wu, p.buf(l0.bias), &mut u, e.users, d, o)?;
+        be.linear_forward(p.buf(e.item), &wi, &zero, &mut v, e.items, d, o)?;
         self.tables = Some(FirstLayerTables { u, v, generation: p.generation });
         Ok(())
     }
@@ -257,7 +258,8 @@ impl<B: Backend> MlpTower<B> {
                 ));
             }
         };
-        be.gather_add_relu(&t.u, self.users, users, &t.v, self.items, items, l0.o, b, &mut self.x[0])?;
+        let e = &self.emb;
+        be.gather_add_relu(&t.u, e.users, users, &t.v, e.items, items, l0.o, b, &mut self.x[0])?;
         for l in 1..self.dense.len() {
             let layer = self.dense[l];
             let (prev, cur) = self.x.split_at_mut(l);
@@ -276,30 +278,9 @@ impl<B: Backend> MlpTower<B> {
         Ok(())
     }
 
-    pub fn backward(
-        &mut self,
-        be: &B,
-        p: &ParamSet<B>,
-        g: &mut ParamSet<B>,
-        users: &B::Ids,
-        items: &B::Ids,
-        dout: &B::Buf,
-        b: usize,
-    ) -> Result<()> {
-        self.backward_dense(be, p, g, dout, b)?;
-        self.scatter(be, g, users, items, b)
-    }
-
-    /// [`MlpTower::backward`] up to the embedding tables: the dense layers' gradients go into
-    /// `g`, each row's `dP[u]`, `dQ[i]` stay in the tower for [`MlpTower::scatter`].
-    pub fn backward_dense(
-        &mut self,
-        be: &B,
-        p: &ParamSet<B>,
-        g: &mut ParamSet<B>,
-        dout: &B::Buf,
-        b: usize,
-    ) -> Result<()> {
+    /// `dout (B,H_L)` is the gradient of the loss w.r.t. [`MlpTower::out`]. The dense layers'
+    /// gradients are accumulated into `g`; each row's `dP[u]`, `dQ[i]` are left in the pair.
+    pub fn backward(&mut self, be: &B, p: &ParamSet<B>, g: &mut ParamSet<B>, dout: &B::Buf, b: usize) -> Result<()> {
         for l in (0..self.dense.len()).rev() {
             let layer = self.dense[l];
             let (dx_lo, dx_hi) = self.dx.split_at_mut(l);
@@ -323,30 +304,8 @@ impl<B: Backend> MlpTower<B> {
             )?;
         }
         let dx0 = if self.dense.is_empty() { dout } else { &self.dx0 };
-        be.split_cols(dx0, self.d, self.d, b, &mut self.dpu, &mut self.dqi)
-    }
-
-    /// Adds the rows' embedding gradients (from [`MlpTower::backward_dense`]) into `g`, in row
-    /// order.
-    pub fn scatter(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        let [mut tu, mut ti] = g.side_tables_mut()?;
-        self.scatter_side(be, IdSource::User, &mut tu, users, b)?;
-        self.scatter_side(be, IdSource::Item, &mut ti, items, b)
-    }
-
-    /// One side of [`MlpTower::scatter`]: the users' rows (`ids` = users) or the items'.
-    pub fn scatter_side(
-        &self,
-        be: &B,
-        side: IdSource,
-        t: &mut SideTables<'_, B>,
-        ids: &B::Ids,
-        b: usize,
-    ) -> Result<()> {
-        match side {
-            IdSource::User => be.embedding_backward(&self.dpu, ids, b, self.d, t.get(self.user)?, self.users),
-            IdSource::Item => be.embedding_backward(&self.dqi, ids, b, self.d, t.get(self.item)?, self.items),
-        }
+        let e = &mut self.emb;
+        be.split_cols(dx0, e.d, e.d, b, &mut e.dpu, &mut e.dqi)
     }
 
     /// Signs of every pre-activation `zₗ > 0` for the first `b` rows (the gradient check uses them
@@ -387,6 +346,11 @@ pub struct Head<B: Backend> {
 impl<B: Backend> Head<B> {
     pub fn new(be: &B, w: usize, bias: usize, i: usize, max_batch: usize) -> Result<Self> {
         Ok(Head { idx: DenseIdx { w, bias, i, o: 1 }, logits: be.zeros(max_batch)?, dinp: be.zeros(max_batch * i)? })
+    }
+
+    /// The same head with buffers for `rows` rows.
+    pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
+        Self::new(be, self.idx.w, self.idx.bias, self.idx.i, rows)
     }
 
     pub fn forward(&mut self, be: &B, p: &ParamSet<B>, x: &B::Buf, b: usize) -> Result<()> {

@@ -3,20 +3,29 @@
 //! The four NCF models with hand-written forward and backward passes, generic over any
 //! [`ncf_core::Backend`], plus the optimizer, a training step and the gradient check.
 //!
-//! Reading order: [`params`] (flat named tensors), [`init`], [`layers`] (GMF tower, MLP tower,
-//! prediction head: forward and backward side by side), [`models`], [`optim`], [`step`],
-//! [`gradcheck`].
+//! Reading order: [`params`] (flat named tensors), [`init`], [`layers`] (embedding pair, GMF
+//! tower, MLP tower, prediction head: forward and backward side by side), [`models`] (each
+//! model's forward and backward, straight-line), [`batch`], [`optim`], [`step`] (the reference
+//! training step, and the [`FastStep`] a backend may offer beside it), [`gradcheck`].
+//! [`split`] is what a fast step needs from a model; the reference path never uses it.
+//!
+//! Modules only import from modules above them in this order (no import circles):
+//! `params ← init ← layers ← models ← batch ← optim ← step`, `split` (models, layers) and
+//! `gradcheck` (models, step).
 
+pub mod batch;
 pub mod gradcheck;
 pub mod init;
 pub mod layers;
 pub mod models;
 pub mod optim;
 pub mod params;
+pub mod split;
 pub mod step;
 
+pub use batch::{Batch, StepScratch};
 pub use init::{Init, InitConfig};
-pub use models::{AnyModel, Gmf, Mf, Mlp, Model, ModelConfig, ModelKind, NeuMf};
-pub use optim::{Group, GroupConfig, OptimConfig, Optimizer};
+pub use models::{AnyModel, Gmf, GmfActs, Mf, Mlp, MlpActs, Model, ModelConfig, ModelKind, NeuMf, NeuMfActs};
+pub use optim::{Fork, Group, GroupConfig, InTurn, OptimConfig, Optimizer};
 pub use params::{HostTensor, IdSource, ParamSet, Role};
-pub use step::{Batch, Half, LaneScratch, MIN_LANE_BATCH, StepScratch, train_step};
+pub use step::{AnyStep, FastStep, ReferenceStep, Step, StepKind, train_step};

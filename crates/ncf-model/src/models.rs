@@ -10,10 +10,9 @@
 //! | MF    | `P[u]·Q[i] + b_u + b_i + g` | Rendle et al. 2020 |
 
 use crate::init::InitConfig;
-use crate::layers::{DenseIdx, GmfTower, Head, MlpTower, check_batch};
-use crate::params::{IdSource, ParamBuilder, ParamSet, Role, SideTables};
-use crate::step::{Batch, StepScratch};
-use ncf_core::{Backend, Error, Float, Result, Rng};
+use crate::layers::{DenseIdx, EmbeddingPair, GmfTower, Head, MlpTower, check_batch};
+use crate::params::{IdSource, ParamBuilder, ParamSet, Role};
+use ncf_core::{Backend, Error, Result, Rng};
 use std::fmt;
 use std::str::FromStr;
 
@@ -139,112 +138,10 @@ pub trait Model<B: Backend> {
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         self.forward(be, users, items, b)
     }
-    /// Forward, loss and backward of a batch split into two lanes run side by side
-    /// ([`Backend::lanes`], [`Batch::halves`]), leaving the summed gradients in the grads.
-    /// Returns `false`, having done nothing, for models that do not split (GMF and MF: no dense
-    /// layers, so too little work per row to share).
-    fn forward_backward_lanes(&mut self, _be: &B, _batch: &Batch<B>, _scratch: &mut StepScratch<B>) -> Result<bool> {
-        Ok(false)
-    }
 }
 
-// ------------------------------------------------------------------------------------ lanes
-
-/// A model's activation buffers, with its forward and backward written against explicit
-/// parameters and gradients, so that two of them (two lanes) can run on the two halves of a
-/// batch at the same time, sharing the parameters.
-trait Work<B: Backend>: Send + Sync + Sized {
-    /// The same blocks and parameter indices, with buffers for `rows` rows.
-    fn fresh(&self, be: &B, rows: usize) -> Result<Self>;
-    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()>;
-    fn logits(&self) -> &B::Buf;
-    /// Backward up to the embedding tables: dense gradients into `g`, each row's embedding
-    /// gradients kept for [`Work::scatter`].
-    fn backward_rows(&mut self, be: &B, p: &ParamSet<B>, g: &mut ParamSet<B>, dlogits: &B::Buf, b: usize)
-    -> Result<()>;
-    /// Adds the rows' embedding gradients of one id side into that side's tables, in row order
-    /// (`ids` = the batch's users or items).
-    fn scatter(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()>;
-
-    /// Both sides of [`Work::scatter`], one after the other.
-    fn scatter_all(&self, be: &B, g: &mut ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        let [mut tu, mut ti] = g.side_tables_mut()?;
-        self.scatter(be, IdSource::User, &mut tu, users, b)?;
-        self.scatter(be, IdSource::Item, &mut ti, items, b)
-    }
-}
-
-/// The second lane: its buffers and its own dense gradients (summed into the model's after
-/// each step, then zeroed).
-struct SecondLane<B: Backend, W> {
-    work: W,
-    grads: ParamSet<B>,
-    rows: usize,
-}
-
-/// The two-lane forward/loss/backward (see [`Model::forward_backward_lanes`]).
-///
-/// Lane 0 takes rows `[0, h)` into the model's own buffers and gradients, lane 1 rows `[h, 2h)`
-/// into the second lane's. Each lane's loss is the mean over its `h` rows, so the batch's mean
-/// is their average and `∂L/∂z = (σ(z) − y)/h · ½`: scaling by ½ is exact, so the logits'
-/// gradients are bit for bit those of the one-lane step. So are the per-row gradients and the
-/// embedding gradients (lane 0's rows are scattered first, then lane 1's: the batch's row
-/// order). Only the dense weights' and biases' gradients differ in rounding: they are summed
-/// per half, then added. The split depends on the batch alone, never on the thread count.
-fn forward_backward_lanes<B: Backend, W: Work<B>>(
-    be: &B,
-    params: &ParamSet<B>,
-    grads: &mut ParamSet<B>,
-    first: &mut W,
-    second: &mut Option<SecondLane<B, W>>,
-    batch: &Batch<B>,
-    scratch: &mut StepScratch<B>,
-) -> Result<bool> {
-    let Some([h0, h1]) = batch.halves() else { return Ok(false) };
-    let h = batch.len / 2;
-    if second.as_ref().is_none_or(|s| s.rows < h) {
-        *second = Some(SecondLane { work: first.fresh(be, h)?, grads: params.zeros_like(be)?, rows: h });
-    }
-    let Some(s) = second.as_mut() else { return Ok(false) };
-    let [l0, l1] = &mut scratch.lanes;
-    let half = B::T::from_f64(0.5);
-    let run =
-        |work: &mut W, g: &mut ParamSet<B>, ids: &crate::step::Half<B>, lane: &mut crate::step::LaneScratch<B>| {
-            work.forward(be, params, &ids.users, &ids.items, h)?;
-            be.bce_with_logits(work.logits(), &ids.labels, h, &mut lane.loss, &mut lane.dlogits)?;
-            be.scale(&mut lane.dlogits, h, half)?;
-            work.backward_rows(be, params, g, &lane.dlogits, h)
-        };
-    let (r0, r1) = be.join(|| run(first, grads, h0, l0), || run(&mut s.work, &mut s.grads, h1, l1));
-    r0?;
-    r1?;
-    // The users' tables on one thread, the items' on the other; each table still receives
-    // lane 0's rows, then lane 1's.
-    let [mut tu, mut ti] = grads.side_tables_mut()?;
-    let (w0, w1) = (&*first, &s.work);
-    let (ru, ri) = be.join(
-        || {
-            w0.scatter(be, IdSource::User, &mut tu, &h0.users, h)?;
-            w1.scatter(be, IdSource::User, &mut tu, &h1.users, h)
-        },
-        || {
-            w0.scatter(be, IdSource::Item, &mut ti, &h0.items, h)?;
-            w1.scatter(be, IdSource::Item, &mut ti, &h1.items, h)
-        },
-    );
-    ru.and(ri)?;
-    for (t, t1) in grads.tensors.iter_mut().zip(s.grads.tensors.iter_mut()) {
-        if !matches!(t.role, Role::Embedding(_)) {
-            let n = t.numel();
-            be.add_assign(&mut t.buf, &t1.buf, n)?;
-            be.fill(&mut t1.buf, n, B::T::ZERO)?;
-        }
-    }
-    Ok(true)
-}
-
-/// Adds an MLP tower's parameters and returns its dense-layer indices.
-fn add_mlp_params<B: Backend>(pb: &mut ParamBuilder<B>, cfg: &ModelConfig) -> Result<(usize, usize, Vec<DenseIdx>)> {
+/// Adds an MLP tower's parameters and returns the tower (buffers for `rows` rows).
+fn add_mlp<B: Backend>(be: &B, pb: &mut ParamBuilder<B>, cfg: &ModelConfig, rows: usize) -> Result<MlpTower<B>> {
     let d = cfg.layers[0] / 2;
     let user = pb.add("mlp_user_embedding", &[cfg.users, d], Role::Embedding(IdSource::User), cfg.init.embedding)?;
     let item = pb.add("mlp_item_embedding", &[cfg.items, d], Role::Embedding(IdSource::Item), cfg.init.embedding)?;
@@ -255,21 +152,22 @@ fn add_mlp_params<B: Backend>(pb: &mut ParamBuilder<B>, cfg: &ModelConfig) -> Re
         let bias = pb.add(format!("mlp_{l}_bias"), &[o], Role::Bias, cfg.init.bias)?;
         dense.push(DenseIdx { w, bias, i, o });
     }
-    Ok((user, item, dense))
+    MlpTower::new(be, EmbeddingPair::new(be, user, item, cfg.users, cfg.items, d, rows)?, dense, rows)
 }
 
-fn add_gmf_params<B: Backend>(pb: &mut ParamBuilder<B>, cfg: &ModelConfig) -> Result<(usize, usize)> {
-    let user =
-        pb.add("gmf_user_embedding", &[cfg.users, cfg.factors], Role::Embedding(IdSource::User), cfg.init.embedding)?;
-    let item =
-        pb.add("gmf_item_embedding", &[cfg.items, cfg.factors], Role::Embedding(IdSource::Item), cfg.init.embedding)?;
-    Ok((user, item))
+/// Adds a GMF tower's parameters and returns the tower (buffers for `rows` rows).
+fn add_gmf<B: Backend>(be: &B, pb: &mut ParamBuilder<B>, cfg: &ModelConfig, rows: usize) -> Result<GmfTower<B>> {
+    let f = cfg.factors;
+    let user = pb.add("gmf_user_embedding", &[cfg.users, f], Role::Embedding(IdSource::User), cfg.init.embedding)?;
+    let item = pb.add("gmf_item_embedding", &[cfg.items, f], Role::Embedding(IdSource::Item), cfg.init.embedding)?;
+    GmfTower::new(be, EmbeddingPair::new(be, user, item, cfg.users, cfg.items, f, rows)?, rows)
 }
 
-fn add_head<B: Backend>(pb: &mut ParamBuilder<B>, cfg: &ModelConfig, i: usize) -> Result<(usize, usize)> {
+/// Adds the prediction layer `(1, i)` and returns it (buffers for `rows` rows).
+fn add_head<B: Backend>(be: &B, pb: &mut ParamBuilder<B>, cfg: &ModelConfig, i: usize, rows: usize) -> Result<Head<B>> {
     let w = pb.add("predict_weight", &[1, i], Role::Weight, cfg.init.output)?;
     let b = pb.add("predict_bias", &[1], Role::Bias, cfg.init.bias)?;
-    Ok((w, b))
+    Head::new(be, w, b, i, rows)
 }
 
 // ------------------------------------------------------------------------------------ GMF
@@ -278,25 +176,49 @@ fn add_head<B: Backend>(pb: &mut ParamBuilder<B>, cfg: &ModelConfig, i: usize) -
 pub struct Gmf<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
-    tower: GmfTower<B>,
-    head: Head<B>,
+    pub acts: GmfActs<B>,
     max_batch: usize,
+}
+
+/// GMF's activations: the tower and the head.
+pub struct GmfActs<B: Backend> {
+    pub gmf: GmfTower<B>,
+    pub head: Head<B>,
+}
+
+impl<B: Backend> GmfActs<B> {
+    /// `h = P[u] ⊙ Q[i]`, then `logit = h·wᵀ + b`.
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.gmf.forward(be, p, users, items, b)?;
+        self.head.forward(be, p, &self.gmf.h, b)
+    }
+
+    /// The chain rule from the logits back to the tables.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
+        dlogits: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        self.head.backward(be, p, g, &self.gmf.h, dlogits, b)?; // dw, db; dh = dlogit·w
+        self.gmf.backward(be, &self.head.dinp, b)?; // each row's dP[u], dQ[i]
+        self.gmf.emb.backward(be, g, users, items, b) // += into P and Q
+    }
 }
 
 impl<B: Backend> Gmf<B> {
     pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, rng: &mut Rng) -> Result<Self> {
         cfg.validate()?;
         let mut pb = ParamBuilder::new(be, rng);
-        let (user, item) = add_gmf_params(&mut pb, cfg)?;
-        let (w, bias) = add_head(&mut pb, cfg, cfg.factors)?;
+        let gmf = add_gmf(be, &mut pb, cfg, max_batch)?;
+        let head = add_head(be, &mut pb, cfg, cfg.factors, max_batch)?;
         let params = pb.finish();
-        Ok(Gmf {
-            grads: params.zeros_like(be)?,
-            params,
-            tower: GmfTower::new(be, user, item, cfg.users, cfg.items, cfg.factors, max_batch)?,
-            head: Head::new(be, w, bias, cfg.factors, max_batch)?,
-            max_batch,
-        })
+        Ok(Gmf { grads: params.zeros_like(be)?, params, acts: GmfActs { gmf, head }, max_batch })
     }
 }
 
@@ -318,16 +240,14 @@ impl<B: Backend> Model<B> for Gmf<B> {
     }
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("gmf.forward", b, self.max_batch)?;
-        self.tower.forward(be, &self.params, users, items, b)?;
-        self.head.forward(be, &self.params, &self.tower.h, b)
+        self.acts.forward(be, &self.params, users, items, b)
     }
     fn logits(&self) -> &B::Buf {
-        &self.head.logits
+        &self.acts.head.logits
     }
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("gmf.backward", b, self.max_batch)?;
-        self.head.backward(be, &self.params, &mut self.grads, &self.tower.h, dlogits, b)?;
-        self.tower.backward(be, &mut self.grads, users, items, &self.head.dinp, b)
+        self.acts.backward(be, &self.params, &mut self.grads, users, items, dlogits, b)
     }
 }
 
@@ -337,45 +257,38 @@ impl<B: Backend> Model<B> for Gmf<B> {
 pub struct Mlp<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
-    work: MlpWork<B>,
-    second: Option<SecondLane<B, MlpWork<B>>>,
+    pub acts: MlpActs<B>,
     max_batch: usize,
 }
 
-/// The MLP's buffers: its tower and head.
-struct MlpWork<B: Backend> {
-    tower: MlpTower<B>,
-    head: Head<B>,
+/// The MLP's activations: the tower and the head.
+pub struct MlpActs<B: Backend> {
+    pub mlp: MlpTower<B>,
+    pub head: Head<B>,
 }
 
-impl<B: Backend> Work<B> for MlpWork<B> {
-    fn fresh(&self, be: &B, rows: usize) -> Result<Self> {
-        let (t, h) = (&self.tower, &self.head.idx);
-        Ok(MlpWork {
-            tower: MlpTower::new(be, t.user, t.item, t.users, t.items, t.d, t.dense.clone(), rows)?,
-            head: Head::new(be, h.w, h.bias, h.i, rows)?,
-        })
+impl<B: Backend> MlpActs<B> {
+    /// `x_L = MLP([P[u], Q[i]])`, then `logit = x_L·wᵀ + b`.
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.mlp.forward(be, p, users, items, b)?;
+        self.head.forward(be, p, self.mlp.out(), b)
     }
-    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        self.tower.forward(be, p, users, items, b)?;
-        self.head.forward(be, p, self.tower.out(), b)
-    }
-    fn logits(&self) -> &B::Buf {
-        &self.head.logits
-    }
-    fn backward_rows(
+
+    /// The chain rule from the logits back to the tables.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
         &mut self,
         be: &B,
         p: &ParamSet<B>,
         g: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
         dlogits: &B::Buf,
         b: usize,
     ) -> Result<()> {
-        self.head.backward(be, p, g, self.tower.out(), dlogits, b)?;
-        self.tower.backward_dense(be, p, g, &self.head.dinp, b)
-    }
-    fn scatter(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()> {
-        self.tower.scatter_side(be, side, t, ids, b)
+        self.head.backward(be, p, g, self.mlp.out(), dlogits, b)?; // dw, db; dx_L = dlogit·w
+        self.mlp.backward(be, p, g, &self.head.dinp, b)?; // dense layers in reverse; rows of dP[u], dQ[i]
+        self.mlp.emb.backward(be, g, users, items, b) // += into P and Q
     }
 }
 
@@ -383,20 +296,10 @@ impl<B: Backend> Mlp<B> {
     pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, rng: &mut Rng) -> Result<Self> {
         cfg.validate()?;
         let mut pb = ParamBuilder::new(be, rng);
-        let (user, item, dense) = add_mlp_params(&mut pb, cfg)?;
-        let last = *cfg.layers.last().unwrap_or(&0);
-        let (w, bias) = add_head(&mut pb, cfg, last)?;
+        let mlp = add_mlp(be, &mut pb, cfg, max_batch)?;
+        let head = add_head(be, &mut pb, cfg, mlp.out_width(), max_batch)?;
         let params = pb.finish();
-        Ok(Mlp {
-            grads: params.zeros_like(be)?,
-            params,
-            work: MlpWork {
-                tower: MlpTower::new(be, user, item, cfg.users, cfg.items, cfg.layers[0] / 2, dense, max_batch)?,
-                head: Head::new(be, w, bias, last, max_batch)?,
-            },
-            second: None,
-            max_batch,
-        })
+        Ok(Mlp { grads: params.zeros_like(be)?, params, acts: MlpActs { mlp, head }, max_batch })
     }
 }
 
@@ -418,31 +321,26 @@ impl<B: Backend> Model<B> for Mlp<B> {
     }
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("mlp.forward", b, self.max_batch)?;
-        self.work.forward(be, &self.params, users, items, b)
+        self.acts.forward(be, &self.params, users, items, b)
     }
     fn logits(&self) -> &B::Buf {
-        self.work.logits()
+        &self.acts.head.logits
     }
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("mlp.backward", b, self.max_batch)?;
-        self.work.backward_rows(be, &self.params, &mut self.grads, dlogits, b)?;
-        self.work.scatter_all(be, &mut self.grads, users, items, b)
+        self.acts.backward(be, &self.params, &mut self.grads, users, items, dlogits, b)
     }
     fn prepare_scoring(&mut self, be: &B) -> Result<()> {
-        self.work.tower.prepare_scoring(be, &self.params)
+        self.acts.mlp.prepare_scoring(be, &self.params)
     }
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("mlp.score", b, self.max_batch)?;
-        let w = &mut self.work;
-        w.tower.forward_scoring(be, &self.params, users, items, b)?;
-        w.head.forward(be, &self.params, w.tower.out(), b)
+        let a = &mut self.acts;
+        a.mlp.forward_scoring(be, &self.params, users, items, b)?;
+        a.head.forward(be, &self.params, a.mlp.out(), b)
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
-        self.work.tower.relu_pattern(be, b)
-    }
-    fn forward_backward_lanes(&mut self, be: &B, batch: &Batch<B>, scratch: &mut StepScratch<B>) -> Result<bool> {
-        check_batch("mlp.forward_backward_lanes", batch.len, self.max_batch)?;
-        forward_backward_lanes(be, &self.params, &mut self.grads, &mut self.work, &mut self.second, batch, scratch)
+        self.acts.mlp.relu_pattern(be, b)
     }
 }
 
@@ -456,72 +354,67 @@ impl<B: Backend> Model<B> for Mlp<B> {
 pub struct NeuMf<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
-    work: NeuMfWork<B>,
-    second: Option<SecondLane<B, NeuMfWork<B>>>,
+    pub acts: NeuMfActs<B>,
     max_batch: usize,
 }
 
-/// NeuMF's buffers: both towers, the concatenation and the head.
-struct NeuMfWork<B: Backend> {
-    gmf: GmfTower<B>,
-    mlp: MlpTower<B>,
-    cat: B::Buf,
-    dh_gmf: B::Buf,
-    dx_mlp: B::Buf,
-    head: Head<B>,
+/// NeuMF's activations: both towers, the concatenation and the head.
+pub struct NeuMfActs<B: Backend> {
+    pub gmf: GmfTower<B>,
+    pub mlp: MlpTower<B>,
+    pub cat: B::Buf,
+    pub dh_gmf: B::Buf,
+    pub dx_mlp: B::Buf,
+    pub head: Head<B>,
 }
 
-impl<B: Backend> NeuMfWork<B> {
-    fn new(be: &B, gmf: GmfTower<B>, mlp: MlpTower<B>, w: usize, bias: usize, rows: usize) -> Result<Self> {
-        let (f, h) = (gmf.f, mlp.out_width());
-        Ok(NeuMfWork {
+impl<B: Backend> NeuMfActs<B> {
+    fn new(be: &B, gmf: GmfTower<B>, mlp: MlpTower<B>, head: Head<B>, rows: usize) -> Result<Self> {
+        let (f, h) = (gmf.f(), mlp.out_width());
+        Ok(NeuMfActs {
             cat: be.zeros(rows * (f + h))?,
             dh_gmf: be.zeros(rows * f)?,
             dx_mlp: be.zeros(rows * h)?,
-            head: Head::new(be, w, bias, f + h, rows)?,
             gmf,
             mlp,
+            head,
         })
     }
-}
 
-impl<B: Backend> Work<B> for NeuMfWork<B> {
-    fn fresh(&self, be: &B, rows: usize) -> Result<Self> {
-        let (g, m) = (&self.gmf, &self.mlp);
-        NeuMfWork::new(
-            be,
-            GmfTower::new(be, g.user, g.item, g.users, g.items, g.f, rows)?,
-            MlpTower::new(be, m.user, m.item, m.users, m.items, m.d, m.dense.clone(), rows)?,
-            self.head.idx.w,
-            self.head.idx.bias,
-            rows,
-        )
+    /// The same blocks with buffers for `rows` rows.
+    pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
+        Self::new(be, self.gmf.like(be, rows)?, self.mlp.like(be, rows)?, self.head.like(be, rows)?, rows)
     }
-    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        self.gmf.forward(be, p, users, items, b)?;
-        self.mlp.forward(be, p, users, items, b)?;
-        be.concat_cols(&self.gmf.h, self.gmf.f, self.mlp.out(), self.mlp.out_width(), b, &mut self.cat)?;
-        self.head.forward(be, p, &self.cat, b)
+
+    /// Both towers, their concatenation, the head.
+    pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.gmf.forward(be, p, users, items, b)?; // h = P_g[u] ⊙ Q_g[i]           (B,F)
+        self.mlp.forward(be, p, users, items, b)?; // x = MLP([P_m[u], Q_m[i]])      (B,H)
+        let (f, h) = (self.gmf.f(), self.mlp.out_width());
+        be.concat_cols(&self.gmf.h, f, self.mlp.out(), h, b, &mut self.cat)?; // cat = [h, x]  (B,F+H)
+        self.head.forward(be, p, &self.cat, b) // logit = cat·wᵀ + b                  (B)
     }
-    fn logits(&self) -> &B::Buf {
-        &self.head.logits
-    }
-    fn backward_rows(
+
+    /// The chain rule from the logits back to the tables: the head, the split of `dcat`, the
+    /// MLP tower, the GMF tower, then the four tables' scatter-adds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
         &mut self,
         be: &B,
         p: &ParamSet<B>,
         g: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
         dlogits: &B::Buf,
         b: usize,
     ) -> Result<()> {
-        self.head.backward(be, p, g, &self.cat, dlogits, b)?;
-        be.split_cols(&self.head.dinp, self.gmf.f, self.mlp.out_width(), b, &mut self.dh_gmf, &mut self.dx_mlp)?;
-        self.gmf.backward_rows(be, &self.dh_gmf, b)?;
-        self.mlp.backward_dense(be, p, g, &self.dx_mlp, b)
-    }
-    fn scatter(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()> {
-        self.gmf.scatter_side(be, side, t, ids, b)?;
-        self.mlp.scatter_side(be, side, t, ids, b)
+        let (f, h) = (self.gmf.f(), self.mlp.out_width());
+        self.head.backward(be, p, g, &self.cat, dlogits, b)?; // dw, db; dcat = dlogit·w
+        be.split_cols(&self.head.dinp, f, h, b, &mut self.dh_gmf, &mut self.dx_mlp)?; // dcat = [dh, dx]
+        self.mlp.backward(be, p, g, &self.dx_mlp, b)?; // dense layers in reverse; rows of dP_m[u], dQ_m[i]
+        self.gmf.backward(be, &self.dh_gmf, b)?; // rows of dP_g[u] = dh ⊙ Q_g[i], dQ_g[i] = dh ⊙ P_g[u]
+        self.mlp.emb.backward(be, g, users, items, b)?; // += into P_m and Q_m
+        self.gmf.emb.backward(be, g, users, items, b) // += into P_g and Q_g
     }
 }
 
@@ -529,24 +422,14 @@ impl<B: Backend> NeuMf<B> {
     pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, rng: &mut Rng) -> Result<Self> {
         cfg.validate()?;
         let mut pb = ParamBuilder::new(be, rng);
-        let (gu, gi) = add_gmf_params(&mut pb, cfg)?;
-        let (mu, mi, dense) = add_mlp_params(&mut pb, cfg)?;
-        let h = *cfg.layers.last().unwrap_or(&0);
-        let f = cfg.factors;
-        let (w, bias) = add_head(&mut pb, cfg, f + h)?;
+        let gmf = add_gmf(be, &mut pb, cfg, max_batch)?;
+        let mlp = add_mlp(be, &mut pb, cfg, max_batch)?;
+        let head = add_head(be, &mut pb, cfg, gmf.f() + mlp.out_width(), max_batch)?;
         let params = pb.finish();
         Ok(NeuMf {
             grads: params.zeros_like(be)?,
-            work: NeuMfWork::new(
-                be,
-                GmfTower::new(be, gu, gi, cfg.users, cfg.items, f, max_batch)?,
-                MlpTower::new(be, mu, mi, cfg.users, cfg.items, cfg.layers[0] / 2, dense, max_batch)?,
-                w,
-                bias,
-                max_batch,
-            )?,
             params,
-            second: None,
+            acts: NeuMfActs::new(be, gmf, mlp, head, max_batch)?,
             max_batch,
         })
     }
@@ -609,33 +492,28 @@ impl<B: Backend> Model<B> for NeuMf<B> {
     }
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("neumf.forward", b, self.max_batch)?;
-        self.work.forward(be, &self.params, users, items, b)
-    }
-    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
-        self.work.mlp.prepare_scoring(be, &self.params)
-    }
-    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
-        check_batch("neumf.score", b, self.max_batch)?;
-        let w = &mut self.work;
-        w.gmf.forward(be, &self.params, users, items, b)?;
-        w.mlp.forward_scoring(be, &self.params, users, items, b)?;
-        be.concat_cols(&w.gmf.h, w.gmf.f, w.mlp.out(), w.mlp.out_width(), b, &mut w.cat)?;
-        w.head.forward(be, &self.params, &w.cat, b)
+        self.acts.forward(be, &self.params, users, items, b)
     }
     fn logits(&self) -> &B::Buf {
-        self.work.logits()
+        &self.acts.head.logits
     }
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("neumf.backward", b, self.max_batch)?;
-        self.work.backward_rows(be, &self.params, &mut self.grads, dlogits, b)?;
-        self.work.scatter_all(be, &mut self.grads, users, items, b)
+        self.acts.backward(be, &self.params, &mut self.grads, users, items, dlogits, b)
+    }
+    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
+        self.acts.mlp.prepare_scoring(be, &self.params)
+    }
+    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        check_batch("neumf.score", b, self.max_batch)?;
+        let a = &mut self.acts;
+        a.gmf.forward(be, &self.params, users, items, b)?;
+        a.mlp.forward_scoring(be, &self.params, users, items, b)?;
+        be.concat_cols(&a.gmf.h, a.gmf.f(), a.mlp.out(), a.mlp.out_width(), b, &mut a.cat)?;
+        a.head.forward(be, &self.params, &a.cat, b)
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
-        self.work.mlp.relu_pattern(be, b)
-    }
-    fn forward_backward_lanes(&mut self, be: &B, batch: &Batch<B>, scratch: &mut StepScratch<B>) -> Result<bool> {
-        check_batch("neumf.forward_backward_lanes", batch.len, self.max_batch)?;
-        forward_backward_lanes(be, &self.params, &mut self.grads, &mut self.work, &mut self.second, batch, scratch)
+        self.acts.mlp.relu_pattern(be, b)
     }
 }
 
@@ -650,20 +528,13 @@ impl<B: Backend> Model<B> for NeuMf<B> {
 pub struct Mf<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
-    user: usize,
-    item: usize,
+    /// `P[u]`, `Q[i]` and their row gradients.
+    emb: EmbeddingPair<B>,
     user_bias: usize,
     item_bias: usize,
     global_bias: usize,
-    users: usize,
-    items: usize,
-    d: usize,
-    pu: B::Buf,
-    qi: B::Buf,
     bias_rows: B::Buf,
     logits: B::Buf,
-    dpu: B::Buf,
-    dqi: B::Buf,
     max_batch: usize,
 }
 
@@ -678,24 +549,15 @@ impl<B: Backend> Mf<B> {
         let item_bias = pb.add("item_bias", &[cfg.items, 1], Role::Embedding(IdSource::Item), cfg.init.bias)?;
         let global_bias = pb.add("global_bias", &[1], Role::Bias, cfg.init.bias)?;
         let params = pb.finish();
-        let z = |w: usize| be.zeros(max_batch * w);
         Ok(Mf {
             grads: params.zeros_like(be)?,
             params,
-            user,
-            item,
+            emb: EmbeddingPair::new(be, user, item, cfg.users, cfg.items, d, max_batch)?,
             user_bias,
             item_bias,
             global_bias,
-            users: cfg.users,
-            items: cfg.items,
-            d,
-            pu: z(d)?,
-            qi: z(d)?,
-            bias_rows: z(1)?,
-            logits: z(1)?,
-            dpu: z(d)?,
-            dqi: z(d)?,
+            bias_rows: be.zeros(max_batch)?,
+            logits: be.zeros(max_batch)?,
             max_batch,
         })
     }
@@ -719,28 +581,27 @@ impl<B: Backend> Model<B> for Mf<B> {
     }
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("mf.forward", b, self.max_batch)?;
-        let p = &self.params;
-        be.embedding_forward(p.buf(self.user), self.users, self.d, users, b, &mut self.pu)?;
-        be.embedding_forward(p.buf(self.item), self.items, self.d, items, b, &mut self.qi)?;
-        be.rowdot_forward(&self.pu, &self.qi, b, self.d, &mut self.logits)?;
-        be.embedding_forward(p.buf(self.user_bias), self.users, 1, users, b, &mut self.bias_rows)?;
-        be.add_assign(&mut self.logits, &self.bias_rows, b)?;
-        be.embedding_forward(p.buf(self.item_bias), self.items, 1, items, b, &mut self.bias_rows)?;
-        be.add_assign(&mut self.logits, &self.bias_rows, b)?;
-        be.add_scalar(&mut self.logits, p.buf(self.global_bias), b)
+        let (p, e) = (&self.params, &mut self.emb);
+        let (users_n, items_n) = (e.users, e.items);
+        e.forward(be, p, users, items, b)?; // pu = P[u], qi = Q[i]
+        be.rowdot_forward(&e.pu, &e.qi, b, e.d, &mut self.logits)?; // logit = pu·qi
+        be.embedding_forward(p.buf(self.user_bias), users_n, 1, users, b, &mut self.bias_rows)?;
+        be.add_assign(&mut self.logits, &self.bias_rows, b)?; // + b_u[u]
+        be.embedding_forward(p.buf(self.item_bias), items_n, 1, items, b, &mut self.bias_rows)?;
+        be.add_assign(&mut self.logits, &self.bias_rows, b)?; // + b_i[i]
+        be.add_scalar(&mut self.logits, p.buf(self.global_bias), b) // + g
     }
     fn logits(&self) -> &B::Buf {
         &self.logits
     }
     fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dlogits: &B::Buf, b: usize) -> Result<()> {
         check_batch("mf.backward", b, self.max_batch)?;
-        let g = &mut self.grads;
-        be.sum_into(dlogits, b, g.buf_mut(self.global_bias))?;
-        be.embedding_backward(dlogits, items, b, 1, g.buf_mut(self.item_bias), self.items)?;
-        be.embedding_backward(dlogits, users, b, 1, g.buf_mut(self.user_bias), self.users)?;
-        be.rowdot_backward(dlogits, &self.pu, &self.qi, b, self.d, &mut self.dpu, &mut self.dqi)?;
-        be.embedding_backward(&self.dqi, items, b, self.d, g.buf_mut(self.item), self.items)?;
-        be.embedding_backward(&self.dpu, users, b, self.d, g.buf_mut(self.user), self.users)
+        let (g, e) = (&mut self.grads, &mut self.emb);
+        be.sum_into(dlogits, b, g.buf_mut(self.global_bias))?; // dg += Σ dlogit
+        be.embedding_backward(dlogits, items, b, 1, g.buf_mut(self.item_bias), e.items)?; // db_i[i] += dlogit
+        be.embedding_backward(dlogits, users, b, 1, g.buf_mut(self.user_bias), e.users)?; // db_u[u] += dlogit
+        be.rowdot_backward(dlogits, &e.pu, &e.qi, b, e.d, &mut e.dpu, &mut e.dqi)?; // rows of dP[u], dQ[i]
+        e.backward(be, g, users, items, b) // += into P and Q
     }
 }
 
@@ -811,8 +672,5 @@ impl<B: Backend> Model<B> for AnyModel<B> {
     }
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         each!(self, m => m.score(be, users, items, b))
-    }
-    fn forward_backward_lanes(&mut self, be: &B, batch: &Batch<B>, scratch: &mut StepScratch<B>) -> Result<bool> {
-        each!(self, m => m.forward_backward_lanes(be, batch, scratch))
     }
 }

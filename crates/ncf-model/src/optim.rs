@@ -132,8 +132,6 @@ impl<B: Backend> Optimizer<B> {
         })
     }
 
-    /// One step on every tensor using its accumulated gradient, then zeroes the gradients.
-    /// `users`/`items (B)` are the batch's ids: lazy embedding groups touch only those rows.
     /// The optimizer's state as host tensors: `NAME.m` (Adam's first moment, or SGD's momentum)
     /// and `NAME.v` (Adam's second moment) for each parameter `NAME`. With the step count
     /// [`Optimizer::t`] this is everything a resumed run needs to continue exactly.
@@ -189,6 +187,9 @@ impl<B: Backend> Optimizer<B> {
         Ok(())
     }
 
+    /// One step on every tensor using its accumulated gradient, then zeroes the gradients.
+    /// `users`/`items (B)` are the batch's ids: lazy embedding groups touch only those rows
+    /// (their distinct rows are found once per id side).
     pub fn step(
         &mut self,
         be: &B,
@@ -201,10 +202,38 @@ impl<B: Backend> Optimizer<B> {
         self.t += 1;
         be.counter_add(&mut self.t_dev, 1)?;
         params.touch();
-        // Two independent halves, run side by side on a two-lane backend ([`Backend::join`]):
-        // the tables indexed by users, and the tables indexed by items plus the dense tensors.
-        // Each half finds its batch's distinct rows once. Every tensor is updated exactly as
-        // on its own, so the split changes no number.
+        let mut have_rows = [false, false];
+        let tensors = params.tensors.iter_mut().zip(grads.tensors.iter_mut());
+        for ((p, g), (s1, s2)) in tensors.zip(self.state1.iter_mut().zip(self.state2.iter_mut())) {
+            let slot = Slot { group: *self.cfg.group(p.role), p, g, s1, s2 };
+            let (ids, uniq, have) = if matches!(slot.p.role, Role::Embedding(IdSource::User)) {
+                (users, &mut self.uniq_users, &mut have_rows[0])
+            } else {
+                (items, &mut self.uniq_items, &mut have_rows[1])
+            };
+            update(be, &mut [Some(slot)], ids, uniq, have, b, &self.t_dev)?;
+        }
+        Ok(())
+    }
+
+    /// [`Optimizer::step`] in two independent halves, run by `fork` (side by side, on a fast
+    /// step's two threads): the tables indexed by users, and the tables indexed by items plus
+    /// the dense tensors. Each half finds its batch's distinct rows once. Every tensor is
+    /// updated exactly as by [`Optimizer::step`], so the split changes no number.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_halves(
+        &mut self,
+        be: &B,
+        params: &mut ParamSet<B>,
+        grads: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
+        b: usize,
+        fork: &impl Fork,
+    ) -> Result<()> {
+        self.t += 1;
+        be.counter_add(&mut self.t_dev, 1)?;
+        params.touch();
         // Up to MAX tensors per half at a time (stack arrays, no allocation); a model with
         // more runs several rounds.
         const MAX: usize = 16;
@@ -215,7 +244,7 @@ impl<B: Backend> Optimizer<B> {
         let (uniq_users, uniq_items, t_dev) = (&mut self.uniq_users, &mut self.uniq_items, &self.t_dev);
         let mut round = |halves: &mut [[Option<Slot<'_, B>>; MAX]; 2], counts: &mut [usize; 2]| -> Result<()> {
             let ([user_half, item_half], [have_u, have_i]) = (halves, &mut have_rows);
-            let (ru, ri) = be.join(
+            let (ru, ri) = fork.fork(
                 || update(be, &mut user_half[..counts[0]], users, uniq_users, have_u, b, t_dev),
                 || update(be, &mut item_half[..counts[1]], items, uniq_items, have_i, b, t_dev),
             );
@@ -236,6 +265,21 @@ impl<B: Backend> Optimizer<B> {
             counts[side] += 1;
         }
         round(&mut halves, &mut counts)
+    }
+}
+
+/// Runs two independent closures and returns both results: in turn ([`InTurn`]), or side by
+/// side on two threads (the CPU's two-lane step implements it with its helper thread).
+pub trait Fork {
+    fn fork<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB);
+}
+
+/// A [`Fork`] that runs `a`, then `b`, on the calling thread.
+pub struct InTurn;
+
+impl Fork for InTurn {
+    fn fork<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
+        (a(), b())
     }
 }
 
@@ -294,43 +338,55 @@ mod tests {
 
     /// A model with more tensors than one round of the two-half step holds (an MLP of 19
     /// dense layers: 40 dense tensors on one side) still updates every tensor and zeroes every
-    /// gradient, exactly as one tensor at a time would.
+    /// gradient, exactly as one tensor at a time would; and the two-half step gives the plain
+    /// step's weights bit for bit.
     #[test]
     fn a_deep_mlp_updates_every_tensor() {
         let be = CpuBackend::<f64>::default();
         let mut cfg = ModelConfig::new(ModelKind::Mlp, 6, 5);
         cfg.layers = vec![8; 20];
-        let mut m = AnyModel::new(&be, &cfg, 4, &mut ncf_core::rng::seeded(3, 1)).unwrap();
-        let before = m.params().to_host(&be).unwrap();
         let (users, items) = (vec![0u32, 1, 2, 5], vec![4u32, 3, 0, 1]);
-        let opt_cfg = OptimConfig::adam(0.01);
-        let mut opt = Optimizer::new(&be, m.params(), opt_cfg, 4).unwrap();
-        {
-            let (p, g) = m.params_and_grads();
-            for t in &mut g.tensors {
-                let ids: Option<&[u32]> = match t.role {
-                    Role::Embedding(IdSource::User) => Some(&users),
-                    Role::Embedding(IdSource::Item) => Some(&items),
-                    _ => None,
-                };
-                let d = t.row_width();
-                match ids {
-                    // Lazy rows: a gradient only where the batch has one.
-                    Some(ids) => ids.iter().for_each(|&r| t.buf[r as usize * d..][..d].fill(0.5)),
-                    None => t.buf.fill(0.5),
+        let mut results = Vec::new();
+        for halves in [false, true] {
+            let mut m = AnyModel::new(&be, &cfg, 4, &mut ncf_core::rng::seeded(3, 1)).unwrap();
+            let before = m.params().to_host(&be).unwrap();
+            let mut opt = Optimizer::new(&be, m.params(), OptimConfig::adam(0.01), 4).unwrap();
+            for _ in 0..2 {
+                let (p, g) = m.params_and_grads();
+                for t in &mut g.tensors {
+                    let ids: Option<&[u32]> = match t.role {
+                        Role::Embedding(IdSource::User) => Some(&users),
+                        Role::Embedding(IdSource::Item) => Some(&items),
+                        _ => None,
+                    };
+                    let d = t.row_width();
+                    match ids {
+                        // Lazy rows: a gradient only where the batch has one.
+                        Some(ids) => ids.iter().for_each(|&r| t.buf[r as usize * d..][..d].fill(0.5)),
+                        None => t.buf.fill(0.5),
+                    }
                 }
+                if halves {
+                    opt.step_halves(&be, p, g, &users, &items, 4, &InTurn).unwrap();
+                } else {
+                    opt.step(&be, p, g, &users, &items, 4).unwrap();
+                }
+                assert!(
+                    m.grads().tensors.iter().all(|t| t.buf.iter().all(|&x| x == 0.0)),
+                    "every gradient is consumed"
+                );
             }
-            opt.step(&be, p, g, &users, &items, 4).unwrap();
+            let after = m.params().to_host(&be).unwrap();
+            assert!(after.len() > 40);
+            for (a, b) in before.iter().zip(&after) {
+                // Adam's steps move every updated element by about lr each.
+                let moved = a.data.iter().zip(&b.data).filter(|(x, y)| (*x - *y).abs() > 0.009).count();
+                let want = if a.name.contains("embedding") { 4 * a.shape[1] } else { a.data.len() };
+                assert_eq!(moved, want, "{}", a.name);
+            }
+            results.push(after);
         }
-        assert!(m.grads().tensors.iter().all(|t| t.buf.iter().all(|&x| x == 0.0)), "every gradient is consumed");
-        let after = m.params().to_host(&be).unwrap();
-        assert!(after.len() > 40);
-        for (a, b) in before.iter().zip(&after) {
-            // Adam's first step moves every updated element by about lr.
-            let moved = a.data.iter().zip(&b.data).filter(|(x, y)| (*x - *y).abs() > 0.009).count();
-            let want = if a.name.contains("embedding") { 4 * a.shape[1] } else { a.data.len() };
-            assert_eq!(moved, want, "{}", a.name);
-        }
+        assert_eq!(results[0], results[1], "step and step_halves give the same weights");
     }
 
     /// With all gradients zero, only regularization moves weights: L2 on the embedding group

@@ -85,7 +85,8 @@ impl<B: Backend> ParamSet<B> {
 
     /// The buffers of the embedding tables, split by the ids that index them: users, items.
     /// The two groups are disjoint borrows, so one thread can write the users' tables while
-    /// another writes the items' ([`crate::models`]' two-lane step scatters its gradients so).
+    /// another writes the items' (the CPU's two-lane step, `ncf_cpu::step`, scatters its
+    /// gradients so).
     /// A model has at most [`MAX_SIDE_TABLES`] tables per side.
     pub fn side_tables_mut(&mut self) -> Result<[SideTables<'_, B>; 2]> {
         self.generation += 1;

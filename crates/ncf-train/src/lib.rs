@@ -12,7 +12,8 @@ use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
 use ncf_data::{IdMap, NcfSplit, Row, UserItems, sample_epoch};
 use ncf_eval::{HitMetrics, RankCase, evaluate};
 use ncf_model::{
-    AnyModel, Batch, Group, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch, train_step,
+    AnyModel, AnyStep, Batch, FastStep, Group, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepKind,
+    StepScratch,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -368,7 +369,7 @@ pub fn gpu_gemm(g: GemmImpl) -> ncf_cuda::GpuGemm {
 }
 
 /// [`train`] on a given backend.
-fn train_on<B: Backend<T = f32>>(
+fn train_on<B: FastStep<T = f32>>(
     be: &B,
     kind: ModelKind,
     cfg: &TrainConfig,
@@ -419,6 +420,7 @@ fn train_on<B: Backend<T = f32>>(
     };
     let mut batch = Batch::with_capacity(be, cfg.batch)?;
     let mut scratch = StepScratch::new(be, cfg.batch)?;
+    let mut stepper = AnyStep::new(be, StepKind::Fast, cfg.batch)?;
     let (mut us, mut is, mut ys) =
         (Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch));
     let mut rows: Vec<Row> = Vec::new();
@@ -466,9 +468,9 @@ fn train_on<B: Backend<T = f32>>(
         );
         bar.set_prefix(epoch.to_string());
         let mut loss_sum = 0.0;
-        let mut progress = |step: usize, scratch: &mut StepScratch<B>| -> Result<()> {
+        let mut progress = |step: usize, stepper: &mut AnyStep<B>, scratch: &mut StepScratch<B>| -> Result<()> {
             if cfg.progress && (step + 1).is_multiple_of(200) {
-                loss_sum += scratch.take_loss(be)?;
+                loss_sum += stepper.take_loss(be, scratch)?;
                 let rate = ((step + 1) * cfg.batch) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
                 bar.set_position(step as u64 + 1);
                 bar.set_message(format!("loss {:.4}  {:.0} samples/s", loss_sum / (step + 1) as f64, rate));
@@ -476,7 +478,7 @@ fn train_on<B: Backend<T = f32>>(
             Ok(())
         };
         match &tables {
-            None => be.run_steps(|| -> Result<()> {
+            None => stepper.run_steps(|stepper| -> Result<()> {
                 for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
                     us.clear();
                     is.clear();
@@ -487,8 +489,8 @@ fn train_on<B: Backend<T = f32>>(
                         ys.push(r.label);
                     }
                     batch.set(be, &us, &is, &ys)?;
-                    train_step(be, &mut model, &mut opt, &batch, &mut scratch)?;
-                    progress(step, &mut scratch)?;
+                    stepper.step(be, &mut model, &mut opt, &batch, &mut scratch)?;
+                    progress(step, stepper, &mut scratch)?;
                 }
                 Ok(())
             })?,
@@ -496,6 +498,7 @@ fn train_on<B: Backend<T = f32>>(
                 // Every batch is drawn on the device; only the loss is read back, every 200
                 // steps with a progress bar, else once per epoch.
                 let mut sampled_step = |b: usize,
+                                        stepper: &mut AnyStep<B>,
                                         model: &mut AnyModel<B>,
                                         opt: &mut Optimizer<B>,
                                         batch: &mut Batch<B>,
@@ -511,21 +514,22 @@ fn train_on<B: Backend<T = f32>>(
                         &mut batch.labels,
                     )?;
                     batch.len = b;
-                    train_step(be, model, opt, batch, scratch)
+                    stepper.step(be, model, opt, batch, scratch)
                 };
                 let full = n_rows / cfg.batch;
                 let mut step = 0;
                 // The first step runs directly: it allocates what later steps reuse (row plans,
                 // library workspaces), which a recording could not.
                 if full > 0 {
-                    sampled_step(cfg.batch, &mut model, &mut opt, &mut batch, &mut scratch)?;
-                    progress(step, &mut scratch)?;
+                    sampled_step(cfg.batch, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)?;
+                    progress(step, &mut stepper, &mut scratch)?;
                     step += 1;
                 }
                 let graph = if cfg.graph && full > 2 {
                     let t_before = opt.t;
-                    let g =
-                        be.capture(&mut || sampled_step(cfg.batch, &mut model, &mut opt, &mut batch, &mut scratch))?;
+                    let g = be.capture(&mut || {
+                        sampled_step(cfg.batch, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)
+                    })?;
                     // Recording ran the host side of one step (the optimizer's host count went up)
                     // but nothing on the device.
                     opt.t = t_before;
@@ -538,7 +542,7 @@ fn train_on<B: Backend<T = f32>>(
                         let t_start = opt.t;
                         while step < full {
                             be.replay(g)?;
-                            progress(step, &mut scratch)?;
+                            progress(step, &mut stepper, &mut scratch)?;
                             step += 1;
                         }
                         // Each replay advanced the device's step count; the host's follows.
@@ -547,20 +551,20 @@ fn train_on<B: Backend<T = f32>>(
                     }
                     None => {
                         while step < full {
-                            sampled_step(cfg.batch, &mut model, &mut opt, &mut batch, &mut scratch)?;
-                            progress(step, &mut scratch)?;
+                            sampled_step(cfg.batch, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)?;
+                            progress(step, &mut stepper, &mut scratch)?;
                             step += 1;
                         }
                     }
                 }
                 let tail = n_rows - full * cfg.batch;
                 if tail > 0 {
-                    sampled_step(tail, &mut model, &mut opt, &mut batch, &mut scratch)?;
+                    sampled_step(tail, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)?;
                 }
             }
         }
         bar.finish_and_clear();
-        let loss = (loss_sum + scratch.take_loss(be)?) / steps.max(1) as f64;
+        let loss = (loss_sum + stepper.take_loss(be, &mut scratch)?) / steps.max(1) as f64;
         let t2 = Instant::now();
         let v: HitMetrics = evaluate(be, &mut model, &data.valid, cfg.k)?;
         let t: HitMetrics = evaluate(be, &mut model, &data.test, cfg.k)?;

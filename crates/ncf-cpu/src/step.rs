@@ -1,0 +1,415 @@
+//! The CPU's fast training step: two lanes side by side on two cores.
+//!
+//! The reference step ([`ncf_model::train_step`]) runs the model's forward and backward once
+//! over the whole batch. At batch 256 that is about forty kernels of 1–20 µs each, too small
+//! to split one by one across cores. So this step splits the *batch*: the halves of an even
+//! batch run forward, loss and backward side by side, lane 0 on the calling thread and lane 1
+//! on the spinning helper of [`crate::team`], each with its own activations (and lane 1 with
+//! its own dense gradients). Then the users' embedding tables receive their rows' gradients on
+//! one thread while the items' tables receive theirs on the other, and the optimizer updates
+//! the users' tables on one thread and everything else on the other
+//! ([`ncf_model::Optimizer::step_halves`]).
+//!
+//! ## What it gives, against the reference
+//!
+//! Each lane's loss is the mean over its `h` rows, so the batch's mean is their average and
+//! `∂L/∂z = (σ(z) − y)/h · ½`: scaling by ½ is exact, so the logits' gradients are bit for bit
+//! those of the reference step. So are the per-row gradients and the embedding gradients (lane
+//! 0's rows are scattered first, then lane 1's: the batch's row order), and every optimizer
+//! update. Only the dense weights' and biases' gradients differ in rounding: they are summed
+//! per half, then added. The split depends on the batch alone, never on the thread count.
+//! GMF and MF (no dense layers: too little work per row to share), odd batches and batches
+//! under [`MIN_LANE_BATCH`] rows run the reference forward and backward.
+//! `tests` below hold the step to the reference.
+
+use crate::backend::CpuBackend;
+use crate::ops::gemm::CpuFloat;
+use crate::team;
+use ncf_core::{Backend, Result};
+use ncf_model::split::{LaneActs, LaneParts, lane_parts};
+use ncf_model::{
+    AnyModel, Batch, FastStep, Fork, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, Role, StepScratch,
+};
+
+/// Below this many rows a batch is not split into lanes: each half would be too small to pay
+/// for the hand-off.
+pub const MIN_LANE_BATCH: usize = 64;
+
+/// One lane's rows (copied out of the batch so each lane reads from the start of a buffer),
+/// its `∂L/∂logits` and its loss accumulator.
+struct Lane<T> {
+    users: Vec<u32>,
+    items: Vec<u32>,
+    labels: Vec<T>,
+    dlogits: Vec<T>,
+    loss: Vec<T>,
+}
+
+/// Lane 1's activations and dense gradients, made the first time a model splits. Built once
+/// per run, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Second<T: CpuFloat> {
+    None,
+    Mlp(MlpActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
+    NeuMf(NeuMfActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
+}
+
+/// The two-lane step (see the module docs).
+pub struct TwoLaneStep<T: CpuFloat> {
+    lanes: [Lane<T>; 2],
+    second: Second<T>,
+}
+
+/// [`Fork`] on the helper thread of [`team::with_helper`].
+struct TeamFork;
+
+impl Fork for TeamFork {
+    fn fork<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
+        team::join(a, b)
+    }
+}
+
+impl<T: CpuFloat> TwoLaneStep<T> {
+    pub fn new(max_batch: usize) -> Self {
+        let h = max_batch / 2;
+        let lane = || Lane {
+            users: vec![0; h],
+            items: vec![0; h],
+            labels: vec![T::ZERO; h],
+            dlogits: vec![T::ZERO; h],
+            loss: vec![T::ZERO; 1],
+        };
+        TwoLaneStep { lanes: [lane(), lane()], second: Second::None }
+    }
+
+    /// Forward, loss and backward of `batch` in two lanes, leaving the summed gradients in the
+    /// model's grads. Returns `false`, having done nothing, when the batch does not split.
+    fn forward_backward_lanes(
+        &mut self,
+        be: &CpuBackend<T>,
+        model: &mut AnyModel<CpuBackend<T>>,
+        batch: &Batch<CpuBackend<T>>,
+    ) -> Result<bool> {
+        let n = batch.len;
+        if !n.is_multiple_of(2) || n < MIN_LANE_BATCH || n / 2 > self.lanes[0].users.len() {
+            return Ok(false);
+        }
+        let Some(parts) = lane_parts(model, n)? else { return Ok(false) };
+        let h = n / 2;
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            let r = k * h..(k + 1) * h;
+            lane.users[..h].copy_from_slice(&batch.users[r.clone()]);
+            lane.items[..h].copy_from_slice(&batch.items[r.clone()]);
+            lane.labels[..h].copy_from_slice(&batch.labels[r]);
+        }
+        match parts {
+            LaneParts::Mlp(p, g, acts) => {
+                if !matches!(&self.second, Second::Mlp(a, _) if a.head.logits.len() >= h) {
+                    self.second = Second::Mlp(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
+                }
+                let Second::Mlp(acts1, g1) = &mut self.second else { unreachable!("set above") };
+                two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
+            }
+            LaneParts::NeuMf(p, g, acts) => {
+                if !matches!(&self.second, Second::NeuMf(a, _) if a.head.logits.len() >= h) {
+                    self.second = Second::NeuMf(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
+                }
+                let Second::NeuMf(acts1, g1) = &mut self.second else { unreachable!("set above") };
+                two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
+/// `[h, 2h)` into `acts1` and `g1`; then the embedding scatters by side, then `g += g1` for
+/// the dense tensors (and `g1 = 0`).
+#[allow(clippy::too_many_arguments)]
+fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+    be: &CpuBackend<T>,
+    p: &ParamSet<CpuBackend<T>>,
+    g: &mut ParamSet<CpuBackend<T>>,
+    acts0: &mut A,
+    acts1: &mut A,
+    g1: &mut ParamSet<CpuBackend<T>>,
+    lanes: &mut [Lane<T>; 2],
+    h: usize,
+) -> Result<()> {
+    let half = T::from_f64(0.5);
+    let run = |acts: &mut A, g: &mut ParamSet<CpuBackend<T>>, lane: &mut Lane<T>| -> Result<()> {
+        acts.forward(be, p, &lane.users, &lane.items, h)?;
+        be.bce_with_logits(acts.logits(), &lane.labels, h, &mut lane.loss, &mut lane.dlogits)?;
+        be.scale(&mut lane.dlogits, h, half)?;
+        acts.backward_rows(be, p, g, &lane.dlogits, h)
+    };
+    let [l0, l1] = lanes;
+    let (r0, r1) = team::join(|| run(acts0, g, l0), || run(acts1, g1, l1));
+    r0?;
+    r1?;
+    // The users' tables on one thread, the items' on the other; each table still receives
+    // lane 0's rows, then lane 1's.
+    let [mut tu, mut ti] = g.side_tables_mut()?;
+    let (a0, a1) = (&*acts0, &*acts1);
+    let (ru, ri) = team::join(
+        || {
+            a0.scatter_side(be, IdSource::User, &mut tu, &l0.users, h)?;
+            a1.scatter_side(be, IdSource::User, &mut tu, &l1.users, h)
+        },
+        || {
+            a0.scatter_side(be, IdSource::Item, &mut ti, &l0.items, h)?;
+            a1.scatter_side(be, IdSource::Item, &mut ti, &l1.items, h)
+        },
+    );
+    ru.and(ri)?;
+    for (t, t1) in g.tensors.iter_mut().zip(g1.tensors.iter_mut()) {
+        if !matches!(t.role, Role::Embedding(_)) {
+            let n = t.numel();
+            be.add_assign(&mut t.buf, &t1.buf, n)?;
+            be.fill(&mut t1.buf, n, T::ZERO)?;
+        }
+    }
+    Ok(())
+}
+
+impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
+    fn name(&self) -> &'static str {
+        "cpu-two-lane"
+    }
+
+    /// With two or more threads in the current rayon pool, a helper thread spins beside the
+    /// steps: it runs lane 1, and half of each kernel that splits ([`crate::team`]).
+    fn around_steps<R>(f: impl FnOnce() -> R) -> R {
+        if rayon::current_num_threads() >= 2 { team::with_helper(f) } else { f() }
+    }
+
+    fn step(
+        &mut self,
+        be: &CpuBackend<T>,
+        model: &mut AnyModel<CpuBackend<T>>,
+        opt: &mut Optimizer<CpuBackend<T>>,
+        batch: &Batch<CpuBackend<T>>,
+        scratch: &mut StepScratch<CpuBackend<T>>,
+    ) -> Result<()> {
+        use ncf_model::Model;
+        let b = batch.len;
+        if !self.forward_backward_lanes(be, model, batch)? {
+            model.forward(be, &batch.users, &batch.items, b)?;
+            be.bce_with_logits(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits)?;
+            model.backward(be, &batch.users, &batch.items, &scratch.dlogits, b)?;
+        }
+        let (params, grads) = model.params_and_grads();
+        opt.step_halves(be, params, grads, &batch.users, &batch.items, b, &TeamFork)
+    }
+
+    /// The reference accumulator, plus half of each lane's (each lane's loss is the mean over
+    /// its half of the batch).
+    fn take_loss(&mut self, be: &CpuBackend<T>, scratch: &mut StepScratch<CpuBackend<T>>) -> Result<f64> {
+        let mut l = scratch.take_loss(be)?;
+        for lane in &mut self.lanes {
+            l += 0.5 * lane.loss[0].to_f64();
+            lane.loss[0] = T::ZERO;
+        }
+        Ok(l)
+    }
+}
+
+impl<T: CpuFloat> FastStep for CpuBackend<T> {
+    type Step = TwoLaneStep<T>;
+    fn fast_step(&self, max_batch: usize) -> Result<TwoLaneStep<T>> {
+        Ok(TwoLaneStep::new(max_batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ncf_model::{AnyStep, InitConfig, Model, ModelConfig, ModelKind, OptimConfig, Step, StepKind, train_step};
+
+    type Be = CpuBackend<f64>;
+
+    /// A batch of `b` rows over `users × items`, a fifth of them positive.
+    fn rows(b: usize, users: u32, items: u32, salt: u32) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
+        let u = (0..b as u32).map(|k| (k * 7 + 3 + salt) % users).collect();
+        let i = (0..b as u32).map(|k| (k * 13 + 5 + 3 * salt) % items).collect();
+        let y = (0..b).map(|k| if (k + salt as usize).is_multiple_of(5) { 1.0 } else { 0.0 }).collect();
+        (u, i, y)
+    }
+
+    /// Each tensor's name, whether it is an embedding table, and its values.
+    type Named = Vec<(String, bool, Vec<f64>)>;
+
+    fn tensors(ps: &ParamSet<Be>) -> Named {
+        ps.tensors.iter().map(|t| (t.name.clone(), matches!(t.role, Role::Embedding(_)), t.buf.clone())).collect()
+    }
+
+    /// Largest relative difference between two tensors, and the first few differing values.
+    fn evidence(a: &[f64], b: &[f64]) -> (f64, Vec<(usize, f64, f64)>) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(1e-300)).fold(0.0, f64::max);
+        let first = a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y).take(4).map(|(k, (x, y))| (k, *x, *y));
+        (worst, first.collect())
+    }
+
+    /// One forward/loss/backward, by the reference path or by the two lanes (in a pool of
+    /// `threads` threads, inside the step's `around_steps`); returns the grads and the loss.
+    fn gradients(kind: ModelKind, b: usize, lanes: Option<usize>) -> (Named, f64, bool) {
+        let be = Be::default();
+        let mut cfg = ModelConfig::new(kind, 40, 30);
+        cfg.init = InitConfig::for_gradcheck();
+        let mut model = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(9, 1)).unwrap();
+        let (u, i, y) = rows(b, 40, 30, 0);
+        let mut batch = Batch::with_capacity(&be, b).unwrap();
+        batch.set(&be, &u, &i, &y).unwrap();
+        let mut scratch = StepScratch::new(&be, b).unwrap();
+        match lanes {
+            None => {
+                model.forward(&be, &batch.users, &batch.items, b).unwrap();
+                be.bce_with_logits(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits).unwrap();
+                model.backward(&be, &batch.users, &batch.items, &scratch.dlogits, b).unwrap();
+                let loss = scratch.take_loss(&be).unwrap();
+                (tensors(model.grads()), loss, false)
+            }
+            Some(threads) => {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut step = TwoLaneStep::<f64>::new(b);
+                pool.install(|| {
+                    TwoLaneStep::<f64>::around_steps(|| {
+                        assert_eq!(team::helper_active(), threads == 2);
+                        let split = step.forward_backward_lanes(&be, &mut model, &batch).unwrap();
+                        let loss = step.take_loss(&be, &mut scratch).unwrap();
+                        (tensors(model.grads()), loss, split)
+                    })
+                })
+            }
+        }
+    }
+
+    /// The two-lane step's gradients against the reference: the embedding tables' bit for bit
+    /// (same per-row values, scattered in the same row order), the dense ones up to the
+    /// rounding of summing two halves (rel 1e-9 in f64); the loss too. And they do not depend
+    /// on whether the second lane runs on a helper thread.
+    #[test]
+    fn two_lanes_match_the_reference_on_any_thread_count() {
+        for kind in [ModelKind::NeuMf, ModelKind::Mlp] {
+            let b = 128;
+            let (reference, loss_ref, _) = gradients(kind, b, None);
+            let one_thread = gradients(kind, b, Some(1));
+            let two_threads = gradients(kind, b, Some(2));
+            assert!(one_thread.2, "{kind}: an even batch of {b} rows splits into lanes");
+            assert_eq!(one_thread, two_threads, "{kind}: one thread and two threads give identical results");
+            let (lanes, loss_lanes, _) = one_thread;
+            assert!((loss_ref - loss_lanes).abs() <= 1e-12 * loss_ref.abs(), "{kind}: loss {loss_ref} vs {loss_lanes}");
+            for ((name, emb, g1), (_, _, g2)) in reference.iter().zip(&lanes) {
+                let (worst, first) = evidence(g1, g2);
+                if *emb {
+                    assert_eq!(g1, g2, "{kind}: {name} must match bit for bit; max_rel {worst:e}, first {first:?}");
+                } else {
+                    let max = g1.iter().map(|a| a.abs()).fold(0.0, f64::max);
+                    assert!(max > 0.0 && worst < 1e-9, "{kind}: {name} max_rel {worst:e}, first {first:?}");
+                }
+            }
+        }
+    }
+
+    /// Odd batches, small batches and GMF/MF take the reference path.
+    #[test]
+    fn lanes_only_for_even_batches_of_dense_models() {
+        let be = Be::default();
+        let b = 130;
+        let mut batch = Batch::with_capacity(&be, b).unwrap();
+        let mut step = TwoLaneStep::<f64>::new(b);
+        for (kind, len, want) in [
+            (ModelKind::NeuMf, 129, false),
+            (ModelKind::NeuMf, 62, false),
+            (ModelKind::NeuMf, 64, true),
+            (ModelKind::Mlp, 130, true),
+            (ModelKind::Gmf, 128, false),
+            (ModelKind::Mf, 128, false),
+        ] {
+            let cfg = ModelConfig::new(kind, 40, 30);
+            let mut m = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(9, 1)).unwrap();
+            let (u, i, y) = rows(len, 40, 30, 0);
+            batch.set(&be, &u, &i, &y).unwrap();
+            assert_eq!(step.forward_backward_lanes(&be, &mut m, &batch).unwrap(), want, "{kind} b={len}");
+        }
+    }
+
+    /// Whole training steps (forward, loss, backward, optimizer) for every model: the fast step
+    /// against the reference step over several batches, odd tail included. GMF and MF (which
+    /// never split) and every embedding table match bit for bit after one step; the dense
+    /// weights of MLP and NeuMF stay within rel 1e-9 (f64) after several Adam steps.
+    #[test]
+    fn fast_step_matches_reference_step_for_every_model() {
+        let be = Be::default();
+        let b = 96;
+        for kind in ModelKind::ALL {
+            let mut cfg = ModelConfig::new(kind, 40, 30);
+            cfg.init = InitConfig::for_gradcheck();
+            let mut runs = Vec::new();
+            for step_kind in [StepKind::Reference, StepKind::Fast] {
+                let mut model = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+                let mut opt = Optimizer::new(&be, model.params(), OptimConfig::adam(0.01), b).unwrap();
+                let mut step = AnyStep::new(&be, step_kind, b).unwrap();
+                let mut batch = Batch::with_capacity(&be, b).unwrap();
+                let mut scratch = StepScratch::new(&be, b).unwrap();
+                let mut losses = Vec::new();
+                let mut after_one = Vec::new();
+                step.run_steps(|step| {
+                    for (k, len) in [96, 96, 64, 95].into_iter().enumerate() {
+                        let (u, i, y) = rows(len, 40, 30, k as u32);
+                        batch.set(&be, &u, &i, &y).unwrap();
+                        step.step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
+                        losses.push(step.take_loss(&be, &mut scratch).unwrap());
+                        if k == 0 {
+                            after_one = tensors(model.params());
+                        }
+                    }
+                });
+                runs.push((after_one, tensors(model.params()), losses));
+            }
+            let (ref1, ref_end, ref_loss) = &runs[0];
+            let (fast1, fast_end, fast_loss) = &runs[1];
+            for (a, b) in ref_loss.iter().zip(fast_loss) {
+                assert!((a - b).abs() <= 1e-12 * a.abs(), "{kind}: loss {a} vs {b}");
+            }
+            for ((name, emb, a), (_, _, b)) in ref1.iter().zip(fast1) {
+                let (worst, first) = evidence(a, b);
+                if *emb || matches!(kind, ModelKind::Gmf | ModelKind::Mf) {
+                    assert_eq!(a, b, "{kind}: {name} after one step; max_rel {worst:e}, first {first:?}");
+                }
+            }
+            for ((name, _, a), (_, _, b)) in ref_end.iter().zip(fast_end) {
+                let (worst, first) = evidence(a, b);
+                if matches!(kind, ModelKind::Gmf | ModelKind::Mf) {
+                    assert_eq!(a, b, "{kind}: {name}; max_rel {worst:e}, first {first:?}");
+                } else {
+                    assert!(worst < 1e-9, "{kind}: {name} max_rel {worst:e}, first {first:?}");
+                }
+            }
+        }
+    }
+
+    /// The reference step is what `train_step` does, whatever wraps it.
+    #[test]
+    fn reference_step_is_train_step() {
+        let be = Be::default();
+        let cfg = ModelConfig::new(ModelKind::NeuMf, 40, 30);
+        let (u, i, y) = rows(64, 40, 30, 1);
+        let mut out = Vec::new();
+        for via_any in [false, true] {
+            let mut model = AnyModel::new(&be, &cfg, 64, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+            let mut opt = Optimizer::new(&be, model.params(), OptimConfig::adam(0.01), 64).unwrap();
+            let mut batch = Batch::with_capacity(&be, 64).unwrap();
+            batch.set(&be, &u, &i, &y).unwrap();
+            let mut scratch = StepScratch::new(&be, 64).unwrap();
+            if via_any {
+                let mut s = AnyStep::new(&be, StepKind::Reference, 64).unwrap();
+                s.step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
+            } else {
+                train_step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
+            }
+            out.push(tensors(model.params()));
+        }
+        assert_eq!(out[0], out[1]);
+    }
+}
