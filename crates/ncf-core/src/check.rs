@@ -40,7 +40,7 @@
 //! [`bad_calls`] makes a fixed list of bad calls on any backend and pairs each backend error
 //! with this module's error for the same arguments; a backend's test asserts the pairs agree.
 
-use crate::{AdamHp, Backend, Error, Result, SgdHp};
+use crate::{AdamHp, Backend, Error, Float, Result, SgdHp};
 
 // ------------------------------------------------------------------------------------ basics
 
@@ -781,6 +781,7 @@ pub fn bad_calls<B: Backend>(be: &B) -> Result<Vec<BadCall>> {
     let s2 = z(2)?;
     push("add_assign: short x", be.add_assign(&mut x4, &s2, 4), add_assign(4, 2, 4));
     push("relu_backward: n past every buffer", be.relu_backward(&l4, &l4, &mut du, 5), relu_backward(4, 4, 4, 5));
+    push("scale: n past buf", be.scale(&mut x4, 5, B::T::from_f64(0.5)), scale(4, 5));
     Ok(out)
 }
 
