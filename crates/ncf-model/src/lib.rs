@@ -7,6 +7,8 @@
 //! prediction head: forward and backward side by side), [`models`], [`optim`], [`step`],
 //! [`gradcheck`].
 
+#![forbid(unsafe_code)]
+
 pub mod gradcheck;
 pub mod init;
 pub mod layers;
