@@ -34,6 +34,7 @@ pub mod float;
 pub mod optim;
 pub mod rng;
 pub mod sample;
+pub mod testenv;
 pub mod tol;
 
 pub use backend::Backend;
