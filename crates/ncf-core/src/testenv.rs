@@ -35,7 +35,8 @@ pub fn skip(require_var: &str, why: &str) {
 #[track_caller]
 pub fn data_dir(sub: &str) -> Option<PathBuf> {
     let Some(root) = std::env::var_os("NCF_DATA") else {
-        skip("NCF_REQUIRE_DATA", &format!("NCF_DATA is unset (the test reads $NCF_DATA/{sub})"));
+        let wanted = if sub.is_empty() { "$NCF_DATA".to_string() } else { format!("$NCF_DATA/{sub}") };
+        skip("NCF_REQUIRE_DATA", &format!("NCF_DATA is unset (the test reads {wanted})"));
         return None;
     };
     let dir = PathBuf::from(root).join(sub);
