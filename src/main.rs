@@ -2,6 +2,8 @@
 //!
 //! Commands: `train`, `eval`, `data synth`, `data split` and `gradcheck`.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ncf_core::Backend;

@@ -1,18 +1,16 @@
 //! Training on the real NCF MovieLens-1M split (found through `NCF_DATA`; prints `skipped:`
-//! when it is unset). Two epochs of NeuMF-8 must reach a test HR@10 that a broken model cannot.
+//! when it is unset, fails when it is unset under `NCF_REQUIRE_DATA=1` or names a folder without
+//! the files: `ncf_core::testenv::data_dir`). Two epochs of NeuMF-8 must reach a test HR@10 that
+//! a broken model cannot.
 
+use ncf_core::testenv::data_dir;
 use ncf_data::NcfSplit;
 use ncf_train::{Prepared, TrainConfig, train};
 use std::path::PathBuf;
 
+#[track_caller]
 fn split_dir() -> Option<PathBuf> {
-    match std::env::var_os("NCF_DATA") {
-        Some(d) => Some(PathBuf::from(d).join("ncf-ml-1m")),
-        None => {
-            println!("skipped: NCF_DATA is unset");
-            None
-        }
-    }
+    data_dir("ncf-ml-1m")
 }
 
 #[test]
@@ -40,16 +38,6 @@ fn neumf8_two_epochs_reaches_hr_0_60() {
     assert_eq!(s.epochs_run, 2);
     assert!(s.test_hr >= 0.60, "HR@10 {:.4} < 0.60: the model is not learning", s.test_hr);
     assert!(s.test_ndcg >= 0.33, "NDCG@10 {:.4}", s.test_ndcg);
-}
-
-fn data_dir(sub: &str) -> Option<PathBuf> {
-    match std::env::var_os("NCF_DATA") {
-        Some(d) => Some(PathBuf::from(d).join(sub)),
-        None => {
-            println!("skipped: NCF_DATA is unset");
-            None
-        }
-    }
 }
 
 /// The canonical split's derived `item_id_map.tsv` is picked up as the item id map.

@@ -26,6 +26,8 @@
 //! * Buffers may be longer than the tensor an op uses (workspaces are sized for the largest
 //!   batch); ops read and write only the leading `Π dims` elements and reject shorter buffers.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod check;
 pub mod error;
@@ -33,6 +35,7 @@ pub mod float;
 pub mod optim;
 pub mod rng;
 pub mod sample;
+pub mod testenv;
 pub mod tol;
 
 pub use backend::Backend;

@@ -1,6 +1,7 @@
 //! Every kernel in `kernels/*.cu` compiles with NVRTC, to PTX (compute_90) and to CUBIN (sm_90,
 //! the H100), on a machine without a GPU or a driver: only `libnvrtc` is needed (`.ci/run`
-//! installs it from PyPI). Prints `skipped:` when libnvrtc cannot be loaded.
+//! installs it from PyPI). Prints `skipped:` when libnvrtc cannot be loaded, or fails under
+//! `NCF_REQUIRE_NVRTC=1`, which `.ci/run` sets (`ncf_core::testenv::skip`).
 
 use ncf_cuda::CudaError;
 use ncf_cuda::kernels::{SOURCES, kernel_names, unit};
@@ -8,7 +9,10 @@ use ncf_cuda::nvrtc::{Target, available, compile, version};
 
 fn nvrtc_or_skip() -> bool {
     if !available() {
-        println!("skipped: libnvrtc not found (set LD_LIBRARY_PATH to nvidia/cu13/lib of nvidia-cuda-nvrtc)");
+        ncf_core::testenv::skip(
+            "NCF_REQUIRE_NVRTC",
+            "libnvrtc not found (set LD_LIBRARY_PATH to nvidia/cu13/lib of nvidia-cuda-nvrtc)",
+        );
         return false;
     }
     println!("NVRTC {:?}", version().unwrap());

@@ -1,5 +1,6 @@
 //! Every op of `CudaBackend` against `CpuBackend<f32>` on random inputs, and five NeuMF
-//! training steps end to end. Needs a GPU; prints `skipped: no CUDA device (…)` otherwise.
+//! training steps end to end. Needs a GPU; prints `skipped: no CUDA device (…)` otherwise, or
+//! fails under `NCF_REQUIRE_GPU=1` (`ncf_core::testenv::skip`).
 //! Failures print max abs / rel error and the first differing values (`ncf_core::tol`).
 
 mod common;
@@ -17,7 +18,7 @@ fn gpu(gemm: GpuGemm) -> Option<CudaBackend> {
     match CudaBackend::new(0, gemm) {
         Ok(b) => Some(b),
         Err(e) => {
-            println!("skipped: no CUDA device ({e})");
+            ncf_core::testenv::skip("NCF_REQUIRE_GPU", &format!("no CUDA device ({e})"));
             None
         }
     }

@@ -53,17 +53,31 @@ pub struct SplitFiles {
 }
 
 impl SplitFiles {
-    /// Finds `NAME.train.rating`, `NAME.test.rating` and `NAME.test.negative` in `dir`.
+    /// Finds `NAME.train.rating`, `NAME.test.rating` and `NAME.test.negative` in `dir`. NAME
+    /// comes from the one `NAME.train.rating`, or, when there is none, from the one NAME of the
+    /// other two files; a missing file is named (`toy.test.negative is missing`).
     pub fn find(dir: &Path) -> Result<Self> {
+        const SUFFIXES: [&str; 3] = ["train.rating", "test.rating", "test.negative"];
         let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-        let mut names = Vec::new();
+        // Names seen per suffix, in the order of SUFFIXES.
+        let mut seen: [Vec<String>; 3] = Default::default();
         for e in entries {
             let e = e.map_err(|e| DataError::io(dir, e))?;
-            if let Some(name) = e.file_name().to_str().and_then(|f| f.strip_suffix(".train.rating")) {
-                names.push(name.to_string());
+            let Some(file) = e.file_name().to_str().map(str::to_string) else { continue };
+            for (k, suffix) in SUFFIXES.iter().enumerate() {
+                if let Some(name) = file.strip_suffix(suffix).and_then(|f| f.strip_suffix('.')) {
+                    seen[k].push(name.to_string());
+                }
             }
         }
+        let [mut names, mut others, negatives] = seen;
+        if names.is_empty() {
+            // No training file: take NAME from the test files, to say which file is missing.
+            others.extend(negatives);
+            names = others;
+        }
         names.sort();
+        names.dedup();
         let name = match names.as_slice() {
             [one] => one.clone(),
             [] => {
@@ -80,24 +94,26 @@ impl SplitFiles {
             }
         };
         let f = |suffix: &str| dir.join(format!("{name}.{suffix}"));
+        let missing: Vec<String> = SUFFIXES.iter().filter(|s| !f(s).is_file()).map(|s| format!("{name}.{s}")).collect();
+        if !missing.is_empty() {
+            let verb = if missing.len() == 1 { "is" } else { "are" };
+            return Err(DataError::invalid(
+                dir,
+                format!(
+                    "{} {verb} missing (an NCF split needs {name}.train.rating, {name}.test.rating and {name}.test.negative)",
+                    missing.join(" and ")
+                ),
+            ));
+        }
         let opt = |p: PathBuf| Some(p).filter(|p| p.is_file());
-        let files = SplitFiles {
+        Ok(SplitFiles {
             train: f("train.rating"),
             test: f("test.rating"),
             negative: f("test.negative"),
             user_ids: opt(f("user_ids.tsv")),
             item_ids: opt(f("item_ids.tsv")).or_else(|| opt(dir.join("item_id_map.tsv"))),
             name,
-        };
-        for p in [&files.test, &files.negative] {
-            if !p.is_file() {
-                return Err(DataError::invalid(
-                    p,
-                    "missing: an NCF split needs NAME.train.rating, NAME.test.rating and NAME.test.negative",
-                ));
-            }
-        }
-        Ok(files)
+        })
     }
 }
 

@@ -55,7 +55,32 @@ fn missing_files_are_named() {
     assert!(msg.contains("no NAME.train.rating file here"), "{msg}");
     std::fs::write(d.path().join("x.train.rating"), TRAIN).unwrap();
     let msg = NcfSplit::load(d.path()).unwrap_err().to_string();
-    assert!(msg.contains("x.test.rating: missing"), "{msg}");
+    assert!(msg.contains("x.test.rating and x.test.negative are missing"), "{msg}");
     let msg = NcfSplit::load(&d.path().join("nope")).unwrap_err().to_string();
     assert!(msg.contains("nope"), "{msg}");
+}
+
+/// A split folder lacking one of its three files names that file, and the folder.
+fn one_file_missing(file: &str) {
+    let d = tempfile::tempdir().unwrap();
+    write_split(d.path(), TRAIN, TEST, NEG);
+    std::fs::remove_file(d.path().join(file)).unwrap();
+    let msg = NcfSplit::load(d.path()).unwrap_err().to_string();
+    let want = format!("{}: {file} is missing", d.path().display());
+    assert!(msg.contains(&want), "`{msg}` should contain `{want}`");
+}
+
+#[test]
+fn a_missing_train_rating_is_named() {
+    one_file_missing("toy.train.rating");
+}
+
+#[test]
+fn a_missing_test_rating_is_named() {
+    one_file_missing("toy.test.rating");
+}
+
+#[test]
+fn a_missing_test_negative_is_named() {
+    one_file_missing("toy.test.negative");
 }

@@ -15,6 +15,8 @@
 //! `heapq.nlargest` keeps insertion order among equal scores, and it means a degenerate model
 //! that gives every item the same score gets HR 0, not a perfect HR 1.
 
+#![forbid(unsafe_code)]
+
 use ncf_core::{Backend, Float, Result};
 use ncf_model::Model;
 

@@ -13,6 +13,8 @@
 //! `params ← init ← layers ← models ← batch ← optim ← step`, `split` (models, layers) and
 //! `gradcheck` (models, step).
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod gradcheck;
 pub mod init;

@@ -5,6 +5,8 @@
 //! interaction per user, which chooses the epoch and drives early stopping) and on the test set
 //! (reported every epoch, never used to choose anything).
 
+#![forbid(unsafe_code)]
+
 use ncf_core::sample::{EpochKeys, SampleTables};
 use ncf_core::{Backend, Decay, OptimKind, SgdHp};
 use ncf_cpu::{CpuBackend, GemmImpl};
