@@ -88,7 +88,8 @@ fn training() {
     println!("\n| batch | step issued as | samples/s | epoch s (sampling + training + eval) |");
     println!("|---:|---|---:|---:|");
     for &(batch, graph) in &[(256usize, true), (256, false), (2048, true), (65536, true)] {
-        let cfg = ncf_train::TrainConfig { epochs: 1, batch, graph, device: "cuda".into(), ..Default::default() };
+        let cfg =
+            ncf_train::TrainConfig { epochs: 1, batch, graph, device: ncf_train::Device::Cuda, ..Default::default() };
         let out = ncf_train::train(&cfg, &data, None, |_| {}).expect("train");
         let r = &out.epochs[0];
         println!(

@@ -14,8 +14,7 @@ use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
 use ncf_data::{IdMap, NcfSplit, Row, UserItems, sample_epoch};
 use ncf_eval::{HitMetrics, RankCase, evaluate};
 use ncf_model::{
-    AnyModel, AnyStep, Batch, FastStep, Group, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepKind,
-    StepScratch,
+    AnyModel, AnyStep, Batch, FastStep, Group, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -31,144 +30,19 @@ pub enum TrainError {
     Config(&'static str, String),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    /// A config file that cannot be read, or settings that do not combine.
+    #[error("{0}")]
+    File(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub mod checkpoint;
+pub mod config;
 pub mod plot;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
-
-fn cpu() -> String {
-    "cpu".into()
-}
-
-/// Where each epoch's rows (positives and sampled negatives, shuffled) come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SamplerChoice {
-    /// `host` on the CPU, `device` on a GPU.
-    #[default]
-    Auto,
-    /// `ncf_data::sample_epoch` on the CPU threads, copied in batch by batch.
-    Host,
-    /// [`Backend::sample_batch`]: each batch drawn where the model lives, from tables uploaded
-    /// once ([`ncf_core::sample`]); no host→device copy per batch.
-    Device,
-}
-
-impl std::str::FromStr for SamplerChoice {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(SamplerChoice::Auto),
-            "host" => Ok(SamplerChoice::Host),
-            "device" => Ok(SamplerChoice::Device),
-            other => Err(TrainError::Config("sampler", format!("`{other}`: expected auto, host or device"))),
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Which update rule trains every group.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimChoice {
-    Adam,
-    Sgd,
-}
-
-/// Every setting of a run. Defaults are the original code's: batch 256, Adam lr 0.001,
-/// 4 negatives, factors 8, layers [64,32,16,8], K = 10.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub model: String,
-    pub factors: usize,
-    pub layers: Vec<usize>,
-    pub neg: usize,
-    pub batch: usize,
-    pub lr: f64,
-    pub optimizer: OptimChoice,
-    /// SGD momentum (ignored by Adam).
-    pub momentum: f64,
-    /// L2 penalty on embeddings and weights (the paper's regularization), 0 = none.
-    pub l2: f64,
-    pub epochs: usize,
-    pub seed: u64,
-    /// Stop after this many epochs without a better validation HR (0 = never stop early).
-    pub patience: usize,
-    pub k: usize,
-    /// Row-sparse Adam/SGD on embedding tables (only the rows a batch touches).
-    pub lazy_embeddings: bool,
-    /// Rows scored per forward call during evaluation.
-    pub eval_rows: usize,
-    #[serde(skip)]
-    pub gemm: GemmImpl,
-    /// NeuMF only: start from a trained GMF and a trained MLP (the paper's pre-training).
-    #[serde(skip)]
-    pub pretrained: Option<(Checkpoint, Checkpoint)>,
-    /// Weight of the GMF half of the pretrained output layer.
-    pub alpha: f64,
-    /// Draw a progress bar per epoch on stderr (hidden when stderr is not a terminal).
-    #[serde(skip)]
-    pub progress: bool,
-    /// `cpu` or `cuda`.
-    #[serde(skip, default = "cpu")]
-    pub device: String,
-    /// Where the epoch's rows are sampled.
-    #[serde(default)]
-    pub sampler: SamplerChoice,
-    /// With the device sampler: record one training step as a graph (CUDA) and replay it for
-    /// every full batch of the epoch, instead of issuing each op from the host.
-    #[serde(default = "yes")]
-    pub graph: bool,
-    /// Write a checkpoint here after every epoch (atomically, replacing the previous one): the
-    /// validation-selected weights, plus what `--resume` needs to continue the run.
-    #[serde(skip)]
-    pub save: Option<std::path::PathBuf>,
-    /// Where the data came from (`--data`, `--min-rating`, `--split-seed`), recorded so that
-    /// `--resume` and readers of the summary know; `train` itself takes a [`Prepared`].
-    pub data: Option<String>,
-    pub min_rating: Option<f32>,
-    pub split_seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            model: "neumf".into(),
-            factors: 8,
-            layers: vec![64, 32, 16, 8],
-            neg: 4,
-            batch: 256,
-            lr: 0.001,
-            optimizer: OptimChoice::Adam,
-            momentum: 0.9,
-            l2: 0.0,
-            epochs: 20,
-            seed: 42,
-            patience: 0,
-            k: 10,
-            lazy_embeddings: true,
-            eval_rows: 25_600,
-            gemm: GemmImpl::Auto,
-            pretrained: None,
-            alpha: 0.5,
-            progress: false,
-            device: "cpu".into(),
-            sampler: SamplerChoice::Auto,
-            graph: true,
-            save: None,
-            data: None,
-            min_rating: None,
-            split_seed: 42,
-        }
-    }
-}
+pub use config::{Device, Gemm, Model as ModelChoice, OptimChoice, SamplerChoice, Step, TrainConfig};
 
 /// A split made ready for training: the validation holdout taken out of the training set, and
 /// the ranking cases of validation and test.
@@ -270,7 +144,6 @@ fn optim_config(cfg: &TrainConfig) -> OptimConfig {
 }
 
 fn check(cfg: &TrainConfig) -> Result<ModelKind> {
-    let kind: ModelKind = cfg.model.parse()?;
     let bad = |name: &'static str, why: &str| Err(TrainError::Config(name, why.to_string()));
     if cfg.batch == 0 {
         return bad("batch", "must be at least 1");
@@ -287,7 +160,7 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if cfg.eval_rows < 100 {
         return bad("eval_rows", "must hold at least one user's 100 candidates");
     }
-    Ok(kind)
+    Ok(cfg.model.into())
 }
 
 /// A finished run: its summary, every epoch's report and the weights of the
@@ -328,11 +201,11 @@ pub struct ResumeFrom<'a> {
     pub path: &'a std::path::Path,
 }
 
-/// Trains on `data` with `cfg` (f32, CPU, the current rayon pool), calling `on_epoch` after
-/// each epoch. With `resume`, the weights, optimizer state, epoch reports and best epoch come
-/// from the checkpoint and training continues with its next epoch; since every epoch's
-/// negatives and shuffle derive from (seed, epoch), the result is bit-identical to a run that
-/// never stopped.
+/// Trains on `data` with `cfg` (f32, on `cfg.device`, the current rayon pool), calling
+/// `on_epoch` after each epoch. With `resume`, the weights, optimizer state, epoch reports and
+/// best epoch come from the checkpoint and training continues with its next epoch; since every
+/// epoch's negatives and shuffle derive from (seed, epoch), the result is bit-identical to a run
+/// that never stopped.
 pub fn train(
     cfg: &TrainConfig,
     data: &Prepared,
@@ -340,21 +213,20 @@ pub fn train(
     on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
     let kind = check(cfg)?;
-    match cfg.device.as_str() {
-        "cpu" => train_on(&CpuBackend::<f32>::new(cfg.gemm), kind, cfg, data, resume, on_epoch),
+    match cfg.device {
+        Device::Cpu => train_on(&CpuBackend::<f32>::new(cfg.gemm.into()), kind, cfg, data, resume, on_epoch),
         // Written, not yet run on a GPU (see crates/ncf-cuda).
-        "cuda" => {
-            let be = ncf_cuda::CudaBackend::new(0, gpu_gemm(cfg.gemm))
+        Device::Cuda => {
+            let be = ncf_cuda::CudaBackend::new(0, gpu_gemm(cfg.gemm.into()))
                 .map_err(|e| TrainError::Config("device", e.to_string()))?;
             // Score every validation or test case in one forward call where it fits: the GPU
             // has room for far more rows than the CPU's cache-sized default.
             let mut cfg = cfg.clone();
-            if cfg.eval_rows == TrainConfig::default().eval_rows {
+            if cfg.eval_rows == config::DEFAULT_EVAL_ROWS {
                 cfg.eval_rows = GPU_EVAL_ROWS;
             }
             train_on(&be, kind, &cfg, data, resume, on_epoch)
         }
-        other => Err(TrainError::Config("device", format!("`{other}`: expected cpu or cuda"))),
     }
 }
 
@@ -367,6 +239,278 @@ pub fn gpu_gemm(g: GemmImpl) -> ncf_cuda::GpuGemm {
         GemmImpl::Naive => ncf_cuda::GpuGemm::Naive,
         GemmImpl::Scratch | GemmImpl::Auto => ncf_cuda::GpuGemm::Tiled,
         GemmImpl::Library => ncf_cuda::GpuGemm::Cublas,
+    }
+}
+
+/// What an epoch's training did: rows trained on, seconds spent sampling and training, and
+/// the mean loss over its steps.
+struct Trained {
+    rows: usize,
+    sampling_s: f64,
+    training_s: f64,
+    loss: f64,
+}
+
+/// An epoch's progress bar and its running loss: the loss is read back from the device every
+/// 200 steps when the bar is shown, else once at the end of the epoch.
+struct Progress<'a> {
+    cfg: &'a TrainConfig,
+    bar: indicatif::ProgressBar,
+    loss_sum: f64,
+    start: Instant,
+    steps: usize,
+}
+
+impl<'a> Progress<'a> {
+    fn new(cfg: &'a TrainConfig, epoch: usize, steps: usize, start: Instant) -> Self {
+        let bar =
+            if cfg.progress { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(epoch.to_string());
+        Progress { cfg, bar, loss_sum: 0.0, start, steps }
+    }
+
+    /// After step number `step` (from 0).
+    fn step<B: FastStep<T = f32>>(
+        &mut self,
+        be: &B,
+        step: usize,
+        stepper: &mut AnyStep<B>,
+        scratch: &mut StepScratch<B>,
+    ) -> Result<()> {
+        if self.cfg.progress && (step + 1).is_multiple_of(200) {
+            self.loss_sum += stepper.take_loss(be, scratch)?;
+            let rate = ((step + 1) * self.cfg.batch) as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+            self.bar.set_position(step as u64 + 1);
+            self.bar.set_message(format!("loss {:.4}  {:.0} samples/s", self.loss_sum / (step + 1) as f64, rate));
+        }
+        Ok(())
+    }
+
+    /// Clears the bar; the epoch's mean loss.
+    fn finish<B: FastStep<T = f32>>(
+        self,
+        be: &B,
+        stepper: &mut AnyStep<B>,
+        scratch: &mut StepScratch<B>,
+    ) -> Result<f64> {
+        self.bar.finish_and_clear();
+        Ok((self.loss_sum + stepper.take_loss(be, scratch)?) / self.steps.max(1) as f64)
+    }
+}
+
+/// The device sampler's tables (uploaded once) and state `[batch number, epoch keys]`.
+struct DeviceSampler<B: Backend> {
+    tables: SampleTables<B>,
+    state: B::Ids,
+}
+
+/// A model being trained on a backend, with its optimizer and the buffers its epochs reuse.
+struct Trainer<'a, B: FastStep<T = f32>> {
+    be: &'a B,
+    cfg: &'a TrainConfig,
+    data: &'a Prepared,
+    model: AnyModel<B>,
+    opt: Optimizer<B>,
+    batch: Batch<B>,
+    scratch: StepScratch<B>,
+    /// The training step `--step` chose: the backend's fastest, or the reference.
+    stepper: AnyStep<B>,
+    /// Host sampling: the epoch's rows, and one batch's columns.
+    rows: Vec<Row>,
+    cols: (Vec<u32>, Vec<u32>, Vec<f32>),
+    /// `Some` when batches are sampled on the device.
+    sampler: Option<DeviceSampler<B>>,
+}
+
+impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
+    fn new(be: &'a B, cfg: &'a TrainConfig, data: &'a Prepared, model: AnyModel<B>, opt: Optimizer<B>) -> Result<Self> {
+        let device_sampling = match cfg.sampler {
+            SamplerChoice::Auto => cfg.device != Device::Cpu,
+            SamplerChoice::Host => false,
+            SamplerChoice::Device => true,
+        };
+        let sampler = if device_sampling {
+            let (t, k) = (&data.train, &data.known);
+            let tables = SampleTables::upload(be, (&t.offsets, &t.items), (&k.offsets, &k.items), t.n_items, cfg.neg)?;
+            Some(DeviceSampler { tables, state: be.zeros_ids(5)? })
+        } else {
+            None
+        };
+        Ok(Trainer {
+            be,
+            cfg,
+            data,
+            model,
+            opt,
+            batch: Batch::with_capacity(be, cfg.batch)?,
+            scratch: StepScratch::new(be, cfg.batch)?,
+            stepper: AnyStep::new(be, cfg.step.into(), cfg.batch)?,
+            rows: Vec::new(),
+            cols: (Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch)),
+            sampler,
+        })
+    }
+
+    /// Trains one epoch on the sampler chosen.
+    fn epoch(&mut self, epoch: usize) -> Result<Trained> {
+        if self.sampler.is_some() { self.device_epoch(epoch) } else { self.host_epoch(epoch) }
+    }
+
+    /// One epoch sampled on the host (`ncf_data::sample_epoch` on the CPU threads), its
+    /// batches copied in one by one.
+    fn host_epoch(&mut self, epoch: usize) -> Result<Trained> {
+        let (be, cfg) = (self.be, self.cfg);
+        let t0 = Instant::now();
+        sample_epoch(&self.data.train, &self.data.known, cfg.neg, cfg.seed, epoch as u64, &mut self.rows);
+        let t1 = Instant::now();
+        let n_rows = self.rows.len();
+        let mut progress = Progress::new(cfg, epoch, n_rows.div_ceil(cfg.batch), t1);
+        let Trainer { model, opt, batch, scratch, stepper, rows, cols: (us, is, ys), .. } = self;
+        // The steps run inside the chosen step's `run_steps` (the CPU's two-lane step keeps its
+        // helper thread spinning for the epoch).
+        stepper.run_steps(|stepper| -> Result<()> {
+            for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
+                us.clear();
+                is.clear();
+                ys.clear();
+                for r in chunk {
+                    us.push(r.user);
+                    is.push(r.item);
+                    ys.push(r.label);
+                }
+                batch.set(be, us, is, ys)?;
+                stepper.step(be, model, opt, batch, scratch)?;
+                progress.step(be, step, stepper, scratch)?;
+            }
+            Ok(())
+        })?;
+        let loss = progress.finish(be, stepper, scratch)?;
+        let training_s = t1.elapsed().as_secs_f64();
+        Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss })
+    }
+
+    /// One epoch sampled on the device: every batch is drawn where the model lives; the full
+    /// batches replay one recorded step (a CUDA graph) where the backend can record.
+    fn device_epoch(&mut self, epoch: usize) -> Result<Trained> {
+        let (be, cfg) = (self.be, self.cfg);
+        let Trainer { model, opt, batch, scratch, stepper, sampler, .. } = self;
+        let Some(DeviceSampler { tables, state }) = sampler else {
+            unreachable!("device_epoch runs with a device sampler");
+        };
+        let t0 = Instant::now();
+        let k = EpochKeys::new(cfg.seed, epoch as u64).words();
+        be.write_ids(state, &[0, k[0], k[1], k[2], k[3]])?;
+        let n_rows = tables.rows() as usize;
+        let t1 = Instant::now();
+        let mut progress = Progress::new(cfg, epoch, n_rows.div_ceil(cfg.batch), t1);
+        let mut sampled_step = |b: usize,
+                                stepper: &mut AnyStep<B>,
+                                model: &mut AnyModel<B>,
+                                opt: &mut Optimizer<B>,
+                                batch: &mut Batch<B>,
+                                scratch: &mut StepScratch<B>|
+         -> ncf_core::Result<()> {
+            be.sample_batch(tables, state, cfg.batch, b, &mut batch.users, &mut batch.items, &mut batch.labels)?;
+            batch.len = b;
+            stepper.step(be, model, opt, batch, scratch)
+        };
+        let full = n_rows / cfg.batch;
+        let mut step = 0;
+        // The first step runs directly: it allocates what later steps reuse (row plans,
+        // library workspaces), which a recording could not.
+        if full > 0 {
+            sampled_step(cfg.batch, stepper, model, opt, batch, scratch)?;
+            progress.step(be, step, stepper, scratch)?;
+            step += 1;
+        }
+        let graph = if cfg.graph && full > 2 {
+            let t_before = opt.t;
+            let g = be.capture(&mut || sampled_step(cfg.batch, stepper, model, opt, batch, scratch))?;
+            // Recording ran the host side of one step (the optimizer's host count went up)
+            // but nothing on the device.
+            opt.t = t_before;
+            g
+        } else {
+            None
+        };
+        match &graph {
+            Some(g) => {
+                let t_start = opt.t;
+                while step < full {
+                    be.replay(g)?;
+                    progress.step(be, step, stepper, scratch)?;
+                    step += 1;
+                }
+                // Each replay advanced the device's step count; the host's follows.
+                opt.set_steps(be, t_start + (full - 1) as u64)?;
+                model.params_and_grads().0.touch();
+            }
+            None => {
+                while step < full {
+                    sampled_step(cfg.batch, stepper, model, opt, batch, scratch)?;
+                    progress.step(be, step, stepper, scratch)?;
+                    step += 1;
+                }
+            }
+        }
+        let tail = n_rows - full * cfg.batch;
+        if tail > 0 {
+            sampled_step(tail, stepper, model, opt, batch, scratch)?;
+        }
+        let loss = progress.finish(be, stepper, scratch)?;
+        let training_s = t1.elapsed().as_secs_f64();
+        Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss })
+    }
+
+    /// HR@K and NDCG@K on the validation holdout and on the test set; the seconds it took.
+    fn evaluate(&mut self) -> Result<(HitMetrics, HitMetrics, f64)> {
+        let t = Instant::now();
+        let valid = evaluate(self.be, &mut self.model, &self.data.valid, self.cfg.k)?;
+        let test = evaluate(self.be, &mut self.model, &self.data.test, self.cfg.k)?;
+        Ok((valid, test, t.elapsed().as_secs_f64()))
+    }
+
+    /// Writes `path`: the selected weights and the run so far, with the state to resume from.
+    fn checkpoint(&self, path: &std::path::Path, mcfg: &ModelConfig, best: &Best) -> Result<()> {
+        let resume = checkpoint::ResumeState {
+            epochs: best.reports.clone(),
+            best_valid: best.valid,
+            current: self.model.params().to_host(self.be)?,
+            optim: self.opt.state_to_host(self.be, self.model.params())?,
+            t: self.opt.t,
+        };
+        let summary = summarize(self.cfg, &best.reports, best.valid);
+        snapshot(self.cfg, mcfg, self.data, &summary, &best.reports, best.weights.clone(), Some(resume))
+            .save(path, true)
+    }
+}
+
+/// The epochs so far, and the validation-selected one with its weights.
+struct Best {
+    reports: Vec<EpochReport>,
+    valid: Option<usize>,
+    weights: Vec<ncf_model::HostTensor>,
+}
+
+impl Best {
+    /// Records an epoch; keeps `model`'s weights when its validation HR is the best so far.
+    fn record<B: Backend<T = f32>>(&mut self, be: &B, report: EpochReport, model: &AnyModel<B>) -> Result<()> {
+        self.reports.push(report);
+        let k = self.reports.len() - 1;
+        if self.valid.is_none_or(|b| self.reports[k].valid_hr > self.reports[b].valid_hr) {
+            self.valid = Some(k);
+            self.weights = model.params().to_host(be)?;
+        }
+        Ok(())
+    }
+
+    /// `patience` epochs have passed without a better validation HR (0: never).
+    fn stalled(&self, patience: usize) -> bool {
+        patience > 0 && self.valid.is_some_and(|b| self.reports.len() - 1 - b >= patience)
     }
 }
 
@@ -388,224 +532,76 @@ fn train_on<B: FastStep<T = f32>>(
         init: Default::default(),
     };
     let max_rows = cfg.batch.max(cfg.eval_rows);
-    let mut reports: Vec<EpochReport> = Vec::new();
-    let mut best_valid: Option<usize> = None;
-    let (mut model, mut best_weights, mut opt) = match &resume {
-        None => {
-            let model = build_model(cfg, &mcfg, be, max_rows)?;
-            let best = model.params().to_host(be)?;
-            let opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
-            (model, best, opt)
-        }
-        Some(r) => {
-            let st = checkpoint::ResumeState::read(r.checkpoint, r.path)?;
-            if ModelSpec::of(&mcfg) != r.checkpoint.spec {
-                return Err(TrainError::Checkpoint {
-                    path: r.path.display().to_string(),
-                    reason: format!(
-                        "holds a {:?} model, but this run builds {:?}",
-                        r.checkpoint.spec,
-                        ModelSpec::of(&mcfg)
-                    ),
-                });
-            }
-            let mut model = AnyModel::new(be, &mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
-            for t in &st.current {
-                model.params_and_grads().0.load(be, &t.name, &t.data)?;
-            }
-            let mut opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
-            opt.load_state(be, model.params(), &st.optim, st.t)?;
-            reports = st.epochs;
-            best_valid = st.best_valid;
-            (model, r.checkpoint.tensors.iter().filter(|t| !t.name.starts_with("resume/")).cloned().collect(), opt)
-        }
+    let (model, opt, mut best) = match &resume {
+        None => start(be, cfg, &mcfg, max_rows)?,
+        Some(r) => resume_from(be, cfg, &mcfg, max_rows, r)?,
     };
-    let mut batch = Batch::with_capacity(be, cfg.batch)?;
-    let mut scratch = StepScratch::new(be, cfg.batch)?;
-    let mut stepper = AnyStep::new(be, StepKind::Fast, cfg.batch)?;
-    let (mut us, mut is, mut ys) =
-        (Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch), Vec::with_capacity(cfg.batch));
-    let mut rows: Vec<Row> = Vec::new();
-    let device_sampling = match cfg.sampler {
-        SamplerChoice::Auto => cfg.device != "cpu",
-        SamplerChoice::Host => false,
-        SamplerChoice::Device => true,
-    };
-    // The device sampler's tables (uploaded once) and state `[batch number, epoch keys]`.
-    let tables = if device_sampling {
-        let (t, k) = (&data.train, &data.known);
-        Some(SampleTables::upload(be, (&t.offsets, &t.items), (&k.offsets, &k.items), t.n_items, cfg.neg)?)
-    } else {
-        None
-    };
-    let mut sampler_state = be.zeros_ids(5)?;
-    let stopped_early = |reports: &[EpochReport], best: Option<usize>| {
-        cfg.patience > 0 && best.is_some_and(|b| reports.len() - 1 - b >= cfg.patience)
-    };
-    let first = reports.len() + 1;
-
-    for epoch in first..=cfg.epochs {
-        if stopped_early(&reports, best_valid) {
+    let mut tr = Trainer::new(be, cfg, data, model, opt)?;
+    for epoch in best.reports.len() + 1..=cfg.epochs {
+        if best.stalled(cfg.patience) {
             break;
         }
-        let t0 = Instant::now();
-        let n_rows = match &tables {
-            Some(tables) => {
-                let k = EpochKeys::new(cfg.seed, epoch as u64).words();
-                be.write_ids(&mut sampler_state, &[0, k[0], k[1], k[2], k[3]])?;
-                tables.rows() as usize
-            }
-            None => {
-                sample_epoch(&data.train, &data.known, cfg.neg, cfg.seed, epoch as u64, &mut rows);
-                rows.len()
-            }
-        };
-        let t1 = Instant::now();
-        let steps = n_rows.div_ceil(cfg.batch);
-        let bar =
-            if cfg.progress { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(epoch.to_string());
-        let mut loss_sum = 0.0;
-        let mut progress = |step: usize, stepper: &mut AnyStep<B>, scratch: &mut StepScratch<B>| -> Result<()> {
-            if cfg.progress && (step + 1).is_multiple_of(200) {
-                loss_sum += stepper.take_loss(be, scratch)?;
-                let rate = ((step + 1) * cfg.batch) as f64 / t1.elapsed().as_secs_f64().max(1e-9);
-                bar.set_position(step as u64 + 1);
-                bar.set_message(format!("loss {:.4}  {:.0} samples/s", loss_sum / (step + 1) as f64, rate));
-            }
-            Ok(())
-        };
-        match &tables {
-            None => stepper.run_steps(|stepper| -> Result<()> {
-                for (step, chunk) in rows.chunks(cfg.batch).enumerate() {
-                    us.clear();
-                    is.clear();
-                    ys.clear();
-                    for r in chunk {
-                        us.push(r.user);
-                        is.push(r.item);
-                        ys.push(r.label);
-                    }
-                    batch.set(be, &us, &is, &ys)?;
-                    stepper.step(be, &mut model, &mut opt, &batch, &mut scratch)?;
-                    progress(step, stepper, &mut scratch)?;
-                }
-                Ok(())
-            })?,
-            Some(tables) => {
-                // Every batch is drawn on the device; only the loss is read back, every 200
-                // steps with a progress bar, else once per epoch.
-                let mut sampled_step = |b: usize,
-                                        stepper: &mut AnyStep<B>,
-                                        model: &mut AnyModel<B>,
-                                        opt: &mut Optimizer<B>,
-                                        batch: &mut Batch<B>,
-                                        scratch: &mut StepScratch<B>|
-                 -> ncf_core::Result<()> {
-                    be.sample_batch(
-                        tables,
-                        &mut sampler_state,
-                        cfg.batch,
-                        b,
-                        &mut batch.users,
-                        &mut batch.items,
-                        &mut batch.labels,
-                    )?;
-                    batch.len = b;
-                    stepper.step(be, model, opt, batch, scratch)
-                };
-                let full = n_rows / cfg.batch;
-                let mut step = 0;
-                // The first step runs directly: it allocates what later steps reuse (row plans,
-                // library workspaces), which a recording could not.
-                if full > 0 {
-                    sampled_step(cfg.batch, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)?;
-                    progress(step, &mut stepper, &mut scratch)?;
-                    step += 1;
-                }
-                let graph = if cfg.graph && full > 2 {
-                    let t_before = opt.t;
-                    let g = be.capture(&mut || {
-                        sampled_step(cfg.batch, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)
-                    })?;
-                    // Recording ran the host side of one step (the optimizer's host count went up)
-                    // but nothing on the device.
-                    opt.t = t_before;
-                    g
-                } else {
-                    None
-                };
-                match &graph {
-                    Some(g) => {
-                        let t_start = opt.t;
-                        while step < full {
-                            be.replay(g)?;
-                            progress(step, &mut stepper, &mut scratch)?;
-                            step += 1;
-                        }
-                        // Each replay advanced the device's step count; the host's follows.
-                        opt.set_steps(be, t_start + (full - 1) as u64)?;
-                        model.params_and_grads().0.touch();
-                    }
-                    None => {
-                        while step < full {
-                            sampled_step(cfg.batch, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)?;
-                            progress(step, &mut stepper, &mut scratch)?;
-                            step += 1;
-                        }
-                    }
-                }
-                let tail = n_rows - full * cfg.batch;
-                if tail > 0 {
-                    sampled_step(tail, &mut stepper, &mut model, &mut opt, &mut batch, &mut scratch)?;
-                }
-            }
-        }
-        bar.finish_and_clear();
-        let loss = (loss_sum + stepper.take_loss(be, &mut scratch)?) / steps.max(1) as f64;
-        let t2 = Instant::now();
-        let v: HitMetrics = evaluate(be, &mut model, &data.valid, cfg.k)?;
-        let t: HitMetrics = evaluate(be, &mut model, &data.test, cfg.k)?;
-        let t3 = Instant::now();
-        let training_s = (t2 - t1).as_secs_f64();
+        let trained = tr.epoch(epoch)?;
+        let (v, t, eval_s) = tr.evaluate()?;
         let report = EpochReport {
             epoch,
-            loss,
+            loss: trained.loss,
             valid_hr: v.hr,
             valid_ndcg: v.ndcg,
             test_hr: t.hr,
             test_ndcg: t.ndcg,
-            sampling_s: (t1 - t0).as_secs_f64(),
-            training_s,
-            eval_s: (t3 - t2).as_secs_f64(),
-            samples_per_second: n_rows as f64 / training_s.max(1e-9),
+            sampling_s: trained.sampling_s,
+            training_s: trained.training_s,
+            eval_s,
+            samples_per_second: trained.rows as f64 / trained.training_s.max(1e-9),
         };
         on_epoch(&report);
-        reports.push(report);
-        let k = reports.len() - 1;
-        if best_valid.is_none_or(|b| reports[k].valid_hr > reports[b].valid_hr) {
-            best_valid = Some(k);
-            best_weights = model.params().to_host(be)?;
-        }
+        best.record(be, report, &tr.model)?;
         if let Some(path) = &cfg.save {
-            let resume = checkpoint::ResumeState {
-                epochs: reports.clone(),
-                best_valid,
-                current: model.params().to_host(be)?,
-                optim: opt.state_to_host(be, model.params())?,
-                t: opt.t,
-            };
-            let summary = summarize(cfg, &reports, best_valid);
-            snapshot(cfg, &mcfg, data, &summary, &reports, best_weights.clone(), Some(resume)).save(path, true)?;
+            tr.checkpoint(path, &mcfg, &best)?;
         }
     }
-    let summary = summarize(cfg, &reports, best_valid);
-    let best = snapshot(cfg, &mcfg, data, &summary, &reports, best_weights, None);
-    Ok(Outcome { summary, epochs: reports, best })
+    let summary = summarize(cfg, &best.reports, best.valid);
+    let checkpoint = snapshot(cfg, &mcfg, data, &summary, &best.reports, best.weights, None);
+    Ok(Outcome { summary, epochs: best.reports, best: checkpoint })
+}
+
+/// A fresh run: the model (or NeuMF from pretrained GMF and MLP), its optimizer, no epochs.
+fn start<B: Backend<T = f32>>(
+    be: &B,
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    max_rows: usize,
+) -> Result<(AnyModel<B>, Optimizer<B>, Best)> {
+    let model = build_model(cfg, mcfg, be, max_rows)?;
+    let weights = model.params().to_host(be)?;
+    let opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
+    Ok((model, opt, Best { reports: Vec::new(), valid: None, weights }))
+}
+
+/// A resumed run: weights, optimizer state, epochs and the selected epoch from the checkpoint.
+fn resume_from<B: Backend<T = f32>>(
+    be: &B,
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    max_rows: usize,
+    r: &ResumeFrom<'_>,
+) -> Result<(AnyModel<B>, Optimizer<B>, Best)> {
+    let st = checkpoint::ResumeState::read(r.checkpoint, r.path)?;
+    if ModelSpec::of(mcfg) != r.checkpoint.spec {
+        return Err(TrainError::Checkpoint {
+            path: r.path.display().to_string(),
+            reason: format!("holds a {:?} model, but this run builds {:?}", r.checkpoint.spec, ModelSpec::of(mcfg)),
+        });
+    }
+    let mut model = AnyModel::new(be, mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
+    for t in &st.current {
+        model.params_and_grads().0.load(be, &t.name, &t.data)?;
+    }
+    let mut opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
+    opt.load_state(be, model.params(), &st.optim, st.t)?;
+    let weights = r.checkpoint.tensors.iter().filter(|t| !t.name.starts_with("resume/")).cloned().collect();
+    Ok((model, opt, Best { reports: st.epochs, valid: st.best_valid, weights }))
 }
 
 /// The run's summary so far: test metrics at the validation-selected epoch.
@@ -616,7 +612,7 @@ fn summarize(cfg: &TrainConfig, reports: &[EpochReport], best_valid: Option<usiz
     let best_test = reports.iter().max_by(|a, b| a.test_hr.total_cmp(&b.test_hr)).cloned();
     let (sampling, training, eval) = (mean(|r| r.sampling_s), mean(|r| r.training_s), mean(|r| r.eval_s));
     Summary {
-        model: cfg.model.clone(),
+        model: cfg.model.to_string(),
         factors: cfg.factors,
         layers: cfg.layers.clone(),
         epochs_run: reports.len(),

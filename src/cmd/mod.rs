@@ -1,0 +1,51 @@
+//! One file per command; each `run` returns `Ok(false)` when it ran and found a failure.
+//! What several commands share is here.
+
+use anyhow::{Context, Result, bail};
+use ncf_train::Device;
+use std::path::Path;
+
+pub mod data;
+pub mod eval;
+pub mod gradcheck;
+pub mod train;
+
+/// A rayon pool of `threads` workers (default: all cores).
+fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = threads {
+        builder = builder.num_threads(t);
+    }
+    builder.build().context("building the thread pool")
+}
+
+/// Writes `contents` to `path` atomically (a temporary file, then a rename), refusing to
+/// replace an existing file unless `force`.
+fn write_atomic(path: &Path, contents: &[u8], force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// `--device`: `cpu`, or `cuda` after probing the driver, NVRTC, cuBLAS and a device (a clean
+/// error naming what is missing, never a panic).
+fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda => {
+            let gpu = ncf_cuda::device::probe(0).context("--device cuda")?;
+            eprintln!(
+                "device: {} (compute capability {}.{})",
+                gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
+            );
+            Ok(())
+        }
+    }
+}
+
+fn source_options(min_rating: Option<f32>, split_seed: u64) -> ncf_train::source::SourceOptions {
+    ncf_train::source::SourceOptions { min_rating, split_seed, ..Default::default() }
+}

@@ -1,0 +1,120 @@
+//! `ncf train`: its flags are [`ncf_train::TrainConfig`]'s, plus `--config`.
+
+use super::{check_device, source_options, thread_pool, write_atomic};
+use anyhow::{Result, bail};
+use clap::ArgMatches;
+use ncf_train::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(args_override_self = true)]
+pub struct TrainArgs {
+    /// Read settings from a TOML file whose keys are the flag names (`lr = 0.001`, `layers =
+    /// [64, 32, 16, 8]`, `model = "gmf"`, `graph = false` for --no-graph, …); flags given on
+    /// the command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    cfg: TrainConfig,
+}
+
+/// The run's settings: the defaults, then (with `--resume`) the checkpoint's, then the
+/// `--config` file's, then the flags given on the command line ([`TrainConfig::layered`]).
+fn settings(a: &TrainArgs, matches: &ArgMatches) -> Result<(TrainConfig, Option<ncf_train::Checkpoint>)> {
+    let explicit = TrainConfig::explicit_keys(matches);
+    let file = a.config.as_ref().map(|p| TrainConfig::from_toml_file(p).map(|(c, keys)| (p, c, keys))).transpose()?;
+    let file = file.as_ref().map(|(p, c, keys)| (p.as_path(), c, keys.as_slice()));
+    // `--resume` may come from the file too; the checkpoint's layer goes under the file's.
+    let unresumed = TrainConfig::layered(&a.cfg, &explicit, file, None)?;
+    let Some(path) = unresumed.resume else {
+        return Ok((unresumed, None));
+    };
+    let ckpt = ncf_train::Checkpoint::load(&path)?;
+    let cfg = TrainConfig::layered(&a.cfg, &explicit, file, Some((&ckpt, &path)))?;
+    Ok((cfg, Some(ckpt)))
+}
+
+pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
+    let (mut cfg, resume) = settings(&a, matches)?;
+    check_device(cfg.device)?;
+    let save = cfg.save.clone().or_else(|| cfg.resume.clone());
+    for p in [&cfg.metrics_jsonl, &cfg.summary_json, &save, &cfg.plot].into_iter().flatten() {
+        if p.exists() && !cfg.force && Some(p) != cfg.resume.as_ref() {
+            bail!("{} exists; pass --force to overwrite it", p.display());
+        }
+    }
+    let pool = thread_pool(cfg.threads)?;
+    if resume.is_none() {
+        cfg.data = cfg.data.map(|d| d.canonicalize().unwrap_or(d));
+        cfg.pretrained = match (&cfg.pretrain_gmf, &cfg.pretrain_mlp) {
+            (Some(g), Some(m)) => Some((ncf_train::Checkpoint::load(g)?, ncf_train::Checkpoint::load(m)?)),
+            (None, None) => None,
+            _ => bail!("--pretrain-gmf and --pretrain-mlp go together"),
+        };
+    }
+    cfg.progress = true;
+    cfg.save = save.clone();
+    let t = std::time::Instant::now();
+    let opts = source_options(cfg.min_rating, cfg.split_seed);
+    let loaded = pool.install(|| ncf_train::source::load(cfg.data.as_deref(), &opts))?;
+    let split = &loaded.split;
+    let data = pool.install(|| ncf_train::Prepared::from_split(split, cfg.seed));
+    eprintln!("{}", loaded.description);
+    eprintln!(
+        "{} users, {} items, {} training interactions; {} validation and {} test users; loaded in {:.2} s",
+        split.n_users,
+        split.n_items,
+        split.train.len(),
+        data.valid.len(),
+        data.test.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let resume = resume.as_ref().zip(cfg.resume.as_ref());
+    if let Some((ckpt, path)) = resume {
+        let (users, items) = ckpt.id_maps(path)?;
+        for (what, saved, here) in [("user", users, &split.user_ids), ("item", items, &split.item_ids)] {
+            if saved.as_ref() != here.as_ref() {
+                bail!("{} was trained with a different {what} id map than this data has", path.display());
+            }
+        }
+        let done = ckpt.metadata.get("epochs").and_then(|e| serde_json::from_str::<Vec<serde_json::Value>>(e).ok());
+        eprintln!("resuming {} after epoch {} of {}", path.display(), done.map_or(0, |d| d.len()), cfg.epochs);
+    }
+    let mut jsonl = String::new();
+    let k = cfg.k;
+    let outcome = pool.install(|| {
+        let from = resume.map(|(c, p)| ncf_train::ResumeFrom { checkpoint: c, path: p });
+        ncf_train::train(&cfg, &data, from, |r| {
+            println!(
+                "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} samples/s]",
+                r.epoch, r.loss, r.valid_hr, r.valid_ndcg, r.test_hr, r.test_ndcg, r.sampling_s, r.training_s, r.eval_s, r.samples_per_second
+            );
+            jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
+            jsonl.push('\n');
+        })
+    })?;
+    let summary = &outcome.summary;
+    println!(
+        "selected epoch {} (best validation HR@{k}): test HR@{k} {:.4} NDCG@{k} {:.4}; best test epoch {}: HR@{k} {:.4} NDCG@{k} {:.4}; {:.2} s/epoch",
+        summary.selected_epoch,
+        summary.test_hr,
+        summary.test_ndcg,
+        summary.best_test_epoch,
+        summary.best_test_hr,
+        summary.best_test_ndcg,
+        summary.seconds_per_epoch.total
+    );
+    if let Some(p) = &cfg.metrics_jsonl {
+        write_atomic(p, jsonl.as_bytes(), cfg.force)?;
+    }
+    if let Some(p) = &cfg.summary_json {
+        write_atomic(p, serde_json::to_string_pretty(summary)?.as_bytes(), cfg.force)?;
+    }
+    if let Some(p) = &cfg.plot {
+        write_atomic(p, ncf_train::plot::training_curves_svg(&outcome.epochs, k).as_bytes(), cfg.force)?;
+    }
+    if let Some(p) = &save {
+        eprintln!("{} holds epoch {} (selected) and the state to resume from", p.display(), summary.selected_epoch);
+    }
+    Ok(true)
+}
