@@ -137,3 +137,65 @@ fn device_sampler_is_deterministic_and_learns() {
     assert_eq!(a.2, "device");
     assert!(a.0 > 0.43, "test HR@10 {} should beat popularity (0.391) clearly", a.0);
 }
+
+/// `--step reference` runs the plain op-by-op step. GMF never splits its batch, so both steps
+/// give the same numbers bit for bit; NeuMF's two-lane step sums its dense gradients per half,
+/// so its metrics may differ only by that rounding (here: the loss within 1e-4 relative).
+#[test]
+fn step_reference_and_fast_agree() {
+    let d = tempfile::tempdir().unwrap();
+    toy_split(d.path());
+    let data = d.path().display().to_string();
+    let run = |model: &str, step: &str| -> Vec<serde_json::Value> {
+        let out_path = d.path().join(format!("{model}-{step}.jsonl"));
+        let path = out_path.display().to_string();
+        let out = ncf(&[
+            "train",
+            "--data",
+            &data,
+            "--model",
+            model,
+            "--step",
+            step,
+            "--epochs",
+            "3",
+            "--batch",
+            "64",
+            "--layers",
+            "16,8,4",
+            "--lr",
+            "0.01",
+            "--metrics-jsonl",
+            &path,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let keys = ["loss", "valid_hr", "valid_ndcg", "test_hr", "test_ndcg"];
+    let (fast, reference) = (run("gmf", "fast"), run("gmf", "reference"));
+    assert_eq!(fast.len(), 3);
+    for (f, r) in fast.iter().zip(&reference) {
+        for k in keys {
+            assert_eq!(f[k], r[k], "gmf epoch {}: {k}", f["epoch"]);
+        }
+    }
+    let (fast, reference) = (run("neumf", "fast"), run("neumf", "reference"));
+    for (f, r) in fast.iter().zip(&reference) {
+        let (a, b) = (f["loss"].as_f64().unwrap(), r["loss"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "neumf epoch {}: loss {a} (fast) vs {b} (reference)", f["epoch"]);
+    }
+    let bad = ncf(&["train", "--data", &data, "--step", "fused"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// A split folder with a missing file names that file.
+#[test]
+fn a_split_folder_missing_a_file_names_it() {
+    let d = tempfile::tempdir().unwrap();
+    toy_split(d.path());
+    std::fs::remove_file(d.path().join("toy.test.negative")).unwrap();
+    let out = ncf(&["train", "--data", &d.path().display().to_string(), "--epochs", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("toy.test.negative is missing"), "{err}");
+}

@@ -60,11 +60,17 @@ impl Source {
         if !p.is_dir() {
             return Err(ncf_data::DataError::invalid(p, "no such file or folder").into());
         }
-        if ncf_data::ncf_split::SplitFiles::find(p).is_ok() {
+        let split = ncf_data::ncf_split::SplitFiles::find(p);
+        if split.is_ok() {
             return Ok(Source::NcfSplit(p.to_path_buf()));
         }
         match MovieLensFiles::find(p) {
             Ok(ml) => Ok(Source::Ratings(ml.ratings)),
+            // Part of an NCF split is here: say which file is missing.
+            Err(_) if has_split_file(p) => Err(match split {
+                Err(e) => e.into(),
+                Ok(_) => ncf_data::DataError::invalid(p, "an incomplete NCF split").into(),
+            }),
             Err(_) => Err(ncf_data::DataError::invalid(
                 p,
                 "neither an NCF split folder (NAME.train.rating, NAME.test.rating, NAME.test.negative) nor a MovieLens folder (ratings.dat, u.data or ratings.csv)",
@@ -72,6 +78,18 @@ impl Source {
             .into()),
         }
     }
+}
+
+/// Whether `dir` holds any file of an NCF split (`NAME.train.rating`, `NAME.test.rating`,
+/// `NAME.test.negative`).
+fn has_split_file(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            [".train.rating", ".test.rating", ".test.negative"].iter().any(|s| name.ends_with(s))
+        })
+    })
 }
 
 /// Splits raw ratings by leave-latest-out and describes what happened.
