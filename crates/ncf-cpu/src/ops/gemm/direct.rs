@@ -261,7 +261,8 @@ struct Strip {
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
     let mut i = 0;
-    // SAFETY (all calls): rows i..i+R (or the smaller tile) are rows of the strip, i + rows ≤ m.
+    // SAFETY: for every call below, rows i..i+R (or the smaller tile) are rows of the strip,
+    // with i + rows ≤ m.
     unsafe {
         while i + R <= m {
             tile::<R, V>(s, i);
