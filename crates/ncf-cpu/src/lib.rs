@@ -5,9 +5,11 @@
 //! [`CpuBackend`] wires the kernels into the [`ncf_core::Backend`] trait and validates inputs.
 //!
 //! Reading order: `ops/embedding.rs`, `ops/linear.rs` (then `ops/gemm.rs`, the one kernel that
-//! is hard to make fast), `ops/activation.rs`, `ops/loss.rs`, `ops/elementwise.rs`,
-//! `ops/optim.rs`, and finally `backend.rs`. `team.rs` is how a training epoch uses two cores
-//! at microsecond granularity (a helper thread that spins, instead of rayon's sleeping worker).
+//! is hard to make fast; its docs say in which order to read the files of `ops/gemm/`),
+//! `ops/activation.rs`, `ops/loss.rs`, `ops/elementwise.rs`, `ops/optim.rs`, and finally
+//! `backend.rs`. `simd.rs` detects the CPU's vector instruction set once, for the GEMM and the
+//! optimizer. `team.rs` is how a training epoch uses two cores at microsecond granularity (a
+//! helper thread that spins, instead of rayon's sleeping worker).
 //!
 //! ## Determinism
 //!
@@ -18,6 +20,7 @@
 
 pub mod backend;
 pub mod ops;
+pub mod simd;
 pub mod team;
 #[cfg(test)]
 pub(crate) mod testutil;

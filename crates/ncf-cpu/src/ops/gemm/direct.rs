@@ -32,7 +32,9 @@
 //! result equals the blocked AVX2 kernel's bit for bit (tested), and it never depends on the
 //! thread count: threads only split the rows.
 
-use super::{MatMut, MatRef, PAR_MIN_FLOPS, with_pack_buffer};
+use super::blocked::with_pack_buffer;
+use super::{MatMut, MatRef, PAR_MIN_FLOPS};
+use crate::simd::SimdLevel;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -48,16 +50,9 @@ const MAX_B_COPY: usize = 1 << 18;
 /// from cache, not memory. (At batch 4096 the largest, `dW`'s `inp`, is 2048 × 64.)
 const MAX_B: usize = 1 << 20;
 
-/// Whether this CPU can run the kernel (AVX-512 Foundation).
+/// Whether this CPU can run the kernel: it has [`SimdLevel::Avx512`] (AVX-512 Foundation).
 pub fn is_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    SimdLevel::Avx512.is_available()
 }
 
 /// Whether a `(k, n)` B with column stride `b_cs`, into a C with column stride `c_cs`, suits the
@@ -70,8 +65,8 @@ pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
 
 /// `C ← α·A·B + β·C` with this kernel.
 ///
-/// Preconditions (the caller, `gemm.rs`'s `scratch`, establishes them): the views were validated,
-/// `m, k, n > 0`, [`is_available`] and [`suits`] hold.
+/// Preconditions (established by the caller, `dispatch.rs`'s `scratch`): the views were
+/// validated, `m, k, n > 0`, [`is_available`] and [`suits`] hold.
 pub(super) fn gemm_direct(alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32, c: MatMut<f32>) {
     let (k, n) = (a.cols, b.cols);
     if b.cs == 1 {
