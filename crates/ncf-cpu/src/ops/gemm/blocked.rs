@@ -45,13 +45,13 @@
 //!
 //! The kernel is compiled once per [`SimdLevel`] that has its own build ([`blocked_level`]):
 //! the portable one and AVX2 + FMA, each inside a `#[target_feature]` wrapper at the end of this
-//! file. It has no AVX-512 build: on AMD Zen 4 a 512-bit FMA occupies both 256-bit FMA pipes,
-//! so an AVX-512 build of it measured at best equal to AVX2, and the auto-vectorizer was fragile
-//! with 32 registers (tiles such as 8×32 or 16×16 were not fully unrolled, and LLVM vectorized
-//! across rows with gathers and scatters instead, at 2 GFLOP/s). Zen 5 and Intel Xeons have
-//! full-width 512-bit FMA units, where AVX-512 doubles the peak; the
-//! [`direct`](super::direct) kernel is where that pays. At the AVX-512 level this kernel runs
-//! the products the direct kernel does not take.
+//! file. It has no AVX-512 build: on a core whose 512-bit FMA occupies both 256-bit FMA pipes
+//! (AMD Zen 4) such a build cannot beat AVX2, and with 32 registers the auto-vectorizer did not
+//! fully unroll the wider tiles (such as 8×32 or 16×16) and vectorized across rows with gathers
+//! and scatters instead, far below the AVX2 build (BENCHMARKS.md). On cores with full-width
+//! 512-bit FMA units, where AVX-512 doubles the peak, the [`direct`](super::direct) kernel is
+//! where that pays; at the AVX-512 level this kernel runs the products the direct kernel does
+//! not take.
 
 use super::dispatch::PAR_MIN_FLOPS;
 use super::{CpuFloat, MatMut, MatRef};
@@ -250,7 +250,7 @@ fn row_block<T: CpuFloat, const MR: usize, const NR: usize, const FMA: bool>(
 /// to 2 `vmovups` (the B row), 6 `vbroadcastss` (the A column) and 12 `vfmadd231ps` into twelve
 /// accumulator registers, plus loop control. (Check it with `perf annotate` or cargo-show-asm
 /// after changing a tile: if LLVM does not unroll the row loop, it vectorizes the wrong loop and
-/// runs 10–50× slower; see the notes on tiles in `element.rs`.) Each accumulator is an
+/// runs many times slower; see the notes on tiles in `element.rs`.) Each accumulator is an
 /// independent chain in `p` order: the compiler may not reassociate floats, so it doesn't.
 #[inline(always)]
 fn micro_kernel<T: CpuFloat, const MR: usize, const NR: usize, const FMA: bool>(

@@ -94,10 +94,10 @@ pub fn gemm<T: CpuFloat>(imp: GemmImpl, alpha: T, a: MatRef<T>, b: MatRef<T>, be
 ///
 /// Splitting a small product costs more than the fork: the second core must pull the packed B
 /// panel and its rows of C out of the first core's cache (rayon does not pin a row block to a
-/// thread), microseconds against a product that takes ten. Measured on a 2-core AMD EPYC
-/// (Zen 4), f32, 2 threads vs 1: the model's 1-Mflop layer shapes range from +45% to −50%;
-/// 2-Mflop products gain 5–40%; 4-Mflop and up gain 40–70%. Both kernels, blocked and direct,
-/// use this threshold.
+/// thread), microseconds against a product that takes ten. Timed two threads against one, the
+/// model's 1-Mflop layer products sometimes gained and sometimes lost, while every product from
+/// 2 Mflop up gained (the numbers are in BENCHMARKS.md). Both kernels, blocked and direct, use
+/// this threshold.
 pub const PAR_MIN_FLOPS: usize = 1 << 21;
 
 /// `C ← α·A·B + β·C` with the hand-written kernels on the best instruction set this CPU has

@@ -84,23 +84,24 @@ pub trait CpuFloat: Float + sealed::Sealed {
     );
 }
 
-// Micro-tiles `(MR, NR, relative speed)` per type and level, first = default, measured with the
-// `gemm` bench on a 2-core AMD EPYC (Zen 4):
+// Micro-tiles `(MR, NR, relative speed)` per type and level, first = default; the relative
+// speeds come from the `gemm` bench (`GEMM_TABLE=all`, see BENCHMARKS.md for the measurements):
 //
 // * AVX2, f32: 6×16 uses 12 of the 16 ymm registers for accumulators (2 per row) plus 2 for the B
-//   row and 1 for the broadcast A value, the largest tile that does not spill; it runs at
-//   ~100 GFLOP/s (≈ the core's peak) on big products. 4×16 has fewer rows to pad when m is small
-//   (the weight gradient: m = layer width), 8×8 fewer columns when n ≤ 8 (the 16→8 and 16→1
-//   layers); both are ~10% slower when nothing is padded. (12×8 was never the best; 16×8 and 8×16
-//   fell to 7–35 GFLOP/s: like the AVX-512 tiles, their row loops were not fully unrolled.)
+//   row and 1 for the broadcast A value, the largest tile that does not spill, so on big products
+//   it keeps the FMA units busy. 4×16 has fewer rows to pad when m is small (the weight gradient:
+//   m = layer width), 8×8 fewer columns when n ≤ 8 (the 16→8 and 16→1 layers); both are a little
+//   slower when nothing is padded. (12×8 was never the best; 16×8 and 8×16 are not offered
+//   because, like wider AVX-512 tiles, their row loops were not fully unrolled and they ran far
+//   slower.)
 // * AVX2, f64: the same shapes at half the width (4 doubles per ymm).
 // * Portable: SSE2's 16 xmm registers hold 4 floats, so 4×8 (f32) and 4×4 (f64) accumulators.
 //
-// Blocking: KC = 256 keeps one B sliver (256 × 16 f32 = 16 KiB) plus one A sliver (6 KiB) in the
-// 32 KiB L1; MC = 120 puts the packed A block (120 KiB) in the 1 MiB L2; NC = 1024 makes the B
-// panel 1 MiB, for the L2/L3. Nearby values (MC 72–240, KC 192–512, NC 1024–4096) measured within
-// noise on 512² to 2048² products. f64, same budget at twice the bytes: B sliver 16 KiB + A sliver
-// 12 KiB in L1, MC = 96 → 192 KiB in L2, NC = 512 → 1 MiB.
+// Blocking, sized for a 32 KiB L1 and a 1 MiB L2 per core: KC = 256 keeps one B sliver
+// (256 × 16 f32 = 16 KiB) plus one A sliver (6 KiB) in L1; MC = 120 puts the packed A block
+// (120 KiB) in L2; NC = 1024 makes the B panel 1 MiB, for the L2/L3. The result is not sensitive
+// to these values: nearby ones timed within noise (BENCHMARKS.md). f64, same budget at twice the
+// bytes: B sliver 16 KiB + A sliver 12 KiB in L1, MC = 96 → 192 KiB in L2, NC = 512 → 1 MiB.
 
 macro_rules! impl_cpu_float {
     ($t:ty, $mm:path, blocking: $blk:expr, direct: $direct:expr,
