@@ -19,7 +19,7 @@
 //! 2. `naive.rs`: [`gemm_naive`], the reference.
 //! 3. `dispatch.rs`: [`GemmImpl`] and [`gemm`] (which implementation a dense layer calls), and
 //!    [`gemm_scratch`], which sends each product to the direct or the blocked kernel according
-//!    to its shape and the CPU's [`SimdLevel`] (detected in `crate::simd`).
+//!    to its shape and the CPU's [`SimdLevel`](crate::simd::SimdLevel) (detected in `simd.rs`).
 //! 4. `blocked.rs`: the blocked kernel: packing, cache blocking, the register-tiled
 //!    micro-kernel, and its copies per instruction set.
 //! 5. `direct.rs`: the AVX-512 kernel for skinny products, with no packing of A.

@@ -35,7 +35,7 @@
 //!           micro-kernel: C[ic+ir.., jc+jr..] (MR × NR) = α·Ã_ir·B̃_jr + β·C
 //! ```
 //!
-//! Determinism: every element C[i,j] is the sum over k blocks, in order, of one register
+//! Determinism: every element `C[i,j]` is the sum over k blocks, in order, of one register
 //! accumulator that runs `p` in order. Nothing about that depends on which thread ran the row
 //! block, on MC, or on whether the tile was at an edge (edges compute the full zero-padded tile and
 //! store only the valid part), so the result is bit-identical for any thread count.
@@ -131,8 +131,8 @@ struct Step<'a, T, const NR: usize> {
     beta: T,
 }
 
-/// The loop nest. Preconditions (established by [`scratch`]): validated, `m, n, k > 0`, and C's
-/// rows are disjoint runs of `c.data`.
+/// The loop nest. Preconditions (established by `dispatch.rs`'s `scratch`): validated,
+/// `m, n, k > 0`, and C's rows are disjoint runs of `c.data`.
 pub(super) fn blocked<T: CpuFloat, const MR: usize, const NR: usize>(
     simd: SimdLevel,
     blocking: Blocking,

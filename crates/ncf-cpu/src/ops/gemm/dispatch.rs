@@ -1,6 +1,6 @@
 //! Which kernel runs: the [`GemmImpl`] a caller picks (naive, scratch, library, or auto for the
 //! dense layers), and, inside the scratch GEMM, the AVX-512 [`direct`](super::direct) kernel or
-//! the [`blocked`](super::blocked) one for a given product and [`SimdLevel`].
+//! the blocked one (`blocked.rs`) for a given product and [`SimdLevel`].
 
 use super::blocked::{Blocking, blocked_level};
 use super::view::{rows_are_disjoint_runs, scale_c, validate};
@@ -103,7 +103,7 @@ pub const PAR_MIN_FLOPS: usize = 1 << 21;
 /// `C ← α·A·B + β·C` with the hand-written kernels on the best instruction set this CPU has
 /// ([`SimdLevel::best`]): on AVX-512 the [`direct`](super::direct) kernel for the skinny
 /// products that suit it ([`direct::suits`](super::direct::suits)), the
-/// [`blocked`](super::blocked) kernel for everything else. Parallel over row blocks of C on the
+/// blocked kernel (`blocked.rs`) for everything else. Parallel over row blocks of C on the
 /// current rayon pool when the product is large enough ([`PAR_MIN_FLOPS`]). Bit-identical
 /// results for any thread count.
 pub fn gemm_scratch<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: MatMut<T>) -> Result<()> {
