@@ -13,7 +13,8 @@
 //! single-threaded by default), except the `scratch_2t` column for the squares.
 
 use criterion::{Criterion, Throughput};
-use ncf_cpu::ops::gemm::{CpuFloat, GemmImpl, MatMut, MatRef, Simd, gemm, gemm_scratch_with};
+use ncf_cpu::ops::gemm::{CpuFloat, GemmImpl, MatMut, MatRef, gemm, gemm_scratch_with};
+use ncf_cpu::simd::SimdLevel;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,7 @@ fn imp_fn<T: CpuFloat>(imp: GemmImpl) -> impl Fn(T, MatRef<T>, MatRef<T>, T, Mat
     move |al, a, b, be, c| gemm(imp, al, a, b, be, c).expect("valid gemm")
 }
 
-fn simd_fn<T: CpuFloat>(simd: Simd) -> impl Fn(T, MatRef<T>, MatRef<T>, T, MatMut<T>) + Sync {
+fn simd_fn<T: CpuFloat>(simd: SimdLevel) -> impl Fn(T, MatRef<T>, MatRef<T>, T, MatMut<T>) + Sync {
     move |al, a, b, be, c| gemm_scratch_with(simd, al, a, b, be, c).expect("valid gemm")
 }
 
@@ -201,7 +202,11 @@ fn table<T: CpuFloat>() {
     let two = pool(2);
     let (naive, scratch, library) =
         (imp_fn::<T>(GemmImpl::Naive), imp_fn::<T>(GemmImpl::Scratch), imp_fn::<T>(GemmImpl::Library));
-    println!("\n### GEMM {} GFLOP/s (1 thread unless noted; best of {ROUNDS} interleaved timings)\n", T::NAME);
+    println!(
+        "\n### GEMM {} GFLOP/s (1 thread unless noted; best of {ROUNDS} interleaved timings; SIMD level {})\n",
+        T::NAME,
+        SimdLevel::best().name()
+    );
     println!("| shape | m×k×n | naive | scratch | library | scratch/library | scratch, 2 threads |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for mut case in cases::<T>() {
@@ -229,11 +234,11 @@ fn table<T: CpuFloat>() {
 /// The scratch kernel compiled for each instruction set this CPU has, against the library.
 fn simd_table<T: CpuFloat>() {
     let one = pool(1);
-    let levels: Vec<Simd> = Simd::ALL.into_iter().filter(|s| s.is_available()).collect();
+    let levels: Vec<SimdLevel> = SimdLevel::ALL.into_iter().filter(|s| s.is_available()).collect();
     let fns: Vec<_> = levels.iter().map(|&s| simd_fn::<T>(s)).collect();
     let library = imp_fn::<T>(GemmImpl::Library);
     println!("\n### Scratch GEMM {} GFLOP/s per instruction set (1 thread)\n", T::NAME);
-    let names: Vec<String> = levels.iter().map(|s| format!("{s:?}")).collect();
+    let names: Vec<&str> = levels.iter().map(|s| s.name()).collect();
     println!("| shape | {} | library |", names.join(" | "));
     println!("|---|{}---:|", "---:|".repeat(levels.len()));
     for mut case in cases::<T>() {

@@ -5,11 +5,12 @@
 //! [`CpuBackend`] wires the kernels into the [`ncf_core::Backend`] trait and validates inputs.
 //!
 //! Reading order: `ops/embedding.rs`, `ops/linear.rs` (then `ops/gemm.rs`, the one kernel that
-//! is hard to make fast), `ops/activation.rs`, `ops/loss.rs`, `ops/elementwise.rs`,
-//! `ops/optim.rs`, and finally `backend.rs`. Then the CPU's fast path beside the reference
-//! training step: `step.rs` (the two-lane step) and `team.rs`, how a training epoch uses two
-//! cores at microsecond granularity (a helper thread that spins, instead of rayon's sleeping
-//! worker).
+//! is hard to make fast; its docs say in which order to read the files of `ops/gemm/`),
+//! `ops/activation.rs`, `ops/loss.rs`, `ops/elementwise.rs`, `ops/optim.rs`, and finally
+//! `backend.rs`. `simd.rs` detects the CPU's vector instruction set once, for the GEMM and the
+//! optimizer. Then the CPU's fast path beside the reference training step: `step.rs` (the
+//! two-lane step) and `team.rs`, how a training epoch uses two cores at microsecond granularity
+//! (a helper thread that spins, instead of rayon's sleeping worker).
 //!
 //! ## Determinism
 //!
@@ -20,6 +21,7 @@
 
 pub mod backend;
 pub mod ops;
+pub mod simd;
 pub mod step;
 pub mod team;
 #[cfg(test)]

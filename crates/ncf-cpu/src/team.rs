@@ -1,11 +1,12 @@
 //! Two threads working one training step together, at microsecond granularity.
 //!
-//! A training step at batch 256 is about forty kernels of 1–20 µs each. Splitting one of them
-//! over two cores pays only if handing half of it to the other core costs well under a
-//! microsecond. `rayon::join` does not manage that here: between two parallel kernels the step
-//! runs serial ones for 20 µs or more, rayon's idle worker goes to sleep after about 20 µs,
-//! and waking it through the kernel takes 10–20 µs on this VM (measured: a join of two 7 µs
-//! halves after a 20 µs serial gap took 38.7 µs against 34.1 µs serially).
+//! A training step at batch 256 is about forty kernels of a few microseconds each. Splitting one
+//! of them over two cores pays only if handing half of it to the other core costs well under a
+//! microsecond. `rayon::join` does not manage that: between two parallel kernels the step runs
+//! serial ones for long enough that rayon's idle worker goes to sleep, and waking a sleeping
+//! thread goes through the operating system, which costs about as much as the kernel it would
+//! help with; a join after such a gap can be slower than running both halves serially
+//! (BENCHMARKS.md has the timings).
 //!
 //! So the training loop runs inside [`with_helper`]: a second thread that *spins* for the
 //! whole epoch, polling one job slot, and [`join`] posts the second closure there and runs the
@@ -50,9 +51,9 @@ thread_local! {
 
 /// Whether a kernel running on this thread may fan out on the rayon pool. Not inside
 /// [`with_helper`]: both cores are already busy there (the helper spins on one), a rayon worker
-/// would have to be woken (10–20 µs here) and would then compete with the pair for the cores;
-/// and the helper is not a pool thread, so a rayon call from it would block on the pool. There
-/// the two-lane step and [`join`] are the parallelism.
+/// would have to be woken (through the OS, slow next to a kernel) and would then compete with
+/// the pair for the cores; and the helper is not a pool thread, so a rayon call from it would
+/// block on the pool. There the two-lane step and [`join`] are the parallelism.
 pub fn rayon_ok() -> bool {
     !PAIRED.with(Cell::get)
 }

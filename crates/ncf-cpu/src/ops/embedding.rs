@@ -33,8 +33,6 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
     }
 }
 
-/// Fused gather-add-ReLU, reference version (inference only).
-/// `a (NA,D)  ia (B)  c (NC,D)  ic (B)  out (B,D)`:  `out[b,:] = relu(a[ia[b],:] + c[ic[b],:])`.
 /// `dst = src` for one embedding row. The model's widths (8, 16, 32, 64) get a copy of known
 /// length (a few vector moves); a `memcpy` call costs more than moving 32 bytes.
 #[inline(always)]
@@ -67,6 +65,8 @@ fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// Fused gather-add-ReLU, reference version (inference only).
+/// `a (NA,D)  ia (B)  c (NC,D)  ic (B)  out (B,D)`:  `out[b,:] = relu(a[ia[b],:] + c[ic[b],:])`.
 pub fn gather_add_relu_naive<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: usize, out: &mut [T]) {
     for b in 0..ia.len() {
         for j in 0..d {

@@ -181,7 +181,7 @@ fn adam_rows_best<T: Float>(
     s: &AdamScalars<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::gemm::Simd::Avx2Fma.is_available() {
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
         // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
         return unsafe { adam_rows_avx2(p, g, m, v, rows, d, s) };
     }

@@ -4,8 +4,8 @@
 //! of 128 rows, the NeuMF-8 MLP runs `(128, 64)·(64, 32)` forward, `(128, 32)·(32, 64)` for
 //! `dinp` and `(32, 128)·(128, 64)` for `dW`, and the same at 32→16 and 16→8. The blocked kernel
 //! copies (packs) its A block and B panel before every product. At these shapes the copies cost
-//! as much as the arithmetic: on an ML-1M epoch, `perf` put 12% of the samples in packing against
-//! 19% in the micro-kernels (BENCHMARKS.md). This kernel packs nothing it does not have to:
+//! about as much as the arithmetic (a profile of an ML-1M epoch in BENCHMARKS.md shows packing
+//! next to the micro-kernels). This kernel packs nothing it does not have to:
 //!
 //! ```text
 //! for each column block j0 (V vectors of 16 floats, V ≤ 4)      B[:, j0..] stays in L1
@@ -32,7 +32,9 @@
 //! result equals the blocked AVX2 kernel's bit for bit (tested), and it never depends on the
 //! thread count: threads only split the rows.
 
-use super::{MatMut, MatRef, PAR_MIN_FLOPS, with_pack_buffer};
+use super::blocked::with_pack_buffer;
+use super::{MatMut, MatRef, PAR_MIN_FLOPS};
+use crate::simd::SimdLevel;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -41,23 +43,17 @@ use std::arch::x86_64::*;
 /// whose packed panels are built for them.
 pub const MAX_N: usize = 512;
 
-/// Most elements of a B that has to be copied first (1 MiB of f32, half this machine's L2).
+/// Most elements of a B that has to be copied first (1 MiB of f32): the copy is re-read by
+/// every row tile, so it must stay in L2 with room to spare for the streams of A and C.
 const MAX_B_COPY: usize = 1 << 18;
 
 /// Most elements of any B (4 MiB of f32): every row tile re-reads all of B, which must come
 /// from cache, not memory. (At batch 4096 the largest, `dW`'s `inp`, is 2048 × 64.)
 const MAX_B: usize = 1 << 20;
 
-/// Whether this CPU can run the kernel (AVX-512 Foundation).
+/// Whether this CPU can run the kernel: it has [`SimdLevel::Avx512`] (AVX-512 Foundation).
 pub fn is_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    SimdLevel::Avx512.is_available()
 }
 
 /// Whether a `(k, n)` B with column stride `b_cs`, into a C with column stride `c_cs`, suits the
@@ -70,8 +66,8 @@ pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
 
 /// `C ← α·A·B + β·C` with this kernel.
 ///
-/// Preconditions (the caller, `gemm.rs`'s `scratch`, establishes them): the views were validated,
-/// `m, k, n > 0`, [`is_available`] and [`suits`] hold.
+/// Preconditions (established by the caller, `dispatch.rs`'s `scratch`): the views were
+/// validated, `m, k, n > 0`, [`is_available`] and [`suits`] hold.
 pub(super) fn gemm_direct(alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32, c: MatMut<f32>) {
     let (k, n) = (a.cols, b.cols);
     if b.cs == 1 {
@@ -85,10 +81,10 @@ pub(super) fn gemm_direct(alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32,
 }
 
 /// `buf (k, n) ← B`, row-major. For `B = wᵀ` (the forward) this is a transpose of the small
-/// weight matrix, done on every call: 16 columns of a row of `buf` per AVX-512 gather. The
-/// element-by-element loop took 6% of a training epoch's samples (`perf`); with the gathers the
-/// `(256, 64, 32)` forward product runs at 232 GFLOP/s instead of 198 (`GEMM_TABLE=1 cargo
-/// bench --bench gemm`).
+/// weight matrix, done on every call: 16 columns of a row of `buf` per AVX-512 gather. A copy
+/// element by element is one scalar load and store per weight, and since it runs before every
+/// forward product it showed up in profiles of a training epoch; the gathers make the forward
+/// products faster (BENCHMARKS.md, `GEMM_TABLE=1 cargo bench --bench gemm`).
 fn copy_b(b: MatRef<f32>, buf: &mut [f32]) {
     let (k, n) = (b.rows, b.cols);
     #[cfg(target_arch = "x86_64")]
@@ -261,7 +257,8 @@ struct Strip {
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
     let mut i = 0;
-    // SAFETY: in every call, rows i..i+R (or the smaller tile) are rows of the strip, i + rows ≤ m.
+    // SAFETY: for every call below, rows i..i+R (or the smaller tile) are rows of the strip,
+    // with i + rows ≤ m.
     unsafe {
         while i + R <= m {
             tile::<R, V>(s, i);
@@ -327,9 +324,9 @@ unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
             // A partial row: read the whole tile's C before writing any of it. A masked store's
             // 64-byte span then covers the start of the next row (n = 8: four rows per span),
             // and a load that overlaps a store still in flight waits for it to retire;
-            // interleaved, every row paid that wait (the (256, 16, 8) product took 2.1 µs,
-            // now 0.84 µs: 77.7 GFLOP/s). Full rows keep the interleaved order, which needs no registers
-            // for the old values.
+            // interleaved, every row paid that wait (BENCHMARKS.md has the timings of the
+            // (256, 16, 8) product). Full rows keep the interleaved order, which needs no
+            // registers for the old values.
             let mut old = [[_mm512_setzero_ps(); V]; R];
             for (r, old_r) in old.iter_mut().enumerate() {
                 for (v, o) in old_r.iter_mut().enumerate() {

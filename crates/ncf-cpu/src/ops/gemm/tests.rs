@@ -1,8 +1,14 @@
 //! Every GEMM against `gemm_naive`, on many shapes and layouts; validation; determinism.
 
+use super::blocked::pick_tile;
+use super::dispatch::scratch;
+use super::view::needed_len;
 use super::*;
+use crate::simd::SimdLevel;
+use ncf_core::{Error, Float, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
 
 /// How an operand is laid out in its slice.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -232,7 +238,7 @@ fn dispatch_matches_naive() {
 fn every_simd_level_tile_and_odd_blocking_matches_naive() {
     fn all<T: CpuFloat>(rel: f64, abs: f64) {
         let blockings = [T::BLOCKING, Blocking { mc: 7, kc: 5, nc: 9 }, Blocking { mc: 12, kc: 64, nc: 32 }];
-        for simd in Simd::ALL.into_iter().filter(|s| s.is_available()) {
+        for simd in SimdLevel::ALL.into_iter().filter(|s| s.is_available()) {
             for (ti, tile) in T::tiles(simd).iter().enumerate() {
                 for blk in blockings {
                     let tag = format!("{simd:?} tile {}x{} {blk:?}", tile.mr, tile.nr);
@@ -251,7 +257,7 @@ fn every_simd_level_tile_and_odd_blocking_matches_naive() {
 /// tile choice changes no bits.
 #[test]
 fn tiles_agree_bit_for_bit() {
-    let simd = Simd::best();
+    let simd = SimdLevel::best();
     let (m, k, n) = (37, 300, 29);
     let mut rng = StdRng::seed_from_u64(3);
     let a: Vec<f32> = rand_vec(m * k, &mut rng);
@@ -449,24 +455,18 @@ fn impl_names_round_trip() {
     assert!(e.to_string().contains("blas"));
 }
 
-#[test]
-fn best_simd_is_available() {
-    assert!(Simd::best().is_available());
-    assert_eq!(Simd::best(), Simd::best());
-}
-
 /// The AVX-512 level routes every product that suits it to the direct kernel: the full sweep,
 /// then shapes around its tiles (row tiles of 12, 8 and 6 rows and the 8-4-2-1 remainders;
 /// 1 to 4 vectors per column block with masked tails; several column blocks), with A and B in
 /// all four transpose combinations.
 #[test]
 fn direct_kernel_matches_naive() {
-    if !Simd::Avx512.is_available() {
+    if !SimdLevel::Avx512.is_available() {
         eprintln!("skipped: this CPU has no AVX-512, so the direct kernel was not tested");
         return;
     }
     fn f(al: f32, a: MatRef<f32>, b: MatRef<f32>, be: f32, c: MatMut<f32>) -> Result<()> {
-        scratch(Simd::Avx512, None, f32::BLOCKING, al, a, b, be, c)
+        scratch(SimdLevel::Avx512, None, f32::BLOCKING, al, a, b, be, c)
     }
     sweep::<f32>("direct", F32_REL, F32_ABS, false, f);
     let mut seed = 5000u64;
@@ -506,7 +506,7 @@ fn direct_kernel_takes_skinny_products_only() {
 
 #[test]
 fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
-    if !Simd::Avx512.is_available() {
+    if !SimdLevel::Avx512.is_available() {
         eprintln!("skipped: this CPU has no AVX-512, so the direct kernel was not tested");
         return;
     }
@@ -544,7 +544,7 @@ fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
             .unwrap();
             c
         };
-        let (direct, blocked) = (run(Simd::Avx512), run(Simd::Avx2Fma));
+        let (direct, blocked) = (run(SimdLevel::Avx512), run(SimdLevel::Avx2Fma));
         let diff: Vec<(usize, f32, f32)> = direct
             .iter()
             .zip(&blocked)

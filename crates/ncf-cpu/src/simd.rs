@@ -1,0 +1,97 @@
+//! Which vector instruction set this CPU has, detected once at run time.
+//!
+//! The kernels are plain Rust (and, for the AVX-512 GEMM, intrinsics). A hot loop is compiled
+//! once per level, inside a `#[target_feature]` function, and the caller picks the copy for
+//! [`SimdLevel::best`] at run time. That way the binary runs on any x86-64 (or any other
+//! architecture, as [`SimdLevel::Portable`]) without `-C target-cpu=native`. Users: the GEMM
+//! (`ops/gemm/dispatch.rs` chooses between its kernels by level) and the optimizer
+//! (`ops/optim.rs` runs Adam's square root and division eight lanes wide on AVX2).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction-set level, slowest first: a CPU that has one level has every level below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// No extra target features (SSE2 on x86-64); multiply and add are separate, since without
+    /// hardware FMA `mul_add` is a slow library call.
+    Portable,
+    /// AVX2 + FMA: sixteen 256-bit registers.
+    Avx2Fma,
+    /// AVX-512F (with AVX2 + FMA): thirty-two 512-bit registers.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// Every level, slowest first.
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Portable, SimdLevel::Avx2Fma, SimdLevel::Avx512];
+
+    /// A short name for reports: `portable`, `avx2+fma` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Portable => "portable",
+            SimdLevel::Avx2Fma => "avx2+fma",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// The fastest level this CPU has, detected on the first call and then cached.
+    #[inline]
+    pub fn best() -> SimdLevel {
+        static BEST: AtomicU8 = AtomicU8::new(u8::MAX);
+        let cached = BEST.load(Ordering::Relaxed);
+        if let Some(&s) = SimdLevel::ALL.get(cached as usize) {
+            return s;
+        }
+        let best = SimdLevel::ALL.into_iter().rev().find(|s| s.detect()).unwrap_or(SimdLevel::Portable);
+        BEST.store(best as u8, Ordering::Relaxed);
+        best
+    }
+
+    /// Whether this CPU can run the level (every level up to [`SimdLevel::best`]).
+    #[inline]
+    pub fn is_available(self) -> bool {
+        self <= SimdLevel::best()
+    }
+
+    /// Asks the CPU whether it has the level's features (uncached; [`SimdLevel::best`] caches).
+    fn detect(self) -> bool {
+        match self {
+            SimdLevel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => SimdLevel::Avx2Fma.detect() && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached level is one the CPU has, every level below it is available and none above.
+    #[test]
+    fn best_level_is_available_and_levels_nest() {
+        let best = SimdLevel::best();
+        assert!(best.detect());
+        for s in SimdLevel::ALL {
+            assert_eq!(s.is_available(), s <= best, "{s}");
+            if s.detect() {
+                assert!(s <= best, "{s} detected above the cached best {best}");
+            }
+        }
+        assert_eq!(SimdLevel::best(), best, "cached");
+        println!("SIMD level: {best}");
+    }
+}
