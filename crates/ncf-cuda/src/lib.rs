@@ -18,6 +18,8 @@ pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod nvrtc;
+pub mod plan;
 
-pub use backend::{CudaBackend, GpuGemm};
+pub use backend::CudaBackend;
 pub use error::{CudaError, Result};
+pub use plan::GpuGemm;
