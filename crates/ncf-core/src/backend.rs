@@ -19,6 +19,7 @@
 //! are sized for the largest batch); only the leading `Π dims` elements are touched. A buffer
 //! that is too short, or an id outside its table, is an [`Error`](crate::Error), never a panic.
 
+use crate::check::Ids;
 use crate::{AdamHp, Float, Result, SgdHp};
 
 /// One device's implementation of every op. Shapes use the glossary in the crate docs.
@@ -337,6 +338,8 @@ pub trait Backend: Sync {
         i: usize,
         o: usize,
     ) -> Result<()> {
+        let len = |x: &Self::Buf| self.len(x);
+        crate::check::linear_relu_forward(len(inp), len(w), len(bias), len(z), len(x), b, i, o)?;
         self.linear_forward(inp, w, bias, z, b, i, o)?;
         self.relu_forward(z, x, b * o)
     }
@@ -361,6 +364,21 @@ pub trait Backend: Sync {
         i: usize,
         o: usize,
     ) -> Result<()> {
+        let len = |x: &Self::Buf| self.len(x);
+        let dinp_len = dinp.as_deref().map(len);
+        crate::check::linear_relu_backward(
+            len(x),
+            len(dx),
+            len(dz),
+            len(inp),
+            len(w),
+            dinp_len,
+            len(dw),
+            len(dbias),
+            b,
+            i,
+            o,
+        )?;
         self.relu_backward(x, dx, dz, b * o)?;
         self.linear_backward(dz, inp, w, dinp, dw, dbias, b, i, o)
     }
@@ -384,18 +402,14 @@ pub trait Backend: Sync {
         seen: &Self::Ids,
         ranks: &mut Self::Ids,
     ) -> Result<()> {
-        let s = self.download(scores)?;
-        crate::error::check_len("rank_unseen", "scores", s.len(), &[u, n])?;
-        let t = self.download_ids(targets, u)?;
-        let off = self.download_ids(seen_off, u + 1)?;
-        let seen = self.download_ids(seen, off[u] as usize)?;
-        let mut out = Vec::with_capacity(u);
-        for c in 0..u {
-            crate::error::check_ids("rank_unseen", "targets", &t[c..c + 1], n)?;
-            let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
-            crate::error::check_ids("rank_unseen", "seen", seen_c, n)?;
-            out.push(rank_among_unseen(&s[c * n..(c + 1) * n], t[c] as usize, seen_c) as u32);
-        }
+        let (s, t, off, seen) = host_csr(self, "rank_unseen", scores, u, Some(targets), seen_off, seen)?;
+        crate::check::rank_unseen(s.len(), u, n, Ids::host(&t), Ids::host(&off), Ids::host(&seen), u)?;
+        let out: Vec<u32> = (0..u)
+            .map(|c| {
+                let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
+                rank_among_unseen(&s[c * n..(c + 1) * n], t[c] as usize, seen_c) as u32
+            })
+            .collect();
         self.write_ids(ranks, &out)
     }
 
@@ -414,26 +428,9 @@ pub trait Backend: Sync {
         seen: &Self::Ids,
         out: &mut Self::Ids,
     ) -> Result<()> {
-        let s = self.download(scores)?;
-        crate::error::check_len("top_k", "scores", s.len(), &[u, n])?;
-        let off = self.download_ids(seen_off, u + 1)?;
-        let seen = self.download_ids(seen, off[u] as usize)?;
-        let mut res = Vec::with_capacity(u * k);
-        let mut mask = vec![false; n];
-        let mut cand: Vec<u32> = Vec::with_capacity(n);
-        for c in 0..u {
-            let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
-            crate::error::check_ids("top_k", "seen", seen_c, n)?;
-            seen_c.iter().for_each(|&j| mask[j as usize] = true);
-            let row = &s[c * n..(c + 1) * n];
-            cand.clear();
-            cand.extend((0..n as u32).filter(|&j| !mask[j as usize]));
-            cand.sort_by(|&a, &b| {
-                row[b as usize].partial_cmp(&row[a as usize]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
-            });
-            res.extend((0..k).map(|r| cand.get(r).copied().unwrap_or(u32::MAX)));
-            seen_c.iter().for_each(|&j| mask[j as usize] = false);
-        }
+        let (s, _, off, seen) = host_csr(self, "top_k", scores, u, None, seen_off, seen)?;
+        crate::check::top_k(s.len(), u, n, k, Ids::host(&off), Ids::host(&seen), None)?;
+        let res = top_k_host(&s, u, n, k, &off, &seen);
         self.write_ids(out, &res)
     }
 
@@ -460,4 +457,49 @@ pub fn rank_among_unseen<T: PartialOrd + Copy>(row: &[T], target: usize, seen: &
     let st = row[target];
     let above = row.iter().filter(|&&x| x >= st).count() - 1;
     above - seen.iter().filter(|&&j| j as usize != target && row[j as usize] >= st).count()
+}
+
+/// The host copies a default evaluation op works from: `scores`, the leading `U` targets (when
+/// asked), `seen_off[..U+1]` and `seen[..seen_off[U]]`.
+#[allow(clippy::type_complexity)]
+fn host_csr<B: Backend + ?Sized>(
+    be: &B,
+    op: &'static str,
+    scores: &B::Buf,
+    u: usize,
+    targets: Option<&B::Ids>,
+    seen_off: &B::Ids,
+    seen: &B::Ids,
+) -> Result<(Vec<B::T>, Vec<u32>, Vec<u32>, Vec<u32>)> {
+    let s = be.download(scores)?;
+    let t = match targets {
+        Some(t) => be.download_ids(t, u)?,
+        None => Vec::new(),
+    };
+    let off = be.download_ids(seen_off, crate::check::sum(op, "seen_off", u, 1)?)?;
+    let seen = be.download_ids(seen, off[u] as usize)?;
+    Ok((s, t, off, seen))
+}
+
+/// The top-K lists [`Backend::top_k`] defines, on the host: for each of the `U` rows of
+/// `scores (U,N)`, the `K` highest-scoring items not in that row's slice of the seen-items CSR
+/// (`off (U+1)`, `seen`: distinct, `< N`, checked by [`crate::check::top_k`]), best first, ties
+/// to the lower id, padded with `u32::MAX`. Returns `U·K` ids.
+pub fn top_k_host<T: PartialOrd + Copy>(s: &[T], u: usize, n: usize, k: usize, off: &[u32], seen: &[u32]) -> Vec<u32> {
+    let mut res = Vec::with_capacity(u * k);
+    let mut mask = vec![false; n];
+    let mut cand: Vec<u32> = Vec::with_capacity(n);
+    for c in 0..u {
+        let seen_c = &seen[off[c] as usize..off[c + 1] as usize];
+        seen_c.iter().for_each(|&j| mask[j as usize] = true);
+        let row = &s[c * n..(c + 1) * n];
+        cand.clear();
+        cand.extend((0..n as u32).filter(|&j| !mask[j as usize]));
+        cand.sort_by(|&a, &b| {
+            row[b as usize].partial_cmp(&row[a as usize]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        });
+        res.extend((0..k).map(|r| cand.get(r).copied().unwrap_or(u32::MAX)));
+        seen_c.iter().for_each(|&j| mask[j as usize] = false);
+    }
+    res
 }

@@ -31,28 +31,12 @@ impl Error {
     }
 }
 
-/// Checks that a buffer of `len` elements can hold a `dims` tensor (row-major, `Π dims` elements).
-///
-/// Buffers may be larger than the tensor (activation workspaces are sized for the largest batch),
-/// never smaller.
+/// Checks that a buffer of `len` elements can hold a `dims` tensor: [`crate::check::len`] (kept
+/// under this name for callers that predate [`crate::check`]).
 pub fn check_len(op: &'static str, tensor: &'static str, len: usize, dims: &[usize]) -> Result<()> {
-    let need: usize = dims.iter().product();
-    if len < need {
-        let shape = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
-        return Err(Error::shape(
-            op,
-            tensor,
-            format!("({shape}) = {need} elements"),
-            format!("a buffer of {len} elements"),
-        ));
-    }
-    Ok(())
+    crate::check::len(op, tensor, len, dims).map(|_| ())
 }
 
-/// Checks that every id in `ids[..n]` indexes a row of a table with `rows` rows.
-pub fn check_ids(op: &'static str, table: &'static str, ids: &[u32], rows: usize) -> Result<()> {
-    match ids.iter().position(|&id| id as usize >= rows) {
-        Some(pos) => Err(Error::IdOutOfRange { op, table, id: ids[pos], pos, rows }),
-        None => Ok(()),
-    }
-}
+/// Checks that every id in `ids` indexes a row of a table with `rows` rows: [`crate::check::ids`]
+/// (kept under this name for callers that predate [`crate::check`]).
+pub use crate::check::ids as check_ids;

@@ -27,6 +27,7 @@
 //!   batch); ops read and write only the leading `Π dims` elements and reject shorter buffers.
 
 pub mod backend;
+pub mod check;
 pub mod error;
 pub mod float;
 pub mod optim;
