@@ -24,11 +24,12 @@
 use crate::device::probe;
 use crate::error::CudaError;
 use crate::kernels::{SOURCES, unit};
-use crate::plan::{self, Addr, Arg, Kernel, LOSS_BLOCKS, Loss, MAX_ARGS, Plan, RowPlanBufs, Rows, Step};
+use crate::ops::{self, IdMem, Mem};
+use crate::plan::{self, Addr, Arg, Kernel, LOSS_BLOCKS, Loss, MAX_ARGS, Plan, RowPlanBufs, Step};
 pub use crate::plan::{CublasArgs, GpuGemm, cublas_args};
 use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, sys};
-use ncf_core::error::{check_ids, check_len};
+use ncf_core::check;
 use ncf_core::sample::SampleTables;
 use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
 use std::ffi::c_void;
@@ -71,15 +72,6 @@ impl DevIds {
     /// Capacity in ids.
     fn cap(&self) -> usize {
         self.dev.len()
-    }
-
-    /// Range check through the host mirror; device-made ids pass (valid by construction).
-    fn check(&self, op: &'static str, table: &'static str, b: usize, n: usize) -> Result<()> {
-        check_len(op, "ids", self.cap(), &[b])?;
-        match &self.host {
-            Some(h) => check_ids(op, table, &h[..b], n),
-            None => Ok(()),
-        }
     }
 
     fn written_by_device(&mut self, len: usize) {
@@ -258,25 +250,36 @@ impl CudaBackend {
         .map_err(dev_err(op))
     }
 
-    /// A mean loss over `b` rows (`bce_with_logits` or `mse`): [`plan::mean_loss`].
+    /// A mean loss over `b` rows (`bce_with_logits` or `mse`), with the backend's partial-sum
+    /// buffers: [`ops::mean_loss`].
     fn mean_loss(
         &self,
         op: &'static str,
         loss_fn: Loss,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
+        (x, y): (&CudaSlice<f32>, &CudaSlice<f32>),
         b: usize,
-        loss: &mut CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        (loss, dx): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
     ) -> Result<()> {
-        for (t, l) in [("x", x.len()), ("y", y.len()), ("dx", dx.len())] {
-            check_len(op, t, l, &[b])?;
-        }
-        check_len(op, "loss", loss.len(), &[1])?;
         let guard = self.partials.lock().map_err(|_| Error::invalid(op, "partials", "lock poisoned"))?;
         let (partials, done) = &*guard;
         let bufs = (self.ad(partials), self.ad(done));
-        self.exec(op, plan::mean_loss(loss_fn, self.ad(x), self.ad(y), self.ad(dx), bufs, self.ad(loss), b))
+        self.exec(op, ops::mean_loss(loss_fn, (self.m(x), self.m(y)), b, (self.m(loss), self.m(dx)), bufs))
+    }
+
+    /// A float buffer as [`ops`] takes it.
+    fn m(&self, buf: &CudaSlice<f32>) -> Mem {
+        Mem { addr: self.ad(buf), len: buf.len() }
+    }
+
+    /// An id buffer as [`ops`] takes it.
+    fn idm<'a>(&self, ids: &'a DevIds) -> IdMem<'a> {
+        IdMem {
+            addr: self.ad(&ids.dev),
+            cap: ids.cap(),
+            host: ids.host.as_deref(),
+            live: ids.len,
+            count: ids.count.as_ref().map(|c| self.ad(c)),
+        }
     }
 
     /// The row plan of `ids[..b]` over a table of `n` rows, computed on the device unless the
@@ -324,17 +327,6 @@ impl CudaBackend {
             nuniq: self.ad(&p.nuniq),
         }
     }
-
-    /// A lazy optimizer's row list: the list, its host count, and the device count of a
-    /// `unique_ids` output (null for a host-written list).
-    fn rows(&self, rows: &DevIds) -> Rows {
-        Rows {
-            list: self.ad(&rows.dev),
-            cap: rows.cap(),
-            nrows_host: rows.len,
-            nrows_dev: rows.count.as_ref().map(|c| self.ad(c)),
-        }
-    }
 }
 
 impl Backend for CudaBackend {
@@ -356,7 +348,7 @@ impl Backend for CudaBackend {
         self.stream.clone_htod(host).map_err(dev_err("upload"))
     }
     fn write(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()> {
-        check_len("write", "dst", dst.len(), &[src.len()])?;
+        check::write(dst.len(), src.len())?;
         if src.is_empty() {
             return Ok(());
         }
@@ -370,15 +362,14 @@ impl Backend for CudaBackend {
         buf.len()
     }
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()> {
-        check_len("fill", "buf", buf.len(), &[n])?;
-        self.exec("fill", Ok(plan::fill(self.ad(buf), n, value)))
+        self.exec("fill", ops::fill(self.m(buf), n, value))
     }
     fn zeros_ids(&self, len: usize) -> Result<Self::Ids> {
         let dev = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err("zeros_ids"))?;
         Ok(DevIds { dev, host: Some(vec![0; len.max(1)]), len, count: None, generation: 0, plan: Mutex::new(None) })
     }
     fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()> {
-        check_len("write_ids", "dst", dst.cap(), &[src.len()])?;
+        check::write_ids(dst.cap(), src.len())?;
         let cap = dst.cap();
         let host = dst.host.get_or_insert_with(|| vec![0; cap]);
         host[..src.len()].copy_from_slice(src);
@@ -392,7 +383,7 @@ impl Backend for CudaBackend {
         self.stream.memcpy_htod(src, &mut view).map_err(dev_err("write_ids"))
     }
     fn download_ids(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>> {
-        check_len("download_ids", "ids", ids.cap(), &[n])?;
+        check::download_ids(ids.cap(), n)?;
         match &ids.host {
             Some(h) => Ok(h[..n].to_vec()),
             None => {
@@ -415,11 +406,8 @@ impl Backend for CudaBackend {
         b: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "embedding_forward";
-        check_len(OP, "table", table.len(), &[n, d])?;
-        check_len(OP, "out", out.len(), &[b, d])?;
-        ids.check(OP, "table", b, n)?;
-        self.exec(OP, plan::embedding_forward(self.ad(table), self.ad(&ids.dev), self.ad(out), b, d))
+        let p = ops::embedding_forward(self.m(table), n, d, self.idm(ids), b, self.m(out));
+        self.exec("embedding_forward", p)
     }
 
     fn gather_add_relu(
@@ -434,14 +422,8 @@ impl Backend for CudaBackend {
         b: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "gather_add_relu";
-        check_len(OP, "a", a.len(), &[na, d])?;
-        check_len(OP, "c", c.len(), &[nc, d])?;
-        check_len(OP, "out", out.len(), &[b, d])?;
-        ia.check(OP, "a", b, na)?;
-        ic.check(OP, "c", b, nc)?;
-        let (a, c) = ((self.ad(a), self.ad(&ia.dev)), (self.ad(c), self.ad(&ic.dev)));
-        self.exec(OP, plan::gather_add_relu(a, c, self.ad(out), b, d))
+        let p = ops::gather_add_relu(self.m(a), na, self.idm(ia), self.m(c), nc, self.idm(ic), d, b, self.m(out));
+        self.exec("gather_add_relu", p)
     }
 
     fn embedding_backward(
@@ -454,20 +436,14 @@ impl Backend for CudaBackend {
         n: usize,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        check_len(OP, "dout", dout.len(), &[b, d])?;
-        check_len(OP, "dtable", dtable.len(), &[n, d])?;
-        ids.check(OP, "dtable", b, n)?;
-        if b == 0 || d == 0 {
-            return Ok(());
-        }
-        if !self.deterministic {
-            return self
-                .exec(OP, plan::embedding_backward_atomic(self.ad(dout), self.ad(&ids.dev), self.ad(dtable), b, d));
+        let (dm, tm) = (self.m(dout), self.m(dtable));
+        if let Some(p) = ops::embedding_backward(dm, self.idm(ids), (b, d), tm, n, self.deterministic)? {
+            return self.exec(OP, Ok(p));
         }
         // Each distinct row sums its batch positions in batch order (the row plan).
         let guard = self.row_plan(OP, ids, b, n)?;
         let Some(rows) = guard.as_ref() else { unreachable!("row_plan() returns a computed plan") };
-        self.exec(OP, plan::embedding_backward_sorted(self.ad(dout), &self.row_plan_bufs(rows), self.ad(dtable), b, d))
+        self.exec(OP, plan::embedding_backward_sorted(dm.addr, &self.row_plan_bufs(rows), tm.addr, b, d))
     }
 
     fn linear_forward(
@@ -480,13 +456,8 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_forward";
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "bias", bias.len(), &[o])?;
-        check_len(OP, "out", out.len(), &[b, o])?;
-        let (inp, w, bias, out) = (self.ad(inp), self.ad(w), self.ad(bias), self.ad(out));
-        self.exec(OP, plan::linear_forward(self.gemm, inp, w, bias, out, b, i, o))
+        let (inp, w, bias, out) = (self.m(inp), self.m(w), self.m(bias), self.m(out));
+        self.exec("linear_forward", ops::linear_forward(self.gemm, inp, w, bias, out, b, i, o))
     }
 
     fn linear_relu_forward(
@@ -500,16 +471,10 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_relu_forward";
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "bias", bias.len(), &[o])?;
-        check_len(OP, "z", z.len(), &[b, o])?;
-        check_len(OP, "x", x.len(), &[b, o])?;
         // z = inp·wᵀ + bias and x = relu(z) in the GEMM's epilogue (cuBLAS: sgemm, then one
         // bias_relu_forward pass).
-        let (inp, w, bias, z, x) = (self.ad(inp), self.ad(w), self.ad(bias), self.ad(z), self.ad(x));
-        self.exec(OP, plan::linear_relu_forward(self.gemm, inp, w, bias, z, x, b, i, o))
+        let (inp, w, bias, z, x) = (self.m(inp), self.m(w), self.m(bias), self.m(z), self.m(x));
+        self.exec("linear_relu_forward", ops::linear_relu_forward(self.gemm, inp, w, bias, z, x, b, i, o))
     }
 
     fn linear_backward(
@@ -524,18 +489,9 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_backward";
-        check_len(OP, "dout", dout.len(), &[b, o])?;
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "dw", dw.len(), &[o, i])?;
-        check_len(OP, "dbias", dbias.len(), &[o])?;
-        if let Some(dinp) = &dinp {
-            check_len(OP, "dinp", dinp.len(), &[b, i])?;
-        }
-        let dinp = dinp.map(|d| self.ad(d));
-        let (dout, inp, w, dw, dbias) = (self.ad(dout), self.ad(inp), self.ad(w), self.ad(dw), self.ad(dbias));
-        self.exec(OP, plan::linear_backward(self.gemm, dout, inp, w, dinp, dw, dbias, b, i, o))
+        let dinp = dinp.map(|d| self.m(d));
+        let (dout, inp, w, dw, dbias) = (self.m(dout), self.m(inp), self.m(w), self.m(dw), self.m(dbias));
+        self.exec("linear_backward", ops::linear_backward(self.gemm, dout, inp, w, dinp, dw, dbias, b, i, o))
     }
 
     fn linear_relu_backward(
@@ -552,39 +508,22 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_relu_backward";
-        for (t, l) in [("x", x.len()), ("dx", dx.len()), ("dz", dz.len())] {
-            check_len(OP, t, l, &[b, o])?;
-        }
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "dw", dw.len(), &[o, i])?;
-        check_len(OP, "dbias", dbias.len(), &[o])?;
-        if let Some(dinp) = &dinp {
-            check_len(OP, "dinp", dinp.len(), &[b, i])?;
-        }
         // dz and dbias in one pass (one block per output column), then the two GEMMs.
-        let dinp = dinp.map(|d| self.ad(d));
-        let (x, dx, dz, inp, w) = (self.ad(x), self.ad(dx), self.ad(dz), self.ad(inp), self.ad(w));
-        let (dw, dbias) = (self.ad(dw), self.ad(dbias));
-        self.exec(OP, plan::linear_relu_backward(self.gemm, x, dx, dz, inp, w, dinp, dw, dbias, b, i, o))
+        let dinp = dinp.map(|d| self.m(d));
+        let (x, dx, dz, inp, w) = (self.m(x), self.m(dx), self.m(dz), self.m(inp), self.m(w));
+        let (dw, dbias) = (self.m(dw), self.m(dbias));
+        let p = ops::linear_relu_backward(self.gemm, x, dx, dz, inp, w, dinp, dw, dbias, b, i, o);
+        self.exec("linear_relu_backward", p)
     }
 
     fn relu_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
-        check_len("relu_forward", "inp", inp.len(), &[n])?;
-        check_len("relu_forward", "out", out.len(), &[n])?;
-        self.exec("relu_forward", Ok(plan::relu_forward(self.ad(inp), self.ad(out), n)))
+        self.exec("relu_forward", ops::relu_forward(self.m(inp), self.m(out), n))
     }
     fn relu_backward(&self, out: &Self::Buf, dout: &Self::Buf, dinp: &mut Self::Buf, n: usize) -> Result<()> {
-        for (t, l) in [("out", out.len()), ("dout", dout.len()), ("dinp", dinp.len())] {
-            check_len("relu_backward", t, l, &[n])?;
-        }
-        self.exec("relu_backward", Ok(plan::relu_backward(self.ad(out), self.ad(dout), self.ad(dinp), n)))
+        self.exec("relu_backward", ops::relu_backward(self.m(out), self.m(dout), self.m(dinp), n))
     }
     fn sigmoid_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
-        check_len("sigmoid_forward", "inp", inp.len(), &[n])?;
-        check_len("sigmoid_forward", "out", out.len(), &[n])?;
-        self.exec("sigmoid_forward", Ok(plan::sigmoid_forward(self.ad(inp), self.ad(out), n)))
+        self.exec("sigmoid_forward", ops::sigmoid_forward(self.m(inp), self.m(out), n))
     }
 
     fn bce_with_logits(
@@ -595,7 +534,7 @@ impl Backend for CudaBackend {
         loss: &mut Self::Buf,
         dlogits: &mut Self::Buf,
     ) -> Result<()> {
-        self.mean_loss("bce_with_logits", Loss::BceWithLogits, logits, labels, b, loss, dlogits)
+        self.mean_loss("bce_with_logits", Loss::BceWithLogits, (logits, labels), b, (loss, dlogits))
     }
 
     fn mse(
@@ -606,14 +545,11 @@ impl Backend for CudaBackend {
         loss: &mut Self::Buf,
         dpred: &mut Self::Buf,
     ) -> Result<()> {
-        self.mean_loss("mse", Loss::Mse, pred, target, b, loss, dpred)
+        self.mean_loss("mse", Loss::Mse, (pred, target), b, (loss, dpred))
     }
 
     fn gmf_forward(&self, u: &Self::Buf, v: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
-        for (t, l) in [("u", u.len()), ("v", v.len()), ("out", out.len())] {
-            check_len("gmf_forward", t, l, &[n])?;
-        }
-        self.exec("gmf_forward", Ok(plan::gmf_forward(self.ad(u), self.ad(v), self.ad(out), n)))
+        self.exec("gmf_forward", ops::gmf_forward(self.m(u), self.m(v), self.m(out), n))
     }
     fn gmf_backward(
         &self,
@@ -624,11 +560,8 @@ impl Backend for CudaBackend {
         dv: &mut Self::Buf,
         n: usize,
     ) -> Result<()> {
-        for (t, l) in [("dout", dout.len()), ("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
-            check_len("gmf_backward", t, l, &[n])?;
-        }
-        let (dout, u, v, du, dv) = (self.ad(dout), self.ad(u), self.ad(v), self.ad(du), self.ad(dv));
-        self.exec("gmf_backward", Ok(plan::gmf_backward(dout, u, v, du, dv, n)))
+        let (dout, u, v, du, dv) = (self.m(dout), self.m(u), self.m(v), self.m(du), self.m(dv));
+        self.exec("gmf_backward", ops::gmf_backward(dout, u, v, du, dv, n))
     }
     fn concat_cols(
         &self,
@@ -639,11 +572,7 @@ impl Backend for CudaBackend {
         b: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "concat_cols";
-        check_len(OP, "a", a.len(), &[b, da])?;
-        check_len(OP, "c", c.len(), &[b, dc])?;
-        check_len(OP, "out", out.len(), &[b, da + dc])?;
-        self.exec(OP, plan::concat_cols((self.ad(a), da), (self.ad(c), dc), b, self.ad(out)))
+        self.exec("concat_cols", ops::concat_cols(self.m(a), da, self.m(c), dc, b, self.m(out)))
     }
     fn split_cols(
         &self,
@@ -654,18 +583,10 @@ impl Backend for CudaBackend {
         grad_a: &mut Self::Buf,
         grad_c: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "split_cols";
-        check_len(OP, "dout", dout.len(), &[b, da + dc])?;
-        check_len(OP, "grad_a", grad_a.len(), &[b, da])?;
-        check_len(OP, "grad_c", grad_c.len(), &[b, dc])?;
-        self.exec(OP, plan::split_cols(self.ad(dout), (da, dc), b, self.ad(grad_a), self.ad(grad_c)))
+        self.exec("split_cols", ops::split_cols(self.m(dout), da, dc, b, self.m(grad_a), self.m(grad_c)))
     }
     fn rowdot_forward(&self, u: &Self::Buf, v: &Self::Buf, b: usize, d: usize, out: &mut Self::Buf) -> Result<()> {
-        const OP: &str = "rowdot_forward";
-        check_len(OP, "u", u.len(), &[b, d])?;
-        check_len(OP, "v", v.len(), &[b, d])?;
-        check_len(OP, "out", out.len(), &[b])?;
-        self.exec(OP, plan::rowdot_forward(self.ad(u), self.ad(v), b, d, self.ad(out)))
+        self.exec("rowdot_forward", ops::rowdot_forward(self.m(u), self.m(v), b, d, self.m(out)))
     }
     fn rowdot_backward(
         &self,
@@ -677,35 +598,21 @@ impl Backend for CudaBackend {
         du: &mut Self::Buf,
         dv: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "rowdot_backward";
-        check_len(OP, "dout", dout.len(), &[b])?;
-        for (t, l) in [("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
-            check_len(OP, t, l, &[b, d])?;
-        }
-        let (dout, u, v, du, dv) = (self.ad(dout), self.ad(u), self.ad(v), self.ad(du), self.ad(dv));
-        self.exec(OP, plan::rowdot_backward(dout, u, v, b, d, du, dv))
+        let (dout, u, v, du, dv) = (self.m(dout), self.m(u), self.m(v), self.m(du), self.m(dv));
+        self.exec("rowdot_backward", ops::rowdot_backward(dout, u, v, b, d, du, dv))
     }
     fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()> {
-        check_len("add_assign", "out", out.len(), &[n])?;
-        check_len("add_assign", "x", x.len(), &[n])?;
-        self.exec("add_assign", Ok(plan::add_assign(self.ad(out), self.ad(x), n)))
+        self.exec("add_assign", ops::add_assign(self.m(out), self.m(x), n))
     }
     fn add_scalar(&self, out: &mut Self::Buf, s: &Self::Buf, n: usize) -> Result<()> {
-        check_len("add_scalar", "out", out.len(), &[n])?;
-        check_len("add_scalar", "s", s.len(), &[1])?;
-        self.exec("add_scalar", Ok(plan::add_scalar(self.ad(out), self.ad(s), n)))
+        self.exec("add_scalar", ops::add_scalar(self.m(out), self.m(s), n))
     }
     fn sum_into(&self, x: &Self::Buf, n: usize, acc: &mut Self::Buf) -> Result<()> {
-        check_len("sum_into", "x", x.len(), &[n])?;
-        check_len("sum_into", "acc", acc.len(), &[1])?;
-        self.exec("sum_into", Ok(plan::sum_into(self.ad(x), n, self.ad(acc))))
+        self.exec("sum_into", ops::sum_into(self.m(x), n, self.m(acc)))
     }
 
     fn sgd_step(&self, p: &mut Self::Buf, g: &mut Self::Buf, mom: &mut Self::Buf, n: usize, hp: &SgdHp) -> Result<()> {
-        for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
-            check_len("sgd_step", t, l, &[n])?;
-        }
-        self.exec("sgd_step", Ok(plan::sgd_step(self.ad(p), self.ad(g), self.ad(mom), n, hp)))
+        self.exec("sgd_step", ops::sgd_step(self.m(p), self.m(g), self.m(mom), n, hp))
     }
     fn adam_step(
         &self,
@@ -717,12 +624,8 @@ impl Backend for CudaBackend {
         hp: &AdamHp,
         t: &Self::Ids,
     ) -> Result<()> {
-        for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
-            check_len("adam_step", name, l, &[n])?;
-        }
-        check_step("adam_step", t)?;
-        let (p, g, m, v) = (self.ad(p), self.ad(g), self.ad(m), self.ad(v));
-        self.exec("adam_step", Ok(plan::adam_step(p, g, m, v, n, hp, self.ad(&t.dev))))
+        let (p, g, m, v) = (self.m(p), self.m(g), self.m(m), self.m(v));
+        self.exec("adam_step", ops::adam_step(p, g, m, v, n, hp, self.idm(t)))
     }
     fn sgd_step_rows(
         &self,
@@ -734,13 +637,8 @@ impl Backend for CudaBackend {
         n: usize,
         hp: &SgdHp,
     ) -> Result<()> {
-        const OP: &str = "sgd_step_rows";
-        for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
-            check_len(OP, t, l, &[n, d])?;
-        }
-        rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
-        let rows = self.rows(rows);
-        self.exec(OP, plan::sgd_step_rows(self.ad(p), self.ad(g), self.ad(mom), &rows, d, hp))
+        let (p, g, mom) = (self.m(p), self.m(g), self.m(mom));
+        self.exec("sgd_step_rows", ops::sgd_step_rows(p, g, mom, self.idm(rows), d, n, hp))
     }
     fn adam_step_rows(
         &self,
@@ -754,26 +652,19 @@ impl Backend for CudaBackend {
         hp: &AdamHp,
         t: &Self::Ids,
     ) -> Result<()> {
-        const OP: &str = "adam_step_rows";
-        for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
-            check_len(OP, name, l, &[n, d])?;
-        }
-        rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
-        check_step(OP, t)?;
-        let (p, g, m, v, rows) = (self.ad(p), self.ad(g), self.ad(m), self.ad(v), self.rows(rows));
-        self.exec(OP, plan::adam_step_rows(p, g, m, v, &rows, d, hp, self.ad(&t.dev)))
+        let (p, g, m, v) = (self.m(p), self.m(g), self.m(m), self.m(v));
+        self.exec("adam_step_rows", ops::adam_step_rows(p, g, m, v, self.idm(rows), d, n, hp, self.idm(t)))
     }
     fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<()> {
         const OP: &str = "unique_ids";
-        check_len(OP, "out", out.cap(), &[b])?;
-        ids.check(OP, "table", b, n)?;
+        ops::unique_ids(self.idm(ids), b, n, self.idm(out))?;
         if b == 0 {
             out.written_by_device(0);
             out.count = None;
             return Ok(());
         }
         let guard = self.row_plan(OP, ids, b, n)?;
-        let Some(plan) = guard.as_ref() else { unreachable!("plan() returns a computed plan") };
+        let Some(plan) = guard.as_ref() else { unreachable!("row_plan() returns a computed plan") };
         // The distinct rows and their count, copied device to device (capacity b: at most b).
         let src = plan.uniq.slice(..b);
         let mut dst = out.dev.slice_mut(..b);
@@ -787,8 +678,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
     fn counter_add(&self, c: &mut Self::Ids, add: u32) -> Result<()> {
-        check_len("counter_add", "c", c.cap(), &[1])?;
-        self.exec("counter_add", Ok(plan::counter_add(self.ad(&c.dev), add)))?;
+        self.exec("counter_add", ops::counter_add(self.idm(c), add))?;
         // The device now owns the value; a host mirror would be stale.
         c.host = None;
         c.generation += 1;
@@ -805,18 +695,6 @@ impl Backend for CudaBackend {
         items: &mut Self::Ids,
         labels: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "sample_batch";
-        check_len(OP, "state", state.cap(), &[5])?;
-        check_len(OP, "users", users.cap(), &[b])?;
-        check_len(OP, "items", items.cap(), &[b])?;
-        check_len(OP, "labels", labels.len(), &[b])?;
-        if b > batch || tables.positives == 0 {
-            return Err(Error::invalid(
-                OP,
-                "b",
-                format!("{b} rows from batches of {batch} over {} positives", tables.positives),
-            ));
-        }
         let t = plan::SampleBufs {
             train_off: self.ad(&tables.train_off.dev),
             train_items: self.ad(&tables.train_items.dev),
@@ -827,9 +705,9 @@ impl Backend for CudaBackend {
             n_neg: tables.n_neg,
             rows: tables.rows(),
         };
-        let (users_a, items_a) = (self.ad(&users.dev), self.ad(&items.dev));
         // The batch, then state[0] += 1 on the device (one plan).
-        self.exec(OP, plan::sample_batch(&t, self.ad(&state.dev), batch, b, users_a, items_a, self.ad(labels)))?;
+        let p = ops::sample_batch(&t, self.idm(state), batch, b, self.idm(users), self.idm(items), self.m(labels));
+        self.exec("sample_batch", p)?;
         users.written_by_device(b);
         items.written_by_device(b);
         // The device now owns the state; a host mirror would be stale.
@@ -848,17 +726,12 @@ impl Backend for CudaBackend {
         seen: &Self::Ids,
         ranks: &mut Self::Ids,
     ) -> Result<()> {
-        const OP: &str = "rank_unseen";
-        check_len(OP, "scores", scores.len(), &[u, n])?;
-        check_len(OP, "ranks", ranks.cap(), &[u])?;
-        targets.check(OP, "scores", u, n)?;
-        let seen_len = seen_csr_len(OP, seen_off, u)?;
-        seen.check(OP, "scores", seen_len, n)?;
+        let (t, o, s) = (self.idm(targets), self.idm(seen_off), self.idm(seen));
+        let p = ops::rank_unseen(self.m(scores), u, n, t, o, s, self.idm(ranks))?;
         if u == 0 {
             return Ok(());
         }
-        let seen = plan::Seen { items: self.ad(&seen.dev), off: self.ad(&seen_off.dev) };
-        self.exec(OP, plan::full_rank(self.ad(scores), u, n, self.ad(&targets.dev), seen, self.ad(&ranks.dev)))?;
+        self.exec("rank_unseen", Ok(p))?;
         ranks.written_by_device(u);
         Ok(())
     }
@@ -873,17 +746,11 @@ impl Backend for CudaBackend {
         seen: &Self::Ids,
         out: &mut Self::Ids,
     ) -> Result<()> {
-        const OP: &str = "top_k";
-        check_len(OP, "scores", scores.len(), &[u, n])?;
-        check_len(OP, "out", out.cap(), &[u, k])?;
-        let seen_len = seen_csr_len(OP, seen_off, u)?;
-        seen.check(OP, "scores", seen_len, n)?;
-        let seen = plan::Seen { items: self.ad(&seen.dev), off: self.ad(&seen_off.dev) };
-        let p = plan::top_k(self.ad(scores), u, n, k, seen, self.ad(&out.dev));
-        if p.as_ref().is_ok_and(|p| p.steps().is_empty()) {
+        let p = ops::top_k(self.m(scores), u, n, k, self.idm(seen_off), self.idm(seen), self.idm(out))?;
+        if p.steps().is_empty() {
             return Ok(());
         }
-        self.exec(OP, p)?;
+        self.exec("top_k", Ok(p))?;
         out.written_by_device(u * k);
         Ok(())
     }
@@ -906,28 +773,6 @@ impl Backend for CudaBackend {
 
     fn replay(&self, graph: &CudaGraph) -> Result<()> {
         graph.launch().map_err(dev_err("cuGraphLaunch"))
-    }
-}
-
-/// Entries of a seen-items CSR over `u` users, read from its host-written offsets (the kernels
-/// index it unchecked, so the offsets must be known).
-fn seen_csr_len(op: &'static str, off: &DevIds, u: usize) -> Result<usize> {
-    check_len(op, "seen_off", off.cap(), &[u + 1])?;
-    let Some(h) = &off.host else {
-        return Err(Error::invalid(op, "seen_off", "offsets must be written from the host"));
-    };
-    if h[..=u].windows(2).any(|w| w[0] > w[1]) {
-        return Err(Error::invalid(op, "seen_off", "offsets must not decrease"));
-    }
-    Ok(h[u] as usize)
-}
-
-/// A step counter buffer: one id, written by the host or advanced on the device.
-fn check_step(op: &'static str, t: &DevIds) -> Result<()> {
-    check_len(op, "t", t.cap(), &[1])?;
-    match &t.host {
-        Some(h) if h[0] == 0 => Err(Error::invalid(op, "t", "Adam steps count from 1")),
-        _ => Ok(()),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod nvrtc;
+pub mod ops;
 pub mod plan;
 
 pub use backend::CudaBackend;
