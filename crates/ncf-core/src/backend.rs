@@ -234,6 +234,7 @@ pub trait Backend: Sync {
     /// `buf[i] *= s` over `n` elements. Only the CPU's two-lane step uses it (with `s = ½`,
     /// which is exact); this default goes through the host.
     fn scale(&self, buf: &mut Self::Buf, n: usize, s: Self::T) -> Result<()> {
+        crate::check::scale(self.len(buf), n)?;
         let mut h = self.download(buf)?;
         h.truncate(n);
         h.iter_mut().for_each(|x| *x *= s);

@@ -1,4 +1,4 @@
-//! The one checking layer: every [`Backend`](crate::Backend) op's argument checks, written once
+//! The one checking layer: every [`Backend`] op's argument checks, written once
 //! and called by every backend before it runs a kernel, so the CPU and the GPU give the same
 //! [`Error`] for the same bad call.
 //!
@@ -26,12 +26,21 @@
 //! What no host check can see (the sampler's epoch end, read from a counter on the device) is
 //! listed at [`sample_slots`].
 //!
+//! ## What stays with a backend
+//!
+//! Only limits of one device: the GPU's 32-bit kernel sizes (`i32_of` in `ncf-cuda`) and
+//! `top_k`'s shared-memory bitmap are checked there, after the shared check. A device backend
+//! calls the shared function first thing in each op, with its buffers' lengths and its id
+//! buffers as `Ids::device(capacity, host_mirror)`; for a lazy optimizer's row list the length
+//! is the live count the host knows (`len.min(capacity)`), and a fixed-capacity output of
+//! `unique_ids`/`top_k` is passed as `Some(capacity)`.
+//!
 //! ## Evidence
 //!
 //! [`bad_calls`] makes a fixed list of bad calls on any backend and pairs each backend error
 //! with this module's error for the same arguments; a backend's test asserts the pairs agree.
 
-use crate::{AdamHp, Backend, Error, Result, SgdHp};
+use crate::{AdamHp, Backend, Error, Float, Result, SgdHp};
 
 // ------------------------------------------------------------------------------------ basics
 
@@ -40,8 +49,9 @@ use crate::{AdamHp, Backend, Error, Result, SgdHp};
 pub struct Ids<'a> {
     /// How many ids the buffer holds (its capacity on a device).
     pub len: usize,
-    /// The ids (at least `len` of them), or `None` when only the device has them (device-made
-    /// ids, in range by construction: their range checks are skipped).
+    /// The ids (at least `len` of them: a device's host mirror of its whole capacity), or `None`
+    /// when only the device has them (device-made ids, in range by construction: their range
+    /// checks are skipped).
     pub host: Option<&'a [u32]>,
 }
 
@@ -771,6 +781,7 @@ pub fn bad_calls<B: Backend>(be: &B) -> Result<Vec<BadCall>> {
     let s2 = z(2)?;
     push("add_assign: short x", be.add_assign(&mut x4, &s2, 4), add_assign(4, 2, 4));
     push("relu_backward: n past every buffer", be.relu_backward(&l4, &l4, &mut du, 5), relu_backward(4, 4, 4, 5));
+    push("scale: n past buf", be.scale(&mut x4, 5, B::T::from_f64(0.5)), scale(4, 5));
     Ok(out)
 }
 

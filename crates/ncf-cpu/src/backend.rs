@@ -1,14 +1,15 @@
 //! `CpuBackend`: the [`Backend`] trait on host memory, by calling the kernels in [`crate::ops`].
 //!
-//! This layer owns validation: every method checks buffer lengths and ids and returns a typed
-//! [`Error`] before any kernel runs, so the kernels themselves stay short.
+//! Every method validates its arguments with the op's shared check in [`ncf_core::check`]
+//! (buffer lengths and ids, the same checks and errors as every other backend) before any kernel
+//! runs, so the kernels themselves stay short.
 
 use crate::ops::gemm::{CpuFloat, GemmImpl};
 use crate::ops::{activation, elementwise, embedding, linear, loss, optim};
-use ncf_core::backend::rank_among_unseen;
-use ncf_core::error::{check_ids, check_len};
+use ncf_core::backend::{rank_among_unseen, top_k_host};
+use ncf_core::check::{self, Ids};
 use ncf_core::sample::{Csrs, EpochKeys, SampleTables, row_at};
-use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
+use ncf_core::{AdamHp, Backend, Result, SgdHp};
 use std::marker::PhantomData;
 
 /// The CPU backend, generic over the element type (`f32` to train, `f64` for gradient checks).
@@ -24,10 +25,6 @@ impl<T> CpuBackend<T> {
     pub fn new(gemm: GemmImpl) -> Self {
         CpuBackend { gemm, _t: PhantomData }
     }
-}
-
-fn check_scalar<T>(op: &'static str, tensor: &'static str, buf: &[T]) -> Result<()> {
-    check_len(op, tensor, buf.len(), &[1])
 }
 
 impl<T: CpuFloat> Backend for CpuBackend<T> {
@@ -46,7 +43,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         Ok(host.to_vec())
     }
     fn write(&self, dst: &mut Vec<T>, src: &[T]) -> Result<()> {
-        check_len("write", "dst", dst.len(), &[src.len()])?;
+        check::write(dst.len(), src.len())?;
         dst[..src.len()].copy_from_slice(src);
         Ok(())
     }
@@ -57,7 +54,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         buf.len()
     }
     fn fill(&self, buf: &mut Vec<T>, n: usize, value: T) -> Result<()> {
-        check_len("fill", "buf", buf.len(), &[n])?;
+        check::fill(buf.len(), n)?;
         buf[..n].fill(value);
         Ok(())
     }
@@ -65,12 +62,12 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         Ok(vec![0; len])
     }
     fn write_ids(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
-        check_len("write_ids", "dst", dst.len(), &[src.len()])?;
+        check::write_ids(dst.len(), src.len())?;
         dst[..src.len()].copy_from_slice(src);
         Ok(())
     }
     fn download_ids(&self, ids: &Vec<u32>, n: usize) -> Result<Vec<u32>> {
-        check_len("download_ids", "ids", ids.len(), &[n])?;
+        check::download_ids(ids.len(), n)?;
         Ok(ids[..n].to_vec())
     }
     fn synchronize(&self) -> Result<()> {
@@ -97,11 +94,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         b: usize,
         out: &mut Vec<T>,
     ) -> Result<()> {
-        const OP: &str = "embedding_forward";
-        check_len(OP, "table", table.len(), &[n, d])?;
-        check_len(OP, "ids", ids.len(), &[b])?;
-        check_len(OP, "out", out.len(), &[b, d])?;
-        check_ids(OP, "table", &ids[..b], n)?;
+        check::embedding_forward(table.len(), n, d, Ids::host(ids), b, out.len())?;
         embedding::embedding_forward(&table[..n * d], d, &ids[..b], &mut out[..b * d]);
         Ok(())
     }
@@ -118,14 +111,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         b: usize,
         out: &mut Vec<T>,
     ) -> Result<()> {
-        const OP: &str = "gather_add_relu";
-        check_len(OP, "a", a.len(), &[na, d])?;
-        check_len(OP, "c", c.len(), &[nc, d])?;
-        check_len(OP, "ia", ia.len(), &[b])?;
-        check_len(OP, "ic", ic.len(), &[b])?;
-        check_len(OP, "out", out.len(), &[b, d])?;
-        check_ids(OP, "a", &ia[..b], na)?;
-        check_ids(OP, "c", &ic[..b], nc)?;
+        check::gather_add_relu(a.len(), na, Ids::host(ia), c.len(), nc, Ids::host(ic), d, b, out.len())?;
         embedding::gather_add_relu(&a[..na * d], &ia[..b], &c[..nc * d], &ic[..b], d, &mut out[..b * d]);
         Ok(())
     }
@@ -139,11 +125,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         dtable: &mut Vec<T>,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "embedding_backward";
-        check_len(OP, "dout", dout.len(), &[b, d])?;
-        check_len(OP, "ids", ids.len(), &[b])?;
-        check_len(OP, "dtable", dtable.len(), &[n, d])?;
-        check_ids(OP, "dtable", &ids[..b], n)?;
+        check::embedding_backward(dout.len(), Ids::host(ids), b, d, dtable.len(), n)?;
         embedding::embedding_backward(&dout[..b * d], d, &ids[..b], &mut dtable[..n * d]);
         Ok(())
     }
@@ -158,11 +140,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_forward";
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "bias", bias.len(), &[o])?;
-        check_len(OP, "out", out.len(), &[b, o])?;
+        check::linear_forward(inp.len(), w.len(), bias.len(), out.len(), b, i, o)?;
         linear::linear_forward(self.gemm, &inp[..b * i], &w[..o * i], &bias[..o], &mut out[..b * o], b, i, o)
     }
 
@@ -178,19 +156,18 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_backward";
-        check_len(OP, "dout", dout.len(), &[b, o])?;
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "dw", dw.len(), &[o, i])?;
-        check_len(OP, "dbias", dbias.len(), &[o])?;
-        let dinp = match dinp {
-            Some(x) => {
-                check_len(OP, "dinp", x.len(), &[b, i])?;
-                Some(&mut x[..b * i])
-            }
-            None => None,
-        };
+        check::linear_backward(
+            dout.len(),
+            inp.len(),
+            w.len(),
+            dinp.as_ref().map(|x| x.len()),
+            dw.len(),
+            dbias.len(),
+            b,
+            i,
+            o,
+        )?;
+        let dinp = dinp.map(|x| &mut x[..b * i]);
         linear::linear_backward(
             self.gemm,
             &dout[..b * o],
@@ -206,21 +183,17 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
     }
 
     fn relu_forward(&self, inp: &Vec<T>, out: &mut Vec<T>, n: usize) -> Result<()> {
-        check_len("relu_forward", "inp", inp.len(), &[n])?;
-        check_len("relu_forward", "out", out.len(), &[n])?;
+        check::relu_forward(inp.len(), out.len(), n)?;
         activation::relu_forward(&inp[..n], &mut out[..n]);
         Ok(())
     }
     fn relu_backward(&self, out: &Vec<T>, dout: &Vec<T>, dinp: &mut Vec<T>, n: usize) -> Result<()> {
-        check_len("relu_backward", "out", out.len(), &[n])?;
-        check_len("relu_backward", "dout", dout.len(), &[n])?;
-        check_len("relu_backward", "dinp", dinp.len(), &[n])?;
+        check::relu_backward(out.len(), dout.len(), dinp.len(), n)?;
         activation::relu_backward(&out[..n], &dout[..n], &mut dinp[..n]);
         Ok(())
     }
     fn sigmoid_forward(&self, inp: &Vec<T>, out: &mut Vec<T>, n: usize) -> Result<()> {
-        check_len("sigmoid_forward", "inp", inp.len(), &[n])?;
-        check_len("sigmoid_forward", "out", out.len(), &[n])?;
+        check::sigmoid_forward(inp.len(), out.len(), n)?;
         activation::sigmoid_forward(&inp[..n], &mut out[..n]);
         Ok(())
     }
@@ -233,37 +206,21 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         loss_acc: &mut Vec<T>,
         dlogits: &mut Vec<T>,
     ) -> Result<()> {
-        const OP: &str = "bce_with_logits";
-        check_len(OP, "logits", logits.len(), &[b])?;
-        check_len(OP, "labels", labels.len(), &[b])?;
-        check_len(OP, "dlogits", dlogits.len(), &[b])?;
-        check_scalar(OP, "loss", loss_acc)?;
-        if b == 0 {
-            return Err(Error::invalid(OP, "b", "a loss over an empty batch is undefined"));
-        }
+        check::bce_with_logits(logits.len(), labels.len(), b, loss_acc.len(), dlogits.len())?;
         let l = loss::bce_with_logits(&logits[..b], &labels[..b], &mut dlogits[..b]);
         loss_acc[0] += T::from_f64(l);
         Ok(())
     }
 
     fn mse(&self, pred: &Vec<T>, target: &Vec<T>, b: usize, loss_acc: &mut Vec<T>, dpred: &mut Vec<T>) -> Result<()> {
-        const OP: &str = "mse";
-        check_len(OP, "pred", pred.len(), &[b])?;
-        check_len(OP, "target", target.len(), &[b])?;
-        check_len(OP, "dpred", dpred.len(), &[b])?;
-        check_scalar(OP, "loss", loss_acc)?;
-        if b == 0 {
-            return Err(Error::invalid(OP, "b", "a loss over an empty batch is undefined"));
-        }
+        check::mse(pred.len(), target.len(), b, loss_acc.len(), dpred.len())?;
         let l = loss::mse(&pred[..b], &target[..b], &mut dpred[..b]);
         loss_acc[0] += T::from_f64(l);
         Ok(())
     }
 
     fn gmf_forward(&self, u: &Vec<T>, v: &Vec<T>, out: &mut Vec<T>, n: usize) -> Result<()> {
-        check_len("gmf_forward", "u", u.len(), &[n])?;
-        check_len("gmf_forward", "v", v.len(), &[n])?;
-        check_len("gmf_forward", "out", out.len(), &[n])?;
+        check::gmf_forward(u.len(), v.len(), out.len(), n)?;
         elementwise::gmf_forward(&u[..n], &v[..n], &mut out[..n]);
         Ok(())
     }
@@ -276,17 +233,13 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         dv: &mut Vec<T>,
         n: usize,
     ) -> Result<()> {
-        for (name, len) in [("dout", dout.len()), ("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
-            check_len("gmf_backward", name, len, &[n])?;
-        }
+        check::gmf_backward(dout.len(), u.len(), v.len(), du.len(), dv.len(), n)?;
         elementwise::gmf_backward(&dout[..n], &u[..n], &v[..n], &mut du[..n], &mut dv[..n]);
         Ok(())
     }
 
     fn concat_cols(&self, a: &Vec<T>, da: usize, c: &Vec<T>, dc: usize, b: usize, out: &mut Vec<T>) -> Result<()> {
-        check_len("concat_cols", "a", a.len(), &[b, da])?;
-        check_len("concat_cols", "c", c.len(), &[b, dc])?;
-        check_len("concat_cols", "out", out.len(), &[b, da + dc])?;
+        check::concat_cols(a.len(), da, c.len(), dc, b, out.len())?;
         elementwise::concat_cols(&a[..b * da], da, &c[..b * dc], dc, &mut out[..b * (da + dc)]);
         Ok(())
     }
@@ -299,17 +252,13 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         grad_a: &mut Vec<T>,
         grad_c: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("split_cols", "dout", dout.len(), &[b, da + dc])?;
-        check_len("split_cols", "grad_a", grad_a.len(), &[b, da])?;
-        check_len("split_cols", "grad_c", grad_c.len(), &[b, dc])?;
+        check::split_cols(dout.len(), da, dc, b, grad_a.len(), grad_c.len())?;
         elementwise::split_cols(&dout[..b * (da + dc)], da, dc, &mut grad_a[..b * da], &mut grad_c[..b * dc]);
         Ok(())
     }
 
     fn rowdot_forward(&self, u: &Vec<T>, v: &Vec<T>, b: usize, d: usize, out: &mut Vec<T>) -> Result<()> {
-        check_len("rowdot_forward", "u", u.len(), &[b, d])?;
-        check_len("rowdot_forward", "v", v.len(), &[b, d])?;
-        check_len("rowdot_forward", "out", out.len(), &[b])?;
+        check::rowdot_forward(u.len(), v.len(), b, d, out.len())?;
         elementwise::rowdot_forward(&u[..b * d], &v[..b * d], d, &mut out[..b]);
         Ok(())
     }
@@ -323,42 +272,34 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         du: &mut Vec<T>,
         dv: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("rowdot_backward", "dout", dout.len(), &[b])?;
-        for (name, len) in [("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
-            check_len("rowdot_backward", name, len, &[b, d])?;
-        }
+        check::rowdot_backward(dout.len(), u.len(), v.len(), b, d, du.len(), dv.len())?;
         elementwise::rowdot_backward(&dout[..b], &u[..b * d], &v[..b * d], d, &mut du[..b * d], &mut dv[..b * d]);
         Ok(())
     }
 
     fn add_assign(&self, out: &mut Vec<T>, x: &Vec<T>, n: usize) -> Result<()> {
-        check_len("add_assign", "out", out.len(), &[n])?;
-        check_len("add_assign", "x", x.len(), &[n])?;
+        check::add_assign(out.len(), x.len(), n)?;
         elementwise::add_assign(&mut out[..n], &x[..n]);
         Ok(())
     }
     fn scale(&self, buf: &mut Vec<T>, n: usize, s: T) -> Result<()> {
-        check_len("scale", "buf", buf.len(), &[n])?;
+        check::scale(buf.len(), n)?;
         buf[..n].iter_mut().for_each(|x| *x *= s);
         Ok(())
     }
     fn add_scalar(&self, out: &mut Vec<T>, s: &Vec<T>, n: usize) -> Result<()> {
-        check_len("add_scalar", "out", out.len(), &[n])?;
-        check_scalar("add_scalar", "s", s)?;
+        check::add_scalar(out.len(), s.len(), n)?;
         elementwise::add_scalar(&mut out[..n], s[0]);
         Ok(())
     }
     fn sum_into(&self, x: &Vec<T>, n: usize, acc: &mut Vec<T>) -> Result<()> {
-        check_len("sum_into", "x", x.len(), &[n])?;
-        check_scalar("sum_into", "acc", acc)?;
+        check::sum_into(x.len(), n, acc.len())?;
         acc[0] += elementwise::sum(&x[..n]);
         Ok(())
     }
 
     fn sgd_step(&self, p: &mut Vec<T>, g: &mut Vec<T>, mom: &mut Vec<T>, n: usize, hp: &SgdHp) -> Result<()> {
-        for (name, len) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
-            check_len("sgd_step", name, len, &[n])?;
-        }
+        check::sgd_step(p.len(), g.len(), mom.len(), n)?;
         optim::sgd_step(&mut p[..n], &mut g[..n], &mut mom[..n], hp);
         Ok(())
     }
@@ -372,11 +313,8 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         hp: &AdamHp,
         t: &Vec<u32>,
     ) -> Result<()> {
-        for (name, len) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
-            check_len("adam_step", name, len, &[n])?;
-        }
-        let t = step_of("adam_step", t)?;
-        optim::adam_step(&mut p[..n], &mut g[..n], &mut m[..n], &mut v[..n], hp, t);
+        check::adam_step(p.len(), g.len(), m.len(), v.len(), n, Ids::host(t))?;
+        optim::adam_step(&mut p[..n], &mut g[..n], &mut m[..n], &mut v[..n], hp, t[0] as u64);
         Ok(())
     }
     fn sgd_step_rows(
@@ -389,11 +327,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         n: usize,
         hp: &SgdHp,
     ) -> Result<()> {
-        const OP: &str = "sgd_step_rows";
-        for (name, len) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
-            check_len(OP, name, len, &[n, d])?;
-        }
-        check_ids(OP, "p", rows, n)?;
+        check::sgd_step_rows(p.len(), g.len(), mom.len(), Ids::host(rows), d, n)?;
         optim::sgd_step_rows(&mut p[..n * d], &mut g[..n * d], &mut mom[..n * d], rows, d, hp);
         Ok(())
     }
@@ -409,18 +343,13 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         hp: &AdamHp,
         t: &Vec<u32>,
     ) -> Result<()> {
-        const OP: &str = "adam_step_rows";
-        for (name, len) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
-            check_len(OP, name, len, &[n, d])?;
-        }
-        check_ids(OP, "p", rows, n)?;
-        let t = step_of(OP, t)?;
+        check::adam_step_rows(p.len(), g.len(), m.len(), v.len(), Ids::host(rows), d, n, Ids::host(t))?;
+        let t = t[0] as u64;
         optim::adam_step_rows(&mut p[..n * d], &mut g[..n * d], &mut m[..n * d], &mut v[..n * d], rows, d, hp, t);
         Ok(())
     }
     fn unique_ids(&self, ids: &Vec<u32>, b: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
-        check_len("unique_ids", "ids", ids.len(), &[b])?;
-        check_ids("unique_ids", "ids", &ids[..b], n)?;
+        check::unique_ids(Ids::host(ids), b, n, None)?;
         // `out` keeps its capacity across steps: no allocation once it has held a full batch.
         out.clear();
         out.resize(b, 0);
@@ -429,7 +358,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         Ok(())
     }
     fn counter_add(&self, c: &mut Vec<u32>, add: u32) -> Result<()> {
-        check_len("counter_add", "c", c.len(), &[1])?;
+        check::counter_add(c.len())?;
         c[0] = c[0].wrapping_add(add);
         Ok(())
     }
@@ -444,11 +373,8 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         items: &mut Vec<u32>,
         labels: &mut Vec<T>,
     ) -> Result<()> {
-        const OP: &str = "sample_batch";
-        check_len(OP, "state", state.len(), &[5])?;
-        for (name, len) in [("users", users.len()), ("items", items.len()), ("labels", labels.len())] {
-            check_len(OP, name, len, &[b])?;
-        }
+        check::sample_batch(state.len(), batch, b, users.len(), items.len(), labels.len(), tables.rows())?;
+        let first = check::sample_slots(state[0], batch, b, tables.rows())?;
         let c = Csrs {
             train_off: &tables.train_off[..tables.n_users + 1],
             train_items: &tables.train_items[..tables.positives],
@@ -461,14 +387,6 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
             perm: state[1] as u64 | (state[2] as u64) << 32,
             draw: state[3] as u64 | (state[4] as u64) << 32,
         };
-        let first = state[0] as u64 * batch as u64;
-        if b > batch || first + b as u64 > c.rows() {
-            return Err(Error::invalid(
-                OP,
-                "b",
-                format!("slots {first}..{} exceed the epoch's {} rows (batch {batch})", first + b as u64, c.rows()),
-            ));
-        }
         for k in 0..b {
             let (u, i, y) = row_at(&c, &keys, first + k as u64);
             users[k] = u;
@@ -489,23 +407,29 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         seen: &Vec<u32>,
         ranks: &mut Vec<u32>,
     ) -> Result<()> {
-        const OP: &str = "rank_unseen";
-        check_len(OP, "scores", scores.len(), &[u, n])?;
-        check_len(OP, "targets", targets.len(), &[u])?;
-        check_len(OP, "seen_off", seen_off.len(), &[u + 1])?;
-        check_len(OP, "ranks", ranks.len(), &[u])?;
-        check_ids(OP, "scores", &targets[..u], n)?;
-        if seen_off[..=u].windows(2).any(|w| w[0] > w[1]) {
-            return Err(Error::invalid(OP, "seen_off", "offsets must not decrease"));
-        }
-        check_len(OP, "seen", seen.len(), &[seen_off[u] as usize])?;
-        check_ids(OP, "scores", &seen[..seen_off[u] as usize], n)?;
+        check::rank_unseen(scores.len(), u, n, Ids::host(targets), Ids::host(seen_off), Ids::host(seen), ranks.len())?;
         // One user per task.
         use rayon::prelude::*;
         ranks[..u].par_iter_mut().enumerate().for_each(|(c, rank)| {
             let seen_c = &seen[seen_off[c] as usize..seen_off[c + 1] as usize];
             *rank = rank_among_unseen(&scores[c * n..(c + 1) * n], targets[c] as usize, seen_c) as u32;
         });
+        Ok(())
+    }
+
+    fn top_k(
+        &self,
+        scores: &Vec<T>,
+        u: usize,
+        n: usize,
+        k: usize,
+        seen_off: &Vec<u32>,
+        seen: &Vec<u32>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        check::top_k(scores.len(), u, n, k, Ids::host(seen_off), Ids::host(seen), Some(out.len()))?;
+        let res = top_k_host(scores, u, n, k, seen_off, seen);
+        out[..u * k].copy_from_slice(&res);
         Ok(())
     }
 
@@ -518,18 +442,10 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
     }
 }
 
-/// The step `t[0] ≥ 1` of an Adam update.
-fn step_of(op: &'static str, t: &[u32]) -> Result<u64> {
-    check_len(op, "t", t.len(), &[1])?;
-    if t[0] == 0 {
-        return Err(Error::invalid(op, "t", "Adam steps count from 1"));
-    }
-    Ok(t[0] as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ncf_core::Error;
 
     #[test]
     fn bad_shapes_and_ids_are_typed_errors_naming_op_and_shapes() {
@@ -571,6 +487,24 @@ mod tests {
         assert!(matches!(err, Error::IdOutOfRange { op: "adam_step_rows", id: 5, .. }), "{err}");
         let err = be.bce_with_logits(&vec![], &vec![], 0, &mut vec![0.0], &mut vec![]).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { op: "bce_with_logits", .. }), "{err}");
+    }
+
+    /// The same error for the same bad call: every sample bad call of
+    /// [`ncf_core::check::bad_calls`] (a short weight, an id outside its table, a short optimizer
+    /// state, an overflowing size, …) gives on the CPU, in f32 and f64, exactly the error the
+    /// shared check gives for the same arguments.
+    #[test]
+    fn bad_calls_give_the_shared_checks_errors() {
+        fn agree<T: CpuFloat>() {
+            let calls = check::bad_calls(&CpuBackend::<T>::default()).unwrap();
+            assert!(calls.len() >= 20, "{} calls", calls.len());
+            for c in calls {
+                assert!(c.shared.is_err(), "{}: the sample call is not bad: {:?}", c.what, c.shared);
+                assert_eq!(c.backend, c.shared, "{}", c.what);
+            }
+        }
+        agree::<f32>();
+        agree::<f64>();
     }
 
     /// `sample_batch` walks the epoch batch by batch: the concatenated batches are the
