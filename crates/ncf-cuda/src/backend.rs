@@ -1,7 +1,8 @@
-//! `CudaBackend`: the [`Backend`] trait on an NVIDIA GPU, f32, one stream. Each op validates
-//! its sizes on the host exactly as the CPU backend does (same typed errors), takes the device
-//! addresses of its buffers, builds its launch plan with [`crate::plan`] (kernel, grid, block,
-//! shared memory, arguments; cuBLAS calls as steps too) and executes it: `cuLaunchKernel` on
+//! `CudaBackend`: the [`Backend`] trait on an NVIDIA GPU, f32, one stream. Each op takes the
+//! device addresses and lengths of its buffers, checks them with the shared checks every
+//! backend calls (`ncf_core::check`, through [`crate::ops`]: the CPU's typed errors) and
+//! builds its launch plan with [`crate::plan`] (kernel, grid, block, shared memory,
+//! arguments; cuBLAS calls as steps too), then executes it: `cuLaunchKernel` on
 //! the loaded function of each [`Kernel`], `cublasSgemm` for each GEMM step. The emulator tests
 //! (`tests/emulated.rs`) run the same plans on the CPU.
 //!
