@@ -1,6 +1,10 @@
-//! `CudaBackend`: the [`Backend`] trait on an NVIDIA GPU, f32, one stream. Each op validates
-//! its sizes on the host exactly as the CPU backend does (same typed errors), then launches the
-//! kernel of the same name from `kernels/*.cu`.
+//! `CudaBackend`: the [`Backend`] trait on an NVIDIA GPU, f32, one stream. Each op takes the
+//! device addresses and lengths of its buffers, checks them with the shared checks every
+//! backend calls (`ncf_core::check`, through [`crate::ops`]: the CPU's typed errors) and
+//! builds its launch plan with [`crate::plan`] (kernel, grid, block, shared memory,
+//! arguments; cuBLAS calls as steps too), then executes it: `cuLaunchKernel` on
+//! the loaded function of each [`Kernel`], `cublasSgemm` for each GEMM step. The emulator tests
+//! (`tests/emulated.rs`) run the same plans on the CPU.
 //!
 //! **Status: written and compiled, not yet run on a GPU** (no session so far was lent one). The
 //! parity tests in `tests/parity.rs` compare every op with `CpuBackend<f32>` and print
@@ -20,56 +24,17 @@
 //!   replayed ([`Backend::capture`]).
 use crate::device::probe;
 use crate::error::CudaError;
-use crate::kernels::{SOURCES, kernel_names, unit};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
-use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
-use ncf_core::error::{check_ids, check_len};
+use crate::kernels::{SOURCES, unit};
+use crate::ops::{self, IdMem, Mem};
+use crate::plan::{self, Addr, Arg, Kernel, LOSS_BLOCKS, Loss, MAX_ARGS, Plan, RowPlanBufs, Step};
+pub use crate::plan::{CublasArgs, GpuGemm, cublas_args};
+use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, sys};
+use ncf_core::check;
 use ncf_core::sample::SampleTables;
 use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
-use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Which matrix multiply the dense layers use (`--gemm` on the GPU).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuGemm {
-    /// One thread per output element (the reference).
-    Naive,
-    /// The hand-written shared-memory kernel tuned for NCF's tall-skinny shapes.
-    Tiled,
-    /// cuBLAS `sgemm`.
-    Cublas,
-}
-
-/// cuBLAS (column-major) arguments for the row-major product `C (M,N) = op(A)·op(B)`, where
-/// `A` is `(M,K)` (or `(K,M)` if `ta`) and `B` is `(K,N)` (or `(N,K)` if `tb`), all row-major.
-///
-/// Row-major `C = A'·B'` is column-major `Cᵀ = B'ᵀ·A'ᵀ`, so `B` is cuBLAS's *first* operand. A
-/// row-major `(R,C)` buffer read column-major is the `(C,R)` matrix, its transpose, with leading
-/// dimension `C`. Kept separate so the mapping is tested on the CPU (`tests` below).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CublasArgs {
-    pub trans_first: bool,
-    pub trans_second: bool,
-    pub m: i32,
-    pub n: i32,
-    pub k: i32,
-    pub ld_first: i32,
-    pub ld_second: i32,
-    pub ldc: i32,
-}
-
-pub fn cublas_args(m: i32, n: i32, k: i32, ta: bool, tb: bool) -> CublasArgs {
-    CublasArgs {
-        trans_first: tb,
-        trans_second: ta,
-        m: n,
-        n: m,
-        k,
-        ld_first: if tb { k } else { n },
-        ld_second: if ta { m } else { k },
-        ldc: n,
-    }
-}
 
 /// The order in which the deterministic scatter-add visits a batch: batch positions sorted by id
 /// (stably, so equal ids keep batch order) and the start of each run of equal ids, closed by
@@ -110,15 +75,6 @@ impl DevIds {
         self.dev.len()
     }
 
-    /// Range check through the host mirror; device-made ids pass (valid by construction).
-    fn check(&self, op: &'static str, table: &'static str, b: usize, n: usize) -> Result<()> {
-        check_len(op, "ids", self.cap(), &[b])?;
-        match &self.host {
-            Some(h) => check_ids(op, table, &h[..b], n),
-            None => Ok(()),
-        }
-    }
-
     fn written_by_device(&mut self, len: usize) {
         self.host = None;
         self.len = len;
@@ -143,7 +99,8 @@ struct RowPlan {
 /// The GPU backend (f32).
 pub struct CudaBackend {
     stream: Arc<CudaStream>,
-    funcs: HashMap<&'static str, CudaFunction>,
+    /// The loaded kernels, indexed by [`Kernel`] (`Kernel::ALL` order).
+    funcs: Vec<CudaFunction>,
     blas: CudaBlas,
     pub gemm: GpuGemm,
     /// Scatter-add in a fixed order (the row plan) instead of with atomics.
@@ -154,39 +111,8 @@ pub struct CudaBackend {
     pub device_name: String,
 }
 
-const BLOCK: u32 = 256;
-const LOSS_BLOCKS: u32 = 64;
-
 fn dev_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
     move |e| Error::Device { op, message: e.to_string() }
-}
-
-/// A launch covering `n` elements with a grid-stride kernel.
-fn grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// One warp per row.
-fn warps(rows: usize) -> LaunchConfig {
-    let blocks = (rows * 32).div_ceil(BLOCK as usize).max(1) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn i32_of(op: &'static str, what: &'static str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::invalid(op, what, format!("{v} exceeds the GPU kernels' 32-bit sizes")))
-}
-
-/// Launches `$kernel` over `$cfg` with the listed arguments.
-macro_rules! launch {
-    ($self:ident, $op:expr, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $self.f($kernel)?;
-        let mut l = $self.stream.launch_builder(f);
-        $( l.arg($arg); )+
-        // SAFETY: each call site passes exactly the arguments of the kernel's signature in
-        // kernels/*.cu, in order and with the same types, after checking buffer sizes.
-        unsafe { l.launch($cfg) }.map(|_| ()).map_err(dev_err($op))
-    }};
 }
 
 impl CudaBackend {
@@ -205,15 +131,19 @@ impl CudaBackend {
         // A stream of our own: the legacy default stream cannot be captured into a graph.
         let stream = ctx.new_stream().map_err(call("cuStreamCreate"))?;
         let arch = (info.compute_capability.0 * 10 + info.compute_capability.1) as u32;
-        let mut funcs = HashMap::new();
+        let mut modules = Vec::new();
         let cache_dir = crate::cache::default_dir();
         for &(file, src) in SOURCES {
             let (cubin, _) = crate::cache::cubin(file, &unit(src), arch, cache_dir.as_deref())?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(call("cuModuleLoadData"))?;
-            for name in kernel_names(src) {
-                let f = module.load_function(name).map_err(call("cuModuleGetFunction"))?;
-                funcs.insert(name, f);
-            }
+            modules.push((file, module));
+        }
+        let mut funcs = Vec::with_capacity(Kernel::ALL.len());
+        for &k in Kernel::ALL {
+            let Some((_, module)) = modules.iter().find(|(file, _)| *file == k.file()) else {
+                return Err(CudaError::Call { call: "cuModuleGetFunction", status: format!("no module {}", k.file()) });
+            };
+            funcs.push(module.load_function(k.name()).map_err(call("cuModuleGetFunction"))?);
         }
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| CudaError::Call { call: "cublasCreate", status: e.to_string() })?;
@@ -240,118 +170,122 @@ impl CudaBackend {
         start.elapsed_ms(&end).map_err(dev_err("time_ms"))
     }
 
-    fn f(&self, name: &'static str) -> Result<&CudaFunction> {
-        self.funcs.get(name).ok_or_else(|| Error::invalid("cuda", "kernel", format!("kernel `{name}` was not loaded")))
+    /// The device address of `buf` (for a plan). Event tracking is off (see [`CudaBackend::new`]),
+    /// so cudarc's read/write records are no-ops and the guard may drop at once.
+    fn ad<T>(&self, buf: &CudaSlice<T>) -> Addr {
+        buf.device_ptr(&self.stream).0
     }
 
-    /// `C (M,N) = alpha·op(A)·op(B) + beta·C`, row-major (see `kernels/linear.cu`), with the
-    /// epilogue `C += bias` (per column) and `relu_out = max(C, 0)` when given. cuBLAS has no
-    /// such epilogue here, so its path adds one `bias_relu_forward` pass for it.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_rm(
-        &self,
-        op: &'static str,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        c: &mut CudaSlice<f32>,
-        (m, n, k): (usize, usize, usize),
-        (ta, tb): (bool, bool),
-        (alpha, beta): (f32, f32),
-        epilogue: Option<(&CudaSlice<f32>, Option<&mut CudaSlice<f32>>)>,
-    ) -> Result<()> {
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let (mi, ni, ki) = (i32_of(op, "m", m)?, i32_of(op, "n", n)?, i32_of(op, "k", k)?);
-        match self.gemm {
-            GpuGemm::Cublas => {
-                let a_ = cublas_args(mi, ni, ki, ta, tb);
-                let trans = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-                let cfg = GemmConfig {
-                    transa: trans(a_.trans_first),
-                    transb: trans(a_.trans_second),
-                    m: a_.m,
-                    n: a_.n,
-                    k: a_.k,
-                    alpha,
-                    lda: a_.ld_first,
-                    ldb: a_.ld_second,
-                    beta,
-                    ldc: a_.ldc,
-                };
-                // SAFETY: the buffers hold at least m·k, k·n and m·n elements (checked by the
-                // callers with check_len), matching the leading dimensions above.
-                unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Device { op, message: e.to_string() })?;
-                match epilogue {
-                    None => Ok(()),
-                    Some((bias, relu)) => {
-                        let null = 0u64;
-                        match relu {
-                            Some(x) => launch!(self, op, "bias_relu_forward", grid(m * n), &mut *c, bias, x, &mi, &ni),
-                            None => launch!(self, op, "bias_relu_forward", grid(m * n), &mut *c, bias, &null, &mi, &ni),
-                        }
+    /// Runs `plan` on the stream: each launch with `cuLaunchKernel`, each GEMM with
+    /// `cublasSgemm`. Nothing is allocated.
+    fn exec(&self, op: &'static str, plan: Result<Plan>) -> Result<()> {
+        for step in plan?.steps() {
+            match step {
+                Step::Kernel(l) => self.launch(op, l)?,
+                Step::Gemm(g) => {
+                    let trans =
+                        |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+                    // SAFETY: the plan comes from `plan::gemm`, whose callers checked that the
+                    // buffers behind `a`, `b`, `c` (live device allocations of this context,
+                    // borrowed by the op for this call) hold the m·k, k·n, m·n elements the
+                    // leading dimensions address; alpha and beta are host scalars read during
+                    // the call; the handle is bound to this backend's stream.
+                    unsafe {
+                        cudarc::cublas::result::sgemm(
+                            *self.blas.handle(),
+                            trans(g.trans_a),
+                            trans(g.trans_b),
+                            g.m,
+                            g.n,
+                            g.k,
+                            &g.alpha,
+                            g.a as *const f32,
+                            g.lda,
+                            g.b as *const f32,
+                            g.ldb,
+                            &g.beta,
+                            g.c as *mut f32,
+                            g.ldc,
+                        )
                     }
+                    .map_err(|e| Error::Device { op, message: e.to_string() })?;
                 }
             }
-            GpuGemm::Naive | GpuGemm::Tiled => {
-                let (name, cfg) = if self.gemm == GpuGemm::Naive {
-                    ("gemm_naive", grid(m * n))
-                } else {
-                    let g = LaunchConfig {
-                        grid_dim: (n.div_ceil(16) as u32, m.div_ceil(64) as u32, 1),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    ("gemm_tiled", g)
-                };
-                let f = self.f(name)?;
-                let (ta, tb) = (ta as i32, tb as i32);
-                let null = 0u64;
-                let mut l = self.stream.launch_builder(f);
-                l.arg(a).arg(b).arg(&mut *c).arg(&mi).arg(&ni).arg(&ki).arg(&ta).arg(&tb).arg(&alpha).arg(&beta);
-                match epilogue {
-                    None => l.arg(&null).arg(&null),
-                    Some((bias, None)) => l.arg(bias).arg(&null),
-                    Some((bias, Some(x))) => l.arg(bias).arg(x),
-                };
-                // SAFETY: the argument list matches the kernel's signature in linear.cu (a null
-                // pointer is passed as a 64-bit zero), and the buffers are large enough for the
-                // shapes (checked by the callers).
-                unsafe { l.launch(cfg) }.map(|_| ()).map_err(dev_err(op))
-            }
         }
+        Ok(())
     }
 
-    /// A mean loss over `b` rows (`bce_with_logits` or `mse`, same signature in loss.cu), in one
-    /// launch: the kernel writes the gradient, and its last block adds `(1/b)·Σ partials` into
-    /// `loss[0]` in a fixed order.
+    /// `cuLaunchKernel` of one planned launch.
+    fn launch(&self, op: &'static str, l: &plan::Launch) -> Result<()> {
+        let args = l.args();
+        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+        for (p, a) in params.iter_mut().zip(args) {
+            *p = match a {
+                Arg::Ptr(v) | Arg::U64(v) => v as *const u64 as *mut c_void,
+                Arg::I32(v) => v as *const i32 as *mut c_void,
+                Arg::U32(v) => v as *const u32 as *mut c_void,
+                Arg::I64(v) => v as *const i64 as *mut c_void,
+                Arg::F32(v) => v as *const f32 as *mut c_void,
+                Arg::F64(v) => v as *const f64 as *mut c_void,
+            };
+        }
+        let f = &self.funcs[l.kernel as usize];
+        // SAFETY: `f` is `l.kernel`, loaded from its module in `new` (which outlives the
+        // backend's use of it). The plan builders of `plan.rs` give each kernel exactly its
+        // parameters in kernels/*.cu, in order and with the same types (tests/emulated.rs
+        // runs every builder's plans on the emulator, which rejects a launch whose argument
+        // count or types differ from the kernel's); `params` points at those values, which
+        // `l` keeps alive through the call (the driver copies them before returning). Pointer
+        // arguments are device addresses of buffers the op borrows for this call and checked
+        // to be large enough (or null where the kernel accepts it).
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                l.grid,
+                l.block,
+                l.smem,
+                self.stream.cu_stream(),
+                &mut params[..args.len()],
+            )
+        }
+        .map_err(dev_err(op))
+    }
+
+    /// A mean loss over `b` rows (`bce_with_logits` or `mse`), with the backend's partial-sum
+    /// buffers: [`ops::mean_loss`].
     fn mean_loss(
         &self,
         op: &'static str,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
+        loss_fn: Loss,
+        (x, y): (&CudaSlice<f32>, &CudaSlice<f32>),
         b: usize,
-        loss: &mut CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        (loss, dx): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
     ) -> Result<()> {
-        for (t, l) in [("x", x.len()), ("y", y.len()), ("dx", dx.len())] {
-            check_len(op, t, l, &[b])?;
+        let guard = self.partials.lock().map_err(|_| Error::invalid(op, "partials", "lock poisoned"))?;
+        let (partials, done) = &*guard;
+        let bufs = (self.ad(partials), self.ad(done));
+        self.exec(op, ops::mean_loss(loss_fn, (self.m(x), self.m(y)), b, (self.m(loss), self.m(dx)), bufs))
+    }
+
+    /// A float buffer as [`ops`] takes it.
+    fn m(&self, buf: &CudaSlice<f32>) -> Mem {
+        Mem { addr: self.ad(buf), len: buf.len() }
+    }
+
+    /// An id buffer as [`ops`] takes it.
+    fn idm<'a>(&self, ids: &'a DevIds) -> IdMem<'a> {
+        IdMem {
+            addr: self.ad(&ids.dev),
+            cap: ids.cap(),
+            host: ids.host.as_deref(),
+            live: ids.len,
+            count: ids.count.as_ref().map(|c| self.ad(c)),
         }
-        check_len(op, "loss", loss.len(), &[1])?;
-        if b == 0 {
-            return Err(Error::invalid(op, "b", "a mean over an empty batch"));
-        }
-        let bi = i32_of(op, "b", b)?;
-        let mut guard = self.partials.lock().map_err(|_| Error::invalid(op, "partials", "lock poisoned"))?;
-        let (partials, done) = &mut *guard;
-        let blocks = (b.div_ceil(BLOCK as usize) as u32).clamp(1, LOSS_BLOCKS);
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, op, op, cfg, x, y, dx, partials, done, loss, &bi)
     }
 
     /// The row plan of `ids[..b]` over a table of `n` rows, computed on the device unless the
     /// cached one is current. Returned locked; its buffers are valid until the ids change.
-    fn plan<'a>(
+    fn row_plan<'a>(
         &self,
         op: &'static str,
         ids: &'a DevIds,
@@ -376,74 +310,23 @@ impl CudaBackend {
         }
         let Some(plan) = guard.as_mut() else { unreachable!("allocated above") };
         if plan.fresh != Some((ids.generation, b, n)) {
-            let (bi, ni, ci) = (i32_of(op, "b", b)?, i32_of(op, "n", n)?, i32_of(op, "cap", cap)?);
-            launch!(self, op, "rows_count", grid(b), &ids.dev, &bi, &mut plan.count)?;
-            let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-            launch!(
-                self,
-                op,
-                "rows_scan",
-                one,
-                &mut plan.count,
-                &ni,
-                &mut plan.fill,
-                &mut plan.uniq,
-                &mut plan.seg,
-                &mut plan.nuniq
-            )?;
-            launch!(self, op, "rows_place", grid(b), &ids.dev, &bi, &mut plan.fill, &mut plan.order)?;
-            launch!(self, op, "rows_sort", grid(cap), &mut plan.order, &plan.seg, &plan.nuniq, &ci)?;
+            let bufs = self.row_plan_bufs(plan);
+            self.exec(op, plan::row_plan(self.ad(&ids.dev), &bufs, b, n, cap))?;
             plan.fresh = Some((ids.generation, b, n));
         }
         Ok(guard)
     }
 
-    /// The dense layer's two backward GEMMs: `dinp (B,I) = dout (B,O) · w (O,I)` (when asked)
-    /// and `dw (O,I) += doutᵀ (O,B) · inp (B,I)`.
-    #[allow(clippy::too_many_arguments)]
-    fn dense_backward_gemms(
-        &self,
-        op: &'static str,
-        dout: &CudaSlice<f32>,
-        inp: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        dinp: Option<&mut CudaSlice<f32>>,
-        dw: &mut CudaSlice<f32>,
-        (b, i, o): (usize, usize, usize),
-    ) -> Result<()> {
-        if let Some(dinp) = dinp {
-            check_len(op, "dinp", dinp.len(), &[b, i])?;
-            self.gemm_rm(op, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None)?;
+    /// The addresses of a row plan's buffers.
+    fn row_plan_bufs(&self, p: &RowPlan) -> RowPlanBufs {
+        RowPlanBufs {
+            count: self.ad(&p.count),
+            fill: self.ad(&p.fill),
+            order: self.ad(&p.order),
+            seg: self.ad(&p.seg),
+            uniq: self.ad(&p.uniq),
+            nuniq: self.ad(&p.nuniq),
         }
-        self.gemm_rm(op, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None)
-    }
-}
-
-/// A lazy optimizer's row list as its kernels take it: `rows`, `nrows_host`, and `nrows_dev`
-/// (the device count of a `unique_ids` output, or a null pointer for a host-written list).
-struct LiveRows<'a> {
-    list: &'a CudaSlice<u32>,
-    nrows_host: i32,
-    nrows_dev: Option<&'a CudaSlice<u32>>,
-    null: u64,
-}
-
-impl<'a> LiveRows<'a> {
-    fn of(rows: &'a DevIds) -> Self {
-        LiveRows {
-            list: &rows.dev,
-            nrows_host: rows.len.min(i32::MAX as usize) as i32,
-            nrows_dev: rows.count.as_ref(),
-            null: 0,
-        }
-    }
-
-    fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
-        l.arg(self.list).arg(&self.nrows_host);
-        match self.nrows_dev {
-            Some(c) => l.arg(c),
-            None => l.arg(&self.null),
-        };
     }
 }
 
@@ -466,7 +349,7 @@ impl Backend for CudaBackend {
         self.stream.clone_htod(host).map_err(dev_err("upload"))
     }
     fn write(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()> {
-        check_len("write", "dst", dst.len(), &[src.len()])?;
+        check::write(dst.len(), src.len())?;
         if src.is_empty() {
             return Ok(());
         }
@@ -480,16 +363,14 @@ impl Backend for CudaBackend {
         buf.len()
     }
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32) -> Result<()> {
-        check_len("fill", "buf", buf.len(), &[n])?;
-        let nn = n as i64;
-        launch!(self, "fill", "fill", grid(n), buf, &value, &nn)
+        self.exec("fill", ops::fill(self.m(buf), n, value))
     }
     fn zeros_ids(&self, len: usize) -> Result<Self::Ids> {
         let dev = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err("zeros_ids"))?;
         Ok(DevIds { dev, host: Some(vec![0; len.max(1)]), len, count: None, generation: 0, plan: Mutex::new(None) })
     }
     fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()> {
-        check_len("write_ids", "dst", dst.cap(), &[src.len()])?;
+        check::write_ids(dst.cap(), src.len())?;
         let cap = dst.cap();
         let host = dst.host.get_or_insert_with(|| vec![0; cap]);
         host[..src.len()].copy_from_slice(src);
@@ -503,7 +384,7 @@ impl Backend for CudaBackend {
         self.stream.memcpy_htod(src, &mut view).map_err(dev_err("write_ids"))
     }
     fn download_ids(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>> {
-        check_len("download_ids", "ids", ids.cap(), &[n])?;
+        check::download_ids(ids.cap(), n)?;
         match &ids.host {
             Some(h) => Ok(h[..n].to_vec()),
             None => {
@@ -526,12 +407,8 @@ impl Backend for CudaBackend {
         b: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "embedding_forward";
-        check_len(OP, "table", table.len(), &[n, d])?;
-        check_len(OP, "out", out.len(), &[b, d])?;
-        ids.check(OP, "table", b, n)?;
-        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
-        launch!(self, OP, "embedding_forward", grid(b * d), table, &ids.dev, out, &bi, &di)
+        let p = ops::embedding_forward(self.m(table), n, d, self.idm(ids), b, self.m(out));
+        self.exec("embedding_forward", p)
     }
 
     fn gather_add_relu(
@@ -546,14 +423,8 @@ impl Backend for CudaBackend {
         b: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "gather_add_relu";
-        check_len(OP, "a", a.len(), &[na, d])?;
-        check_len(OP, "c", c.len(), &[nc, d])?;
-        check_len(OP, "out", out.len(), &[b, d])?;
-        ia.check(OP, "a", b, na)?;
-        ic.check(OP, "c", b, nc)?;
-        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
-        launch!(self, OP, "gather_add_relu", grid(b * d), a, &ia.dev, c, &ic.dev, out, &bi, &di)
+        let p = ops::gather_add_relu(self.m(a), na, self.idm(ia), self.m(c), nc, self.idm(ic), d, b, self.m(out));
+        self.exec("gather_add_relu", p)
     }
 
     fn embedding_backward(
@@ -566,34 +437,14 @@ impl Backend for CudaBackend {
         n: usize,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        check_len(OP, "dout", dout.len(), &[b, d])?;
-        check_len(OP, "dtable", dtable.len(), &[n, d])?;
-        ids.check(OP, "dtable", b, n)?;
-        if b == 0 || d == 0 {
-            return Ok(());
-        }
-        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
-        if !self.deterministic {
-            return launch!(self, OP, "embedding_backward_atomic", grid(b * d), dout, &ids.dev, dtable, &bi, &di);
+        let (dm, tm) = (self.m(dout), self.m(dtable));
+        if let Some(p) = ops::embedding_backward(dm, self.idm(ids), (b, d), tm, n, self.deterministic)? {
+            return self.exec(OP, Ok(p));
         }
         // Each distinct row sums its batch positions in batch order (the row plan).
-        let guard = self.plan(OP, ids, b, n)?;
-        let Some(plan) = guard.as_ref() else { unreachable!("plan() returns a computed plan") };
-        let ci = i32_of(OP, "cap", b)?;
-        launch!(
-            self,
-            OP,
-            "embedding_backward_sorted",
-            grid(b * d),
-            dout,
-            &plan.order,
-            &plan.seg,
-            &plan.uniq,
-            &plan.nuniq,
-            dtable,
-            &ci,
-            &di
-        )
+        let guard = self.row_plan(OP, ids, b, n)?;
+        let Some(rows) = guard.as_ref() else { unreachable!("row_plan() returns a computed plan") };
+        self.exec(OP, plan::embedding_backward_sorted(dm.addr, &self.row_plan_bufs(rows), tm.addr, b, d))
     }
 
     fn linear_forward(
@@ -606,21 +457,8 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_forward";
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "bias", bias.len(), &[o])?;
-        check_len(OP, "out", out.len(), &[b, o])?;
-        let (bi, ii, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "i", i)?, i32_of(OP, "o", o)?);
-        if o == 1 && self.gemm != GpuGemm::Naive {
-            return launch!(self, OP, "matvec_bias", warps(b), inp, w, bias, out, &bi, &ii);
-        }
-        if self.gemm == GpuGemm::Cublas {
-            launch!(self, OP, "bias_broadcast", grid(b * o), bias, &mut *out, &bi, &oi)?;
-            return self.gemm_rm(OP, inp, w, out, (b, o, i), (false, true), (1.0, 1.0), None);
-        }
-        // out = inp·wᵀ, plus the bias in the GEMM's epilogue: one launch.
-        self.gemm_rm(OP, inp, w, out, (b, o, i), (false, true), (1.0, 0.0), Some((bias, None)))
+        let (inp, w, bias, out) = (self.m(inp), self.m(w), self.m(bias), self.m(out));
+        self.exec("linear_forward", ops::linear_forward(self.gemm, inp, w, bias, out, b, i, o))
     }
 
     fn linear_relu_forward(
@@ -634,15 +472,10 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_relu_forward";
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "bias", bias.len(), &[o])?;
-        check_len(OP, "z", z.len(), &[b, o])?;
-        check_len(OP, "x", x.len(), &[b, o])?;
         // z = inp·wᵀ + bias and x = relu(z) in the GEMM's epilogue (cuBLAS: sgemm, then one
         // bias_relu_forward pass).
-        self.gemm_rm(OP, inp, w, z, (b, o, i), (false, true), (1.0, 0.0), Some((bias, Some(x))))
+        let (inp, w, bias, z, x) = (self.m(inp), self.m(w), self.m(bias), self.m(z), self.m(x));
+        self.exec("linear_relu_forward", ops::linear_relu_forward(self.gemm, inp, w, bias, z, x, b, i, o))
     }
 
     fn linear_backward(
@@ -657,16 +490,9 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_backward";
-        check_len(OP, "dout", dout.len(), &[b, o])?;
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "dw", dw.len(), &[o, i])?;
-        check_len(OP, "dbias", dbias.len(), &[o])?;
-        self.dense_backward_gemms(OP, dout, inp, w, dinp, dw, (b, i, o))?;
-        let (bi, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "o", o)?);
-        let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, OP, "bias_grad", cfg, dout, dbias, &bi, &oi)
+        let dinp = dinp.map(|d| self.m(d));
+        let (dout, inp, w, dw, dbias) = (self.m(dout), self.m(inp), self.m(w), self.m(dw), self.m(dbias));
+        self.exec("linear_backward", ops::linear_backward(self.gemm, dout, inp, w, dinp, dw, dbias, b, i, o))
     }
 
     fn linear_relu_backward(
@@ -683,39 +509,22 @@ impl Backend for CudaBackend {
         i: usize,
         o: usize,
     ) -> Result<()> {
-        const OP: &str = "linear_relu_backward";
-        for (t, l) in [("x", x.len()), ("dx", dx.len()), ("dz", dz.len())] {
-            check_len(OP, t, l, &[b, o])?;
-        }
-        check_len(OP, "inp", inp.len(), &[b, i])?;
-        check_len(OP, "w", w.len(), &[o, i])?;
-        check_len(OP, "dw", dw.len(), &[o, i])?;
-        check_len(OP, "dbias", dbias.len(), &[o])?;
-        let (bi, oi) = (i32_of(OP, "b", b)?, i32_of(OP, "o", o)?);
         // dz and dbias in one pass (one block per output column), then the two GEMMs.
-        let cfg = LaunchConfig { grid_dim: (o.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, OP, "relu_bias_backward", cfg, x, dx, &mut *dz, &mut *dbias, &bi, &oi)?;
-        self.dense_backward_gemms(OP, dz, inp, w, dinp, dw, (b, i, o))
+        let dinp = dinp.map(|d| self.m(d));
+        let (x, dx, dz, inp, w) = (self.m(x), self.m(dx), self.m(dz), self.m(inp), self.m(w));
+        let (dw, dbias) = (self.m(dw), self.m(dbias));
+        let p = ops::linear_relu_backward(self.gemm, x, dx, dz, inp, w, dinp, dw, dbias, b, i, o);
+        self.exec("linear_relu_backward", p)
     }
 
     fn relu_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
-        check_len("relu_forward", "inp", inp.len(), &[n])?;
-        check_len("relu_forward", "out", out.len(), &[n])?;
-        let nn = n as i64;
-        launch!(self, "relu_forward", "relu_forward", grid(n), inp, out, &nn)
+        self.exec("relu_forward", ops::relu_forward(self.m(inp), self.m(out), n))
     }
     fn relu_backward(&self, out: &Self::Buf, dout: &Self::Buf, dinp: &mut Self::Buf, n: usize) -> Result<()> {
-        for (t, l) in [("out", out.len()), ("dout", dout.len()), ("dinp", dinp.len())] {
-            check_len("relu_backward", t, l, &[n])?;
-        }
-        let nn = n as i64;
-        launch!(self, "relu_backward", "relu_backward", grid(n), out, dout, dinp, &nn)
+        self.exec("relu_backward", ops::relu_backward(self.m(out), self.m(dout), self.m(dinp), n))
     }
     fn sigmoid_forward(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
-        check_len("sigmoid_forward", "inp", inp.len(), &[n])?;
-        check_len("sigmoid_forward", "out", out.len(), &[n])?;
-        let nn = n as i64;
-        launch!(self, "sigmoid_forward", "sigmoid_forward", grid(n), inp, out, &nn)
+        self.exec("sigmoid_forward", ops::sigmoid_forward(self.m(inp), self.m(out), n))
     }
 
     fn bce_with_logits(
@@ -726,7 +535,7 @@ impl Backend for CudaBackend {
         loss: &mut Self::Buf,
         dlogits: &mut Self::Buf,
     ) -> Result<()> {
-        self.mean_loss("bce_with_logits", logits, labels, b, loss, dlogits)
+        self.mean_loss("bce_with_logits", Loss::BceWithLogits, (logits, labels), b, (loss, dlogits))
     }
 
     fn mse(
@@ -737,15 +546,11 @@ impl Backend for CudaBackend {
         loss: &mut Self::Buf,
         dpred: &mut Self::Buf,
     ) -> Result<()> {
-        self.mean_loss("mse", pred, target, b, loss, dpred)
+        self.mean_loss("mse", Loss::Mse, (pred, target), b, (loss, dpred))
     }
 
     fn gmf_forward(&self, u: &Self::Buf, v: &Self::Buf, out: &mut Self::Buf, n: usize) -> Result<()> {
-        for (t, l) in [("u", u.len()), ("v", v.len()), ("out", out.len())] {
-            check_len("gmf_forward", t, l, &[n])?;
-        }
-        let nn = n as i64;
-        launch!(self, "gmf_forward", "gmf_forward", grid(n), u, v, out, &nn)
+        self.exec("gmf_forward", ops::gmf_forward(self.m(u), self.m(v), self.m(out), n))
     }
     fn gmf_backward(
         &self,
@@ -756,11 +561,8 @@ impl Backend for CudaBackend {
         dv: &mut Self::Buf,
         n: usize,
     ) -> Result<()> {
-        for (t, l) in [("dout", dout.len()), ("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
-            check_len("gmf_backward", t, l, &[n])?;
-        }
-        let nn = n as i64;
-        launch!(self, "gmf_backward", "gmf_backward", grid(n), dout, u, v, du, dv, &nn)
+        let (dout, u, v, du, dv) = (self.m(dout), self.m(u), self.m(v), self.m(du), self.m(dv));
+        self.exec("gmf_backward", ops::gmf_backward(dout, u, v, du, dv, n))
     }
     fn concat_cols(
         &self,
@@ -771,12 +573,7 @@ impl Backend for CudaBackend {
         b: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "concat_cols";
-        check_len(OP, "a", a.len(), &[b, da])?;
-        check_len(OP, "c", c.len(), &[b, dc])?;
-        check_len(OP, "out", out.len(), &[b, da + dc])?;
-        let (dai, dci, bi) = (i32_of(OP, "da", da)?, i32_of(OP, "dc", dc)?, i32_of(OP, "b", b)?);
-        launch!(self, OP, "concat_cols", grid(b * (da + dc)), a, &dai, c, &dci, out, &bi)
+        self.exec("concat_cols", ops::concat_cols(self.m(a), da, self.m(c), dc, b, self.m(out)))
     }
     fn split_cols(
         &self,
@@ -787,20 +584,10 @@ impl Backend for CudaBackend {
         grad_a: &mut Self::Buf,
         grad_c: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "split_cols";
-        check_len(OP, "dout", dout.len(), &[b, da + dc])?;
-        check_len(OP, "grad_a", grad_a.len(), &[b, da])?;
-        check_len(OP, "grad_c", grad_c.len(), &[b, dc])?;
-        let (dai, dci, bi) = (i32_of(OP, "da", da)?, i32_of(OP, "dc", dc)?, i32_of(OP, "b", b)?);
-        launch!(self, OP, "split_cols", grid(b * (da + dc)), dout, &dai, &dci, grad_a, grad_c, &bi)
+        self.exec("split_cols", ops::split_cols(self.m(dout), da, dc, b, self.m(grad_a), self.m(grad_c)))
     }
     fn rowdot_forward(&self, u: &Self::Buf, v: &Self::Buf, b: usize, d: usize, out: &mut Self::Buf) -> Result<()> {
-        const OP: &str = "rowdot_forward";
-        check_len(OP, "u", u.len(), &[b, d])?;
-        check_len(OP, "v", v.len(), &[b, d])?;
-        check_len(OP, "out", out.len(), &[b])?;
-        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
-        launch!(self, OP, "rowdot_forward", warps(b), u, v, out, &bi, &di)
+        self.exec("rowdot_forward", ops::rowdot_forward(self.m(u), self.m(v), b, d, self.m(out)))
     }
     fn rowdot_backward(
         &self,
@@ -812,41 +599,21 @@ impl Backend for CudaBackend {
         du: &mut Self::Buf,
         dv: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "rowdot_backward";
-        check_len(OP, "dout", dout.len(), &[b])?;
-        for (t, l) in [("u", u.len()), ("v", v.len()), ("du", du.len()), ("dv", dv.len())] {
-            check_len(OP, t, l, &[b, d])?;
-        }
-        let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
-        launch!(self, OP, "rowdot_backward", grid(b * d), dout, u, v, du, dv, &bi, &di)
+        let (dout, u, v, du, dv) = (self.m(dout), self.m(u), self.m(v), self.m(du), self.m(dv));
+        self.exec("rowdot_backward", ops::rowdot_backward(dout, u, v, b, d, du, dv))
     }
     fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()> {
-        check_len("add_assign", "out", out.len(), &[n])?;
-        check_len("add_assign", "x", x.len(), &[n])?;
-        let nn = n as i64;
-        launch!(self, "add_assign", "add_assign", grid(n), out, x, &nn)
+        self.exec("add_assign", ops::add_assign(self.m(out), self.m(x), n))
     }
     fn add_scalar(&self, out: &mut Self::Buf, s: &Self::Buf, n: usize) -> Result<()> {
-        check_len("add_scalar", "out", out.len(), &[n])?;
-        check_len("add_scalar", "s", s.len(), &[1])?;
-        let nn = n as i64;
-        launch!(self, "add_scalar", "add_scalar", grid(n), out, s, &nn)
+        self.exec("add_scalar", ops::add_scalar(self.m(out), self.m(s), n))
     }
     fn sum_into(&self, x: &Self::Buf, n: usize, acc: &mut Self::Buf) -> Result<()> {
-        check_len("sum_into", "x", x.len(), &[n])?;
-        check_len("sum_into", "acc", acc.len(), &[1])?;
-        let nn = n as i64;
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "sum_into", "sum_into", cfg, x, &nn, acc)
+        self.exec("sum_into", ops::sum_into(self.m(x), n, self.m(acc)))
     }
 
     fn sgd_step(&self, p: &mut Self::Buf, g: &mut Self::Buf, mom: &mut Self::Buf, n: usize, hp: &SgdHp) -> Result<()> {
-        for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
-            check_len("sgd_step", t, l, &[n])?;
-        }
-        let s = SgdScalars::new(hp);
-        let nn = n as i64;
-        launch!(self, "sgd_step", "sgd_step", grid(n), p, g, mom, &nn, &s.lr, &s.mu, &s.l2, &s.shrink)
+        self.exec("sgd_step", ops::sgd_step(self.m(p), self.m(g), self.m(mom), n, hp))
     }
     fn adam_step(
         &self,
@@ -858,34 +625,8 @@ impl Backend for CudaBackend {
         hp: &AdamHp,
         t: &Self::Ids,
     ) -> Result<()> {
-        for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
-            check_len("adam_step", name, l, &[n])?;
-        }
-        check_step("adam_step", t)?;
-        let s = AdamScalars::new(hp);
-        let nn = n as i64;
-        launch!(
-            self,
-            "adam_step",
-            "adam_step",
-            grid(n),
-            p,
-            g,
-            m,
-            v,
-            &nn,
-            &s.b1,
-            &s.omb1,
-            &s.b2,
-            &s.omb2,
-            &s.lr,
-            &s.beta1,
-            &s.beta2,
-            &s.eps,
-            &s.l2,
-            &s.shrink,
-            &t.dev
-        )
+        let (p, g, m, v) = (self.m(p), self.m(g), self.m(m), self.m(v));
+        self.exec("adam_step", ops::adam_step(p, g, m, v, n, hp, self.idm(t)))
     }
     fn sgd_step_rows(
         &self,
@@ -897,21 +638,8 @@ impl Backend for CudaBackend {
         n: usize,
         hp: &SgdHp,
     ) -> Result<()> {
-        const OP: &str = "sgd_step_rows";
-        for (t, l) in [("p", p.len()), ("g", g.len()), ("mom", mom.len())] {
-            check_len(OP, t, l, &[n, d])?;
-        }
-        rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
-        let s = SgdScalars::new(hp);
-        let (ci, di) = (i32_of(OP, "cap", rows.cap())?, i32_of(OP, "d", d)?);
-        let live = LiveRows::of(rows);
-        let mut l = self.stream.launch_builder(self.f(OP)?);
-        l.arg(p).arg(g).arg(mom);
-        live.push(&mut l);
-        l.arg(&ci).arg(&di).arg(&s.lr).arg(&s.mu).arg(&s.l2).arg(&s.shrink);
-        // SAFETY: matches `sgd_step_rows` in optim.cu (rows, nrows_host, nrows_dev, cap, d, …);
-        // the row list holds cap ids < n (checked above, or made by unique_ids).
-        unsafe { l.launch(grid(rows.cap() * d)) }.map(|_| ()).map_err(dev_err(OP))
+        let (p, g, mom) = (self.m(p), self.m(g), self.m(mom));
+        self.exec("sgd_step_rows", ops::sgd_step_rows(p, g, mom, self.idm(rows), d, n, hp))
     }
     fn adam_step_rows(
         &self,
@@ -925,35 +653,19 @@ impl Backend for CudaBackend {
         hp: &AdamHp,
         t: &Self::Ids,
     ) -> Result<()> {
-        const OP: &str = "adam_step_rows";
-        for (name, l) in [("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
-            check_len(OP, name, l, &[n, d])?;
-        }
-        rows.check(OP, "p", rows.len.min(rows.cap()), n)?;
-        check_step(OP, t)?;
-        let s = AdamScalars::new(hp);
-        let (ci, di) = (i32_of(OP, "cap", rows.cap())?, i32_of(OP, "d", d)?);
-        let live = LiveRows::of(rows);
-        let mut l = self.stream.launch_builder(self.f(OP)?);
-        l.arg(p).arg(g).arg(m).arg(v);
-        live.push(&mut l);
-        l.arg(&ci).arg(&di).arg(&s.b1).arg(&s.omb1).arg(&s.b2).arg(&s.omb2).arg(&s.lr).arg(&s.beta1).arg(&s.beta2);
-        l.arg(&s.eps).arg(&s.l2).arg(&s.shrink).arg(&t.dev);
-        // SAFETY: matches `adam_step_rows` in optim.cu; the row list holds cap ids < n, and t
-        // is one u32 (checked above).
-        unsafe { l.launch(grid(rows.cap() * d)) }.map(|_| ()).map_err(dev_err(OP))
+        let (p, g, m, v) = (self.m(p), self.m(g), self.m(m), self.m(v));
+        self.exec("adam_step_rows", ops::adam_step_rows(p, g, m, v, self.idm(rows), d, n, hp, self.idm(t)))
     }
     fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<()> {
         const OP: &str = "unique_ids";
-        check_len(OP, "out", out.cap(), &[b])?;
-        ids.check(OP, "table", b, n)?;
+        ops::unique_ids(self.idm(ids), b, n, self.idm(out))?;
         if b == 0 {
             out.written_by_device(0);
             out.count = None;
             return Ok(());
         }
-        let guard = self.plan(OP, ids, b, n)?;
-        let Some(plan) = guard.as_ref() else { unreachable!("plan() returns a computed plan") };
+        let guard = self.row_plan(OP, ids, b, n)?;
+        let Some(plan) = guard.as_ref() else { unreachable!("row_plan() returns a computed plan") };
         // The distinct rows and their count, copied device to device (capacity b: at most b).
         let src = plan.uniq.slice(..b);
         let mut dst = out.dev.slice_mut(..b);
@@ -967,9 +679,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
     fn counter_add(&self, c: &mut Self::Ids, add: u32) -> Result<()> {
-        check_len("counter_add", "c", c.cap(), &[1])?;
-        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "counter_add", "counter_add", one, &mut c.dev, &add)?;
+        self.exec("counter_add", ops::counter_add(self.idm(c), add))?;
         // The device now owns the value; a host mirror would be stale.
         c.host = None;
         c.generation += 1;
@@ -986,43 +696,25 @@ impl Backend for CudaBackend {
         items: &mut Self::Ids,
         labels: &mut Self::Buf,
     ) -> Result<()> {
-        const OP: &str = "sample_batch";
-        check_len(OP, "state", state.cap(), &[5])?;
-        check_len(OP, "users", users.cap(), &[b])?;
-        check_len(OP, "items", items.cap(), &[b])?;
-        check_len(OP, "labels", labels.len(), &[b])?;
-        if b > batch || tables.positives == 0 {
-            return Err(Error::invalid(
-                OP,
-                "b",
-                format!("{b} rows from batches of {batch} over {} positives", tables.positives),
-            ));
-        }
-        let (ui, bi, ki) = (i32_of(OP, "users", tables.n_users)?, i32_of(OP, "batch", batch)?, i32_of(OP, "b", b)?);
-        let (n_items, n_neg, rows) = (tables.n_items as u32, tables.n_neg as u32, tables.rows());
-        launch!(
-            self,
-            OP,
-            OP,
-            grid(b),
-            &tables.train_off.dev,
-            &tables.train_items.dev,
-            &tables.known_off.dev,
-            &tables.known_items.dev,
-            &ui,
-            &n_items,
-            &n_neg,
-            &rows,
-            &state.dev,
-            &bi,
-            &ki,
-            &mut users.dev,
-            &mut items.dev,
-            labels
-        )?;
+        let t = plan::SampleBufs {
+            train_off: self.ad(&tables.train_off.dev),
+            train_items: self.ad(&tables.train_items.dev),
+            known_off: self.ad(&tables.known_off.dev),
+            known_items: self.ad(&tables.known_items.dev),
+            n_users: tables.n_users,
+            n_items: tables.n_items,
+            n_neg: tables.n_neg,
+            rows: tables.rows(),
+        };
+        // The batch, then state[0] += 1 on the device (one plan).
+        let p = ops::sample_batch(&t, self.idm(state), batch, b, self.idm(users), self.idm(items), self.m(labels));
+        self.exec("sample_batch", p)?;
         users.written_by_device(b);
         items.written_by_device(b);
-        self.counter_add(state, 1)
+        // The device now owns the state; a host mirror would be stale.
+        state.host = None;
+        state.generation += 1;
+        Ok(())
     }
 
     fn rank_unseen(
@@ -1035,18 +727,12 @@ impl Backend for CudaBackend {
         seen: &Self::Ids,
         ranks: &mut Self::Ids,
     ) -> Result<()> {
-        const OP: &str = "rank_unseen";
-        check_len(OP, "scores", scores.len(), &[u, n])?;
-        check_len(OP, "ranks", ranks.cap(), &[u])?;
-        targets.check(OP, "scores", u, n)?;
-        let seen_len = seen_csr_len(OP, seen_off, u)?;
-        seen.check(OP, "scores", seen_len, n)?;
+        let (t, o, s) = (self.idm(targets), self.idm(seen_off), self.idm(seen));
+        let p = ops::rank_unseen(self.m(scores), u, n, t, o, s, self.idm(ranks))?;
         if u == 0 {
             return Ok(());
         }
-        let ni = i32_of(OP, "n", n)?;
-        let cfg = LaunchConfig { grid_dim: (u as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, OP, "full_rank", cfg, scores, &ni, &targets.dev, &seen.dev, &seen_off.dev, &mut ranks.dev)?;
+        self.exec("rank_unseen", Ok(p))?;
         ranks.written_by_device(u);
         Ok(())
     }
@@ -1061,22 +747,11 @@ impl Backend for CudaBackend {
         seen: &Self::Ids,
         out: &mut Self::Ids,
     ) -> Result<()> {
-        const OP: &str = "top_k";
-        check_len(OP, "scores", scores.len(), &[u, n])?;
-        check_len(OP, "out", out.cap(), &[u, k])?;
-        let seen_len = seen_csr_len(OP, seen_off, u)?;
-        seen.check(OP, "scores", seen_len, n)?;
-        let mask_bytes = n.div_ceil(32) * 4;
-        if mask_bytes > 40 * 1024 {
-            return Err(Error::invalid(OP, "n", format!("{n} items exceed the kernel's 40 KiB shared-memory bitmap")));
-        }
-        if u == 0 || k == 0 {
+        let p = ops::top_k(self.m(scores), u, n, k, self.idm(seen_off), self.idm(seen), self.idm(out))?;
+        if p.steps().is_empty() {
             return Ok(());
         }
-        let (ni, ki) = (i32_of(OP, "n", n)?, i32_of(OP, "k", k)?);
-        let cfg =
-            LaunchConfig { grid_dim: (u as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: mask_bytes as u32 };
-        launch!(self, OP, "top_k", cfg, scores, &ni, &ki, &seen.dev, &seen_off.dev, &mut out.dev)?;
+        self.exec("top_k", Ok(p))?;
         out.written_by_device(u * k);
         Ok(())
     }
@@ -1102,124 +777,9 @@ impl Backend for CudaBackend {
     }
 }
 
-/// Entries of a seen-items CSR over `u` users, read from its host-written offsets (the kernels
-/// index it unchecked, so the offsets must be known).
-fn seen_csr_len(op: &'static str, off: &DevIds, u: usize) -> Result<usize> {
-    check_len(op, "seen_off", off.cap(), &[u + 1])?;
-    let Some(h) = &off.host else {
-        return Err(Error::invalid(op, "seen_off", "offsets must be written from the host"));
-    };
-    if h[..=u].windows(2).any(|w| w[0] > w[1]) {
-        return Err(Error::invalid(op, "seen_off", "offsets must not decrease"));
-    }
-    Ok(h[u] as usize)
-}
-
-/// A step counter buffer: one id, written by the host or advanced on the device.
-fn check_step(op: &'static str, t: &DevIds) -> Result<()> {
-    check_len(op, "t", t.cap(), &[1])?;
-    match &t.host {
-        Some(h) if h[0] == 0 => Err(Error::invalid(op, "t", "Adam steps count from 1")),
-        _ => Ok(()),
-    }
-}
-
-/// SGD's scalars in f32, from the f64 hyperparameters (as `ops/optim.rs` on the CPU).
-struct SgdScalars {
-    lr: f32,
-    mu: f32,
-    l2: f32,
-    shrink: f32,
-}
-
-impl SgdScalars {
-    fn new(hp: &SgdHp) -> Self {
-        SgdScalars {
-            lr: hp.lr as f32,
-            mu: hp.momentum as f32,
-            l2: hp.decay.l2() as f32,
-            shrink: (1.0 - hp.lr * hp.decay.decoupled()) as f32,
-        }
-    }
-}
-
-/// Adam's scalars as the kernels take them: the moment rates in f32 rounded from f64 (as the
-/// CPU's `AdamScalars`), and lr, β₁, β₂ in f64 for the bias corrections the kernel computes
-/// from the device's step count.
-struct AdamScalars {
-    b1: f32,
-    omb1: f32,
-    b2: f32,
-    omb2: f32,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f32,
-    l2: f32,
-    shrink: f32,
-}
-
-impl AdamScalars {
-    fn new(hp: &AdamHp) -> Self {
-        AdamScalars {
-            b1: hp.beta1 as f32,
-            omb1: (1.0 - hp.beta1) as f32,
-            b2: hp.beta2 as f32,
-            omb2: (1.0 - hp.beta2) as f32,
-            lr: hp.lr,
-            beta1: hp.beta1,
-            beta2: hp.beta2,
-            eps: hp.eps as f32,
-            l2: hp.decay.l2() as f32,
-            shrink: (1.0 - hp.lr * hp.decay.decoupled()) as f32,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Column-major GEMM as cuBLAS defines it: `C (m,n) = op(A)·op(B)`, `ld*` the column strides.
-    fn sgemm_col_major(args: &CublasArgs, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
-        let (lda, ldb, ldc) = (args.ld_first as usize, args.ld_second as usize, args.ldc as usize);
-        for j in 0..n {
-            for i in 0..m {
-                let mut s = 0.0f32;
-                for p in 0..k {
-                    let x = if args.trans_first { a[p + i * lda] } else { a[i + p * lda] };
-                    let y = if args.trans_second { b[j + p * ldb] } else { b[p + j * ldb] };
-                    s += x * y;
-                }
-                c[i + j * ldc] = s;
-            }
-        }
-    }
-
-    /// The row-major → cuBLAS mapping, run through a column-major reference GEMM on the CPU,
-    /// gives the row-major product for all four transpose combinations.
-    #[test]
-    fn cublas_mapping_computes_the_row_major_product() {
-        let (m, n, k) = (5usize, 3usize, 4usize);
-        let av: Vec<f32> = (0..m * k).map(|x| x as f32 * 0.5 - 3.0).collect(); // A' (M,K)
-        let bv: Vec<f32> = (0..k * n).map(|x| 1.0 - x as f32 * 0.25).collect(); // B' (K,N)
-        let mut want = vec![0.0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                want[i * n + j] = (0..k).map(|p| av[i * k + p] * bv[p * n + j]).sum();
-            }
-        }
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            // Store A' as A = A'ᵀ (K,M) when ta, and B' as B = B'ᵀ (N,K) when tb, row-major.
-            let a: Vec<f32> = if ta { (0..k * m).map(|e| av[(e % m) * k + e / m]).collect() } else { av.clone() };
-            let b: Vec<f32> = if tb { (0..n * k).map(|e| bv[(e % k) * n + e / k]).collect() } else { bv.clone() };
-            let args = cublas_args(m as i32, n as i32, k as i32, ta, tb);
-            let mut c = vec![f32::NAN; m * n];
-            sgemm_col_major(&args, &b, &a, &mut c); // B is cuBLAS's first operand
-            assert_eq!(c, want, "ta={ta} tb={tb}");
-        }
-    }
 
     /// Summing each run of `sorted_runs` in order (what `embedding_backward_sorted` does) is the
     /// CPU's naive scatter-add, bit for bit.

@@ -1,68 +1,76 @@
 //! Every kernel of `kernels/*.cu`, run on the CPU by the CUDA emulator (`crates/ncf-cuda/emu`)
-//! with the launch configuration and argument list `src/backend.rs` uses, on random inputs of
-//! odd sizes, against `CpuBackend<f32>` (or a naive loop where the CPU has no such op). Each
-//! kernel runs with its threads in forward, reverse and shuffled order. Needs only a C++
-//! compiler; prints `skipped: no C++ compiler (g++)` without one.
+//! through the **launch plans of `src/plan.rs`** (the ones `CudaBackend` executes on a GPU),
+//! built here from host addresses, on random inputs of odd sizes, against `CpuBackend<f32>`
+//! (or a naive loop where the CPU has no such op). Each check runs with the threads in forward,
+//! reverse and shuffled order. Needs only a C++ compiler; prints `skipped: no C++ compiler
+//! (g++)` without one.
 //!
 //! `cargo test --release -p ncf-cuda --test emulated -- --nocapture`
 //!
-//! Adding a kernel: write a check launching it like backend.rs does and comparing with a
-//! reference, and list it in `CHECKS` with the kernels it launches:
+//! No grid, argument list or GEMM mapping is written here: a check calls the op's builder in
+//! `ncf_cuda::plan` with the addresses of its host buffers and runs the plan with
+//! [`Ctx::run`], giving the buffers (`arg(&v)` read-only, `arg(&mut v)` written); the emulator
+//! resolves each pointer argument to the buffer at that address and checks the argument list
+//! against the kernel's signature, and runs a plan's cuBLAS calls with a reference `sgemm`.
+//! The one deliberate change of a plan is [`strided`]: grid-stride kernels also run on a small
+//! grid, so every size takes several passes of the loop.
 //!
 //! ```ignore
-//! fn scale(x: &Ctx) {
+//! fn relu_forward(x: &Ctx) {
 //!     let (n, inp) = (1001, rand_vec(1001, 1));
 //!     let mut out = vec![f32::NAN; n];
-//!     x.run("scale", grid(n), &[arg(&inp), arg(&mut out), arg(2.0f32), arg(n as i64)]);
-//!     x.check("scale", "n=1001", &out, &inp.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), EXACT);
+//!     let p = plan::relu_forward(ad(&inp), ad(&out), n);
+//!     x.run(&p, &[arg(&inp), arg(&mut out)]);
+//!     x.check("relu_forward", "n=1001", &out, &want, EXACT);
 //! }
-//! // CHECKS: (&["scale"], scale),
+//! // CHECKS: (&[Kernel::ReluForward], relu_forward),
 //! ```
 //!
-//! `arg(&v)` is a read-only buffer (`const T*`), `arg(&mut v)` a written one, `arg(n as i64)` a
-//! scalar of the kernel's exact type, `null::<f32>()` a null pointer; a mismatch with the
-//! kernel's signature fails the launch. `every_kernel_is_exercised` fails while a kernel in
-//! `SOURCES` has no entry. Failures print max abs / rel error and the first differing values
-//! (`ncf_core::tol`), or the emulator's message (block, thread, what went wrong).
+//! `every_kernel_is_exercised` fails while a `Kernel` has no entry in `CHECKS`. Failures print
+//! max abs / rel error and the first differing values (`ncf_core::tol`), or the emulator's
+//! message (block, thread, what went wrong).
 
 mod common;
 mod emu;
 use common::{f64s, rand_ids, rand_vec};
 
-use emu::{Arg, Cfg, Emu, Order, arg, null};
+use emu::{Arg, Cfg, Emu, Order, arg};
 use ncf_core::tol::{Tol, compare};
-use ncf_core::{AdamHp, Backend, Decay, SgdHp};
+use ncf_core::{AdamHp, Backend, Decay, Result, SgdHp};
 use ncf_cpu::CpuBackend;
 use ncf_cuda::kernels::{SOURCES, kernel_names, unit};
+use ncf_cuda::plan::{self, Epilogue, GpuGemm, Kernel, LOSS_BLOCKS, Loss, Plan, RowPlanBufs, Rows, Seen, Step};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::c_void;
 
-// ---- Launch configurations: the same as src/backend.rs ------------------------------------
-
-const BLOCK: u32 = 256;
-const LOSS_BLOCKS: u32 = 64;
-
-/// backend.rs `grid`: a grid-stride launch covering `n` elements.
-fn grid(n: usize) -> Cfg {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
-    Cfg::new((blocks, 1, 1), (BLOCK, 1, 1), 0)
-}
-
-/// backend.rs `warps`: one warp per row.
-fn warps(rows: usize) -> Cfg {
-    let blocks = (rows * 32).div_ceil(BLOCK as usize).max(1) as u32;
-    Cfg::new((blocks, 1, 1), (BLOCK, 1, 1), 0)
-}
-
-/// `blocks` blocks of 256 threads (one block per column / user / …).
-fn blocks(n: usize) -> Cfg {
-    Cfg::new((n.max(1) as u32, 1, 1), (BLOCK, 1, 1), 0)
+/// The host address of a buffer, as a plan takes it.
+fn ad<T>(v: &[T]) -> u64 {
+    v.as_ptr() as u64
 }
 
 /// A deliberately small grid for grid-stride kernels: 192 threads, so every size below takes
-/// several passes of the loop (backend.rs's `grid` only does past 16.7M elements).
-const STRIDED: Cfg = Cfg::new((3, 1, 1), (64, 1, 1), 0);
+/// several passes of the loop (the plans' grids only do past 16.7M elements).
+const STRIDED: ((u32, u32, u32), (u32, u32, u32)) = ((3, 1, 1), (64, 1, 1));
+
+/// `p` (one launch of a grid-stride kernel), on the [`STRIDED`] grid when `strided`.
+#[track_caller]
+fn strided(p: Result<Plan>, strided: bool) -> Plan {
+    let p = p.unwrap_or_else(|e| panic!("plan: {e}"));
+    if !strided {
+        return p;
+    }
+    let l = p.launch().unwrap_or_else(|| panic!("not a single launch: {p:?}"));
+    Plan::one(l.with_cfg(STRIDED.0, STRIDED.1))
+}
+
+/// Both grids of a grid-stride kernel: the plan's and [`STRIDED`].
+const GRIDS: [bool; 2] = [false, true];
+
+/// The launch of a one-launch plan, for messages.
+fn desc(p: &Plan) -> String {
+    p.launches().map(|l| l.to_string()).collect::<Vec<_>>().join(" + ")
+}
 
 /// GPU vs CPU in f32: different summation orders.
 const TOL: Tol = Tol::F32_KERNEL;
@@ -94,8 +102,20 @@ struct Ctx<'e> {
 }
 
 impl Ctx<'_> {
-    fn run(&self, name: &str, cfg: Cfg, args: &[Arg<'_>]) {
-        self.emu.run(name, cfg, args);
+    /// Runs a plan on the emulator over `bufs`; panics with the emulator's message on failure.
+    #[track_caller]
+    fn run(&self, p: &Plan, bufs: &[Arg<'_>]) {
+        if let Err(e) = self.emu.run_plan(p, bufs) {
+            panic!("emulated plan failed: {e}");
+        }
+    }
+
+    /// Builds and runs a plan (a builder's `Result`).
+    #[track_caller]
+    fn run_r(&self, p: Result<Plan>, bufs: &[Arg<'_>]) -> Plan {
+        let p = p.unwrap_or_else(|e| panic!("plan: {e}"));
+        self.run(&p, bufs);
+        p
     }
 
     /// Compares `got` with `want` and records the error under `kernel`; panics with the
@@ -130,44 +150,44 @@ impl Ctx<'_> {
 type Check = fn(&Ctx);
 
 /// Each check with the kernels it launches (it must launch all of them). Together they cover
-/// every kernel of `SOURCES` (`every_kernel_is_exercised`).
-const CHECKS: &[(&[&str], Check)] = &[
-    (&["embedding_forward"], embedding_forward),
-    (&["embedding_backward_atomic"], embedding_backward_atomic),
-    (&["rows_count", "rows_scan", "rows_place", "rows_sort"], row_plan_check),
-    (&["embedding_backward_sorted"], embedding_backward_sorted),
-    (&["gather_add_relu"], gather_add_relu),
-    (&["gemm_naive", "bias_grad"], gemm_naive),
-    (&["gemm_tiled", "bias_grad", "matvec_bias"], gemm_tiled),
-    (&["bias_broadcast", "bias_relu_forward"], cublas_epilogues),
-    (&["bias_grad"], bias_grad),
-    (&["matvec_bias"], matvec_bias),
-    (&["relu_forward"], relu_forward),
-    (&["relu_backward"], relu_backward),
-    (&["relu_bias_backward"], relu_bias_backward),
-    (&["bias_relu_forward"], bias_relu_forward),
-    (&["sigmoid_forward"], sigmoid_forward),
-    (&["bce_with_logits"], bce_with_logits),
-    (&["mse"], mse),
-    (&["gmf_forward"], gmf_forward),
-    (&["gmf_backward"], gmf_backward),
-    (&["concat_cols"], concat_cols),
-    (&["split_cols"], split_cols),
-    (&["rowdot_forward"], rowdot_forward),
-    (&["rowdot_backward"], rowdot_backward),
-    (&["add_assign"], add_assign),
-    (&["add_scalar"], add_scalar),
-    (&["sum_into"], sum_into),
-    (&["fill"], fill),
-    (&["sgd_step"], sgd_step),
-    (&["sgd_step_rows"], sgd_step_rows),
-    (&["adam_step"], adam_step),
-    (&["adam_step_rows"], adam_step_rows),
-    (&["counter_add"], counter_add),
-    (&["sample_batch", "counter_add"], sample_batch),
-    (&["rank_of_first"], rank_of_first),
-    (&["full_rank"], full_rank),
-    (&["top_k"], top_k),
+/// every [`Kernel`] (`every_kernel_is_exercised`).
+const CHECKS: &[(&[Kernel], Check)] = &[
+    (&[Kernel::EmbeddingForward], embedding_forward),
+    (&[Kernel::EmbeddingBackwardAtomic], embedding_backward_atomic),
+    (&[Kernel::RowsCount, Kernel::RowsScan, Kernel::RowsPlace, Kernel::RowsSort], row_plan_check),
+    (&[Kernel::EmbeddingBackwardSorted], embedding_backward_sorted),
+    (&[Kernel::GatherAddRelu], gather_add_relu),
+    (&[Kernel::GemmNaive, Kernel::BiasGrad], gemm_naive),
+    (&[Kernel::GemmTiled, Kernel::BiasGrad, Kernel::MatvecBias], gemm_tiled),
+    (&[Kernel::BiasBroadcast, Kernel::BiasReluForward, Kernel::BiasGrad, Kernel::MatvecBias], gemm_cublas),
+    (&[Kernel::BiasGrad], bias_grad),
+    (&[Kernel::MatvecBias], matvec_bias),
+    (&[Kernel::ReluForward], relu_forward),
+    (&[Kernel::ReluBackward], relu_backward),
+    (&[Kernel::ReluBiasBackward], relu_bias_backward),
+    (&[Kernel::BiasReluForward], bias_relu_forward),
+    (&[Kernel::SigmoidForward], sigmoid_forward),
+    (&[Kernel::BceWithLogits], bce_with_logits),
+    (&[Kernel::Mse], mse),
+    (&[Kernel::GmfForward], gmf_forward),
+    (&[Kernel::GmfBackward], gmf_backward),
+    (&[Kernel::ConcatCols], concat_cols),
+    (&[Kernel::SplitCols], split_cols),
+    (&[Kernel::RowdotForward], rowdot_forward),
+    (&[Kernel::RowdotBackward], rowdot_backward),
+    (&[Kernel::AddAssign], add_assign),
+    (&[Kernel::AddScalar], add_scalar),
+    (&[Kernel::SumInto], sum_into),
+    (&[Kernel::Fill], fill),
+    (&[Kernel::SgdStep], sgd_step),
+    (&[Kernel::SgdStepRows], sgd_step_rows),
+    (&[Kernel::AdamStep], adam_step),
+    (&[Kernel::AdamStepRows], adam_step_rows),
+    (&[Kernel::CounterAdd], counter_add),
+    (&[Kernel::SampleBatch, Kernel::CounterAdd], sample_batch),
+    (&[Kernel::RankOfFirst], rank_of_first),
+    (&[Kernel::FullRank], full_rank),
+    (&[Kernel::TopK], top_k),
 ];
 
 // ---- embedding.cu ------------------------------------------------------------------------------
@@ -177,10 +197,11 @@ fn embedding_forward(x: &Ctx) {
         let (table, ids) = (rand_vec(n * d, 1), rand_ids(b, n, 2));
         let mut want = vec![0.0; b * d];
         x.cpu.embedding_forward(&table, n, d, &ids, b, &mut want).unwrap();
-        for cfg in [grid(b * d), STRIDED] {
+        for s in GRIDS {
             let mut out = vec![f32::NAN; b * d];
-            x.run("embedding_forward", cfg, &[arg(&table), arg(&ids), arg(&mut out), arg(b as i32), arg(d as i32)]);
-            x.check("embedding_forward", &format!("n={n} d={d} b={b} {cfg}"), &out, &want, EXACT);
+            let p = strided(plan::embedding_forward(ad(&table), ad(&ids), ad(&out), b, d), s);
+            x.run(&p, &[arg(&table), arg(&ids), arg(&mut out)]);
+            x.check("embedding_forward", &format!("n={n} d={d} b={b} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
@@ -191,20 +212,17 @@ fn embedding_backward_atomic(x: &Ctx) {
         let (dout, ids, init) = (rand_vec(b * d, 3), rand_ids(b, n, 4), rand_vec(n * d, 5));
         let mut want = init.clone();
         x.cpu.embedding_backward(&dout, &ids, b, d, &mut want, n).unwrap();
-        for cfg in [grid(b * d), STRIDED] {
+        for s in GRIDS {
             let mut got = init.clone();
-            x.run(
-                "embedding_backward_atomic",
-                cfg,
-                &[arg(&dout), arg(&ids), arg(&mut got), arg(b as i32), arg(d as i32)],
-            );
-            x.check("embedding_backward_atomic", &format!("n={n} d={d} b={b} {cfg}"), &got, &want, TOL);
+            let p = strided(plan::embedding_backward_atomic(ad(&dout), ad(&ids), ad(&got), b, d), s);
+            x.run(&p, &[arg(&dout), arg(&ids), arg(&mut got)]);
+            x.check("embedding_backward_atomic", &format!("n={n} d={d} b={b} {}", desc(&p)), &got, &want, TOL);
         }
     }
 }
 
 /// The row plan buffers of backend.rs `RowPlan`, for ids of capacity `cap` over `n` rows.
-struct Plan {
+struct RowBufs {
     count: Vec<u32>,
     fill: Vec<u32>,
     order: Vec<u32>,
@@ -213,13 +231,25 @@ struct Plan {
     nuniq: Vec<u32>,
 }
 
-/// backend.rs `plan`: the four launches that build the row plan of `ids[..b]`, checking what
-/// each leaves behind when `verify` is set.
-fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> Plan {
+impl RowBufs {
+    fn addrs(&self) -> RowPlanBufs {
+        RowPlanBufs {
+            count: ad(&self.count),
+            fill: ad(&self.fill),
+            order: ad(&self.order),
+            seg: ad(&self.seg),
+            uniq: ad(&self.uniq),
+            nuniq: ad(&self.nuniq),
+        }
+    }
+}
+
+/// `plan::row_plan` of `ids[..b]` (the four launches backend.rs's `row_plan` runs), step by
+/// step, checking what each leaves behind when `verify` is set.
+fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> RowBufs {
     let b = ids.len();
     let z = |len: usize| vec![0u32; len.max(1)];
-    let mut p = Plan { count: z(n), fill: z(n), order: z(cap), seg: z(cap + 1), uniq: z(cap), nuniq: z(1) };
-    let (bi, ni, ci) = (b as i32, n as i32, cap as i32);
+    let mut p = RowBufs { count: z(n), fill: z(n), order: z(cap), seg: z(cap + 1), uniq: z(cap), nuniq: z(1) };
     let tag = format!("n={n} b={b} cap={cap}");
     let mut counts = vec![0u32; n.max(1)];
     for &i in ids {
@@ -231,35 +261,46 @@ fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> Plan {
     uniq.dedup();
     let s = uniq.len();
 
-    x.run("rows_count", grid(b), &[arg(ids), arg(bi), arg(&mut p.count)]);
-    if verify {
-        x.check_u32("rows_count", &format!("count {tag}"), &p.count, &counts);
-    }
-    let one = Cfg::new((1, 1, 1), (1024, 1, 1), 0);
-    let args = [arg(&mut p.count), arg(ni), arg(&mut p.fill), arg(&mut p.uniq), arg(&mut p.seg), arg(&mut p.nuniq)];
-    x.run("rows_scan", one, &args);
-    if verify {
-        x.check_u32("rows_scan", &format!("count reset {tag}"), &p.count, &z(n));
-        x.check_u32("rows_scan", &format!("nuniq {tag}"), &p.nuniq, &[s as u32]);
-        x.check_u32("rows_scan", &format!("uniq {tag}"), &p.uniq[..s], &uniq);
-        x.check_u32("rows_scan", &format!("seg {tag}"), &p.seg[..=s], &starts);
-        let fill: Vec<u32> = uniq.iter().map(|&r| p.fill[r as usize]).collect();
-        x.check_u32("rows_scan", &format!("fill {tag}"), &fill, &starts[..s]);
-    }
-    x.run("rows_place", grid(b), &[arg(ids), arg(bi), arg(&mut p.fill), arg(&mut p.order)]);
-    if verify {
-        let fill: Vec<u32> = uniq.iter().map(|&r| p.fill[r as usize]).collect();
-        x.check_u32("rows_place", &format!("fill = run ends {tag}"), &fill, &starts[1..]);
-        // Each run holds its row's positions, in any order.
-        let mut placed = p.order[..b].to_vec();
-        for w in starts.windows(2) {
-            placed[w[0] as usize..w[1] as usize].sort_unstable();
+    let full = plan::row_plan(ad(ids), &p.addrs(), b, n, cap).unwrap();
+    let kernels: Vec<Kernel> = full.launches().map(|l| l.kernel).collect();
+    assert_eq!(kernels, [Kernel::RowsCount, Kernel::RowsScan, Kernel::RowsPlace, Kernel::RowsSort]);
+    for step in full.steps() {
+        let Step::Kernel(l) = step else { panic!("the row plan has no GEMM") };
+        let bufs = [
+            arg(ids),
+            arg(&mut p.count),
+            arg(&mut p.fill),
+            arg(&mut p.order),
+            arg(&mut p.seg),
+            arg(&mut p.uniq),
+            arg(&mut p.nuniq),
+        ];
+        x.run(&Plan::one(*l), &bufs);
+        if !verify {
+            continue;
         }
-        x.check_u32("rows_place", &format!("order as sets {tag}"), &placed, &order);
-    }
-    x.run("rows_sort", grid(cap), &[arg(&mut p.order), arg(&p.seg), arg(&p.nuniq), arg(ci)]);
-    if verify {
-        x.check_u32("rows_sort", &format!("order {tag}"), &p.order[..b], &order);
+        match l.kernel {
+            Kernel::RowsCount => x.check_u32("rows_count", &format!("count {tag}"), &p.count, &counts),
+            Kernel::RowsScan => {
+                x.check_u32("rows_scan", &format!("count reset {tag}"), &p.count, &z(n));
+                x.check_u32("rows_scan", &format!("nuniq {tag}"), &p.nuniq, &[s as u32]);
+                x.check_u32("rows_scan", &format!("uniq {tag}"), &p.uniq[..s], &uniq);
+                x.check_u32("rows_scan", &format!("seg {tag}"), &p.seg[..=s], &starts);
+                let fill: Vec<u32> = uniq.iter().map(|&r| p.fill[r as usize]).collect();
+                x.check_u32("rows_scan", &format!("fill {tag}"), &fill, &starts[..s]);
+            }
+            Kernel::RowsPlace => {
+                let fill: Vec<u32> = uniq.iter().map(|&r| p.fill[r as usize]).collect();
+                x.check_u32("rows_place", &format!("fill = run ends {tag}"), &fill, &starts[1..]);
+                // Each run holds its row's positions, in any order.
+                let mut placed = p.order[..b].to_vec();
+                for w in starts.windows(2) {
+                    placed[w[0] as usize..w[1] as usize].sort_unstable();
+                }
+                x.check_u32("rows_place", &format!("order as sets {tag}"), &placed, &order);
+            }
+            _ => x.check_u32("rows_sort", &format!("order {tag}"), &p.order[..b], &order),
+        }
     }
     p
 }
@@ -281,20 +322,12 @@ fn embedding_backward_sorted(x: &Ctx) {
         let mut want = init.clone();
         x.cpu.embedding_backward(&dout, &ids, b, d, &mut want, n).unwrap();
         let p = row_plan(x, &ids, n, cap, false);
-        for cfg in [grid(b * d), STRIDED] {
+        for s in GRIDS {
             let mut got = init.clone();
-            let args = [
-                arg(&dout),
-                arg(&p.order),
-                arg(&p.seg),
-                arg(&p.uniq),
-                arg(&p.nuniq),
-                arg(&mut got),
-                arg(b as i32),
-                arg(d as i32),
-            ];
-            x.run("embedding_backward_sorted", cfg, &args);
-            x.check("embedding_backward_sorted", &format!("n={n} d={d} b={b} {cfg}"), &got, &want, EXACT);
+            let pl = strided(plan::embedding_backward_sorted(ad(&dout), &p.addrs(), ad(&got), b, d), s);
+            let bufs = [arg(&dout), arg(&p.order), arg(&p.seg), arg(&p.uniq), arg(&p.nuniq), arg(&mut got)];
+            x.run(&pl, &bufs);
+            x.check("embedding_backward_sorted", &format!("n={n} d={d} b={b} {}", desc(&pl)), &got, &want, EXACT);
         }
     }
 }
@@ -305,94 +338,16 @@ fn gather_add_relu(x: &Ctx) {
         let (ia, ic) = (rand_ids(b, na, 11), rand_ids(b, nc, 12));
         let mut want = vec![0.0; b * d];
         x.cpu.gather_add_relu(&a, na, &ia, &c, nc, &ic, d, b, &mut want).unwrap();
-        for cfg in [grid(b * d), STRIDED] {
+        for s in GRIDS {
             let mut out = vec![f32::NAN; b * d];
-            let args = [arg(&a), arg(&ia), arg(&c), arg(&ic), arg(&mut out), arg(b as i32), arg(d as i32)];
-            x.run("gather_add_relu", cfg, &args);
-            x.check("gather_add_relu", &format!("d={d} b={b} {cfg}"), &out, &want, EXACT);
+            let p = strided(plan::gather_add_relu((ad(&a), ad(&ia)), (ad(&c), ad(&ic)), ad(&out), b, d), s);
+            x.run(&p, &[arg(&a), arg(&ia), arg(&c), arg(&ic), arg(&mut out)]);
+            x.check("gather_add_relu", &format!("d={d} b={b} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
 
 // ---- linear.cu -----------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Gemm {
-    Naive,
-    Tiled,
-}
-
-/// The GEMM epilogue of backend.rs `gemm_rm`: `C += bias` per column, and `relu_out = max(C, 0)`.
-type Epilogue<'a, 'b> = Option<(&'a [f32], Option<&'b mut [f32]>)>;
-
-/// backend.rs `gemm_rm` for the hand-written kernels.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rm(
-    x: &Ctx,
-    gemm: Gemm,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    (ta, tb): (bool, bool),
-    (alpha, beta): (f32, f32),
-    epilogue: Epilogue<'_, '_>,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let (name, cfg) = match gemm {
-        Gemm::Naive => ("gemm_naive", grid(m * n)),
-        Gemm::Tiled => ("gemm_tiled", Cfg::new((n.div_ceil(16) as u32, m.div_ceil(64) as u32, 1), (256, 1, 1), 0)),
-    };
-    let (mi, ni, ki, tai, tbi) = (m as i32, n as i32, k as i32, ta as i32, tb as i32);
-    let (bias, relu) = match epilogue {
-        None => (null::<f32>(), null::<f32>()),
-        Some((bias, None)) => (arg(bias), null::<f32>()),
-        Some((bias, Some(r))) => (arg(bias), arg(r)),
-    };
-    let args =
-        [arg(a), arg(b), arg(c), arg(mi), arg(ni), arg(ki), arg(tai), arg(tbi), arg(alpha), arg(beta), bias, relu];
-    x.run(name, cfg, &args);
-}
-
-/// backend.rs `linear_forward` (hand-written GEMMs).
-#[allow(clippy::too_many_arguments)]
-fn linear_forward(
-    x: &Ctx,
-    gemm: Gemm,
-    inp: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-    b: usize,
-    i: usize,
-    o: usize,
-) {
-    if o == 1 && gemm != Gemm::Naive {
-        let args = [arg(inp), arg(w), arg(bias), arg(out), arg(b as i32), arg(i as i32)];
-        return x.run("matvec_bias", warps(b), &args);
-    }
-    gemm_rm(x, gemm, inp, w, out, (b, o, i), (false, true), (1.0, 0.0), Some((bias, None)));
-}
-
-/// backend.rs `linear_backward` (with `dinp`).
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    x: &Ctx,
-    gemm: Gemm,
-    dout: &[f32],
-    inp: &[f32],
-    w: &[f32],
-    (dinp, dw, dbias): (&mut [f32], &mut [f32], &mut [f32]),
-    b: usize,
-    i: usize,
-    o: usize,
-) {
-    gemm_rm(x, gemm, dout, w, dinp, (b, i, o), (false, false), (1.0, 0.0), None);
-    gemm_rm(x, gemm, dout, inp, dw, (o, i, b), (true, false), (1.0, 1.0), None);
-    x.run("bias_grad", blocks(o), &[arg(dout), arg(dbias), arg(b as i32), arg(o as i32)]);
-}
 
 /// The naive f64 reference of `C = alpha·op(A)·op(B) + beta·C (+ bias)`.
 #[allow(clippy::too_many_arguments)]
@@ -421,34 +376,39 @@ fn gemm_ref(
         .collect()
 }
 
-/// The dense layer forward (with and without the fused ReLU) and backward through `gemm`,
-/// against the CPU's; then the GEMM alone with every transpose combination, alpha / beta and
-/// epilogue against a naive f64 product.
-fn check_gemm(x: &Ctx, gemm: Gemm, kernel: &str) {
+/// The dense layer forward (with and without the fused ReLU) and backward through `gemm`'s
+/// plans, against the CPU's; then the GEMM alone with every transpose combination, alpha /
+/// beta and epilogue against a naive f64 product. With cuBLAS, the plans' `sgemm` calls run on
+/// the emulator's reference `sgemm` (so the row-major → column-major mapping is checked) and
+/// their extra kernels (`bias_broadcast`, `bias_relu_forward`) on the emulator.
+fn check_gemm(x: &Ctx, g: GpuGemm, kernel: &str) {
     let shapes =
         [(256, 64, 32), (300, 32, 16), (257, 16, 8), (7, 5, 3), (70, 33, 65), (129, 100, 17), (1, 1, 2), (33, 7, 1)];
     for &(b, i, o) in &shapes {
         let (inp, w, bias, dout) = (rand_vec(b * i, 5), rand_vec(o * i, 6), rand_vec(o, 7), rand_vec(b * o, 8));
-        let tag = format!("{gemm:?} b={b} i={i} o={o}");
+        let tag = format!("{g:?} b={b} i={i} o={o}");
         let mut want = vec![0.0; b * o];
         x.cpu.linear_forward(&inp, &w, &bias, &mut want, b, i, o).unwrap();
         let mut got = vec![f32::NAN; b * o];
-        linear_forward(x, gemm, &inp, &w, &bias, &mut got, b, i, o);
-        let fwd = if o == 1 && gemm != Gemm::Naive { "matvec_bias" } else { kernel };
+        let p = plan::linear_forward(g, ad(&inp), ad(&w), ad(&bias), ad(&got), b, i, o);
+        x.run_r(p, &[arg(&inp), arg(&w), arg(&bias), arg(&mut got)]);
+        let fwd = if o == 1 && g != GpuGemm::Naive { "matvec_bias" } else { kernel };
         x.check(fwd, &format!("linear_forward {tag}"), &got, &want, TOL);
 
         // backend.rs `linear_relu_forward`: z and relu(z) from the GEMM's epilogue.
         let (mut wz, mut wx) = (vec![0.0; b * o], vec![0.0; b * o]);
         x.cpu.linear_relu_forward(&inp, &w, &bias, &mut wz, &mut wx, b, i, o).unwrap();
         let (mut gz, mut gx) = (vec![f32::NAN; b * o], vec![f32::NAN; b * o]);
-        gemm_rm(x, gemm, &inp, &w, &mut gz, (b, o, i), (false, true), (1.0, 0.0), Some((&bias, Some(&mut gx))));
+        let p = plan::linear_relu_forward(g, ad(&inp), ad(&w), ad(&bias), ad(&gz), ad(&gx), b, i, o);
+        x.run_r(p, &[arg(&inp), arg(&w), arg(&bias), arg(&mut gz), arg(&mut gx)]);
         x.check(kernel, &format!("linear_relu_forward z {tag}"), &gz, &wz, TOL);
         x.check(kernel, &format!("linear_relu_forward x {tag}"), &gx, &wx, TOL);
 
         let (mut dinp, mut dw, mut db) = (vec![0.0; b * i], rand_vec(o * i, 9), rand_vec(o, 10));
         let (mut gdinp, mut gdw, mut gdb) = (vec![f32::NAN; b * i], dw.clone(), db.clone());
         x.cpu.linear_backward(&dout, &inp, &w, Some(&mut dinp), &mut dw, &mut db, b, i, o).unwrap();
-        linear_backward(x, gemm, &dout, &inp, &w, (&mut gdinp, &mut gdw, &mut gdb), b, i, o);
+        let p = plan::linear_backward(g, ad(&dout), ad(&inp), ad(&w), Some(ad(&gdinp)), ad(&gdw), ad(&gdb), b, i, o);
+        x.run_r(p, &[arg(&dout), arg(&inp), arg(&w), arg(&mut gdinp), arg(&mut gdw), arg(&mut gdb)]);
         x.check(kernel, &format!("dinp {tag}"), &gdinp, &dinp, TOL);
         x.check(kernel, &format!("dw {tag}"), &gdw, &dw, TOL);
         x.check("bias_grad", &format!("dbias {tag}"), &gdb, &db, TOL);
@@ -456,21 +416,32 @@ fn check_gemm(x: &Ctx, gemm: Gemm, kernel: &str) {
     for &(m, n, k) in &[(67, 19, 35), (5, 3, 1), (130, 40, 16), (64, 16, 16)] {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let (a, bm, bias) = (rand_vec(m * k, 11), rand_vec(k * n, 12), rand_vec(n, 13));
-            for (alpha, beta, with_bias) in
-                [(0.5f32, 0.0f32, false), (-1.25, 1.5, false), (1.0, 0.0, true), (0.75, -0.5, true)]
-            {
+            // (alpha, beta, bias, relu)
+            for (alpha, beta, with_bias, with_relu) in [
+                (0.5f32, 0.0f32, false, false),
+                (-1.25, 1.5, false, false),
+                (1.0, 0.0, true, true),
+                (0.75, -0.5, true, false),
+            ] {
                 // beta = 0 must ignore C, even NaN.
                 let c0 = if beta == 0.0 { vec![f32::NAN; m * n] } else { rand_vec(m * n, 14) };
                 let want = gemm_ref(&a, &bm, &c0, (m, n, k), (ta, tb), (alpha, beta), with_bias.then_some(&bias[..]));
                 let mut c = c0.clone();
                 let mut relu = vec![f32::NAN; m * n];
-                let epi = if with_bias { Some((&bias[..], Some(&mut relu[..]))) } else { None };
-                gemm_rm(x, gemm, &a, &bm, &mut c, (m, n, k), (ta, tb), (alpha, beta), epi);
-                let what = format!("m={m} n={n} k={k} ta={ta} tb={tb} α={alpha} β={beta} bias={with_bias}");
+                let epi = match (with_bias, with_relu) {
+                    (false, _) => Epilogue::None,
+                    (true, false) => Epilogue::Bias(ad(&bias)),
+                    (true, true) => Epilogue::BiasRelu(ad(&bias), ad(&relu)),
+                };
+                let p = plan::gemm("gemm", g, (ad(&a), ad(&bm), ad(&c)), (m, n, k), (ta, tb), (alpha, beta), epi);
+                x.run_r(p, &[arg(&a), arg(&bm), arg(&mut c), arg(&bias), arg(&mut relu)]);
+                let what = format!("m={m} n={n} k={k} ta={ta} tb={tb} α={alpha} β={beta} {epi:?}");
                 x.check64(kernel, &format!("C {what}"), &f64s(&c), &want, TOL);
-                if with_bias {
+                if with_relu {
                     let want_relu: Vec<f64> = want.iter().map(|v| v.max(0.0)).collect();
                     x.check64(kernel, &format!("relu_out {what}"), &f64s(&relu), &want_relu, TOL);
+                } else {
+                    assert!(relu.iter().all(|v| v.is_nan()), "no relu output asked, none written ({what})");
                 }
             }
         }
@@ -478,35 +449,17 @@ fn check_gemm(x: &Ctx, gemm: Gemm, kernel: &str) {
 }
 
 fn gemm_naive(x: &Ctx) {
-    check_gemm(x, Gemm::Naive, "gemm_naive");
+    check_gemm(x, GpuGemm::Naive, "gemm_naive");
 }
 
 fn gemm_tiled(x: &Ctx) {
-    check_gemm(x, Gemm::Tiled, "gemm_tiled");
+    check_gemm(x, GpuGemm::Tiled, "gemm_tiled");
 }
 
-/// The cuBLAS path's extra launches around `sgemm` (backend.rs `linear_forward` and
-/// `gemm_rm` with `GpuGemm::Cublas`), with the product itself computed here.
-fn cublas_epilogues(x: &Ctx) {
-    for &(b, i, o) in &[(300, 32, 17), (7, 5, 64), (1, 3, 1)] {
-        let (inp, w, bias) = (rand_vec(b * i, 15), rand_vec(o * i, 16), rand_vec(o, 17));
-        let prod: Vec<f32> =
-            gemm_ref(&inp, &w, &[], (b, o, i), (false, true), (1.0, 0.0), None).iter().map(|&v| v as f32).collect();
-        // linear_forward: out = bias broadcast, then sgemm with beta = 1.
-        let mut want = vec![0.0; b * o];
-        x.cpu.linear_forward(&inp, &w, &bias, &mut want, b, i, o).unwrap();
-        let mut out = vec![f32::NAN; b * o];
-        x.run("bias_broadcast", grid(b * o), &[arg(&bias), arg(&mut out), arg(b as i32), arg(o as i32)]);
-        out.iter_mut().zip(&prod).for_each(|(c, p)| *c += p); // sgemm, beta = 1
-        x.check("bias_broadcast", &format!("linear_forward b={b} i={i} o={o}"), &out, &want, TOL);
-        // linear_relu_forward: sgemm, then bias_relu_forward(z, bias, x).
-        let (mut wz, mut wx) = (vec![0.0; b * o], vec![0.0; b * o]);
-        x.cpu.linear_relu_forward(&inp, &w, &bias, &mut wz, &mut wx, b, i, o).unwrap();
-        let (mut z, mut xo) = (prod.clone(), vec![f32::NAN; b * o]);
-        x.run("bias_relu_forward", grid(b * o), &[arg(&mut z), arg(&bias), arg(&mut xo), arg(b as i32), arg(o as i32)]);
-        x.check("bias_relu_forward", &format!("z b={b} i={i} o={o}"), &z, &wz, TOL);
-        x.check("bias_relu_forward", &format!("x b={b} i={i} o={o}"), &xo, &wx, TOL);
-    }
+/// The cuBLAS plans: `sgemm` (the emulator's reference) with `bias_broadcast` /
+/// `bias_relu_forward` around it.
+fn gemm_cublas(x: &Ctx) {
+    check_gemm(x, GpuGemm::Cublas, "cublas plan");
 }
 
 fn bias_grad(x: &Ctx) {
@@ -514,8 +467,12 @@ fn bias_grad(x: &Ctx) {
         let (dout, init) = (rand_vec(b * o, 15), rand_vec(o, 16));
         let want: Vec<f64> =
             (0..o).map(|c| init[c] as f64 + (0..b).map(|r| dout[r * o + c] as f64).sum::<f64>()).collect();
+        // linear_backward without dinp and with i = 0: the dw GEMM is empty (m·n = 0), so the
+        // plan is the bias gradient alone.
         let mut got = init.clone();
-        x.run("bias_grad", blocks(o), &[arg(&dout), arg(&mut got), arg(b as i32), arg(o as i32)]);
+        let p = plan::linear_backward(GpuGemm::Tiled, ad(&dout), 1, 1, None, 1, ad(&got), b, 0, o).unwrap();
+        assert_eq!(p.steps().len(), 1, "{p:?}");
+        x.run(&p, &[arg(&dout), arg(&mut got)]);
         x.check64("bias_grad", &format!("b={b} o={o}"), &f64s(&got), &want, TOL);
     }
 }
@@ -526,7 +483,11 @@ fn matvec_bias(x: &Ctx) {
         let mut want = vec![0.0; b];
         x.cpu.linear_forward(&inp, &w, &bias, &mut want, b, i, 1).unwrap();
         let mut got = vec![f32::NAN; b];
-        linear_forward(x, Gemm::Tiled, &inp, &w, &bias, &mut got, b, i, 1);
+        let p = x.run_r(
+            plan::linear_forward(GpuGemm::Tiled, ad(&inp), ad(&w), ad(&bias), ad(&got), b, i, 1),
+            &[arg(&inp), arg(&w), arg(&bias), arg(&mut got)],
+        );
+        assert_eq!(p.launch().map(|l| l.kernel), Some(Kernel::MatvecBias));
         x.check("matvec_bias", &format!("b={b} i={i}"), &got, &want, TOL);
     }
 }
@@ -540,10 +501,11 @@ fn relu_forward(x: &Ctx) {
         let inp = rand_vec(n, 20);
         let mut want = vec![0.0; n];
         x.cpu.relu_forward(&inp, &mut want, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let mut out = vec![f32::NAN; n];
-            x.run("relu_forward", cfg, &[arg(&inp), arg(&mut out), arg(n as i64)]);
-            x.check("relu_forward", &format!("n={n} {cfg}"), &out, &want, EXACT);
+            let p = strided(Ok(plan::relu_forward(ad(&inp), ad(&out), n)), s);
+            x.run(&p, &[arg(&inp), arg(&mut out)]);
+            x.check("relu_forward", &format!("n={n} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
@@ -554,16 +516,17 @@ fn relu_backward(x: &Ctx) {
         let dout = rand_vec(n, 22);
         let mut want = vec![0.0; n];
         x.cpu.relu_backward(&out, &dout, &mut want, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let mut dinp = vec![f32::NAN; n];
-            x.run("relu_backward", cfg, &[arg(&out), arg(&dout), arg(&mut dinp), arg(n as i64)]);
-            x.check("relu_backward", &format!("n={n} {cfg}"), &dinp, &want, EXACT);
+            let p = strided(Ok(plan::relu_backward(ad(&out), ad(&dout), ad(&dinp), n)), s);
+            x.run(&p, &[arg(&out), arg(&dout), arg(&mut dinp)]);
+            x.check("relu_backward", &format!("n={n} {}", desc(&p)), &dinp, &want, EXACT);
         }
     }
 }
 
-/// The fused ReLU mask and bias gradient of `linear_relu_backward`: `dz` exactly the CPU's
-/// `relu_backward`, `dbias += Σ_b dz` within the reduction tolerance.
+/// The fused ReLU mask and bias gradient of `linear_relu_backward` (its plan's first launch):
+/// `dz` exactly the CPU's `relu_backward`, `dbias += Σ_b dz` within the reduction tolerance.
 fn relu_bias_backward(x: &Ctx) {
     for &(b, o) in &[(300, 17), (1000, 3), (1, 5), (257, 1)] {
         let xo: Vec<f32> = rand_vec(b * o, 41).iter().map(|v| v.max(0.0)).collect();
@@ -573,32 +536,34 @@ fn relu_bias_backward(x: &Ctx) {
         let want_db: Vec<f64> =
             (0..o).map(|c| init[c] as f64 + (0..b).map(|r| want_dz[r * o + c] as f64).sum::<f64>()).collect();
         let (mut dz, mut db) = (vec![f32::NAN; b * o], init.clone());
-        x.run(
-            "relu_bias_backward",
-            blocks(o),
-            &[arg(&xo), arg(&dx), arg(&mut dz), arg(&mut db), arg(b as i32), arg(o as i32)],
-        );
+        // i = 0 and no dinp: the GEMMs are empty, the plan is the fused pass alone.
+        let p = plan::linear_relu_backward(GpuGemm::Tiled, ad(&xo), ad(&dx), ad(&dz), 1, 1, None, 1, ad(&db), b, 0, o)
+            .unwrap();
+        assert_eq!(p.launch().map(|l| l.kernel), Some(Kernel::ReluBiasBackward));
+        x.run(&p, &[arg(&xo), arg(&dx), arg(&mut dz), arg(&mut db)]);
         x.check("relu_bias_backward", &format!("dz b={b} o={o}"), &dz, &want_dz, EXACT);
         x.check64("relu_bias_backward", &format!("dbias b={b} o={o}"), &f64s(&db), &want_db, TOL);
     }
 }
 
-/// `z += bias` per column and `x = relu(z)` when `x` is given (null: z only), as the cuBLAS
-/// path launches it.
+/// `z += bias` per column and `x = relu(z)` when `x` is given (null: z only), the cuBLAS
+/// plans' epilogue.
 fn bias_relu_forward(x: &Ctx) {
     for &(b, o) in &[(300, 17), (7, 64), (1, 1)] {
         let (z0, bias) = (rand_vec(b * o, 23), rand_vec(o, 24));
         let want_z: Vec<f32> = (0..b * o).map(|k| z0[k] + bias[k % o]).collect();
         let mut want_x = vec![0.0; b * o];
         x.cpu.relu_forward(&want_z, &mut want_x, b * o).unwrap();
-        for cfg in [grid(b * o), STRIDED] {
+        for s in GRIDS {
             let (mut z, mut out) = (z0.clone(), vec![f32::NAN; b * o]);
-            x.run("bias_relu_forward", cfg, &[arg(&mut z), arg(&bias), arg(&mut out), arg(b as i32), arg(o as i32)]);
-            x.check("bias_relu_forward", &format!("z b={b} o={o} {cfg}"), &z, &want_z, EXACT);
-            x.check("bias_relu_forward", &format!("x b={b} o={o} {cfg}"), &out, &want_x, EXACT);
+            let p = strided(plan::bias_relu_forward(ad(&z), ad(&bias), ad(&out), b, o), s);
+            x.run(&p, &[arg(&mut z), arg(&bias), arg(&mut out)]);
+            x.check("bias_relu_forward", &format!("z b={b} o={o} {}", desc(&p)), &z, &want_z, EXACT);
+            x.check("bias_relu_forward", &format!("x b={b} o={o} {}", desc(&p)), &out, &want_x, EXACT);
             let mut z = z0.clone();
-            x.run("bias_relu_forward", cfg, &[arg(&mut z), arg(&bias), null::<f32>(), arg(b as i32), arg(o as i32)]);
-            x.check("bias_relu_forward", &format!("z (x null) b={b} o={o} {cfg}"), &z, &want_z, EXACT);
+            let p = strided(plan::bias_relu_forward(ad(&z), ad(&bias), 0, b, o), s);
+            x.run(&p, &[arg(&mut z), arg(&bias)]);
+            x.check("bias_relu_forward", &format!("z (x null) b={b} o={o} {}", desc(&p)), &z, &want_z, EXACT);
         }
     }
 }
@@ -608,33 +573,16 @@ fn sigmoid_forward(x: &Ctx) {
         let inp: Vec<f32> = rand_vec(n, 25).iter().map(|v| v * 30.0).collect();
         let mut want = vec![0.0; n];
         x.cpu.sigmoid_forward(&inp, &mut want, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let mut out = vec![f32::NAN; n];
-            x.run("sigmoid_forward", cfg, &[arg(&inp), arg(&mut out), arg(n as i64)]);
-            x.check("sigmoid_forward", &format!("n={n} {cfg}"), &out, &want, TOL);
+            let p = strided(Ok(plan::sigmoid_forward(ad(&inp), ad(&out), n)), s);
+            x.run(&p, &[arg(&inp), arg(&mut out)]);
+            x.check("sigmoid_forward", &format!("n={n} {}", desc(&p)), &out, &want, TOL);
         }
     }
 }
 
 // ---- loss.cu --------------------------------------------------------------------------------------
-
-/// backend.rs `mean_loss`: one launch of `min(⌈b/256⌉, 64)` blocks writes `dx` and adds the
-/// mean into `loss[0]`; `partials` and the finished-block counter `done` persist across calls.
-#[allow(clippy::too_many_arguments)]
-fn mean_loss(
-    x: &Ctx,
-    op: &str,
-    xs: &[f32],
-    ys: &[f32],
-    b: usize,
-    loss: &mut [f32],
-    dx: &mut [f32],
-    (partials, done): (&mut [f32], &mut [u32]),
-) {
-    let blocks = (b.div_ceil(BLOCK as usize) as u32).clamp(1, LOSS_BLOCKS);
-    let cfg = Cfg::new((blocks, 1, 1), (BLOCK, 1, 1), 0);
-    x.run(op, cfg, &[arg(xs), arg(ys), arg(dx), arg(partials), arg(done), arg(loss), arg(b as i32)]);
-}
 
 /// Batches below, at and above one pass of 64 blocks × 256 threads (16384): one block, some,
 /// all 64, and a grid-stride loop.
@@ -642,16 +590,18 @@ const LOSS_SIZES: [usize; 6] = [5000, 20001, 16384, 255, 257, 1];
 
 /// Two calls in a row (the counter must re-arm), against the CPU's two calls.
 fn check_loss(x: &Ctx, op: &str, xs: &[f32], ys: &[f32], b: usize) {
+    let loss_fn = if op == "mse" { Loss::Mse } else { Loss::BceWithLogits };
     let (mut partials, mut done) = (vec![f32::NAN; LOSS_BLOCKS as usize], vec![0u32]);
     let (mut loss, mut gloss) = (vec![0.25f32], vec![0.25f32]);
     for call in 0..2 {
         let mut dx = vec![0.0; b];
-        match op {
-            "mse" => x.cpu.mse(&xs.to_vec(), &ys.to_vec(), b, &mut loss, &mut dx).unwrap(),
-            _ => x.cpu.bce_with_logits(&xs.to_vec(), &ys.to_vec(), b, &mut loss, &mut dx).unwrap(),
+        match loss_fn {
+            Loss::Mse => x.cpu.mse(&xs.to_vec(), &ys.to_vec(), b, &mut loss, &mut dx).unwrap(),
+            Loss::BceWithLogits => x.cpu.bce_with_logits(&xs.to_vec(), &ys.to_vec(), b, &mut loss, &mut dx).unwrap(),
         }
         let mut gdx = vec![f32::NAN; b];
-        mean_loss(x, op, xs, ys, b, &mut gloss, &mut gdx, (&mut partials, &mut done));
+        let p = plan::mean_loss(loss_fn, ad(xs), ad(ys), ad(&gdx), (ad(&partials), ad(&done)), ad(&gloss), b);
+        x.run_r(p, &[arg(xs), arg(ys), arg(&mut gdx), arg(&mut partials), arg(&mut done), arg(&mut gloss)]);
         x.check(op, &format!("gradient b={b} call {call}"), &gdx, &dx, TOL);
         x.check(op, &format!("loss b={b} call {call}"), &gloss, &loss, TOL);
         x.check_u32(op, &format!("done re-armed b={b}"), &done, &[0]);
@@ -679,10 +629,11 @@ fn gmf_forward(x: &Ctx) {
         let (p, q) = (rand_vec(n, 31), rand_vec(n, 32));
         let mut want = vec![0.0; n];
         x.cpu.gmf_forward(&p, &q, &mut want, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let mut h = vec![f32::NAN; n];
-            x.run("gmf_forward", cfg, &[arg(&p), arg(&q), arg(&mut h), arg(n as i64)]);
-            x.check("gmf_forward", &format!("n={n} {cfg}"), &h, &want, EXACT);
+            let pl = strided(Ok(plan::gmf_forward(ad(&p), ad(&q), ad(&h), n)), s);
+            x.run(&pl, &[arg(&p), arg(&q), arg(&mut h)]);
+            x.check("gmf_forward", &format!("n={n} {}", desc(&pl)), &h, &want, EXACT);
         }
     }
 }
@@ -692,11 +643,12 @@ fn gmf_backward(x: &Ctx) {
         let (dh, p, q) = (rand_vec(n, 33), rand_vec(n, 34), rand_vec(n, 35));
         let (mut dp, mut dq) = (vec![0.0; n], vec![0.0; n]);
         x.cpu.gmf_backward(&dh, &p, &q, &mut dp, &mut dq, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let (mut gp, mut gq) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-            x.run("gmf_backward", cfg, &[arg(&dh), arg(&p), arg(&q), arg(&mut gp), arg(&mut gq), arg(n as i64)]);
-            x.check("gmf_backward", &format!("dp n={n} {cfg}"), &gp, &dp, EXACT);
-            x.check("gmf_backward", &format!("dq n={n} {cfg}"), &gq, &dq, EXACT);
+            let pl = strided(Ok(plan::gmf_backward(ad(&dh), ad(&p), ad(&q), ad(&gp), ad(&gq), n)), s);
+            x.run(&pl, &[arg(&dh), arg(&p), arg(&q), arg(&mut gp), arg(&mut gq)]);
+            x.check("gmf_backward", &format!("dp n={n} {}", desc(&pl)), &gp, &dp, EXACT);
+            x.check("gmf_backward", &format!("dq n={n} {}", desc(&pl)), &gq, &dq, EXACT);
         }
     }
 }
@@ -708,11 +660,11 @@ fn concat_cols(x: &Ctx) {
         let (a, c) = (rand_vec(b * da, 36), rand_vec(b * dc, 37));
         let mut want = vec![0.0; b * (da + dc)];
         x.cpu.concat_cols(&a, da, &c, dc, b, &mut want).unwrap();
-        for cfg in [grid(b * (da + dc)), STRIDED] {
+        for s in GRIDS {
             let mut out = vec![f32::NAN; b * (da + dc)];
-            let args = [arg(&a), arg(da as i32), arg(&c), arg(dc as i32), arg(&mut out), arg(b as i32)];
-            x.run("concat_cols", cfg, &args);
-            x.check("concat_cols", &format!("b={b} da={da} dc={dc} {cfg}"), &out, &want, EXACT);
+            let p = strided(plan::concat_cols((ad(&a), da), (ad(&c), dc), b, ad(&out)), s);
+            x.run(&p, &[arg(&a), arg(&c), arg(&mut out)]);
+            x.check("concat_cols", &format!("b={b} da={da} dc={dc} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
@@ -722,12 +674,12 @@ fn split_cols(x: &Ctx) {
         let inp = rand_vec(b * (da + dc), 38);
         let (mut wa, mut wc) = (vec![0.0; b * da], vec![0.0; b * dc]);
         x.cpu.split_cols(&inp, da, dc, b, &mut wa, &mut wc).unwrap();
-        for cfg in [grid(b * (da + dc)), STRIDED] {
+        for s in GRIDS {
             let (mut ga, mut gc) = (vec![f32::NAN; b * da], vec![f32::NAN; b * dc]);
-            let args = [arg(&inp), arg(da as i32), arg(dc as i32), arg(&mut ga), arg(&mut gc), arg(b as i32)];
-            x.run("split_cols", cfg, &args);
-            x.check("split_cols", &format!("a b={b} da={da} dc={dc} {cfg}"), &ga, &wa, EXACT);
-            x.check("split_cols", &format!("c b={b} da={da} dc={dc} {cfg}"), &gc, &wc, EXACT);
+            let p = strided(plan::split_cols(ad(&inp), (da, dc), b, ad(&ga), ad(&gc)), s);
+            x.run(&p, &[arg(&inp), arg(&mut ga), arg(&mut gc)]);
+            x.check("split_cols", &format!("a b={b} da={da} dc={dc} {}", desc(&p)), &ga, &wa, EXACT);
+            x.check("split_cols", &format!("c b={b} da={da} dc={dc} {}", desc(&p)), &gc, &wc, EXACT);
         }
     }
 }
@@ -740,7 +692,7 @@ fn rowdot_forward(x: &Ctx) {
         let mut want = vec![0.0; b];
         x.cpu.rowdot_forward(&u, &v, b, d, &mut want).unwrap();
         let mut out = vec![f32::NAN; b];
-        x.run("rowdot_forward", warps(b), &[arg(&u), arg(&v), arg(&mut out), arg(b as i32), arg(d as i32)]);
+        x.run_r(plan::rowdot_forward(ad(&u), ad(&v), b, d, ad(&out)), &[arg(&u), arg(&v), arg(&mut out)]);
         x.check("rowdot_forward", &format!("b={b} d={d}"), &out, &want, TOL);
     }
 }
@@ -750,12 +702,12 @@ fn rowdot_backward(x: &Ctx) {
         let (dout, u, v) = (rand_vec(b, 41), rand_vec(b * d, 42), rand_vec(b * d, 43));
         let (mut du, mut dv) = (vec![0.0; b * d], vec![0.0; b * d]);
         x.cpu.rowdot_backward(&dout, &u, &v, b, d, &mut du, &mut dv).unwrap();
-        for cfg in [grid(b * d), STRIDED] {
+        for s in GRIDS {
             let (mut gu, mut gv) = (vec![f32::NAN; b * d], vec![f32::NAN; b * d]);
-            let args = [arg(&dout), arg(&u), arg(&v), arg(&mut gu), arg(&mut gv), arg(b as i32), arg(d as i32)];
-            x.run("rowdot_backward", cfg, &args);
-            x.check("rowdot_backward", &format!("du b={b} d={d} {cfg}"), &gu, &du, EXACT);
-            x.check("rowdot_backward", &format!("dv b={b} d={d} {cfg}"), &gv, &dv, EXACT);
+            let p = strided(plan::rowdot_backward(ad(&dout), ad(&u), ad(&v), b, d, ad(&gu), ad(&gv)), s);
+            x.run(&p, &[arg(&dout), arg(&u), arg(&v), arg(&mut gu), arg(&mut gv)]);
+            x.check("rowdot_backward", &format!("du b={b} d={d} {}", desc(&p)), &gu, &du, EXACT);
+            x.check("rowdot_backward", &format!("dv b={b} d={d} {}", desc(&p)), &gv, &dv, EXACT);
         }
     }
 }
@@ -765,23 +717,25 @@ fn add_assign(x: &Ctx) {
         let (init, v) = (rand_vec(n, 44), rand_vec(n, 45));
         let mut want = init.clone();
         x.cpu.add_assign(&mut want, &v, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let mut out = init.clone();
-            x.run("add_assign", cfg, &[arg(&mut out), arg(&v), arg(n as i64)]);
-            x.check("add_assign", &format!("n={n} {cfg}"), &out, &want, EXACT);
+            let p = strided(Ok(plan::add_assign(ad(&out), ad(&v), n)), s);
+            x.run(&p, &[arg(&mut out), arg(&v)]);
+            x.check("add_assign", &format!("n={n} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
 
 fn add_scalar(x: &Ctx) {
     for n in SIZES {
-        let (init, s) = (rand_vec(n, 46), rand_vec(1, 47));
+        let (init, sc) = (rand_vec(n, 46), rand_vec(1, 47));
         let mut want = init.clone();
-        x.cpu.add_scalar(&mut want, &s, n).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        x.cpu.add_scalar(&mut want, &sc, n).unwrap();
+        for s in GRIDS {
             let mut out = init.clone();
-            x.run("add_scalar", cfg, &[arg(&mut out), arg(&s), arg(n as i64)]);
-            x.check("add_scalar", &format!("n={n} {cfg}"), &out, &want, EXACT);
+            let p = strided(Ok(plan::add_scalar(ad(&out), ad(&sc), n)), s);
+            x.run(&p, &[arg(&mut out), arg(&sc)]);
+            x.check("add_scalar", &format!("n={n} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
@@ -792,8 +746,7 @@ fn sum_into(x: &Ctx) {
         let mut want = vec![0.5f32];
         x.cpu.sum_into(&v, n, &mut want).unwrap();
         let mut acc = vec![0.5f32];
-        let cfg = Cfg::new((1, 1, 1), (1024, 1, 1), 0);
-        x.run("sum_into", cfg, &[arg(&v), arg(n as i64), arg(&mut acc)]);
+        x.run(&plan::sum_into(ad(&v), n, ad(&acc)), &[arg(&v), arg(&mut acc)]);
         x.check("sum_into", &format!("n={n}"), &acc, &want, TOL);
     }
 }
@@ -802,37 +755,16 @@ fn fill(x: &Ctx) {
     for n in SIZES {
         let mut want = rand_vec(n, 49);
         x.cpu.fill(&mut want, n, 0.75).unwrap();
-        for cfg in [grid(n), STRIDED] {
+        for s in GRIDS {
             let mut out = rand_vec(n, 49);
-            x.run("fill", cfg, &[arg(&mut out), arg(0.75f32), arg(n as i64)]);
-            x.check("fill", &format!("n={n} {cfg}"), &out, &want, EXACT);
+            let p = strided(Ok(plan::fill(ad(&out), n, 0.75)), s);
+            x.run(&p, &[arg(&mut out)]);
+            x.check("fill", &format!("n={n} {}", desc(&p)), &out, &want, EXACT);
         }
     }
 }
 
 // ---- optim.cu ---------------------------------------------------------------------------------------
-
-/// backend.rs `SgdScalars`: lr, mu, l2, shrink.
-fn sgd_scalars(hp: &SgdHp) -> [f32; 4] {
-    [hp.lr as f32, hp.momentum as f32, hp.decay.l2() as f32, (1.0 - hp.lr * hp.decay.decoupled()) as f32]
-}
-
-/// backend.rs `AdamScalars`, as kernel arguments after `n` (adam_step) or `d` (adam_step_rows),
-/// up to `t`: b1, omb1, b2, omb2, lr, beta1, beta2, eps, l2, shrink.
-fn adam_args<'a>(hp: &AdamHp) -> [Arg<'a>; 10] {
-    [
-        arg(hp.beta1 as f32),
-        arg((1.0 - hp.beta1) as f32),
-        arg(hp.beta2 as f32),
-        arg((1.0 - hp.beta2) as f32),
-        arg(hp.lr),
-        arg(hp.beta1),
-        arg(hp.beta2),
-        arg(hp.eps as f32),
-        arg(hp.decay.l2() as f32),
-        arg((1.0 - hp.lr * hp.decay.decoupled()) as f32),
-    ]
-}
 
 const SGD: [SgdHp; 3] = [
     SgdHp { lr: 0.1, momentum: 0.9, decay: Decay::None },
@@ -850,22 +782,20 @@ fn adam_hps() -> [AdamHp; 3] {
 
 fn sgd_step(x: &Ctx) {
     for (h, hp) in SGD.iter().enumerate() {
-        for (n, cfg) in [(5000, grid(5000)), (1001, STRIDED), (1, grid(1))] {
+        for (n, s) in [(5000, false), (1001, true), (1, false)] {
             let grad = rand_vec(n, 50);
             let (mut p, mut g, mut mom) = (rand_vec(n, 51), grad.clone(), vec![0.0; n]);
             let (mut gp, mut gg, mut gm) = (p.clone(), g.clone(), mom.clone());
-            let [lr, mu, l2, shrink] = sgd_scalars(hp);
+            let pl = strided(Ok(plan::sgd_step(ad(&gp), ad(&gg), ad(&gm), n, hp)), s);
             for step in 0..3 {
                 x.cpu.sgd_step(&mut p, &mut g, &mut mom, n, hp).unwrap();
-                let args =
-                    [arg(&mut gp), arg(&mut gg), arg(&mut gm), arg(n as i64), arg(lr), arg(mu), arg(l2), arg(shrink)];
-                x.run("sgd_step", cfg, &args);
+                x.run(&pl, &[arg(&mut gp), arg(&mut gg), arg(&mut gm)]);
                 x.check("sgd_step", &format!("g zeroed hp#{h} n={n} step {step}"), &gg, &g, EXACT);
                 g.copy_from_slice(&grad);
                 gg.copy_from_slice(&grad);
             }
-            x.check("sgd_step", &format!("p hp#{h} n={n} {cfg}"), &gp, &p, TOL);
-            x.check("sgd_step", &format!("mom hp#{h} n={n} {cfg}"), &gm, &mom, TOL);
+            x.check("sgd_step", &format!("p hp#{h} n={n} {}", desc(&pl)), &gp, &p, TOL);
+            x.check("sgd_step", &format!("mom hp#{h} n={n} {}", desc(&pl)), &gm, &mom, TOL);
         }
     }
 }
@@ -875,7 +805,7 @@ type RowList = (Vec<u32>, usize, Option<Vec<u32>>, &'static str);
 
 /// The distinct rows of a batch, as the lazy optimizers get them: `(rows, cap, count)` with
 /// `rows` padded to the id buffer's capacity (the padding must not be read) and, when the row
-/// list was made on the device, the device count (backend.rs `live_rows`).
+/// list was made on the device, the device count (backend.rs `rows`).
 fn row_lists(x: &Ctx, n: usize, b: usize, seed: u64) -> Vec<RowList> {
     let ids = rand_ids(b, n, seed);
     let mut uniq = ids.clone();
@@ -889,6 +819,20 @@ fn row_lists(x: &Ctx, n: usize, b: usize, seed: u64) -> Vec<RowList> {
     vec![(host, uniq.len(), None, "host rows"), (p.uniq[..b].to_vec(), b, Some(p.nuniq.clone()), "device rows")]
 }
 
+/// The [`Rows`] of a [`RowList`].
+fn rows_of(rows: &[u32], nrows_host: usize, count: &Option<Vec<u32>>) -> Rows {
+    Rows { list: ad(rows), cap: rows.len(), nrows_host, nrows_dev: count.as_ref().map(|c| ad(c)) }
+}
+
+/// `rows` and its device count (if any) as plan buffers.
+fn row_args<'a>(rows: &'a [u32], count: &'a Option<Vec<u32>>) -> Vec<Arg<'a>> {
+    let mut v = vec![arg(rows)];
+    if let Some(c) = count {
+        v.push(arg(c));
+    }
+    v
+}
+
 fn sgd_step_rows(x: &Ctx) {
     for (h, hp) in SGD.iter().enumerate() {
         for &(n, d, b) in &[(97, 24, 60), (1000, 7, 300)] {
@@ -897,25 +841,13 @@ fn sgd_step_rows(x: &Ctx) {
                 let grad = rand_vec(n * d, 55);
                 let (mut p, mut g, mut mom) = (rand_vec(n * d, 56), grad.clone(), rand_vec(n * d, 57));
                 let (mut gp, mut gg, mut gm) = (p.clone(), g.clone(), mom.clone());
-                let [lr, mu, l2, shrink] = sgd_scalars(hp);
-                let cap = rows.len();
+                let r = rows_of(&rows, nrows_host, &count);
+                let pl = plan::sgd_step_rows(ad(&gp), ad(&gg), ad(&gm), &r, d, hp).unwrap();
                 for _ in 0..2 {
                     x.cpu.sgd_step_rows(&mut p, &mut g, &mut mom, &live, d, n, hp).unwrap();
-                    let args = [
-                        arg(&mut gp),
-                        arg(&mut gg),
-                        arg(&mut gm),
-                        arg(&rows),
-                        arg(nrows_host as i32),
-                        count.as_ref().map_or_else(null::<u32>, arg),
-                        arg(cap as i32),
-                        arg(d as i32),
-                        arg(lr),
-                        arg(mu),
-                        arg(l2),
-                        arg(shrink),
-                    ];
-                    x.run("sgd_step_rows", grid(cap * d), &args);
+                    let mut bufs = vec![arg(&mut gp), arg(&mut gg), arg(&mut gm)];
+                    bufs.extend(row_args(&rows, &count));
+                    x.run(&pl, &bufs);
                 }
                 let tag = format!("{how} hp#{h} n={n} d={d} b={b}");
                 x.check("sgd_step_rows", &format!("p {tag}"), &gp, &p, TOL);
@@ -928,25 +860,23 @@ fn sgd_step_rows(x: &Ctx) {
 
 fn adam_step(x: &Ctx) {
     for (h, hp) in adam_hps().iter().enumerate() {
-        for (n, cfg) in [(5000, grid(5000)), (1001, STRIDED)] {
+        for (n, s) in [(5000, false), (1001, true)] {
             let grad = rand_vec(n, 58);
             let (mut p, mut g, mut m, mut v) = (rand_vec(n, 59), grad.clone(), vec![0.0; n], vec![0.0; n]);
             let (mut gp, mut gg, mut gm, mut gv) = (p.clone(), g.clone(), m.clone(), v.clone());
+            let mut tt = vec![0u32];
+            let pl = strided(Ok(plan::adam_step(ad(&gp), ad(&gg), ad(&gm), ad(&gv), n, hp, ad(&tt))), s);
             for t in 1..=3u32 {
                 x.cpu.adam_step(&mut p, &mut g, &mut m, &mut v, n, hp, &vec![t]).unwrap();
-                let tt = vec![t];
-                let mut args = vec![arg(&mut gp), arg(&mut gg), arg(&mut gm), arg(&mut gv), arg(n as i64)];
-                args.extend(adam_args(hp));
-                args.push(arg(&tt));
-                x.run("adam_step", cfg, &args);
-                drop(args);
+                tt[0] = t;
+                x.run(&pl, &[arg(&mut gp), arg(&mut gg), arg(&mut gm), arg(&mut gv), arg(&tt)]);
                 x.check("adam_step", &format!("g zeroed t={t}"), &gg, &g, EXACT);
                 g.copy_from_slice(&grad);
                 gg.copy_from_slice(&grad);
             }
-            x.check("adam_step", &format!("p hp#{h} n={n} {cfg}"), &gp, &p, TOL);
-            x.check("adam_step", &format!("m hp#{h} n={n} {cfg}"), &gm, &m, TOL);
-            x.check("adam_step", &format!("v hp#{h} n={n} {cfg}"), &gv, &v, TOL);
+            x.check("adam_step", &format!("p hp#{h} n={n} {}", desc(&pl)), &gp, &p, TOL);
+            x.check("adam_step", &format!("m hp#{h} n={n} {}", desc(&pl)), &gm, &m, TOL);
+            x.check("adam_step", &format!("v hp#{h} n={n} {}", desc(&pl)), &gv, &v, TOL);
         }
     }
 }
@@ -961,24 +891,15 @@ fn adam_step_rows(x: &Ctx) {
                 let (mut m, mut v) =
                     (rand_vec(n * d, 63), rand_vec(n * d, 64).iter().map(|x| x.abs()).collect::<Vec<_>>());
                 let (mut gp, mut gg, mut gm, mut gv) = (p.clone(), g.clone(), m.clone(), v.clone());
-                let cap = rows.len();
+                let mut tt = vec![0u32];
+                let r = rows_of(&rows, nrows_host, &count);
+                let pl = plan::adam_step_rows(ad(&gp), ad(&gg), ad(&gm), ad(&gv), &r, d, hp, ad(&tt)).unwrap();
                 for t in 4..=5u32 {
                     x.cpu.adam_step_rows(&mut p, &mut g, &mut m, &mut v, &live, d, n, hp, &vec![t]).unwrap();
-                    let tt = vec![t];
-                    let mut args = vec![
-                        arg(&mut gp),
-                        arg(&mut gg),
-                        arg(&mut gm),
-                        arg(&mut gv),
-                        arg(&rows),
-                        arg(nrows_host as i32),
-                        count.as_ref().map_or_else(null::<u32>, arg),
-                        arg(cap as i32),
-                        arg(d as i32),
-                    ];
-                    args.extend(adam_args(hp));
-                    args.push(arg(&tt));
-                    x.run("adam_step_rows", grid(cap * d), &args);
+                    tt[0] = t;
+                    let mut bufs = vec![arg(&mut gp), arg(&mut gg), arg(&mut gm), arg(&mut gv), arg(&tt)];
+                    bufs.extend(row_args(&rows, &count));
+                    x.run(&pl, &bufs);
                 }
                 let tag = format!("{how} hp#{h} n={n} d={d} b={b}");
                 x.check("adam_step_rows", &format!("p {tag}"), &gp, &p, TOL);
@@ -992,19 +913,20 @@ fn adam_step_rows(x: &Ctx) {
 
 // ---- sample.cu ---------------------------------------------------------------------------------------
 
-/// backend.rs `counter_add`: one block of 32 threads, c[0] += add (wrapping).
+/// backend.rs `counter_add`: c[0] += add (wrapping).
 fn counter_add(x: &Ctx) {
     for (c0, add) in [(7u32, 5u32), (u32::MAX, 2), (0, 0)] {
         let mut want = vec![c0, 99];
         x.cpu.counter_add(&mut want, add).unwrap();
         let mut c = vec![c0, 99];
-        x.run("counter_add", Cfg::new((1, 1, 1), (32, 1, 1), 0), &[arg(&mut c), arg(add)]);
+        x.run(&plan::counter_add(ad(&c), add), &[arg(&mut c)]);
         x.check_u32("counter_add", &format!("{c0} + {add}"), &c, &want);
     }
 }
 
-/// backend.rs `sample_batch` (then `counter_add` on the state) against `CpuBackend::
-/// sample_batch`, which runs the same integer arithmetic: the same batches, bit for bit.
+/// backend.rs `sample_batch` (its plan: the batch, then `counter_add` on the state) against
+/// `CpuBackend::sample_batch`, which runs the same integer arithmetic: the same batches, bit
+/// for bit.
 fn sample_batch(x: &Ctx) {
     use ncf_core::sample::{EpochKeys, SampleTables};
     let (n_users, n_items) = (37usize, 50usize);
@@ -1030,6 +952,16 @@ fn sample_batch(x: &Ctx) {
         let keys = EpochKeys::new(3, 1 + n_neg as u64).words();
         let (mut state, mut gstate) =
             (vec![0, keys[0], keys[1], keys[2], keys[3]], vec![0, keys[0], keys[1], keys[2], keys[3]]);
+        let t = plan::SampleBufs {
+            train_off: ad(&tables.train_off),
+            train_items: ad(&tables.train_items),
+            known_off: ad(&tables.known_off),
+            known_items: ad(&tables.known_items),
+            n_users,
+            n_items,
+            n_neg,
+            rows,
+        };
         let batch = 256usize;
         let mut first = 0u64;
         while first < rows {
@@ -1037,24 +969,21 @@ fn sample_batch(x: &Ctx) {
             let (mut u, mut i, mut y) = (vec![0u32; b], vec![0u32; b], vec![0f32; b]);
             x.cpu.sample_batch(&tables, &mut state, batch, b, &mut u, &mut i, &mut y).unwrap();
             let (mut gu, mut gi, mut gy) = (vec![u32::MAX; b], vec![u32::MAX; b], vec![f32::NAN; b]);
-            let args = [
-                arg(&tables.train_off),
-                arg(&tables.train_items),
-                arg(&tables.known_off),
-                arg(&tables.known_items),
-                arg(n_users as i32),
-                arg(n_items as u32),
-                arg(n_neg as u32),
-                arg(rows),
-                arg(&gstate),
-                arg(batch as i32),
-                arg(b as i32),
-                arg(&mut gu),
-                arg(&mut gi),
-                arg(&mut gy),
-            ];
-            x.run("sample_batch", grid(b), &args);
-            x.run("counter_add", Cfg::new((1, 1, 1), (32, 1, 1), 0), &[arg(&mut gstate), arg(1u32)]);
+            let p = plan::sample_batch(&t, ad(&gstate), batch, b, ad(&gu), ad(&gi), ad(&gy)).unwrap();
+            let tbl = [&tables.train_off, &tables.train_items, &tables.known_off, &tables.known_items];
+            x.run(
+                &p,
+                &[
+                    arg(tbl[0]),
+                    arg(tbl[1]),
+                    arg(tbl[2]),
+                    arg(tbl[3]),
+                    arg(&mut gstate),
+                    arg(&mut gu),
+                    arg(&mut gi),
+                    arg(&mut gy),
+                ],
+            );
             let tag = format!("n_neg={n_neg} slots {first}..{}", first + b as u64);
             x.check_u32("sample_batch", &format!("users {tag}"), &gu, &u);
             x.check_u32("sample_batch", &format!("items {tag}"), &gi, &i);
@@ -1067,7 +996,7 @@ fn sample_batch(x: &Ctx) {
 
 // ---- eval.cu --------------------------------------------------------------------------------------
 
-/// Not launched by the crate yet: one warp per case (backend.rs `warps`), as the kernel says.
+/// Not launched by the crate yet: one warp per case, as the kernel says.
 fn rank_of_first(x: &Ctx) {
     for &(cases, max_len) in &[(37usize, 150usize), (300, 101), (1, 1)] {
         let lens: Vec<usize> = rand_ids(cases, max_len, 66).iter().map(|&l| l as usize + 1).collect();
@@ -1083,7 +1012,8 @@ fn rank_of_first(x: &Ctx) {
             })
             .collect();
         let mut rank = vec![u32::MAX; cases];
-        x.run("rank_of_first", warps(cases), &[arg(&scores), arg(&off), arg(cases as i32), arg(&mut rank)]);
+        let p = plan::rank_of_first(ad(&scores), ad(&off), cases, ad(&rank));
+        x.run_r(p, &[arg(&scores), arg(&off), arg(&mut rank)]);
         x.check_u32("rank_of_first", &format!("cases={cases} up to {max_len} candidates"), &rank, &want);
     }
 }
@@ -1118,8 +1048,9 @@ fn full_rank(x: &Ctx) {
         let mut want = vec![0u32; users];
         x.cpu.rank_unseen(&scores, users, n_items, &targets, &seen_off, &seen, &mut want).unwrap();
         let mut rank = vec![u32::MAX; users];
-        let args = [arg(&scores), arg(n_items as i32), arg(&targets), arg(&seen), arg(&seen_off), arg(&mut rank)];
-        x.run("full_rank", blocks(users), &args);
+        let s = Seen { items: ad(&seen), off: ad(&seen_off) };
+        let p = plan::full_rank(ad(&scores), users, n_items, ad(&targets), s, ad(&rank));
+        x.run_r(p, &[arg(&scores), arg(&targets), arg(&seen), arg(&seen_off), arg(&mut rank)]);
         x.check_u32("full_rank", &format!("users={users} n_items={n_items}"), &rank, &want);
     }
 }
@@ -1134,9 +1065,9 @@ fn top_k(x: &Ctx) {
         let mut want = vec![0u32; users * k];
         x.cpu.top_k(&scores, users, n, k, &seen_off, &seen, &mut want).unwrap();
         let mut out = vec![0u32; users * k];
-        let cfg = Cfg::new((users as u32, 1, 1), (256, 1, 1), (n.div_ceil(32) * 4) as u32);
-        let args = [arg(&scores), arg(n as i32), arg(k as i32), arg(&seen), arg(&seen_off), arg(&mut out)];
-        x.run("top_k", cfg, &args);
+        let s = Seen { items: ad(&seen), off: ad(&seen_off) };
+        let p = plan::top_k(ad(&scores), users, n, k, s, ad(&out));
+        x.run_r(p, &[arg(&scores), arg(&seen), arg(&seen_off), arg(&mut out)]);
         x.check_u32("top_k", &format!("users={users} n={n} k={k}"), &out, &want);
     }
 }
@@ -1155,18 +1086,19 @@ fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
     e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
 }
 
-/// Every kernel in `SOURCES` has an entry in `CHECKS` (and every entry names a kernel).
+/// Every [`Kernel`] has an entry in `CHECKS`, and the kernels the emulator compiled from
+/// `SOURCES` are exactly the `Kernel`s.
 #[test]
 fn every_kernel_is_exercised() {
-    let tested: BTreeSet<&str> = CHECKS.iter().flat_map(|c| c.0.iter().copied()).collect();
-    let all: BTreeSet<&str> = SOURCES.iter().flat_map(|(_, s)| kernel_names(s)).collect();
-    let missing: Vec<&&str> = all.difference(&tested).collect();
+    let tested: BTreeSet<Kernel> = CHECKS.iter().flat_map(|c| c.0.iter().copied()).collect();
+    let missing: Vec<&Kernel> = Kernel::ALL.iter().filter(|k| !tested.contains(k)).collect();
     assert!(
         missing.is_empty(),
         "kernels without an emulated test (add a check to CHECKS in tests/emulated.rs): {missing:?}"
     );
-    let stale: Vec<&&str> = tested.difference(&all).collect();
-    assert!(stale.is_empty(), "CHECKS names kernels that are not in kernels/*.cu: {stale:?}");
+    let all: BTreeSet<&str> = SOURCES.iter().flat_map(|(_, s)| kernel_names(s)).collect();
+    let named: BTreeSet<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(all, named, "kernels/*.cu and plan::Kernel disagree");
 }
 
 /// Runs every check in each thread order; each must pass and launch the kernel it is listed
@@ -1186,11 +1118,11 @@ fn every_kernel_matches_its_cpu_reference() {
             emu.take_launched();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&x)));
             let launched = emu.take_launched();
-            let name = kernels.join("+");
+            let name = kernels.iter().map(|k| k.name()).collect::<Vec<_>>().join("+");
             match r {
                 Err(e) => failures.push(format!("{name} ({order:?} order): {}", panic_message(&*e))),
                 Ok(()) => {
-                    let missed: Vec<&&str> = kernels.iter().filter(|k| !launched.contains(**k)).collect();
+                    let missed: Vec<&Kernel> = kernels.iter().filter(|k| !launched.contains(k.name())).collect();
                     if !missed.is_empty() {
                         failures.push(format!("{name}: the check did not launch {missed:?} (launched {launched:?})"));
                     }

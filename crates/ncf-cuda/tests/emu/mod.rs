@@ -136,6 +136,71 @@ pub fn null<'a, T: Elem>() -> Arg<'a> {
     Arg::Scalar { ty: T::PTR, bits: 0 }
 }
 
+/// Pointer parameter types, for a null pointer's type.
+const POINTER_TYPES: &[&str] = &[
+    "*f32",
+    "*const f32",
+    "*f64",
+    "*const f64",
+    "*i32",
+    "*const i32",
+    "*u32",
+    "*const u32",
+    "*i64",
+    "*const i64",
+    "*u64",
+    "*const u64",
+];
+
+/// Finds the buffer at `addr` among `bufs`: `(pointer, elements of T)`.
+fn host_buf(bufs: &[Arg<'_>], addr: u64, write: bool) -> Result<(*mut f32, usize), String> {
+    bufs.iter()
+        .find_map(|b| match b {
+            Arg::Buf { ty: "f32", ptr, bytes, mutable, .. } if *ptr as u64 == addr && (*mutable || !write) => {
+                Some((*ptr as *mut f32, bytes / 4))
+            }
+            _ => None,
+        })
+        .ok_or_else(|| format!("sgemm: no {} f32 buffer at {addr:#x}", if write { "mutable" } else { "" }))
+}
+
+/// `cublasSgemm` on host buffers (column-major, f64 accumulation): what the GPU's cuBLAS call
+/// of a plan computes, within rounding. Every index is bounds-checked against the buffers.
+fn sgemm_host(g: &ncf_cuda::plan::Sgemm, bufs: &[Arg<'_>]) -> Result<(), String> {
+    let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
+    let (lda, ldb, ldc) = (g.lda as usize, g.ldb as usize, g.ldc as usize);
+    let (pa, la) = host_buf(bufs, g.a, false)?;
+    let (pb, lb) = host_buf(bufs, g.b, false)?;
+    let (pc, lc) = host_buf(bufs, g.c, true)?;
+    // SAFETY: each pointer and length describes a live borrow in `bufs` (a Vec or slice the
+    // caller holds for this call); `a` and `b` are only read, `c` (a mutable borrow) written.
+    // They may alias only if the test passed one buffer twice, which the plans never do.
+    let (a, b) = unsafe { (std::slice::from_raw_parts(pa, la).to_vec(), std::slice::from_raw_parts(pb, lb).to_vec()) };
+    // SAFETY: as above; `c` is the one mutable borrow.
+    let c = unsafe { std::slice::from_raw_parts_mut(pc, lc) };
+    let at = |i: usize, p: usize| if g.trans_a { p + i * lda } else { i + p * lda };
+    let bt = |p: usize, j: usize| if g.trans_b { j + p * ldb } else { p + j * ldb };
+    for j in 0..n {
+        for i in 0..m {
+            let mut s = 0.0f64;
+            for p in 0..k {
+                let (x, y) = (at(i, p), bt(p, j));
+                if x >= a.len() || y >= b.len() {
+                    return Err(format!("sgemm: A[{x}] / B[{y}] outside {} / {} elements", a.len(), b.len()));
+                }
+                s += a[x] as f64 * b[y] as f64;
+            }
+            let e = i + j * ldc;
+            if e >= c.len() {
+                return Err(format!("sgemm: C[{e}] outside {} elements", c.len()));
+            }
+            let old = if g.beta == 0.0 { 0.0 } else { g.beta as f64 * c[e] as f64 };
+            c[e] = (g.alpha as f64 * s + old) as f32;
+        }
+    }
+    Ok(())
+}
+
 /// The runtime's `EmuArg`.
 #[repr(C)]
 struct RawArg {
@@ -533,6 +598,70 @@ impl Emu {
         }
         // SAFETY: the runtime wrote a NUL-terminated message into `err`.
         Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
+    /// The kernel's parameter types, e.g. `["*const f32", "*f32", "i64"]`.
+    fn params(&self, kernel: &str) -> Vec<String> {
+        let sig = self.signature(kernel).unwrap_or("()");
+        let inner = sig.split_once('(').map_or("", |(_, r)| r.trim_end_matches(')'));
+        inner.split(", ").filter(|t| !t.is_empty()).map(str::to_string).collect()
+    }
+
+    /// Runs `plan` (built by `ncf_cuda::plan` from host addresses) as the GPU would: each
+    /// launch through the checked entry point, its pointer arguments resolved to the buffers of
+    /// `bufs` with those addresses (a shared borrow stays read-only, a mutable one is copied
+    /// back; an address not among them fails), a null pointer passed with the parameter's
+    /// type; each cuBLAS call by a column-major reference `sgemm` on the same buffers.
+    pub fn run_plan(&self, plan: &ncf_cuda::plan::Plan, bufs: &[Arg<'_>]) -> Result<(), String> {
+        use ncf_cuda::plan::{Arg as P, Step};
+        for step in plan.steps() {
+            let l = match step {
+                Step::Kernel(l) => l,
+                Step::Gemm(g) => {
+                    self.launched.lock().unwrap_or_else(|e| e.into_inner()).insert("cublasSgemm".to_string());
+                    sgemm_host(g, bufs)?;
+                    continue;
+                }
+            };
+            let name = l.kernel.name();
+            let params = self.params(name);
+            let mut args = Vec::with_capacity(l.args().len());
+            for (i, a) in l.args().iter().enumerate() {
+                let param = params.get(i).map_or("?", String::as_str);
+                let scalar = |ty: &'static str, bits: u64| Arg::Scalar { ty, bits };
+                args.push(match *a {
+                    P::Ptr(0) => {
+                        let ty = POINTER_TYPES.iter().find(|t| **t == param).copied().unwrap_or("*null");
+                        scalar(ty, 0)
+                    }
+                    P::Ptr(addr) => {
+                        let want = param.trim_start_matches('*').trim_start_matches("const ");
+                        let found = bufs
+                            .iter()
+                            .filter(|b| matches!(b, Arg::Buf { ptr, .. } if *ptr as u64 == addr))
+                            .max_by_key(|b| matches!(b, Arg::Buf { ty, .. } if *ty == want));
+                        match found {
+                            Some(Arg::Buf { ty, ptr, bytes, mutable, .. }) => {
+                                Arg::Buf { ty, ptr: *ptr, bytes: *bytes, mutable: *mutable, _borrow: PhantomData }
+                            }
+                            _ => {
+                                return Err(format!(
+                                    "{l}: argument {i} ({param}) is address {addr:#x}, not one of the buffers given"
+                                ));
+                            }
+                        }
+                    }
+                    P::I32(v) => scalar("i32", v as u32 as u64),
+                    P::U32(v) => scalar("u32", v as u64),
+                    P::I64(v) => scalar("i64", v as u64),
+                    P::U64(v) => scalar("u64", v),
+                    P::F32(v) => scalar("f32", v.to_bits() as u64),
+                    P::F64(v) => scalar("f64", v.to_bits()),
+                });
+            }
+            self.launch(name, l.grid, l.block, l.smem, &args).map_err(|e| format!("{l}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// [`Emu::launch`] with a [`Cfg`]; panics with the emulator's message on failure.
