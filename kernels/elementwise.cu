@@ -58,6 +58,11 @@ extern "C" __global__ void add_assign(float* out, const float* x, long long n) {
     GRID_STRIDE(k, n) { out[k] += x[k]; }
 }
 
+// x *= s
+extern "C" __global__ void scale(float* x, float s, long long n) {
+    GRID_STRIDE(k, n) { x[k] *= s; }
+}
+
 // out += s[0]
 extern "C" __global__ void add_scalar(float* out, const float* s, long long n) {
     GRID_STRIDE(k, n) { out[k] += s[0]; }

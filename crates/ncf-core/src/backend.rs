@@ -212,8 +212,8 @@ pub trait Backend: Sync {
 
     /// `out[i] += x[i]` over `n` elements.
     fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()>;
-    /// `buf[i] *= s` over `n` elements. This default goes through the host; a backend whose
-    /// training step scales a gradient (the CPU's two-lane step, by `½`) overrides it.
+    /// `buf[i] *= s` over `n` elements (the CPU's two-lane step scales its lanes' `∂L/∂logits`
+    /// by `½`). This default goes through the host; the CPU and CUDA backends override it.
     fn scale(&self, buf: &mut Self::Buf, n: usize, s: Self::T) -> Result<()> {
         crate::check::scale(self.len(buf), n)?;
         let mut h = self.download(buf)?;

@@ -272,7 +272,7 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
     }
     fn scale(&self, buf: &mut Vec<T>, n: usize, s: T) -> Result<()> {
         check::scale(buf.len(), n)?;
-        buf[..n].iter_mut().for_each(|x| *x *= s);
+        elementwise::scale(&mut buf[..n], s);
         Ok(())
     }
     fn add_scalar(&self, out: &mut Vec<T>, s: &Vec<T>, n: usize) -> Result<()> {

@@ -605,6 +605,9 @@ impl Backend for CudaBackend {
     fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()> {
         self.exec("add_assign", ops::add_assign(self.m(out), self.m(x), n))
     }
+    fn scale(&self, buf: &mut Self::Buf, n: usize, s: f32) -> Result<()> {
+        self.exec("scale", ops::scale(self.m(buf), n, s))
+    }
     fn add_scalar(&self, out: &mut Self::Buf, s: &Self::Buf, n: usize) -> Result<()> {
         self.exec("add_scalar", ops::add_scalar(self.m(out), self.m(s), n))
     }

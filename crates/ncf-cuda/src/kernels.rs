@@ -36,53 +36,13 @@ pub fn kernel_names(source: &str) -> Vec<&str> {
 mod tests {
     use super::*;
 
-    /// Every CPU op the backend trait needs has a kernel of the same name.
+    /// Kernel names are unique across files (the launch plans name kernels by
+    /// [`crate::plan::Kernel`], whose test checks that every kernel here has a variant and
+    /// every variant a kernel).
     #[test]
-    fn kernel_files_define_the_cpu_op_names() {
+    fn kernel_names_are_unique() {
         let all: Vec<&str> = SOURCES.iter().flat_map(|(_, s)| kernel_names(s)).collect();
-        for name in [
-            "embedding_forward",
-            "embedding_backward_atomic",
-            "embedding_backward_sorted",
-            "gather_add_relu",
-            "gemm_naive",
-            "gemm_tiled",
-            "bias_broadcast",
-            "bias_grad",
-            "matvec_bias",
-            "relu_forward",
-            "relu_backward",
-            "bias_relu_forward",
-            "relu_bias_backward",
-            "sigmoid_forward",
-            "bce_with_logits",
-            "mse",
-            "gmf_forward",
-            "gmf_backward",
-            "concat_cols",
-            "split_cols",
-            "rowdot_forward",
-            "rowdot_backward",
-            "add_assign",
-            "add_scalar",
-            "sum_into",
-            "fill",
-            "sgd_step",
-            "sgd_step_rows",
-            "adam_step",
-            "adam_step_rows",
-            "rows_count",
-            "rows_scan",
-            "rows_place",
-            "rows_sort",
-            "counter_add",
-            "sample_batch",
-            "rank_of_first",
-            "full_rank",
-            "top_k",
-        ] {
-            assert!(all.contains(&name), "no kernel `{name}` in kernels/*.cu (found {all:?})");
-        }
+        assert!(all.len() >= 40, "found only {all:?}");
         let mut sorted = all.clone();
         sorted.sort_unstable();
         sorted.dedup();

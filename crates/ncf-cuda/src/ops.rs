@@ -226,6 +226,11 @@ pub fn add_assign(out: Mem, x: Mem, n: usize) -> Result<Plan> {
     Ok(plan::add_assign(out.addr, x.addr, n))
 }
 
+pub fn scale(buf: Mem, n: usize, s: f32) -> Result<Plan> {
+    check::scale(buf.len, n)?;
+    Ok(plan::scale(buf.addr, n, s))
+}
+
 pub fn add_scalar(out: Mem, s: Mem, n: usize) -> Result<Plan> {
     check::add_scalar(out.len, s.len, n)?;
     Ok(plan::add_scalar(out.addr, s.addr, n))

@@ -73,6 +73,7 @@ kernels! {
         RowdotForward = "rowdot_forward",
         RowdotBackward = "rowdot_backward",
         AddAssign = "add_assign",
+        Scale = "scale",
         AddScalar = "add_scalar",
         SumInto = "sum_into",
         Fill = "fill",
@@ -682,6 +683,10 @@ pub fn gmf_backward(dout: Addr, u: Addr, v: Addr, du: Addr, dv: Addr, n: usize) 
 }
 pub fn add_assign(out: Addr, x: Addr, n: usize) -> Plan {
     elementwise(Kernel::AddAssign, &[out, x], n, &[])
+}
+/// `x *= s`, one grid-stride launch.
+pub fn scale(x: Addr, n: usize, s: f32) -> Plan {
+    Plan::one(Launch::new(Kernel::Scale, grid(n), &[Arg::Ptr(x), Arg::F32(s), i64_of(n)]))
 }
 pub fn add_scalar(out: Addr, s: Addr, n: usize) -> Plan {
     elementwise(Kernel::AddScalar, &[out, s], n, &[])

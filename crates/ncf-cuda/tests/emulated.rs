@@ -176,6 +176,7 @@ const CHECKS: &[(&[Kernel], Check)] = &[
     (&[Kernel::RowdotForward], rowdot_forward),
     (&[Kernel::RowdotBackward], rowdot_backward),
     (&[Kernel::AddAssign], add_assign),
+    (&[Kernel::Scale], scale),
     (&[Kernel::AddScalar], add_scalar),
     (&[Kernel::SumInto], sum_into),
     (&[Kernel::Fill], fill),
@@ -748,6 +749,19 @@ fn sum_into(x: &Ctx) {
         let mut acc = vec![0.5f32];
         x.run(&plan::sum_into(ad(&v), n, ad(&acc)), &[arg(&v), arg(&mut acc)]);
         x.check("sum_into", &format!("n={n}"), &acc, &want, TOL);
+    }
+}
+
+fn scale(x: &Ctx) {
+    for n in SIZES {
+        let mut want = rand_vec(n, 53);
+        x.cpu.scale(&mut want, n, 0.5).unwrap();
+        for s in GRIDS {
+            let mut out = rand_vec(n, 53);
+            let p = strided(Ok(plan::scale(ad(&out), n, 0.5)), s);
+            x.run(&p, &[arg(&mut out)]);
+            x.check("scale", &format!("n={n} {}", desc(&p)), &out, &want, EXACT);
+        }
     }
 }
 

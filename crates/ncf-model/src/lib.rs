@@ -9,9 +9,9 @@
 //! training step, and the [`FastStep`] a backend may offer beside it), [`gradcheck`].
 //! [`split`] is what a fast step needs from a model; the reference path never uses it.
 //!
-//! Modules only import from modules above them in this order (no import circles):
-//! `params ← init ← layers ← models ← batch ← optim ← step`, `split` (models, layers) and
-//! `gradcheck` (models, step).
+//! No import circles: `init`; `params` (init); `layers` (params); `models` (layers, params,
+//! init); `batch` (nothing); `optim` (params); `step` (models, batch, optim); `split` (models,
+//! layers, params); `gradcheck` (models, params, init).
 
 #![forbid(unsafe_code)]
 

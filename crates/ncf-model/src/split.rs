@@ -11,7 +11,7 @@
 //! ([`LaneActs::scatter_side`]). Tests in `ncf-cpu` hold the fast step to the reference.
 
 use crate::layers::check_batch;
-use crate::models::{AnyModel, MlpActs, NeuMfActs};
+use crate::models::{AnyModel, MlpActs, Model, NeuMfActs};
 use crate::params::{IdSource, ParamSet, SideTables};
 use ncf_core::{Backend, Result};
 
@@ -100,11 +100,11 @@ pub enum LaneParts<'a, B: Backend> {
 pub fn lane_parts<B: Backend>(model: &mut AnyModel<B>, b: usize) -> Result<Option<LaneParts<'_, B>>> {
     Ok(match model {
         AnyModel::Mlp(m) => {
-            check_batch("mlp.lanes", b, crate::Model::max_batch(m))?;
+            check_batch("mlp.lanes", b, Model::max_batch(m))?;
             Some(LaneParts::Mlp(&m.params, &mut m.grads, &mut m.acts))
         }
         AnyModel::NeuMf(m) => {
-            check_batch("neumf.lanes", b, crate::Model::max_batch(m))?;
+            check_batch("neumf.lanes", b, Model::max_batch(m))?;
             Some(LaneParts::NeuMf(&m.params, &mut m.grads, &mut m.acts))
         }
         AnyModel::Gmf(_) | AnyModel::Mf(_) => None,

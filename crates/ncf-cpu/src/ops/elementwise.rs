@@ -111,6 +111,13 @@ pub fn add_assign<T: Float>(out: &mut [T], x: &[T]) {
     }
 }
 
+/// `x *= s`.
+pub fn scale<T: Float>(x: &mut [T], s: T) {
+    for v in x.iter_mut() {
+        *v *= s;
+    }
+}
+
 /// `out += s` for a broadcast scalar `s`.
 pub fn add_scalar<T: Float>(out: &mut [T], s: T) {
     for o in out.iter_mut() {
@@ -168,5 +175,7 @@ mod tests {
         add_scalar(&mut o, 1.0);
         assert_eq!(o, vec![2.5, 3.5]);
         assert_eq!(sum(&o), 6.0);
+        scale(&mut o, 0.5);
+        assert_eq!(o, vec![1.25, 1.75]);
     }
 }
