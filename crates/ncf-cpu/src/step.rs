@@ -105,14 +105,14 @@ impl<T: CpuFloat> TwoLaneStep<T> {
         match parts {
             LaneParts::Mlp(p, g, acts) => {
                 if !matches!(&self.second, Second::Mlp(a, _) if a.head.logits.len() >= h) {
-                    self.second = Second::Mlp(LaneActs::like(acts, be, h)?, dense_grads(p));
+                    self.second = Second::Mlp(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
                 }
                 let Second::Mlp(acts1, g1) = &mut self.second else { unreachable!("set above") };
                 two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
             }
             LaneParts::NeuMf(p, g, acts) => {
                 if !matches!(&self.second, Second::NeuMf(a, _) if a.head.logits.len() >= h) {
-                    self.second = Second::NeuMf(LaneActs::like(acts, be, h)?, dense_grads(p));
+                    self.second = Second::NeuMf(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
                 }
                 let Second::NeuMf(acts1, g1) = &mut self.second else { unreachable!("set above") };
                 two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
@@ -120,26 +120,6 @@ impl<T: CpuFloat> TwoLaneStep<T> {
         }
         Ok(true)
     }
-}
-
-/// Lane 1's gradients: zeros for the dense tensors, and empty buffers for the embedding tables,
-/// which lane 1 never writes (its rows' embedding gradients go straight into the model's
-/// tables), so a second lane costs no copy of the tables.
-fn dense_grads<T: CpuFloat>(p: &ParamSet<CpuBackend<T>>) -> ParamSet<CpuBackend<T>> {
-    let tensors = p
-        .tensors
-        .iter()
-        .map(|t| {
-            let n = if matches!(t.role, Role::Embedding(_)) { 0 } else { t.numel() };
-            ncf_model::params::Tensor {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
-                role: t.role,
-                buf: vec![T::ZERO; n],
-            }
-        })
-        .collect();
-    ParamSet { tensors, generation: 0 }
 }
 
 /// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
