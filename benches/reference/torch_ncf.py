@@ -261,7 +261,7 @@ def evaluate(model, cases, k, rows_per_call=102_400):
     ])
     rank = ((scores[:, 1:] >= scores[:, :1]) & valid[:, 1:]).sum(1)  # ties count against
     hit = rank < k
-    ndcg = torch.where(hit, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros((), dtype=torch.float64))
+    ndcg = torch.where(hit, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros((), dtype=torch.float64, device=rank.device))
     return hit.double().mean().item(), ndcg.mean().item()
 
 
@@ -298,6 +298,8 @@ def main():
     ap.add_argument("--debug-checks", action="store_true", help="assert negatives are unseen; check eval ranks")
     ap.add_argument("--metrics-jsonl", type=Path)
     ap.add_argument("--summary-json", type=Path)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the model trains and is evaluated "
+                    "(negatives are sampled on the CPU and copied over once per epoch, inside sampling_s)")
     a = ap.parse_args()
     layers = [int(x) for x in a.layers.split(",")]
     if a.model != "gmf" and (len(layers) < 2 or layers[0] % 2):
@@ -312,7 +314,14 @@ def main():
           f"{len(data.valid[0])} validation and {len(data.test[0])} test users; loaded in {time.perf_counter() - t:.2f} s; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
 
-    model = NCF(a.model, data.n_users, data.n_items, a.factors, layers, sparse=not a.dense_adam)
+    dev = torch.device(a.device)
+    if a.debug_checks and dev.type != "cpu":
+        sys.exit("torch_ncf.py: --debug-checks runs on the CPU only")
+    # Timings read the clock only after the device has finished its queued work.
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    model = NCF(a.model, data.n_users, data.n_items, a.factors, layers, sparse=not a.dense_adam).to(dev)
+    valid_cases = tuple(x.to(dev) for x in data.valid)
+    test_cases = tuple(x.to(dev) for x in data.test)
     optimizers = make_optimizers(model, a.lr, a.dense_adam)
     if a.debug_checks:
         check_eval_against_python(model, data.test, data.test_lines, a.k)
@@ -330,13 +339,16 @@ def main():
     for epoch in range(1, a.epochs + 1):
         t0 = time.perf_counter()
         users, items, labels = data.sample_epoch(a.neg, torch.Generator().manual_seed(a.seed * 1_000_003 + epoch))
+        if dev.type != "cpu":
+            users, items, labels = users.to(dev), items.to(dev), labels.to(dev)
+            sync()
         t1 = time.perf_counter()
         if a.debug_checks:
             neg = labels == 0
-            assert not data.seen[users[neg].long() * data.n_items + items[neg]].any(), "a negative the user has"
+            assert not data.seen[(users[neg].long() * data.n_items + items[neg]).cpu()].any(), "a negative the user has"
         model.train()
         t_train = time.perf_counter()  # (t1 unless --debug-checks)
-        loss_sum, steps = torch.zeros((), dtype=torch.float64), 0
+        loss_sum, steps = torch.zeros((), dtype=torch.float64, device=dev), 0
         for s in range(0, len(users), a.batch):
             loss = F.binary_cross_entropy_with_logits(model(users[s : s + a.batch], items[s : s + a.batch]),
                                                       labels[s : s + a.batch])
@@ -347,10 +359,12 @@ def main():
                 opt.step()
             loss_sum += loss.detach()
             steps += 1
+        sync()
         t2 = time.perf_counter()
         model.eval()
-        valid_hr, valid_ndcg = evaluate(model, data.valid, a.k)
-        test_hr, test_ndcg = evaluate(model, data.test, a.k)
+        valid_hr, valid_ndcg = evaluate(model, valid_cases, a.k)
+        test_hr, test_ndcg = evaluate(model, test_cases, a.k)
+        sync()
         t3 = time.perf_counter()
         r = dict(epoch=epoch, loss=loss_sum.item() / max(steps, 1), valid_hr=valid_hr, valid_ndcg=valid_ndcg,
                  test_hr=test_hr, test_ndcg=test_ndcg, sampling_s=t1 - t0, training_s=t2 - t_train, eval_s=t3 - t2,
@@ -381,6 +395,7 @@ def main():
         threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
         torch_version=torch.__version__, python_version=platform.python_version(),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        device=str(dev), gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         config=dict(vars(a), data=str(a.data), layers=layers, metrics_jsonl=str(a.metrics_jsonl),
                     summary_json=str(a.summary_json), optimizer="adam" if a.dense_adam else "sparse-adam+adam"),
     )
