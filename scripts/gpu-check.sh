@@ -4,7 +4,8 @@
 # from the repository root with .gpu/ carried along:
 #   OUT=/some/folder scripts/gpu-check.sh            # on the GPU, in about 7 minutes at most
 #   OUT=/some/folder scripts/gpu-check.sh --dry-run  # the same plumbing here, on the CPU, small
-# Every step runs under its own timeout and the script goes on past failures. It writes exactly
+# Every step runs under its own timeout, cut to what is left of a 400 s budget, and the script
+# goes on past failures. It writes exactly
 # these 8 files to $OUT:
 #   summary.json      commit, GPU name and driver, and each step's exit status and seconds
 #   steps.log         each step's command and the last 200 lines of its output
@@ -45,10 +46,20 @@ if [ -d /opt/torch/.venv ]; then
 fi
 if [ $dry = 1 ]; then device=cpu; else device=cuda; export NCF_REQUIRE_GPU=1; fi
 
+# The whole check stays within 7 minutes: every step's timeout is cut to what is left of
+# BUDGET seconds (6 min 40 s of steps, the rest for start-up and the summary).
+BUDGET=${GPU_CHECK_BUDGET:-400}
+t_start=$(date +%s)
 # step NAME SECONDS CMD...: runs CMD under a timeout, logs it, records its status and time.
 step() {
-  local name=$1 secs=$2 t0 rc
+  local name=$1 secs=$2 t0 rc left
   shift 2
+  left=$((BUDGET - ($(date +%s) - t_start)))
+  if [ "$left" -lt 5 ]; then
+    skip "$name" "out of time (the check's budget is ${BUDGET}s)"
+    return
+  fi
+  [ "$secs" -gt "$left" ] && secs=$left
   t0=$(date +%s%3N)
   echo "=== $name (timeout ${secs}s): $*" >> "$OUT/steps.log"
   timeout "$secs" "$@" > "$work/out.txt" 2>&1
