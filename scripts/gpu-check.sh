@@ -126,8 +126,8 @@ fi
 # ---- 5. the GPU bench
 if [ -x "$B/bin/gpu-bench" ]; then step gpu-bench 60 "$B/bin/gpu-bench"; else skip gpu-bench "not bundled"; fi
 
-# ---- 6. an ML-20M-size run, generated here (20 M ratings: density 0.0054)
-step generate-ml20m-size 120 bash -c "$GEN" "$NCF" "$work/ml20m" "$big_users" "$big_items" 0.0054 ml20m
+# ---- 6. an ML-20M-size run, generated here (`ncf data synth --preset ml-20m`'s sizes)
+step generate-ml20m-size 120 bash -c "$GEN" "$NCF" "$work/ml20m" "$big_users" "$big_items" 0.005400 ml20m
 step train-ml20m 120 "$NCF" train --data "$work/ml20m" --device "$device" --epochs 1 --batch "$large" \
   --metrics-jsonl "$OUT/ml20m.jsonl" --force
 

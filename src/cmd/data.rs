@@ -22,13 +22,21 @@ pub struct SynthArgs {
     /// Folder to write ratings.dat, movies.dat and users.dat into.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 6040)]
-    users: usize,
-    #[arg(long, default_value_t = 3706)]
-    items: usize,
-    /// Mean fraction of the movies each user rates.
-    #[arg(long, default_value_t = 0.045)]
-    density: f64,
+    /// Sizes like a MovieLens release: ml-1m (6,040 users, 3,706 movies, about 1 M ratings),
+    /// ml-20m (138,493 users, 26,744 movies, about 20 M ratings) or ml-20m-x4 (4× the users and
+    /// movies of ml-20m, the same ratings per user: about 80 M). --users, --items and --density
+    /// override it.
+    #[arg(long, value_enum, default_value_t = Preset::Ml1m)]
+    preset: Preset,
+    /// Users (default: the preset's).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Movies (default: the preset's).
+    #[arg(long)]
+    items: Option<usize>,
+    /// Mean fraction of the movies each user rates (default: the preset's).
+    #[arg(long)]
+    density: Option<f64>,
     /// Fewest ratings per user.
     #[arg(long, default_value_t = 20)]
     min_per_user: usize,
@@ -40,6 +48,30 @@ pub struct SynthArgs {
     /// Overwrite existing files.
     #[arg(long)]
     force: bool,
+}
+
+/// Dataset sizes for `ncf data synth --preset`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Preset {
+    #[value(name = "ml-1m")]
+    Ml1m,
+    #[value(name = "ml-20m")]
+    Ml20m,
+    #[value(name = "ml-20m-x4")]
+    Ml20mX4,
+}
+
+impl Preset {
+    /// `(users, items, density)`: density = ratings / (users · items) of the release
+    /// (ML-1M: 1,000,209 ratings; ML-20M: 20,000,263).
+    fn sizes(self) -> (usize, usize, f64) {
+        let ml20m = 20_000_263.0 / (138_493.0 * 26_744.0);
+        match self {
+            Preset::Ml1m => (6040, 3706, 0.045),
+            Preset::Ml20m => (138_493, 26_744, ml20m),
+            Preset::Ml20mX4 => (4 * 138_493, 4 * 26_744, ml20m / 4.0),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -75,10 +107,11 @@ pub fn run(cmd: DataCmd) -> Result<bool> {
 }
 
 fn synth(a: SynthArgs) -> Result<bool> {
+    let (users, items, density) = a.preset.sizes();
     let cfg = SynthConfig {
-        users: a.users,
-        items: a.items,
-        density: a.density,
+        users: a.users.unwrap_or(users),
+        items: a.items.unwrap_or(items),
+        density: a.density.unwrap_or(density),
         min_per_user: a.min_per_user,
         genre_affinity: a.genre_affinity,
         seed: a.seed,
@@ -92,7 +125,7 @@ fn synth(a: SynthArgs) -> Result<bool> {
         data.users.len(),
         data.movies.len(),
         data.ratings.len(),
-        data.ratings.len() as f64 / (a.users * a.items) as f64,
+        data.ratings.len() as f64 / (cfg.users * cfg.items) as f64,
         paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         t.elapsed().as_secs_f64()
     );
