@@ -46,7 +46,9 @@ extern "C" __global__ void gemm_tiled(const float* A, const float* B, float* C, 
     __shared__ float Bs[TK][TN + 1];
     int tx = threadIdx.x % TN;   // column within the tile
     int ty = threadIdx.x / TN;   // 0..15: rows ty, ty+16, ty+32, ty+48
-    int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
+    // Row tiles on grid.x (up to 2^31 − 1 blocks: tables of billions of rows), column tiles
+    // on grid.y (at most 65,535, i.e. N ≤ 1,048,560: a layer's width).
+    int m0 = blockIdx.x * TM, n0 = blockIdx.y * TN;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int k0 = 0; k0 < K; k0 += TK) {
         for (int e = threadIdx.x; e < TK * TM; e += blockDim.x) {

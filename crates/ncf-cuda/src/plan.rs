@@ -378,7 +378,8 @@ pub enum Epilogue {
 /// `C (M,N) = alpha·op(A)·op(B) + beta·C`, row-major (see `kernels/linear.cu`), then the
 /// epilogue. The hand-written kernels do the epilogue in the same launch; cuBLAS has none here,
 /// so its plan adds one `bias_relu_forward` pass. `gemm_tiled` puts the 64-row tiles of `M` on
-/// `grid.y`, so it takes `M ≤ 65,535 · 64`.
+/// `grid.x` (any `M` the kernel's `int` sizes hold, e.g. `prepare_scoring` over a 100 M-row
+/// table) and the 16-column tiles of `N` on `grid.y`, so it takes `N ≤ 65,535 · 16`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     op: &'static str,
@@ -429,11 +430,12 @@ pub fn gemm(
             let (kernel, cfg) = if gemm == GpuGemm::Naive {
                 (Kernel::GemmNaive, grid(m * n))
             } else {
-                let tiles_m = m.div_ceil(64);
-                if tiles_m > MAX_GRID_Y as usize {
-                    return Err(Error::invalid(op, "m", format!("{m} rows exceed gemm_tiled's grid (65,535 × 64)")));
+                let (tiles_m, tiles_n) = (m.div_ceil(64), n.div_ceil(16));
+                if tiles_n > MAX_GRID_Y as usize {
+                    return Err(Error::invalid(op, "n", format!("{n} columns exceed gemm_tiled's grid (65,535 × 16)")));
                 }
-                (Kernel::GemmTiled, ((n.div_ceil(16) as u32, tiles_m as u32, 1), (256, 1, 1), 0))
+                // `m` fits an i32 (checked above), so its tiles fit grid.x (≤ 2^31 − 1).
+                (Kernel::GemmTiled, ((tiles_m as u32, tiles_n as u32, 1), (256, 1, 1), 0))
             };
             let args = [
                 Arg::Ptr(a),
@@ -964,6 +966,23 @@ pub fn top_k(scores: Addr, u: usize, n: usize, k: usize, seen: Seen, out: Addr) 
 mod tests {
     use super::*;
     use crate::kernels::{SOURCES, kernel_names};
+
+    /// `gemm_tiled` takes a 100 M-row product (`prepare_scoring` over a 100 M-row table): its row
+    /// tiles go on `grid.x`; only an output wider than 65,535 column tiles is refused.
+    #[test]
+    fn gemm_tiled_grid_holds_100m_rows() {
+        let (m, n, k) = (100_000_000, 8, 32);
+        let p = gemm("linear_forward", GpuGemm::Tiled, (1, 2, 3), (m, n, k), (false, true), (1.0, 0.0), Epilogue::None)
+            .expect("a 100 M-row product has a plan");
+        let l = p.launches().next().expect("one launch");
+        assert_eq!((l.kernel, l.grid), (Kernel::GemmTiled, (1_562_500, 1, 1)));
+        let wide = 65_536 * 16;
+        let e =
+            gemm("linear_forward", GpuGemm::Tiled, (1, 2, 3), (64, wide, k), (false, true), (1.0, 0.0), Epilogue::None)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("columns exceed gemm_tiled's grid"), "{e}");
+    }
 
     /// Every `extern "C" __global__` kernel of kernels/*.cu has a variant naming it and its
     /// file, and every variant a kernel.

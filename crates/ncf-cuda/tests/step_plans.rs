@@ -21,8 +21,8 @@
 //!   table. The training default (lazy) uses `adam_step_rows`, whose grid covers the batch's
 //!   row capacity.
 //!
-//! Everything else — gathers, the GEMMs (`M` is the batch: `gemm_tiled`'s `grid.y`, capped at
-//! 65,535 tiles of 64 rows, is `⌈b/64⌉`), losses, scatter-adds, `adam_step_rows` — has the
+//! Everything else — gathers, the GEMMs (`M` is the batch: `gemm_tiled`'s `grid.x` is
+//! `⌈b/64⌉`), losses, scatter-adds, `adam_step_rows` — has the
 //! same plan at both sizes. Not plans, and not size-dependent: `unique_ids` copies the cached
 //! row plan's rows device to device.
 use ncf_core::AdamHp;
