@@ -131,6 +131,26 @@ pub fn assert_close_f32(name: &str, got: &[f32], want: &[f32], tol: Tol) {
     assert!(c.ok(), "{c}");
 }
 
+/// Panics unless `got` and `want` are equal element for element (bit for bit for floats that
+/// compare equal), naming `what`, the lengths, how many elements differ and the first five
+/// `(index, got, want)`, instead of printing both whole vectors. For tests.
+#[track_caller]
+pub fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, got: &[T], want: &[T]) {
+    let differ: Vec<usize> = got.iter().zip(want).enumerate().filter(|(_, (g, w))| g != w).map(|(i, _)| i).collect();
+    if got.len() != want.len() || !differ.is_empty() {
+        let first: Vec<String> =
+            differ.iter().take(5).map(|&i| format!("#{i}: got {:?} want {:?}", got[i], want[i])).collect();
+        panic!(
+            "{what}: {} of {} elements differ (lengths {} and {}); first=[{}]",
+            differ.len(),
+            got.len().min(want.len()),
+            got.len(),
+            want.len(),
+            first.join(", ")
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +169,14 @@ mod tests {
     #[test]
     fn length_mismatch_fails() {
         assert!(!compare("z", &[1.0], &[1.0, 2.0], Tol::F64_KERNEL).ok());
+    }
+
+    #[test]
+    fn assert_same_names_the_first_differences() {
+        assert_same("equal", &[1u32, 2, 3], &[1, 2, 3]);
+        let e = std::panic::catch_unwind(|| assert_same("ids", &[1u32, 9, 3, 8], &[1, 2, 3, 4])).unwrap_err();
+        let msg = e.downcast_ref::<String>().unwrap();
+        assert_eq!(msg, "ids: 2 of 4 elements differ (lengths 4 and 4); first=[#1: got 9 want 2, #3: got 8 want 4]");
+        assert!(std::panic::catch_unwind(|| assert_same("short", &[1u32], &[1, 2])).is_err());
     }
 }

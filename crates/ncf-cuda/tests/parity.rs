@@ -6,7 +6,7 @@
 mod common;
 
 use common::{f64s, rand_ids, rand_vec};
-use ncf_core::tol::{Tol, assert_close};
+use ncf_core::tol::{Tol, assert_close, assert_same};
 use ncf_core::{AdamHp, Backend, SgdHp};
 use ncf_cpu::CpuBackend;
 use ncf_cuda::{CudaBackend, GpuGemm};
@@ -174,11 +174,11 @@ fn device_loop_ops_match_the_cpu() {
     c.unique_ids(&ids, b, n, &mut cu).unwrap();
     g.unique_ids(&gids, b, n, &mut gu).unwrap();
     let got = g.download_ids(&gu, cu.len()).unwrap();
-    assert_eq!(got, cu, "unique_ids");
+    assert_same("unique_ids", &got, &cu);
     let (mut ct, mut gt) = (vec![0u32], g.zeros_ids(1).unwrap());
     c.counter_add(&mut ct, 2).unwrap();
     g.counter_add(&mut gt, 2).unwrap();
-    assert_eq!(g.download_ids(&gt, 1).unwrap(), ct, "counter_add");
+    assert_same("counter_add", &g.download_ids(&gt, 1).unwrap(), &ct);
     let hp = AdamHp::default();
     let (mut p, mut gr) = (rand_vec(n * d, 22), rand_vec(n * d, 23));
     let (mut m1, mut v1) = (vec![0.0; n * d], vec![0.0; n * d]);
@@ -199,7 +199,7 @@ fn device_loop_ops_match_the_cpu() {
         g.embedding_backward(&gd, &gids, b, d, &mut got, n).unwrap();
     }
     let (gv, wv) = (g.download(&got).unwrap(), want.clone());
-    assert_eq!(gv[..n * d], wv[..], "the deterministic scatter-add is the CPU's naive order, bit for bit");
+    assert_same("the deterministic scatter-add (the CPU's naive order, bit for bit)", &gv[..n * d], &wv[..]);
 
     // Dense layer + ReLU through every GEMM.
     for gemm in [GpuGemm::Naive, GpuGemm::Tiled, GpuGemm::Cublas] {
@@ -241,9 +241,9 @@ fn device_loop_ops_match_the_cpu() {
     for step in 0..3 {
         c.sample_batch(&ct, &mut cs, bs, bs, &mut cu, &mut ci, &mut cl).unwrap();
         g.sample_batch(&gtab, &mut gs, bs, bs, &mut gu, &mut gi, &mut gl).unwrap();
-        assert_eq!(g.download_ids(&gu, bs).unwrap(), cu, "sampled users, batch {step}");
-        assert_eq!(g.download_ids(&gi, bs).unwrap(), ci, "sampled items, batch {step}");
-        assert_eq!(g.download(&gl).unwrap()[..bs], cl[..], "sampled labels, batch {step}");
+        assert_same(&format!("sampled users, batch {step}"), &g.download_ids(&gu, bs).unwrap(), &cu);
+        assert_same(&format!("sampled items, batch {step}"), &g.download_ids(&gi, bs).unwrap(), &ci);
+        assert_same(&format!("sampled labels, batch {step}"), &g.download(&gl).unwrap()[..bs], &cl[..]);
     }
     assert_eq!(g.download_ids(&gs, 1).unwrap(), vec![3], "the batch counter advanced on the device");
 }
@@ -310,7 +310,7 @@ fn a_replayed_graph_step_equals_eager_steps() {
     println!("5 steps: loss eager {le:.7}, graph {lg:.7}");
     assert_eq!(le, lg, "the loss accumulated over 5 steps");
     for (a, bb) in pe.iter().zip(&pg) {
-        assert_eq!(a.data, bb.data, "{} after 5 steps, eager vs graph", a.name);
+        assert_same(&format!("{} after 5 steps, eager vs graph", a.name), &a.data, &bb.data);
     }
 }
 
@@ -342,9 +342,9 @@ fn ranks_and_top_k_match_the_cpu() {
     let (mut cr, mut gr) = (vec![0u32; u], g.zeros_ids(u).unwrap());
     c.rank_unseen(&scores, u, n, &targets, &seen_off, &seen, &mut cr).unwrap();
     g.rank_unseen(&gs, u, n, &gt, &goff, &gseen, &mut gr).unwrap();
-    assert_eq!(g.download_ids(&gr, u).unwrap(), cr, "full-ranking ranks");
+    assert_same("full-ranking ranks", &g.download_ids(&gr, u).unwrap(), &cr);
     let (mut ct, mut gk) = (vec![0u32; u * k], g.zeros_ids(u * k).unwrap());
     c.top_k(&scores, u, n, k, &seen_off, &seen, &mut ct).unwrap();
     g.top_k(&gs, u, n, k, &goff, &gseen, &mut gk).unwrap();
-    assert_eq!(g.download_ids(&gk, u * k).unwrap(), ct, "top-{k} lists");
+    assert_same(&format!("top-{k} lists"), &g.download_ids(&gk, u * k).unwrap(), &ct);
 }
