@@ -29,11 +29,14 @@ use crate::ops::{self, IdMem, Mem};
 use crate::plan::{self, Addr, Arg, Kernel, LOSS_BLOCKS, Loss, MAX_ARGS, Plan, RowPlanBufs, Step};
 pub use crate::plan::{CublasArgs, GpuGemm, cublas_args};
 use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
-use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits, sys,
+};
 use ncf_core::check;
 use ncf_core::sample::SampleTables;
 use ncf_core::{AdamHp, Backend, Error, Result, SgdHp};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The order in which the deterministic scatter-add visits a batch: batch positions sorted by id
@@ -55,10 +58,10 @@ pub fn sorted_runs(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
 
 /// Ids on the device.
 pub struct DevIds {
-    dev: CudaSlice<u32>,
+    pub(crate) dev: CudaSlice<u32>,
     /// What the host last wrote (range checks read it), or `None` when the device wrote the
     /// ids (then they are in range by construction).
-    host: Option<Vec<u32>>,
+    pub(crate) host: Option<Vec<u32>>,
     /// How many leading ids are live, as far as the host knows: what `write_ids` wrote, or the
     /// capacity. A device-made list of rows keeps its own count in `count` instead.
     len: usize,
@@ -75,7 +78,7 @@ impl DevIds {
         self.dev.len()
     }
 
-    fn written_by_device(&mut self, len: usize) {
+    pub(crate) fn written_by_device(&mut self, len: usize) {
         self.host = None;
         self.len = len;
         self.generation += 1;
@@ -109,6 +112,9 @@ pub struct CudaBackend {
     /// single-launch loss reduction.
     partials: Mutex<(CudaSlice<f32>, CudaSlice<u32>)>,
     pub device_name: String,
+    /// Set while [`Backend::capture`] records: allocating or copying from the host then is an
+    /// error (a recorded graph would replay a stale copy or free memory it still uses).
+    capturing: AtomicBool,
 }
 
 fn dev_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
@@ -157,6 +163,7 @@ impl CudaBackend {
             deterministic: true,
             partials: Mutex::new((partials, done)),
             device_name: info.name,
+            capturing: AtomicBool::new(false),
         })
     }
 
@@ -172,13 +179,49 @@ impl CudaBackend {
 
     /// The device address of `buf` (for a plan). Event tracking is off (see [`CudaBackend::new`]),
     /// so cudarc's read/write records are no-ops and the guard may drop at once.
-    fn ad<T>(&self, buf: &CudaSlice<T>) -> Addr {
+    pub(crate) fn ad<T>(&self, buf: &CudaSlice<T>) -> Addr {
         buf.device_ptr(&self.stream).0
+    }
+
+    /// An error when a graph is being recorded: `op` would allocate or copy from the host.
+    pub(crate) fn not_capturing(&self, op: &'static str) -> Result<()> {
+        if self.capturing.load(Ordering::Relaxed) {
+            return Err(Error::invalid(
+                op,
+                "capture",
+                "allocates or copies from the host while a CUDA graph is being recorded (run one step \
+                 eagerly first, so that every buffer exists before recording)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `n` zeroed elements of any plain type (the fused step's scratch).
+    pub(crate) fn raw_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        op: &'static str,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.not_capturing(op)?;
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(dev_err(op))
+    }
+
+    /// A device copy of `host` (non-empty).
+    pub(crate) fn raw_upload<T: DeviceRepr>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
+        self.not_capturing(op)?;
+        self.stream.clone_htod(host).map_err(dev_err(op))
+    }
+
+    /// `dst[..src.len()] = src` from the host.
+    pub(crate) fn raw_write<T: DeviceRepr>(&self, op: &'static str, dst: &mut CudaSlice<T>, src: &[T]) -> Result<()> {
+        self.not_capturing(op)?;
+        let mut view = dst.slice_mut(..src.len());
+        self.stream.memcpy_htod(src, &mut view).map_err(dev_err(op))
     }
 
     /// Runs `plan` on the stream: each launch with `cuLaunchKernel`, each GEMM with
     /// `cublasSgemm`. Nothing is allocated.
-    fn exec(&self, op: &'static str, plan: Result<Plan>) -> Result<()> {
+    pub(crate) fn exec(&self, op: &'static str, plan: Result<Plan>) -> Result<()> {
         for step in plan?.steps() {
             match step {
                 Step::Kernel(l) => self.launch(op, l)?,
@@ -296,8 +339,9 @@ impl CudaBackend {
         let cap = ids.cap();
         let fits = guard.as_ref().is_some_and(|p| p.count.len() >= n && p.order.len() >= cap);
         if !fits {
-            // Allocated once per id buffer (outside any graph capture: the first, eager step).
-            let z = |len: usize| self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err(op));
+            // Allocated once per id buffer, outside any graph capture (the first, eager step);
+            // during one it is an error.
+            let z = |len: usize| self.raw_zeros::<u32>(op, len);
             *guard = Some(RowPlan {
                 count: z(n)?,
                 fill: z(n)?,
@@ -340,16 +384,17 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Self::Buf> {
-        self.stream.alloc_zeros::<f32>(len.max(1)).map_err(dev_err("zeros"))
+        self.raw_zeros("zeros", len)
     }
     fn upload(&self, host: &[f32]) -> Result<Self::Buf> {
         if host.is_empty() {
             return self.zeros(1);
         }
-        self.stream.clone_htod(host).map_err(dev_err("upload"))
+        self.raw_upload("upload", host)
     }
     fn write(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()> {
         check::write(dst.len(), src.len())?;
+        self.not_capturing("write")?;
         if src.is_empty() {
             return Ok(());
         }
@@ -366,11 +411,12 @@ impl Backend for CudaBackend {
         self.exec("fill", ops::fill(self.m(buf), n, value))
     }
     fn zeros_ids(&self, len: usize) -> Result<Self::Ids> {
-        let dev = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(dev_err("zeros_ids"))?;
+        let dev = self.raw_zeros::<u32>("zeros_ids", len)?;
         Ok(DevIds { dev, host: Some(vec![0; len.max(1)]), len, count: None, generation: 0, plan: Mutex::new(None) })
     }
     fn write_ids(&self, dst: &mut Self::Ids, src: &[u32]) -> Result<()> {
         check::write_ids(dst.cap(), src.len())?;
+        self.not_capturing("write_ids")?;
         let cap = dst.cap();
         let host = dst.host.get_or_insert_with(|| vec![0; cap]);
         host[..src.len()].copy_from_slice(src);
@@ -674,7 +720,7 @@ impl Backend for CudaBackend {
         let mut dst = out.dev.slice_mut(..b);
         self.stream.memcpy_dtod(&src, &mut dst).map_err(dev_err(OP))?;
         if out.count.is_none() {
-            out.count = Some(self.stream.alloc_zeros::<u32>(1).map_err(dev_err(OP))?);
+            out.count = Some(self.raw_zeros::<u32>(OP, 1)?);
         }
         let Some(count) = out.count.as_mut() else { unreachable!("set above") };
         self.stream.memcpy_dtod(&plan.nuniq, count).map_err(dev_err(OP))?;
@@ -766,7 +812,9 @@ impl Backend for CudaBackend {
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(err("cuStreamBeginCapture"))?;
+        self.capturing.store(true, Ordering::Relaxed);
         let recorded = f();
+        self.capturing.store(false, Ordering::Relaxed);
         // End the capture whatever happened, so the stream is usable again.
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(err("cuStreamEndCapture"));
         recorded?;

@@ -14,6 +14,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("eval.cu", include_str!("../../../kernels/eval.cu")),
     ("sample.cu", include_str!("../../../kernels/sample.cu")),
+    ("fused.cu", include_str!("../../../kernels/fused.cu")),
 ];
 
 /// The full translation unit NVRTC compiles for `source`: the common helpers, then the file.

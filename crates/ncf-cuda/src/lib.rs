@@ -22,6 +22,7 @@ pub mod backend;
 pub mod cache;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod kernels;
 pub mod nvrtc;
 pub mod ops;

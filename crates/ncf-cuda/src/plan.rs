@@ -93,6 +93,11 @@ kernels! {
         SampleBatch = "sample_batch",
         CounterAdd = "counter_add",
     }
+    "fused.cu" => {
+        FusedTile = "fused_tile",
+        FusedDenseAdam = "fused_dense_adam",
+        FusedRowsAdam = "fused_rows_adam",
+    }
 }
 
 impl std::fmt::Display for Kernel {

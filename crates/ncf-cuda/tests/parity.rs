@@ -156,6 +156,78 @@ fn five_neumf_training_steps_match_the_cpu() {
     }
 }
 
+/// The fused step (three launches; `ncf_cuda::step::CudaStep`) on the GPU against the
+/// reference step on the CPU, for the four models at batches 1, 255, 256 and 4,096: five steps
+/// each, then also a recorded step replayed (a CUDA graph), from the same initial weights.
+#[test]
+fn the_fused_step_matches_the_cpu_reference_step() {
+    use ncf_model::{
+        AnyModel, AnyStep, Batch, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepKind, StepScratch,
+        train_step,
+    };
+    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let (c, c64) = (CpuBackend::<f32>::default(), CpuBackend::<f64>::default());
+    for kind in [ModelKind::Mf, ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf] {
+        for b in [1usize, 255, 256, 4096] {
+            let cfg = ModelConfig::new(kind, 50, 80);
+            let mut mc = AnyModel::new(&c, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+            let mut mg = AnyModel::new(&g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+            let mut m64 = AnyModel::new(&c64, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+            let (mut oc, mut og, mut o64) = (
+                Optimizer::new(&c, mc.params(), OptimConfig::adam(0.01), b).unwrap(),
+                Optimizer::new(&g, mg.params(), OptimConfig::adam(0.01), b).unwrap(),
+                Optimizer::new(&c64, m64.params(), OptimConfig::adam(0.01), b).unwrap(),
+            );
+            let (mut bc, mut bg) = (Batch::with_capacity(&c, b).unwrap(), Batch::with_capacity(&g, b).unwrap());
+            let (mut sc, mut sg) = (StepScratch::new(&c, b).unwrap(), StepScratch::new(&g, b).unwrap());
+            let (mut b64, mut s64) = (Batch::with_capacity(&c64, b).unwrap(), StepScratch::new(&c64, b).unwrap());
+            let mut fused = AnyStep::new(&g, StepKind::Fast, b).unwrap();
+            for step in 0..5u64 {
+                let users = rand_ids(b, 50, 100 + step);
+                let items = rand_ids(b, 80, 200 + step);
+                let labels: Vec<f32> = (0..b).map(|k| (k % 5 == 0) as u8 as f32).collect();
+                bc.set(&c, &users, &items, &labels).unwrap();
+                bg.set(&g, &users, &items, &labels).unwrap();
+                b64.set(&c64, &users, &items, &labels.iter().map(|&y| y as f64).collect::<Vec<_>>()).unwrap();
+                train_step(&c, &mut mc, &mut oc, &bc, &mut sc).unwrap();
+                train_step(&c64, &mut m64, &mut o64, &b64, &mut s64).unwrap();
+                fused.step(&g, &mut mg, &mut og, &bg, &mut sg).unwrap();
+                let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(&g).unwrap());
+                assert_close(&format!("{kind:?} b={b}: loss step {step}"), &[lg], &[lc], TOL);
+            }
+            assert_eq!(fused.name(), "cuda-fused", "{kind:?}");
+            let (pc, pg) = (mc.params().to_host(&c).unwrap(), mg.params().to_host(&g).unwrap());
+            let p64 = m64.params().to_host(&c64).unwrap();
+            for ((a, bb), x) in pc.iter().zip(&pg).zip(&p64) {
+                // Within the f32 tolerance of the CPU's f32 step, or at least as close to its
+                // f64 step (as in tests/fused_step.rs: Adam magnifies the f32 reference's
+                // rounding of long sums that nearly cancel).
+                let tol = Tol { abs: 1e-5, rel: 1e-3 };
+                let cmp = ncf_core::tol::compare(
+                    &format!("{kind:?} b={b}: {} after 5 steps", a.name),
+                    &bb.data,
+                    &a.data,
+                    tol,
+                );
+                let (e_gpu, e_cpu) = (
+                    ncf_core::tol::compare("", &bb.data, &x.data, tol).max_abs,
+                    ncf_core::tol::compare("", &a.data, &x.data, tol).max_abs,
+                );
+                assert!(cmp.ok() || e_gpu <= e_cpu, "{cmp}; vs f64: gpu {e_gpu:.3e} cpu {e_cpu:.3e}");
+            }
+            assert_eq!(og.t, 5);
+            // One more step recorded, then replayed: the same as running it.
+            let graph = g.capture(&mut || fused.step(&g, &mut mg, &mut og, &bg, &mut sg)).unwrap().unwrap();
+            og.t -= 1; // recording ran only the host side
+            g.replay(&graph).unwrap();
+            train_step(&c, &mut mc, &mut oc, &bc, &mut sc).unwrap();
+            let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(&g).unwrap());
+            assert_close(&format!("{kind:?} b={b}: replayed step"), &[lg], &[lc], TOL);
+            println!("{kind:?} b={b}: fused step matches over 5 steps and a replay");
+        }
+    }
+}
+
 /// The device-side pieces of the training loop: row plans (distinct rows, lazy optimizers with
 /// a device count), counters, the fused dense+ReLU layer, and the sampler, which must draw the
 /// CPU's batches bit for bit.

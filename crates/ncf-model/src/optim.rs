@@ -132,6 +132,14 @@ impl<B: Backend> Optimizer<B> {
         })
     }
 
+    /// The moment buffers of every tensor (SGD's momentum or Adam's `m`; Adam's `v`, empty for
+    /// SGD groups), in the parameters' order, and the device's step count: for a backend's
+    /// fused step, which runs the optimizer's rule inside its own kernels. Such a step
+    /// advances the device count itself and must add 1 to [`Optimizer::t`] per step.
+    pub fn state_mut(&mut self) -> (&mut [B::Buf], &mut [B::Buf], &mut B::Ids) {
+        (&mut self.state1, &mut self.state2, &mut self.t_dev)
+    }
+
     /// The optimizer's state as host tensors: `NAME.m` (Adam's first moment, or SGD's momentum)
     /// and `NAME.v` (Adam's second moment) for each parameter `NAME`. With the step count
     /// [`Optimizer::t`] this is everything a resumed run needs to continue exactly.

@@ -1,5 +1,6 @@
 //! Inputs shared by the GPU parity tests and the emulated kernel tests: the same
 //! deterministic random values, so both compare the same cases with the CPU.
+#![allow(dead_code)] // each test binary uses a different part
 
 /// `n` values in `[-1, 1)` from a xorshift stream seeded by `seed`.
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {

@@ -1,0 +1,273 @@
+//! The fused training step (`kernels/fused.cu`, three launches) against the reference step
+//! (`ncf_model::train_step` on `CpuBackend<f32>`), on the CUDA emulator: the plans and the
+//! table of `ncf_cuda::fused`, built here with host addresses, run on host copies of the same
+//! initial parameters and the same batches. For MF, GMF, MLP and NeuMF at batches 1, 255, 256
+//! and 4,096, three steps each; the loss of every step and every parameter and Adam moment
+//! afterwards must match within the GPU parity tolerance (`tests/parity.rs`), or else be at
+//! least as close to the same reference step run in f64 as the f32 reference step is (Adam
+//! divides by the gradient's own size, so where a gradient is a sum of thousands of terms
+//! that nearly cancel, the f32 reference's rounding grows past 1e-3 in three steps: MLP at
+//! batch 4,096, where the fused step's fixed-point row sums and per-tile partial sums are
+//! 1e-7 from f64 and the reference 7e-5; the test prints each such tensor). Small tables
+//! (37 users, 23 items) make every row repeat many times in the larger batches.
+//!
+//! Determinism: every case runs with the emulator's threads and blocks in forward, reverse and
+//! shuffled order, which changes the order of the atomics that link samples into their rows'
+//! lists; the results must be the same bits in all three.
+//!
+//! `cargo test --release -p ncf-cuda --test fused_step -- --nocapture`
+
+mod common;
+mod emu;
+use common::{rand_ids, rand_vec};
+
+use emu::{Emu, Order, arg};
+use ncf_core::Backend;
+use ncf_core::tol::{Tol, compare};
+use ncf_cpu::CpuBackend;
+use ncf_cuda::fused::{EMPTY, FusedBufs, FusedKind, FusedModel};
+use ncf_cuda::kernels::{SOURCES, kernel_names, unit};
+use ncf_model::{AnyModel, Batch, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch, train_step};
+
+const USERS: usize = 37;
+const ITEMS: usize = 23;
+const STEPS: u64 = 3;
+/// The GPU parity tests' tolerances: the loss of a step, parameters after several steps.
+const LOSS_TOL: Tol = Tol { abs: 1e-5, rel: 1e-4 };
+const PARAM_TOL: Tol = Tol { abs: 1e-5, rel: 1e-3 };
+
+/// Adam's moments are tiny (`m` ~ the gradients, `v` ~ their squares) and Adam's update does
+/// not change when a gradient is scaled, so a wrong gradient shows in the moments, not the
+/// weights: they are compared relative to the tensor's largest value (a gradient off by 0.1%
+/// fails), not with the weights' absolute floor.
+fn tol_for(name: &str, want: &[f64]) -> Tol {
+    if name.ends_with(".m") || name.ends_with(".v") {
+        let scale = want.iter().fold(0.0f64, |a, &x| a.max(x.abs()));
+        Tol { abs: 1e-4 * scale, rel: 1e-3 }
+    } else {
+        PARAM_TOL
+    }
+}
+
+fn ad<T>(v: &[T]) -> u64 {
+    v.as_ptr() as u64
+}
+
+/// The address of a buffer the kernels write through the table (a pointer that may write).
+fn adm<T>(v: &mut [T]) -> u64 {
+    v.as_mut_ptr() as u64
+}
+
+fn config(kind: ModelKind) -> ModelConfig {
+    let mut cfg = ModelConfig::new(kind, USERS, ITEMS);
+    cfg.factors = 8;
+    cfg.layers = vec![16, 12, 8, 4];
+    cfg
+}
+
+fn batch(b: usize, step: u64) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+    let users = rand_ids(b, USERS, 11 + 3 * step);
+    let items = rand_ids(b, ITEMS, 12 + 3 * step);
+    let labels = rand_vec(b, 13 + 3 * step).iter().map(|&x| if x > 0.3 { 1.0 } else { 0.0 }).collect();
+    (users, items, labels)
+}
+
+/// What a run leaves: the loss of each step, then every tensor (parameters, then Adam's m and
+/// v) by name.
+struct Outcome {
+    losses: Vec<f64>,
+    tensors: Vec<(String, Vec<f64>)>,
+}
+
+/// The reference: `train_step` on the CPU, in `T`, from the f32 model's initial values.
+fn reference<T: ncf_core::Float>(kind: ModelKind, b: usize) -> (Outcome, Vec<Vec<f32>>, FusedModel)
+where
+    CpuBackend<T>: Backend<T = T>,
+{
+    let (cpu32, cpu) = (CpuBackend::<f32>::default(), CpuBackend::<T>::default());
+    let cfg = config(kind);
+    let m32 = AnyModel::new(&cpu32, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+    let init: Vec<Vec<f32>> = m32.params().tensors.iter().map(|t| cpu32.download(&t.buf).unwrap()).collect();
+    let mut model = AnyModel::new(&cpu, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+    let (params, _) = model.params_and_grads();
+    for (t, v) in m32.params().tensors.iter().zip(&init) {
+        params.load(&cpu, &t.name, &v.iter().map(|&x| x as f64).collect::<Vec<_>>()).unwrap();
+    }
+    let mut opt = Optimizer::new(&cpu, model.params(), OptimConfig::adam(0.01), b).unwrap();
+    let fm = FusedModel::of(m32.params(), &opt.cfg).unwrap_or_else(|why| panic!("{kind:?}: {why}"));
+    let mut bt = Batch::with_capacity(&cpu, b).unwrap();
+    let mut sc = StepScratch::new(&cpu, b).unwrap();
+    let mut losses = Vec::new();
+    for step in 0..STEPS {
+        let (u, i, y) = batch(b, step);
+        let y: Vec<T> = y.iter().map(|&x| T::from_f64(x as f64)).collect();
+        bt.set(&cpu, &u, &i, &y).unwrap();
+        train_step(&cpu, &mut model, &mut opt, &bt, &mut sc).unwrap();
+        losses.push(sc.take_loss(&cpu).unwrap());
+    }
+    let mut tensors: Vec<(String, Vec<f64>)> =
+        model.params().to_host(&cpu).unwrap().into_iter().map(|h| (h.name, h.data)).collect();
+    for h in opt.state_to_host(&cpu, model.params()).unwrap() {
+        tensors.push((h.name, h.data));
+    }
+    (Outcome { losses, tensors }, init, fm)
+}
+
+/// The fused step on the emulator, from the same initial parameters.
+fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usize) -> Outcome {
+    // Every buffer the kernels reach through the table: allocated once, never moved.
+    let mut params: Vec<Vec<f32>> = init.to_vec();
+    let mut m: Vec<Vec<f32>> = init.iter().map(|t| vec![0.0; t.len()]).collect();
+    let mut v = m.clone();
+    let (mut users, mut items, mut labels) = (vec![0u32; b], vec![0u32; b], vec![0f32; b]);
+    let mut partials = vec![f32::NAN; fm.partials_len(b)];
+    let mut sample_grad = [vec![f32::NAN; b * fm.side_width()], vec![f32::NAN; b * fm.side_width()]];
+    let mut next = [vec![0u32; b], vec![0u32; b]];
+    let mut last = [vec![EMPTY; fm.rows[0]], vec![EMPTY; fm.rows[1]]];
+    let (mut t, mut scalars, mut loss) = (vec![0u32; 1], vec![f32::NAN; 6], vec![0f32; 1]);
+    let mut three = |k: usize| [adm(&mut params[k]), adm(&mut m[k]), adm(&mut v[k])];
+    let mut emb = [[[0u64; 3]; 2]; 2];
+    for (side, tables) in fm.tables.iter().enumerate() {
+        for (j, &k) in tables.iter().enumerate() {
+            emb[side][j] = three(k);
+        }
+    }
+    let dense = fm.dense.iter().map(|&k| three(k)).collect();
+    let [sg0, sg1] = &mut sample_grad;
+    let [n0, n1] = &mut next;
+    let [l0, l1] = &mut last;
+    let bufs = FusedBufs {
+        users: ad(&users),
+        items: ad(&items),
+        labels: ad(&labels),
+        emb,
+        dense,
+        partials: adm(&mut partials),
+        sample_grad: [adm(sg0), adm(sg1)],
+        next: [adm(n0), adm(n1)],
+        last: [adm(l0), adm(l1)],
+        t: adm(&mut t),
+        scalars: adm(&mut scalars),
+        loss: adm(&mut loss),
+    };
+    let tab = fm.tab(&bufs).words();
+    let plan = fm.plan(ad(&tab), b).unwrap();
+    assert_eq!(plan.steps().len(), 3, "the fused step is three launches");
+    let mut losses = Vec::new();
+    for step in 0..STEPS {
+        let (u, i, y) = batch(b, step);
+        users.copy_from_slice(&u);
+        items.copy_from_slice(&i);
+        labels.copy_from_slice(&y);
+        // Every address in `tab` is one of the Vecs above, which stay alive and unmoved until
+        // the end of this function and are sized as FusedModel asks; the kernels write only
+        // those taken with `adm` (pointers that may write). The emulator runs the launches
+        // on this thread, one at a time, and returns when they are done.
+        emu.run_plan(&plan, &[arg(&tab)]).unwrap_or_else(|e| panic!("{e}"));
+        losses.push(loss[0] as f64);
+        // The step leaves every list head empty again.
+        for (side, heads) in last.iter().enumerate() {
+            let bad = heads.iter().filter(|&&x| x != EMPTY).count();
+            assert_eq!(bad, 0, "side {side}: {bad} list heads left set after step {step}");
+        }
+        loss[0] = 0.0; // StepScratch::take_loss: read, then reset.
+    }
+    assert_eq!(t[0], STEPS as u32, "Adam's step count");
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let mut tensors: Vec<(String, Vec<f64>)> = names.iter().cloned().zip(params.iter().map(|p| f64s(p))).collect();
+    for (k, name) in names.iter().enumerate() {
+        tensors.push((format!("{name}.m"), f64s(&m[k])));
+        tensors.push((format!("{name}.v"), f64s(&v[k])));
+    }
+    assert!(scalars.iter().all(|x| x.is_finite()), "bias corrections {scalars:?}");
+    drop((partials, sample_grad, next));
+    Outcome { losses, tensors }
+}
+
+#[test]
+fn the_fused_step_matches_the_reference_step() {
+    let Some(cxx) = emu::compiler() else {
+        println!("skipped: no C++ compiler (g++)");
+        return;
+    };
+    let src = SOURCES.iter().find(|(f, _)| *f == "fused.cu").expect("fused.cu").1;
+    let emu = Emu::build(&cxx, &[("fused.cu", unit(src), kernel_names(src))]).unwrap_or_else(|e| panic!("{e}"));
+    emu.set_timeout_ms(120_000);
+    let mut failures = Vec::new();
+    for kind in [ModelKind::Mf, ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf] {
+        for b in [1, 255, 256, 4096] {
+            let (want, init, fm) = reference::<f32>(kind, b);
+            let (exact, _, _) = reference::<f64>(kind, b);
+            let names: Vec<String> = want.tensors.iter().take(init.len()).map(|(n, _)| n.clone()).collect();
+            let mut first: Option<Outcome> = None;
+            for order in [Order::Forward, Order::Reverse, Order::Shuffled] {
+                emu.set_order(order);
+                let t0 = std::time::Instant::now();
+                let got = fused(&emu, &fm, &init, &names, b);
+                let case = format!("{kind:?} b={b} ({order:?} order)");
+                let mut worst = (0.0f64, String::new());
+                let mut closer = Vec::new();
+                let c = compare(&format!("{case}: losses"), &got.losses, &want.losses, LOSS_TOL);
+                if !c.ok() {
+                    failures.push(c.to_string());
+                }
+                for (g, w) in got.tensors.iter().zip(&want.tensors) {
+                    // Adam's moments are stored as the reference names them (`NAME.m`).
+                    let w = want.tensors.iter().find(|(n, _)| *n == g.0).unwrap_or(w);
+                    let c = compare(&format!("{case}: {}", g.0), &g.1, &w.1, tol_for(&g.0, &w.1));
+                    if !c.ok() {
+                        let x = exact.tensors.iter().find(|(n, _)| *n == g.0).expect("same names");
+                        let e_fused = compare("", &g.1, &x.1, PARAM_TOL).max_abs;
+                        let e_ref = compare("", &w.1, &x.1, PARAM_TOL).max_abs;
+                        if e_fused <= e_ref {
+                            closer.push(format!("{}: {e_fused:.2e} vs {e_ref:.2e}", g.0));
+                        } else {
+                            failures.push(format!("{c}; vs f64: fused {e_fused:.3e} reference {e_ref:.3e}"));
+                        }
+                    }
+                    if c.max_abs > worst.0 {
+                        worst = (c.max_abs, g.0.clone());
+                    }
+                }
+                println!(
+                    "{case}: losses {:?} (reference {:?}); worst max_abs {:.2e} ({}); {:.1?}",
+                    got.losses,
+                    want.losses,
+                    worst.0,
+                    worst.1,
+                    t0.elapsed()
+                );
+                if !closer.is_empty() {
+                    println!(
+                        "  outside the f32 tolerance but closer to the f64 reference than the f32 reference is (max abs error, fused vs reference): {}",
+                        closer.join("; ")
+                    );
+                }
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => {
+                        let same = f.losses == got.losses
+                            && f.tensors
+                                .iter()
+                                .zip(&got.tensors)
+                                .all(|(a, c)| a.1.iter().zip(&c.1).all(|(x, y)| x.to_bits() == y.to_bits()));
+                        if !same {
+                            failures.push(format!("{case}: not the same bits as in forward order"));
+                        }
+                    }
+                }
+            }
+            assert_eq!(fm.kind as u8, fused_kind(kind) as u8);
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn fused_kind(kind: ModelKind) -> FusedKind {
+    match kind {
+        ModelKind::Mf => FusedKind::Mf,
+        ModelKind::Gmf => FusedKind::Gmf,
+        ModelKind::Mlp => FusedKind::Mlp,
+        ModelKind::NeuMf => FusedKind::NeuMf,
+    }
+}
