@@ -199,3 +199,28 @@ fn a_split_folder_missing_a_file_names_it() {
     assert!(!out.status.success());
     assert!(err.contains("toy.test.negative is missing"), "{err}");
 }
+
+/// `--stop-at-hr X` stops after the first epoch whose test HR reaches X and prints the time to
+/// get there; a value never reached runs every epoch and says so.
+#[test]
+fn stop_at_hr_stops_at_the_first_epoch_that_reaches_it() {
+    let out = ncf(&["train", "--epochs", "12", "--stop-at-hr", "0.45"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let test_hr: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("epoch"))
+        .map(|l| l.split("test HR@10 ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap())
+        .collect();
+    let first = test_hr.iter().position(|&h| h >= 0.45).expect("reached within 12 epochs");
+    assert_eq!(test_hr.len(), first + 1, "stopped right after the first epoch at or above 0.45: {test_hr:?}");
+    let line = text.lines().find(|l| l.starts_with("time to test HR@10 >= 0.45:")).expect(&text);
+    assert!(line.contains(&format!("reached at epoch {}", first + 1)), "{line}");
+
+    let out = ncf(&["train", "--epochs", "2", "--stop-at-hr", "0.999"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("test HR@10 did not reach 0.999 in 2 epochs"), "{text}");
+    let out = ncf(&["train", "--epochs", "1", "--stop-at-hr", "1.5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop_at_hr"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -85,8 +85,8 @@ pub struct SplitArgs {
     /// File name prefix (default: the input folder's name).
     #[arg(long)]
     name: Option<String>,
-    /// Sampled test negatives per user.
-    #[arg(long, default_value_t = 99)]
+    /// Sampled test negatives per user: 99 (the paper's protocol) or 999 (MLPerf's).
+    #[arg(long, visible_alias = "test-negatives", default_value_t = 99)]
     negatives: usize,
     /// Keep only ratings >= this as positives (default: every rating is a positive).
     #[arg(long)]

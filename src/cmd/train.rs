@@ -82,6 +82,7 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     }
     let mut jsonl = String::new();
     let k = cfg.k;
+    let mut reached: Option<(usize, f64, f64)> = None;
     let outcome = pool.install(|| {
         let from = resume.map(|(c, p)| ncf_train::ResumeFrom { checkpoint: c, path: p });
         ncf_train::train(&cfg, &data, from, |r| {
@@ -91,8 +92,19 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
             );
             jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
             jsonl.push('\n');
+            if reached.is_none() && cfg.stop_at_hr.is_some_and(|x| r.test_hr >= x) {
+                reached = Some((r.epoch, r.test_hr, t.elapsed().as_secs_f64()));
+            }
         })
     })?;
+    if let Some(x) = cfg.stop_at_hr {
+        match reached {
+            Some((epoch, hr, s)) => println!(
+                "time to test HR@{k} >= {x}: {s:.2} s (wall, data loading included), reached at epoch {epoch} with {hr:.4}"
+            ),
+            None => println!("test HR@{k} did not reach {x} in {} epochs", outcome.epochs.len()),
+        }
+    }
     let summary = &outcome.summary;
     println!(
         "selected epoch {} (best validation HR@{k}): test HR@{k} {:.4} NDCG@{k} {:.4}; best test epoch {}: HR@{k} {:.4} NDCG@{k} {:.4}; {:.2} s/epoch",

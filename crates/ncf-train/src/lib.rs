@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 use ncf_core::sample::{EpochKeys, SampleTables};
-use ncf_core::{Backend, Decay, OptimKind, SgdHp};
+use ncf_core::{AdamHp, Backend, Decay, OptimKind, SgdHp};
 use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
 use ncf_data::{IdMap, NcfSplit, Row, UserItems, sample_epoch};
@@ -129,7 +129,10 @@ pub struct Summary {
 
 fn optim_config(cfg: &TrainConfig) -> OptimConfig {
     let base = match cfg.optimizer {
-        OptimChoice::Adam => OptimConfig::adam(cfg.lr),
+        OptimChoice::Adam => OptimConfig::uniform(
+            OptimKind::Adam(AdamHp { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, ..AdamHp::default() }),
+            true,
+        ),
         OptimChoice::Sgd => OptimConfig::uniform(
             OptimKind::Sgd(SgdHp { lr: cfg.lr, momentum: cfg.momentum, decay: Decay::None }),
             false,
@@ -156,6 +159,15 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     }
     if !(0.0..1.0).contains(&cfg.momentum) {
         return bad("momentum", "must be in [0, 1)");
+    }
+    if !(0.0..1.0).contains(&cfg.beta1) {
+        return bad("beta1", "must be in [0, 1)");
+    }
+    if !(0.0..1.0).contains(&cfg.beta2) {
+        return bad("beta2", "must be in [0, 1)");
+    }
+    if cfg.stop_at_hr.is_some_and(|x| !(x > 0.0 && x <= 1.0)) {
+        return bad("stop_at_hr", "must be in (0, 1]");
     }
     if cfg.eval_rows < 100 {
         return bad("eval_rows", "must hold at least one user's 100 candidates");
@@ -556,9 +568,13 @@ fn train_on<B: FastStep<T = f32>>(
             samples_per_second: trained.rows as f64 / trained.training_s.max(1e-9),
         };
         on_epoch(&report);
+        let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);
         best.record(be, report, &tr.model)?;
         if let Some(path) = &cfg.save {
             tr.checkpoint(path, &mcfg, &best)?;
+        }
+        if reached {
+            break;
         }
     }
     let summary = summarize(cfg, &best.reports, best.valid);
