@@ -242,6 +242,10 @@ pub fn train(
     }
 }
 
+/// Training steps recorded into one CUDA graph by the device-sampled epoch (each replay
+/// launches their sampling and steps at once).
+pub const STEPS_PER_GRAPH: usize = 16;
+
 /// Rows scored per forward call on a GPU (6,040 ML-1M users × 100 candidates fit in one).
 pub const GPU_EVAL_ROWS: usize = 1 << 20;
 
@@ -439,35 +443,39 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
             progress.step(be, step, stepper, scratch)?;
             step += 1;
         }
-        let graph = if cfg.graph && full > 2 {
+        // Record STEPS_PER_GRAPH steps (their sampling included: the device advances its
+        // batch counter) as one graph, and replay it: one launch per that many steps.
+        let per = STEPS_PER_GRAPH.min(full.saturating_sub(step) / 2);
+        let graph = if cfg.graph && per >= 1 {
             let t_before = opt.t;
-            let g = be.capture(&mut || sampled_step(cfg.batch, stepper, model, opt, batch, scratch))?;
-            // Recording ran the host side of one step (the optimizer's host count went up)
+            let g = be.capture(&mut || {
+                (0..per).try_for_each(|_| sampled_step(cfg.batch, stepper, model, opt, batch, scratch))
+            })?;
+            // Recording ran the host side of the steps (the optimizer's host count went up)
             // but nothing on the device.
             opt.t = t_before;
             g
         } else {
             None
         };
-        match &graph {
-            Some(g) => {
-                let t_start = opt.t;
-                while step < full {
-                    be.replay(g)?;
-                    progress.step(be, step, stepper, scratch)?;
-                    step += 1;
-                }
-                // Each replay advanced the device's step count; the host's follows.
-                opt.set_steps(be, t_start + (full - 1) as u64)?;
-                model.params_and_grads().0.touch();
-            }
-            None => {
-                while step < full {
-                    sampled_step(cfg.batch, stepper, model, opt, batch, scratch)?;
+        if let Some(g) = &graph {
+            let t_start = opt.t;
+            let first = step;
+            while step + per <= full {
+                be.replay(g)?;
+                for _ in 0..per {
                     progress.step(be, step, stepper, scratch)?;
                     step += 1;
                 }
             }
+            // Each replay advanced the device's step count; the host's follows.
+            opt.set_steps(be, t_start + (step - first) as u64)?;
+            model.params_and_grads().0.touch();
+        }
+        while step < full {
+            sampled_step(cfg.batch, stepper, model, opt, batch, scratch)?;
+            progress.step(be, step, stepper, scratch)?;
+            step += 1;
         }
         let tail = n_rows - full * cfg.batch;
         if tail > 0 {
