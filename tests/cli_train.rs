@@ -224,3 +224,22 @@ fn stop_at_hr_stops_at_the_first_epoch_that_reaches_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop_at_hr"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// An id past 2³¹ − 1 in a split file (which would ask for a table of that many rows, past
+/// what the GPU kernels address) is refused with the file, line and field, before anything is
+/// allocated.
+#[test]
+fn an_id_beyond_2_31_is_refused_with_file_line_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    toy_split(d.path());
+    let train = d.path().join("toy.train.rating");
+    let mut text = std::fs::read_to_string(&train).unwrap();
+    text.push_str("3000000000\t1\t5\t978300760\n");
+    std::fs::write(&train, &text).unwrap();
+    let line = text.lines().count();
+    let out = ncf(&["train", "--data", &d.path().display().to_string(), "--epochs", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let want = format!("toy.train.rating:{line}: field `user`: `3000000000` is not an integer id in 0..=2147483647");
+    assert!(err.contains(&want), "{err}");
+}

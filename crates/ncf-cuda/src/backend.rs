@@ -167,6 +167,12 @@ impl CudaBackend {
         })
     }
 
+    /// `(free, total)` bytes of the device's memory (`cuMemGetInfo`).
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.stream.context().bind_to_thread().map_err(dev_err("cuCtxSetCurrent"))?;
+        cudarc::driver::result::mem_get_info().map_err(dev_err("cuMemGetInfo"))
+    }
+
     /// GPU time of the work `f` queues, in milliseconds, measured with CUDA events.
     pub fn time_ms(&self, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);

@@ -118,6 +118,14 @@ impl SplitFiles {
 }
 
 /// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then unused).
+/// The largest id a split may hold: ids index embedding tables' rows, and the GPU kernels take
+/// 32-bit signed row counts (a larger id would also ask for a table of that many rows).
+pub const MAX_ID: u64 = i32::MAX as u64;
+
+fn id_of(v: u64) -> Option<u32> {
+    (v <= MAX_ID).then_some(v as u32)
+}
+
 fn parse_rating_file(path: &Path) -> Result<Vec<(u32, u32, f64)>> {
     let bytes = read_file(path)?;
     let mut out = Vec::with_capacity(bytes.len() / 16);
@@ -133,8 +141,8 @@ fn parse_rating_file(path: &Path) -> Result<Vec<(u32, u32, f64)>> {
         };
         let (u, i, r, t) = (next("user")?, next("item")?, next("rating")?, next("timestamp")?);
         let id = |field: &[u8], name: &'static str| -> Result<u32> {
-            parse_u64(field).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
-                DataError::parse(path, line, name, format!("`{}` is not a non-negative integer id", show(field)))
+            parse_u64(field).and_then(id_of).ok_or_else(|| {
+                DataError::parse(path, line, name, format!("`{}` is not an integer id in 0..=2147483647", show(field)))
             })
         };
         let (user, item) = (id(u, "user")?, id(i, "item")?);
@@ -177,15 +185,15 @@ fn parse_negative_file(path: &Path) -> Result<Vec<NegativeLine>> {
         let mut parts = pair.split(|&b| b == b',');
         let mut id = |name: &'static str| -> Result<u32> {
             let f = parts.next().unwrap_or_default();
-            parse_u64(f).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
-                DataError::parse(path, line, name, format!("`{}` is not a non-negative integer id", show(f)))
+            parse_u64(f).and_then(id_of).ok_or_else(|| {
+                DataError::parse(path, line, name, format!("`{}` is not an integer id in 0..=2147483647", show(f)))
             })
         };
         let (u, i) = (id("user")?, id("item")?);
         let negs = fields
             .enumerate()
             .map(|(k, f)| {
-                parse_u64(f).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                parse_u64(f).and_then(id_of).ok_or_else(|| {
                     DataError::parse(
                         path,
                         line,

@@ -229,8 +229,12 @@ pub fn train(
         Device::Cpu => train_on(&CpuBackend::<f32>::new(cfg.gemm.into()), kind, cfg, data, resume, on_epoch),
         // Written, not yet run on a GPU (see crates/ncf-cuda).
         Device::Cuda => {
+            let (users, items) = (data.known.n_users, data.known.n_items);
+            gpu_rows_fit(users, items)?;
             let be = ncf_cuda::CudaBackend::new(0, gpu_gemm(cfg.gemm.into()))
                 .map_err(|e| TrainError::Config("device", e.to_string()))?;
+            let (free, total) = be.memory()?;
+            gpu_memory_fits(&model_config(kind, cfg, users, items), cfg, free, total)?;
             // Score every validation or test case in one forward call where it fits: the GPU
             // has room for far more rows than the CPU's cache-sized default.
             let mut cfg = cfg.clone();
@@ -240,6 +244,66 @@ pub fn train(
             train_on(&be, kind, &cfg, data, resume, on_epoch)
         }
     }
+}
+
+/// The GPU kernels address table rows with 32-bit signed sizes: more than 2³¹ − 1 users or
+/// items is refused before anything is allocated.
+pub fn gpu_rows_fit(users: usize, items: usize) -> Result<()> {
+    for (what, n) in [("users", users), ("items", items)] {
+        if n > i32::MAX as usize {
+            return Err(TrainError::Config(
+                "device",
+                format!("{n} {what} exceed the GPU kernels' 2^31 - 1 = {} rows per table", i32::MAX),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The model's parameters (embedding tables, dense layers, head).
+pub fn param_count(m: &ModelConfig) -> u128 {
+    let rows = (m.users + m.items) as u128;
+    let dense: u128 = m.layers.windows(2).map(|w| (w[0] * w[1] + w[1]) as u128).sum();
+    let head = |inp: usize| inp as u128 + 1;
+    let (f, d, h) = (m.factors as u128, m.layers.first().map_or(0, |&x| x / 2) as u128, *m.layers.last().unwrap_or(&0));
+    match m.kind {
+        ModelKind::Gmf => rows * f + head(m.factors),
+        ModelKind::Mlp => rows * d + dense + head(h),
+        ModelKind::NeuMf => rows * (f + d) + dense + head(m.factors + h),
+        ModelKind::Mf => rows * (f + 1) + 1,
+    }
+}
+
+/// Refuses a run whose model cannot fit the GPU's free memory, with the numbers: each
+/// parameter takes 16 bytes (the weight, its gradient, Adam's two moments) and each table row
+/// 12 more (the fused step's list heads, the reference step's row plan).
+pub fn gpu_memory_fits(m: &ModelConfig, cfg: &TrainConfig, free: usize, total: usize) -> Result<()> {
+    let params = param_count(m);
+    let need = 16 * params + 12 * (m.users + m.items) as u128;
+    let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    if need > free as u128 {
+        return Err(TrainError::Config(
+            "device",
+            format!(
+                "{} {} with {} users and {} items has {params} parameters, which need {:.2} GiB of GPU memory \
+                 (16 bytes each: weight, gradient, Adam's m and v; plus 12 per table row), but the GPU has \
+                 {:.2} GiB free of {:.2} GiB (batch {})",
+                m.kind.as_str(),
+                cfg.factors,
+                m.users,
+                m.items,
+                gib(need),
+                gib(free as u128),
+                gib(total as u128),
+                cfg.batch
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn model_config(kind: ModelKind, cfg: &TrainConfig, users: usize, items: usize) -> ModelConfig {
+    ModelConfig { kind, users, items, factors: cfg.factors, layers: cfg.layers.clone(), init: Default::default() }
 }
 
 /// Training steps recorded into one CUDA graph by the device-sampled epoch (each replay
@@ -543,14 +607,7 @@ fn train_on<B: FastStep<T = f32>>(
     resume: Option<ResumeFrom<'_>>,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
-    let mcfg = ModelConfig {
-        kind,
-        users: data.known.n_users,
-        items: data.known.n_items,
-        factors: cfg.factors,
-        layers: cfg.layers.clone(),
-        init: Default::default(),
-    };
+    let mcfg = model_config(kind, cfg, data.known.n_users, data.known.n_items);
     let max_rows = cfg.batch.max(cfg.eval_rows);
     let (model, opt, mut best) = match &resume {
         None => start(be, cfg, &mcfg, max_rows)?,
@@ -676,4 +733,39 @@ fn snapshot(
         r.write_into(&mut ckpt);
     }
     ckpt
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// `param_count` is what the models allocate, for each kind.
+    #[test]
+    fn param_count_matches_the_models() {
+        let be = CpuBackend::<f32>::default();
+        for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf, ModelKind::Mf] {
+            let m = ModelConfig { factors: 6, layers: vec![16, 8, 4], ..ModelConfig::new(kind, 13, 7) };
+            let model = AnyModel::new(&be, &m, 4, &mut ncf_core::rng::seeded(1, 1)).unwrap();
+            assert_eq!(param_count(&m), model.params().numel() as u128, "{kind:?}");
+        }
+    }
+
+    /// Tables past 2³¹ − 1 rows and models past the GPU's free memory are refused with the
+    /// numbers, before anything is allocated.
+    #[test]
+    fn bad_gpu_sizes_are_refused_with_the_numbers() {
+        let e = gpu_rows_fit(3_000_000_000, 10).unwrap_err().to_string();
+        assert!(e.contains("3000000000 users exceed the GPU kernels' 2^31 - 1 = 2147483647 rows"), "{e}");
+        assert!(gpu_rows_fit(i32::MAX as usize, 1).is_ok());
+        let cfg = TrainConfig { factors: 64, layers: vec![256, 256, 128, 64], ..TrainConfig::default() };
+        // NeuMF-64 on 1 G users: about 1.9e11 parameters, 2.9 TiB.
+        let m = model_config(ModelKind::NeuMf, &cfg, 1_000_000_000, 26_744);
+        let gib = 1usize << 30;
+        let e = gpu_memory_fits(&m, &cfg, 130 * gib, 140 * gib).unwrap_err().to_string();
+        println!("{e}");
+        assert!(e.contains("parameters, which need") && e.contains("130.00 GiB free of 140.00 GiB"), "{e}");
+        // ML-20M's sizes fit an H200 easily.
+        let m = model_config(ModelKind::NeuMf, &cfg, 138_493, 26_744);
+        assert!(gpu_memory_fits(&m, &cfg, 130 * gib, 140 * gib).is_ok());
+    }
 }
