@@ -8,8 +8,9 @@
 //                         writes each sample's embedding-row gradients, links the sample into
 //                         its user's and its item's list, and writes the block's sums of the
 //                         dense gradients (and of the loss), in sample order.
-//   2. fused_dense_adam   one thread per dense parameter: adds the blocks' partial sums in
-//                         block order, then Adam. One more thread adds the mean loss.
+//   2. fused_dense_adam   a lane per dense parameter: adds the tiles' partial sums in a fixed
+//                         order (8 rows of tiles per block, then the rows), then Adam. One
+//                         more lane adds the mean loss.
 //   3. fused_rows_adam    one thread per (side, sample); the sample heading its row's list
 //                         sums the row's gradients and applies lazy Adam to the row.
 //
@@ -17,11 +18,13 @@
 // whose order is that of the atomics building the list; it is summed exactly in 64-bit fixed
 // point (one exponent per row, from the largest magnitude), so the order cannot change a bit.
 // The work is proportional to the batch; the embedding tables' sizes appear nowhere but in
-// `last` (one u32 per row, EMPTY between steps).
+// `last` (one u32 per row, EMPTY between steps) and `rowinfo` (two u32 per row, zero between
+// steps), touched only at the batch's ids.
 
 #define FUSED_MAX_LAYERS 8
 #define FUSED_MAX_DENSE (2 * FUSED_MAX_LAYERS + 2)
 #define FUSED_EMPTY 0xffffffffu
+#define FUSED_MAX_SIDE 256  // floats of one side's row gradient (all its tables' widths)
 
 enum { FUSED_MF = 0, FUSED_GMF = 1, FUSED_MLP = 2, FUSED_NEUMF = 3 };
 
@@ -48,13 +51,14 @@ struct FusedTab {
     unsigned long long sample_grad[2];       // f32 (B, side_width) per side
     unsigned long long next[2];              // u32 (B) per side: the next sample of the same row
     unsigned long long last[2];              // u32 (rows) per side: the head of each row's list
+    unsigned long long rowinfo[2];           // u32 (rows, 2) per side: samples in the row, max |g| (bits)
     unsigned long long t;                    // u32: Adam's step count
     unsigned long long scalars;              // f32 (6): per group, lr / (1 − β₁ᵗ) and 1 / √(1 − β₂ᵗ)
     unsigned long long loss;                 // f32: += the batch's mean loss
     double lr[3], beta1[3], beta2[3];        // Adam per group: 0 embeddings, 1 weights, 2 biases
     float b1[3], omb1[3], b2[3], omb2[3], eps[3], l2[3], shrink[3], pad;
 };
-static_assert(sizeof(FusedTab) == 1248, "FusedTab: keep in step with crates/ncf-cuda/src/fused.rs");
+static_assert(sizeof(FusedTab) == 1264, "FusedTab: keep in step with crates/ncf-cuda/src/fused.rs");
 
 #define F32(a) ((float*)(a))
 #define U32(a) ((unsigned*)(a))
@@ -186,9 +190,19 @@ __device__ void fused_sample(const FusedTab& T, const float* wsh, float* r, cons
             }
         }
     }
-    // Link the sample into its rows' lists (the lists' order does not matter: see the top).
-    U32(T.next[0])[k] = atomicExch(&U32(T.last[0])[ids[0]], (unsigned)k);
-    U32(T.next[1])[k] = atomicExch(&U32(T.last[1])[ids[1]], (unsigned)k);
+    // Link the sample into its rows' lists (the lists' order does not matter: see the top),
+    // and count it and its largest |g| into the rows' info (integer atomics: order-free; a
+    // non-negative float's bits order as the float does, NaN above infinity).
+    float* g2[2] = {gu, gi};
+    for (int side = 0; side < 2; ++side) {
+        float big = 0.0f;
+        for (int c = 0; c < sw; ++c) big = fmaxf(big, fabsf(g2[side][c]));
+        if (big != big) big = __uint_as_float(0x7fc00000u);  // fmaxf drops NaN: keep it
+        unsigned* info = U32(T.rowinfo[side]) + 2 * (long long)ids[side];
+        atomicAdd(&info[0], 1u);
+        atomicMax(&info[1], __float_as_uint(big));
+        U32(T.next[side])[k] = atomicExch(&U32(T.last[side])[ids[side]], (unsigned)k);
+    }
 }
 
 // Σ over the tile's n samples, in sample order, of dense parameter p's gradient (p = P: the
@@ -268,31 +282,41 @@ __device__ __forceinline__ void fused_adam(const FusedTab& T, int group, float* 
     p[k] = w * T.shrink[group] - step * mk / (sqrtf(vk) * inv_sqrt_bc2 + T.eps[group]);
 }
 
-// Kernel 2. Threads over P + 1: parameter p's gradient is the blocks' partial sums added in
-// block order; thread P adds the mean loss.
+// Kernel 2. Block (32, FUSED_GROUPS): lane x owns parameter p = 32·blockIdx.x + x (p = P: the
+// loss); row y of the block adds the partial sums of tiles y, y + FUSED_GROUPS, … in that
+// order, then row 0 adds the rows' sums in row order (a fixed order, whatever the schedule)
+// and applies Adam. Parameters are spread over ⌈(P+1)/32⌉ blocks and each thread reads
+// 1/FUSED_GROUPS of the tiles, with each row of a block reading 32 consecutive floats.
+#define FUSED_GROUPS 8
 extern "C" __global__ void fused_dense_adam(const unsigned long long* tab, int b, int blocks) {
     const FusedTab& T = *(const FusedTab*)tab;
+    __shared__ float part[FUSED_GROUPS][32];
     const int P = (int)T.nparams;
-    GRID_STRIDE(p, P + 1) {
-        float g = 0.0f;
-        for (int q = 0; q < blocks; ++q) g += F32(T.partials)[(long long)q * (P + 1) + p];
-        if (p == P) {
-            F32(T.loss)[0] += g * (1.0f / (float)b);
-            continue;
-        }
-        int t = 0;
-        while (p >= T.dense_off[t + 1]) ++t;
-        fused_adam(T, (int)T.dense_group[t], F32(T.dense[t]), F32(T.dense_m[t]), F32(T.dense_v[t]),
-                   p - T.dense_off[t], g);
+    const int p = blockIdx.x * 32 + threadIdx.x, y = threadIdx.y;
+    float g = 0.0f;
+    if (p <= P)
+        for (int q = y; q < blocks; q += FUSED_GROUPS) g += F32(T.partials)[(long long)q * (P + 1) + p];
+    part[y][threadIdx.x] = g;
+    __syncthreads();
+    if (y != 0 || p > P) return;
+    g = part[0][threadIdx.x];
+    for (int r = 1; r < FUSED_GROUPS; ++r) g += part[r][threadIdx.x];
+    if (p == P) {
+        F32(T.loss)[0] += g * (1.0f / (float)b);
+        return;
     }
+    int t = 0;
+    while (p >= T.dense_off[t + 1]) ++t;
+    fused_adam(T, (int)T.dense_group[t], F32(T.dense[t]), F32(T.dense_m[t]), F32(T.dense_v[t]), p - T.dense_off[t], g);
 }
 
 // Kernel 3. Threads over 2B (user side, then item side). The sample that heads its row's list
 // sums the row's gradients over the list and updates the row (every table of the side) with
-// Adam, then empties the list head. Exact sums: with M the largest |g| in the row and n the
-// list's length, each g·2^s (s = 62 − exponent(M) − bits(n)) is rounded to an integer and the
-// integers added in 64 bits, which cannot overflow and gives the same bits in any order (and
-// exactly g when a row appears once).
+// Adam, then empties the row's list head and info. Exact sums: with M the largest |g| in the
+// row and n the list's length (both from the row's info), each g·2^s (s = 62 − exponent(M) −
+// bits(n)) is rounded to an integer and the integers added in 64 bits, which cannot overflow
+// and gives the same bits in any order (and exactly g when a row appears once). One walk of
+// the list per row.
 extern "C" __global__ void fused_rows_adam(const unsigned long long* tab, int b) {
     const FusedTab& T = *(const FusedTab*)tab;
     const int sw = (int)T.side_width;
@@ -304,34 +328,33 @@ extern "C" __global__ void fused_rows_adam(const unsigned long long* tab, int b)
         if (last[id] != s) continue;  // not the head of its row's list
         const unsigned* next = U32(T.next[side]);
         const float* g = F32(T.sample_grad[side]);
-        unsigned n = 0;
-        float big = 0.0f;
-        for (unsigned j = s; j != FUSED_EMPTY; j = next[j]) {
-            ++n;
-            for (int c = 0; c < sw; ++c) big = fmaxf(big, fabsf(g[(long long)j * sw + c]));
+        unsigned* info = U32(T.rowinfo[side]) + 2 * (long long)id;
+        const unsigned n = info[0];
+        const float big = __uint_as_float(info[1]);
+        long long acc[FUSED_MAX_SIDE];
+        float sum[FUSED_MAX_SIDE];
+        if (big <= 3.402823466e38f) {
+            int ex = 0;
+            frexpf(big, &ex);
+            const int shift = 62 - ex - (32 - __clz((int)n));
+            for (int c = 0; c < sw; ++c) acc[c] = 0;
+            for (unsigned j = s; j != FUSED_EMPTY; j = next[j])
+                for (int c = 0; c < sw; ++c) acc[c] += llrintf(ldexpf(g[(long long)j * sw + c], shift));
+            for (int c = 0; c < sw; ++c) sum[c] = ldexpf((float)acc[c], -shift);
+        } else {  // inf or NaN: a plain sum passes them on
+            for (int c = 0; c < sw; ++c) sum[c] = 0.0f;
+            for (unsigned j = s; j != FUSED_EMPTY; j = next[j])
+                for (int c = 0; c < sw; ++c) sum[c] += g[(long long)j * sw + c];
         }
-        const bool finite = big <= 3.402823466e38f;  // else (inf, NaN) a plain sum passes them on
-        int ex = 0;
-        frexpf(big, &ex);
-        const int shift = 62 - ex - (32 - __clz((int)n));
         int col = 0;
         for (int t = 0; t < T.ntables; ++t) {
             const long long w = T.table_width[t];
-            for (int c = 0; c < w; ++c, ++col) {
-                float sum;
-                if (finite) {
-                    long long acc = 0;
-                    for (unsigned j = s; j != FUSED_EMPTY; j = next[j])
-                        acc += llrintf(ldexpf(g[(long long)j * sw + col], shift));
-                    sum = ldexpf((float)acc, -shift);
-                } else {
-                    sum = 0.0f;
-                    for (unsigned j = s; j != FUSED_EMPTY; j = next[j]) sum += g[(long long)j * sw + col];
-                }
+            for (int c = 0; c < w; ++c, ++col)
                 fused_adam(T, 0, F32(T.emb[side][t]), F32(T.emb_m[side][t]), F32(T.emb_v[side][t]),
-                           (long long)id * w + c, sum);
-            }
+                           (long long)id * w + c, sum[col]);
         }
+        info[0] = 0u;
+        info[1] = 0u;
         last[id] = FUSED_EMPTY;
     }
 }

@@ -11,7 +11,7 @@
 //! the dense parameter count, never the embedding tables' rows (the test
 //! `plans_do_not_depend_on_the_tables` builds them for 1,000 and 100 M rows).
 
-use crate::plan::{Addr, Arg, BLOCK, Kernel, Launch, Plan, grid, i32_of};
+use crate::plan::{Addr, Arg, Kernel, Launch, Plan, grid, i32_of};
 use ncf_core::{AdamHp, Backend, Error, OptimKind, Result};
 use ncf_model::{Group, IdSource, OptimConfig, ParamSet, Role};
 
@@ -23,9 +23,16 @@ pub const MAX_DENSE: usize = 2 * MAX_LAYERS + 2;
 pub const EMPTY: u32 = u32::MAX;
 /// The largest tile (samples per block of `fused_tile`).
 pub const MAX_TILE: usize = 128;
+/// The most floats of one side's row gradient (the widths of its tables: NeuMF's GMF and MLP
+/// embeddings; the kernels' `FUSED_MAX_SIDE`).
+pub const MAX_SIDE: usize = 256;
 /// The dynamic shared memory `fused_tile` may use without an opt-in: the dense parameters and
 /// one region per sample of the tile must fit.
 pub const SHARED_BYTES: usize = 48 * 1024;
+
+/// Rows of tiles `fused_dense_adam` sums side by side (its block is 32 × this; the kernel's
+/// `FUSED_GROUPS`).
+pub const DENSE_GROUPS: u32 = 8;
 
 /// Which of the four models (the kernels' `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +87,8 @@ pub struct FusedBufs {
     pub next: [Addr; 2],
     /// u32 per table row, per side, all [`EMPTY`] before the first step.
     pub last: [Addr; 2],
+    /// u32 `(rows, 2)` per side, all zero before the first step.
+    pub rowinfo: [Addr; 2],
     /// u32: Adam's step count (the optimizer's device counter).
     pub t: Addr,
     /// f32 (6).
@@ -118,6 +127,7 @@ pub struct FusedTab {
     sample_grad: [u64; 2],
     next: [u64; 2],
     last: [u64; 2],
+    rowinfo: [u64; 2],
     t: u64,
     scalars: u64,
     loss: u64,
@@ -134,8 +144,8 @@ pub struct FusedTab {
     pad: f32,
 }
 
-/// The kernels' `static_assert(sizeof(FusedTab) == 1248)`: change both or neither.
-pub const TAB_BYTES: usize = 1248;
+/// The kernels' `static_assert(sizeof(FusedTab) == 1264)`: change both or neither.
+pub const TAB_BYTES: usize = 1264;
 const _: () = assert!(std::mem::size_of::<FusedTab>() == TAB_BYTES);
 
 impl FusedTab {
@@ -240,6 +250,9 @@ impl FusedModel {
             }
         }
         let rows = [t(tables[0][0]).rows(), t(tables[1][0]).rows()];
+        if table_width.iter().sum::<usize>() > MAX_SIDE {
+            return Err(format!("embedding rows wider than {MAX_SIDE} floats per side"));
+        }
         let dense_len = dense.iter().map(|&k| t(k).numel()).collect();
         let dense_group = dense.iter().map(|&k| group_index(t(k).role)).collect();
         let m = FusedModel { kind, f, d, widths, tables, table_width, dense, dense_len, dense_group, rows, adam };
@@ -345,6 +358,7 @@ impl FusedModel {
             sample_grad: bufs.sample_grad,
             next: bufs.next,
             last: bufs.last,
+            rowinfo: bufs.rowinfo,
             t: bufs.t,
             scalars: bufs.scalars,
             loss: bufs.loss,
@@ -376,8 +390,8 @@ impl FusedModel {
         let blocks_i = i32_of(OP, "blocks", blocks)?;
         let cfg1 = ((blocks as u32, 1, 1), (tile as u32, 1, 1), self.smem(tile) as u32);
         let k1 = Launch::new(Kernel::FusedTile, cfg1, &[Arg::Ptr(tab), Arg::I32(bi)]);
-        let dense_blocks = (self.nparams() + 1).div_ceil(BLOCK as usize) as u32;
-        let cfg2 = ((dense_blocks, 1, 1), (BLOCK, 1, 1), 0);
+        let dense_blocks = (self.nparams() + 1).div_ceil(32) as u32;
+        let cfg2 = ((dense_blocks, 1, 1), (32, DENSE_GROUPS, 1), 0);
         let k2 = Launch::new(Kernel::FusedDenseAdam, cfg2, &[Arg::Ptr(tab), Arg::I32(bi), Arg::I32(blocks_i)]);
         let k3 = Launch::new(Kernel::FusedRowsAdam, grid(2 * b), &[Arg::Ptr(tab), Arg::I32(bi)]);
         Ok(Plan::one(k1).then(crate::plan::Step::Kernel(k2)).then(crate::plan::Step::Kernel(k3)))
@@ -454,6 +468,7 @@ mod tests {
         // users: after 4 + 9 + 2 + 19 + 18 + 1 + 2 + 2 words of shape.
         assert_eq!(w[57], 0xAAAA);
         // loss: the last pointer, before 9 doubles and 11 words of floats.
+        assert_eq!(w[w.len() - 22], 0, "t, after rowinfo");
         assert_eq!(w[w.len() - 21], 0xBBBB);
         assert_eq!(f64::from_bits(w[w.len() - 20]), 1e-3);
     }

@@ -25,6 +25,7 @@ struct Fused {
     sample_grad: [CudaSlice<f32>; 2],
     next: [CudaSlice<u32>; 2],
     last: [CudaSlice<u32>; 2],
+    rowinfo: [CudaSlice<u32>; 2],
     scalars: CudaSlice<f32>,
     /// The table as last uploaded, and its device copy.
     words: Vec<u64>,
@@ -66,6 +67,7 @@ impl Fused {
             sample_grad: two(max_batch * sw)?,
             next: [be.raw_zeros(OP, max_batch)?, be.raw_zeros(OP, max_batch)?],
             last: [empty(model.rows[0])?, empty(model.rows[1])?],
+            rowinfo: [be.raw_zeros(OP, 2 * model.rows[0])?, be.raw_zeros(OP, 2 * model.rows[1])?],
             scalars: be.raw_zeros(OP, 6)?,
             words: Vec::new(),
             tab: be.raw_zeros(OP, crate::fused::TAB_BYTES / 8)?,
@@ -102,6 +104,7 @@ impl Fused {
             sample_grad: [be.ad(&self.sample_grad[0]), be.ad(&self.sample_grad[1])],
             next: [be.ad(&self.next[0]), be.ad(&self.next[1])],
             last: [be.ad(&self.last[0]), be.ad(&self.last[1])],
+            rowinfo: [be.ad(&self.rowinfo[0]), be.ad(&self.rowinfo[1])],
             t: be.ad(&t.dev),
             scalars: be.ad(&self.scalars),
             loss: be.ad(&scratch.loss),

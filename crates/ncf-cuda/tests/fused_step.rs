@@ -124,6 +124,7 @@ fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usi
     let mut sample_grad = [vec![f32::NAN; b * fm.side_width()], vec![f32::NAN; b * fm.side_width()]];
     let mut next = [vec![0u32; b], vec![0u32; b]];
     let mut last = [vec![EMPTY; fm.rows[0]], vec![EMPTY; fm.rows[1]]];
+    let mut rowinfo = [vec![0u32; 2 * fm.rows[0]], vec![0u32; 2 * fm.rows[1]]];
     let (mut t, mut scalars, mut loss) = (vec![0u32; 1], vec![f32::NAN; 6], vec![0f32; 1]);
     let mut three = |k: usize| [adm(&mut params[k]), adm(&mut m[k]), adm(&mut v[k])];
     let mut emb = [[[0u64; 3]; 2]; 2];
@@ -136,6 +137,7 @@ fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usi
     let [sg0, sg1] = &mut sample_grad;
     let [n0, n1] = &mut next;
     let [l0, l1] = &mut last;
+    let [r0, r1] = &mut rowinfo;
     let bufs = FusedBufs {
         users: ad(&users),
         items: ad(&items),
@@ -146,6 +148,7 @@ fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usi
         sample_grad: [adm(sg0), adm(sg1)],
         next: [adm(n0), adm(n1)],
         last: [adm(l0), adm(l1)],
+        rowinfo: [adm(r0), adm(r1)],
         t: adm(&mut t),
         scalars: adm(&mut scalars),
         loss: adm(&mut loss),
@@ -165,10 +168,10 @@ fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usi
         // on this thread, one at a time, and returns when they are done.
         emu.run_plan(&plan, &[arg(&tab)]).unwrap_or_else(|e| panic!("{e}"));
         losses.push(loss[0] as f64);
-        // The step leaves every list head empty again.
-        for (side, heads) in last.iter().enumerate() {
-            let bad = heads.iter().filter(|&&x| x != EMPTY).count();
-            assert_eq!(bad, 0, "side {side}: {bad} list heads left set after step {step}");
+        // The step leaves every list head empty and every row's info zero again.
+        for (side, (heads, info)) in last.iter().zip(&rowinfo).enumerate() {
+            let bad = heads.iter().filter(|&&x| x != EMPTY).count() + info.iter().filter(|&&x| x != 0).count();
+            assert_eq!(bad, 0, "side {side}: {bad} list heads or row infos left set after step {step}");
         }
         loss[0] = 0.0; // StepScratch::take_loss: read, then reset.
     }
