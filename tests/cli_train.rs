@@ -243,3 +243,30 @@ fn an_id_beyond_2_31_is_refused_with_file_line_and_field() {
     let want = format!("toy.train.rating:{line}: field `user`: `3000000000` is not an integer id in 0..=2147483647");
     assert!(err.contains(&want), "{err}");
 }
+
+/// `ncf train --test-negatives 999` on a ratings folder tests on exactly the split that
+/// `ncf data split --test-negatives 999` writes (MLPerf's protocol): the same metrics, and
+/// 999 negatives per test user.
+#[test]
+fn test_negatives_999_on_the_fly_equals_the_written_split() {
+    let d = tempfile::tempdir().unwrap();
+    let (raw, split) = (d.path().join("raw"), d.path().join("split"));
+    let p = |x: &Path| x.display().to_string();
+    let o = ncf(&["data", "synth", "--out", &p(&raw), "--users", "300", "--items", "3000", "--density", "0.02"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = ncf(&["data", "split", "--input", &p(&raw), "--out", &p(&split), "--name", "s", "--test-negatives", "999"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let negs = std::fs::read_to_string(split.join("s.test.negative")).unwrap();
+    assert!(negs.lines().all(|l| l.split('\t').count() == 1000), "999 negatives after (user,item)");
+    let run = |data: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--data", data.to_str().unwrap(), "--epochs", "1"];
+        args.extend_from_slice(extra);
+        let o = ncf(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        text.lines().find(|l| l.starts_with("epoch")).unwrap().split(" [").next().unwrap().to_string()
+    };
+    let (on_the_fly, written) = (run(&raw, &["--test-negatives", "999"]), run(&split, &[]));
+    assert_eq!(on_the_fly, written);
+    assert_ne!(on_the_fly, run(&raw, &[]), "99 negatives give other test metrics");
+}

@@ -25,6 +25,9 @@ pub struct EvalArgs {
     /// As `ncf train --split-seed`.
     #[arg(long, default_value_t = 42)]
     split_seed: u64,
+    /// MovieLens sources: test negatives per user (as `ncf train --test-negatives`).
+    #[arg(long, default_value_t = 99)]
+    test_negatives: usize,
     /// Cut-off K of HR@K and NDCG@K.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -48,7 +51,7 @@ pub fn run(a: EvalArgs) -> Result<bool> {
     check_device(a.device)?;
     let pool = thread_pool(a.threads)?;
     let loaded =
-        pool.install(|| ncf_train::source::load(a.data.as_deref(), &source_options(a.min_rating, a.split_seed)))?;
+        pool.install(|| ncf_train::source::load(a.data.as_deref(), &source_options(a.min_rating, a.split_seed, a.test_negatives)))?;
     let split = &loaded.split;
     let data_name = a.data.as_ref().map_or(ncf_train::source::SAMPLE_NAME.to_string(), |d| d.display().to_string());
     let cases: Vec<ncf_eval::RankCase> =

@@ -46,6 +46,6 @@ fn check_device(device: Device) -> Result<()> {
     }
 }
 
-fn source_options(min_rating: Option<f32>, split_seed: u64) -> ncf_train::source::SourceOptions {
-    ncf_train::source::SourceOptions { min_rating, split_seed, ..Default::default() }
+fn source_options(min_rating: Option<f32>, split_seed: u64, negatives: usize) -> ncf_train::source::SourceOptions {
+    ncf_train::source::SourceOptions { min_rating, split_seed, negatives }
 }

@@ -55,7 +55,7 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     cfg.progress = true;
     cfg.save = save.clone();
     let t = std::time::Instant::now();
-    let opts = source_options(cfg.min_rating, cfg.split_seed);
+    let opts = source_options(cfg.min_rating, cfg.split_seed, cfg.test_negatives);
     let loaded = pool.install(|| ncf_train::source::load(cfg.data.as_deref(), &opts))?;
     let split = &loaded.split;
     let data = pool.install(|| ncf_train::Prepared::from_split(split, cfg.seed));

@@ -154,6 +154,11 @@ pub struct TrainConfig {
     #[arg(long, conflicts_with = "resume", default_value_t = 42, help_heading = DATA)]
     #[serde(alias = "split-seed")]
     pub split_seed: u64,
+    /// MovieLens sources: sampled test negatives per user: 99 (the paper's protocol) or 999
+    /// (MLPerf's). NCF split folders bring their own.
+    #[arg(long, conflicts_with = "resume", default_value_t = 99, help_heading = DATA)]
+    #[serde(alias = "test-negatives")]
+    pub test_negatives: usize,
 
     #[arg(long, conflicts_with = "resume", value_enum, ignore_case = true, default_value_t = Model::NeuMf, help_heading = MODEL)]
     pub model: Model,
