@@ -40,7 +40,16 @@ fn gpu_check_dry_run_runs_every_step_and_writes_eight_files() {
     assert_eq!(summary["failed"], serde_json::json!([]), "{log}");
     let steps = summary["steps"].as_array().unwrap();
     let status = |name: &str| steps.iter().find(|s| s["name"] == name).map(|s| s["exit"].clone());
-    for name in ["test-parity", "test-checks", "torch-ml1m", "gpu-bench", "memcheck", "res-usage", "nvidia-smi"] {
+    for name in [
+        "test-parity",
+        "test-checks",
+        "torch-ml1m",
+        "torch-ml1m-large",
+        "gpu-bench",
+        "memcheck",
+        "res-usage",
+        "nvidia-smi",
+    ] {
         assert!(status(name).is_some(), "no step `{name}` in the summary:\n{log}");
     }
     // The training steps really ran and wrote one JSON line per epoch.

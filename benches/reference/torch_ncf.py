@@ -366,7 +366,7 @@ def main():
         test_hr, test_ndcg = evaluate(model, test_cases, a.k)
         sync()
         t3 = time.perf_counter()
-        r = dict(epoch=epoch, loss=loss_sum.item() / max(steps, 1), valid_hr=valid_hr, valid_ndcg=valid_ndcg,
+        r = dict(batch=a.batch, epoch=epoch, loss=loss_sum.item() / max(steps, 1), valid_hr=valid_hr, valid_ndcg=valid_ndcg,
                  test_hr=test_hr, test_ndcg=test_ndcg, sampling_s=t1 - t0, training_s=t2 - t_train, eval_s=t3 - t2,
                  samples_per_second=len(users) / max(t2 - t_train, 1e-9))
         k = a.k

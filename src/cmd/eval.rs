@@ -50,8 +50,9 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<bool> {
     check_device(a.device)?;
     let pool = thread_pool(a.threads)?;
-    let loaded =
-        pool.install(|| ncf_train::source::load(a.data.as_deref(), &source_options(a.min_rating, a.split_seed, a.test_negatives)))?;
+    let loaded = pool.install(|| {
+        ncf_train::source::load(a.data.as_deref(), &source_options(a.min_rating, a.split_seed, a.test_negatives))
+    })?;
     let split = &loaded.split;
     let data_name = a.data.as_ref().map_or(ncf_train::source::SAMPLE_NAME.to_string(), |d| d.display().to_string());
     let cases: Vec<ncf_eval::RankCase> =

@@ -102,7 +102,10 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
             Some((epoch, hr, s)) => println!(
                 "time to test HR@{k} >= {x}: {s:.2} s (wall, data loading included), reached at epoch {epoch} with {hr:.4}"
             ),
-            None => println!("test HR@{k} did not reach {x} in {} epochs", outcome.epochs.len()),
+            None => {
+                let n = outcome.epochs.len();
+                println!("test HR@{k} did not reach {x} in {n} epoch{}", if n == 1 { "" } else { "s" })
+            }
         }
     }
     let summary = &outcome.summary;
