@@ -13,6 +13,9 @@
 //! cuBLAS `sgemm` call. The GPU runs it with `cuLaunchKernel` / `cublasSgemm`; the CPU emulator
 //! of the tests (`emu/`, `tests/emulated.rs`) runs the same plans built on host buffers.
 //!
+//! Training runs the fused step ([`step`], planned by [`fused`]: three kernels per step, the
+//! work following the batch) where it applies, else the reference step op by op.
+//!
 //! Status: kernels, run-time compilation (checked in CI on a CPU-only machine, to PTX and to
 //! sm_90 CUBIN), the kernel cache ([`cache`]), the device probe behind `--device cuda`, and
 //! [`CudaBackend`], which is written and compiles but has not yet run on a GPU: its parity

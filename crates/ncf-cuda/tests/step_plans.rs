@@ -1,9 +1,14 @@
-//! The launch plans of one NeuMF training step (what `ncf-model` runs on a backend, op by op:
+//! The launch plans of one NeuMF **reference** training step (what `ncf-model` runs on a backend, op by op:
 //! sampling, the GMF and MLP towers, the head, BCE, the backward pass, the deterministic
 //! scatter-adds with their row plans, the step counter and lazy Adam), built with
 //! `ncf_cuda::plan` for two table sizes, MovieLens-1M (6,040 users, 3,706 items) and
 //! MovieLens-20M (138,493 users, 26,744 items), at the same batch: which launches depend on
 //! the size of the embedding tables. Pure (no GPU, no emulator).
+//!
+//! The GPU trains with the fused step where it applies (`kernels/fused.cu`); its three
+//! launches do not depend on the tables at all (`ncf_cuda::fused`'s test
+//! `plans_do_not_depend_on_the_tables`, at 1,000 and 100 M rows). The reference step below
+//! still runs for SGD and dense embedding updates.
 //!
 //! Every buffer gets the same fake address in both builds (by name), so two plans are equal
 //! exactly when kernel, grid, block, shared memory and every argument are.
