@@ -44,7 +44,6 @@ struct FusedTab {
     long long table_width[2];
     long long side_width;                    // floats of one side's row gradient: the tables' widths
     long long region;                        // floats of one sample's shared-memory region (odd)
-    long long staged;                        // 1: fused_tile copies the dense parameters to shared memory
     unsigned long long users, items, labels; // the batch: u32, u32, f32
     unsigned long long emb[2][2], emb_m[2][2], emb_v[2][2];  // [side][table]: parameters, Adam m, v
     unsigned long long dense[FUSED_MAX_DENSE], dense_m[FUSED_MAX_DENSE], dense_v[FUSED_MAX_DENSE];
@@ -59,7 +58,7 @@ struct FusedTab {
     double lr[3], beta1[3], beta2[3];        // Adam per group: 0 embeddings, 1 weights, 2 biases
     float b1[3], omb1[3], b2[3], omb2[3], eps[3], l2[3], shrink[3], pad;
 };
-static_assert(sizeof(FusedTab) == 1272, "FusedTab: keep in step with crates/ncf-cuda/src/fused.rs");
+static_assert(sizeof(FusedTab) == 1264, "FusedTab: keep in step with crates/ncf-cuda/src/fused.rs");
 
 #define F32(a) ((float*)(a))
 #define U32(a) ((unsigned*)(a))
@@ -98,13 +97,7 @@ __device__ __forceinline__ int mlp_col(const FusedTab& T) { return T.kind == FUS
 // The head's weights: after the MLP's layers (the first dense tensors of GMF).
 __device__ __forceinline__ int head_tensor(const FusedTab& T) { return 2 * (int)T.nl; }
 
-// Dense tensor t: its copy in shared memory (wsh, when staged), else the tensor itself (a tower
-// too large for shared memory reads its weights through the caches).
-__device__ __forceinline__ const float* dense_at(const FusedTab& T, const float* wsh, int t) {
-    return T.staged ? wsh + T.dense_off[t] : F32(T.dense[t]);
-}
-
-// Forward and backward of sample k, in its region r; wsh holds the dense parameters if staged.
+// Forward and backward of sample k, in its region r; wsh holds the dense parameters.
 __device__ void fused_sample(const FusedTab& T, const float* wsh, float* r, const Region& R, long long k, int b) {
     const int sw = (int)T.side_width;
     const unsigned ids[2] = {U32(T.users)[k], U32(T.items)[k]};
@@ -118,24 +111,24 @@ __device__ void fused_sample(const FusedTab& T, const float* wsh, float* r, cons
         }
     }
     const int f = (int)T.f, d = (int)T.d, nl = (int)T.nl, m0 = mlp_col(T);
-    const float* hw = dense_at(T, wsh, head_tensor(T));  // the head's weights (MF: the global bias)
+    const int hw = (int)T.dense_off[head_tensor(T)], hb = (int)T.dense_off[head_tensor(T) + 1];
     float z;
     if (T.kind == FUSED_MF) {  // logit = P[u]·Q[i] + b_u[u] + b_i[i] + g
         float dot = 0.0f;
         for (int c = 0; c < f; ++c) dot += e[0][c] * e[1][c];
-        z = dot + e[0][f] + e[1][f] + hw[0];
+        z = dot + e[0][f] + e[1][f] + wsh[T.dense_off[0]];
     } else {  // logit = w·[h, a_nl] + b
         float acc = 0.0f;
         if (has_gmf(T))
-            for (int j = 0; j < f; ++j) acc += hw[j] * (e[0][j] * e[1][j]);  // h = P_g[u] ⊙ Q_g[i]
+            for (int j = 0; j < f; ++j) acc += wsh[hw + j] * (e[0][j] * e[1][j]);  // h = P_g[u] ⊙ Q_g[i]
         if (has_mlp(T)) {
             float* a0 = r + R.act[0];
             for (int c = 0; c < d; ++c) a0[c] = e[0][m0 + c];  // a_0 = [P_m[u], Q_m[i]]
             for (int c = 0; c < d; ++c) a0[d + c] = e[1][m0 + c];
             for (int l = 0; l < nl; ++l) {  // a_{l+1} = relu(W_l a_l + b_l)
                 const int in = (int)T.width[l], out = (int)T.width[l + 1];
-                const float* W = dense_at(T, wsh, 2 * l);
-                const float* bias = dense_at(T, wsh, 2 * l + 1);
+                const float* W = wsh + T.dense_off[2 * l];
+                const float* bias = wsh + T.dense_off[2 * l + 1];
                 const float* a = r + R.act[l];
                 float* y = r + R.act[l + 1];
                 for (int o = 0; o < out; ++o) {
@@ -147,9 +140,9 @@ __device__ void fused_sample(const FusedTab& T, const float* wsh, float* r, cons
             }
             const int g0 = has_gmf(T) ? f : 0;
             const float* x = r + R.act[nl];
-            for (int o = 0; o < T.width[nl]; ++o) acc += hw[g0 + o] * x[o];
+            for (int o = 0; o < T.width[nl]; ++o) acc += wsh[hw + g0 + o] * x[o];
         }
-        z = acc + dense_at(T, wsh, head_tensor(T) + 1)[0];
+        z = acc + wsh[hb];
     }
     // Sigmoid-BCE: loss = softplus(z) − y·z;  dlogit = (σ(z) − y) / B
     const float y = F32(T.labels)[k];
@@ -169,7 +162,7 @@ __device__ void fused_sample(const FusedTab& T, const float* wsh, float* r, cons
     } else {
         if (has_gmf(T))
             for (int j = 0; j < f; ++j) {  // dh = dz·w_h;  dP_g[u] = dh ⊙ Q_g[i], dQ_g[i] = dh ⊙ P_g[u]
-                float dh = dz * hw[j];
+                float dh = dz * wsh[hw + j];
                 gu[j] = dh * e[1][j];
                 gi[j] = dh * e[0][j];
             }
@@ -177,10 +170,10 @@ __device__ void fused_sample(const FusedTab& T, const float* wsh, float* r, cons
             const int g0 = has_gmf(T) ? f : 0;
             const float* x = r + R.act[nl];
             float* dl = r + R.delta[nl];
-            for (int o = 0; o < T.width[nl]; ++o) dl[o] = x[o] > 0.0f ? dz * hw[g0 + o] : 0.0f;  // δ_nl
+            for (int o = 0; o < T.width[nl]; ++o) dl[o] = x[o] > 0.0f ? dz * wsh[hw + g0 + o] : 0.0f;  // δ_nl
             for (int l = nl - 1; l >= 0; --l) {  // dx_l = W_lᵀ δ_{l+1};  δ_l = dx_l ⊙ 1[a_l > 0]
                 const int in = (int)T.width[l], out = (int)T.width[l + 1];
-                const float* W = dense_at(T, wsh, 2 * l);
+                const float* W = wsh + T.dense_off[2 * l];
                 const float* dn = r + R.delta[l + 1];
                 const float* a = r + R.act[l];
                 for (int i = 0; i < in; ++i) {
@@ -245,14 +238,13 @@ __device__ float fused_dense_sum(const FusedTab& T, const float* regions, const 
 }
 
 // Kernel 1. Block = one tile of blockDim.x samples; dynamic shared memory = (P + tile·region)
-// floats when staged (the dense parameters, then one region per sample), else tile·region.
-// Block 0 also advances Adam's step count and computes the step's bias corrections, once for
-// the whole step.
+// floats: the dense parameters, then one region per sample. Block 0 also advances Adam's step
+// count and computes the step's bias corrections, once for the whole step.
 extern "C" __global__ void fused_tile(const unsigned long long* tab, int b) {
     const FusedTab& T = *(const FusedTab*)tab;
     extern __shared__ float sh[];
     const int P = (int)T.nparams;
-    for (int p = threadIdx.x; T.staged && p < P; p += blockDim.x) {
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
         int t = 0;
         while (p >= T.dense_off[t + 1]) ++t;
         sh[p] = F32(T.dense[t])[p - T.dense_off[t]];
@@ -267,7 +259,7 @@ extern "C" __global__ void fused_tile(const unsigned long long* tab, int b) {
     }
     __syncthreads();
     const Region R = region_of(T);
-    float* regions = sh + (T.staged ? P : 0);
+    float* regions = sh + P;
     const long long k0 = (long long)blockIdx.x * blockDim.x;
     if (k0 + threadIdx.x < b) fused_sample(T, sh, regions + threadIdx.x * T.region, R, k0 + threadIdx.x, b);
     __syncthreads();

@@ -26,8 +26,6 @@ pub const MAX_TILE: usize = 128;
 /// The most floats of one side's row gradient (the widths of its tables: NeuMF's GMF and MLP
 /// embeddings; the kernels' `FUSED_MAX_SIDE`).
 pub const MAX_SIDE: usize = 256;
-/// The smallest tile for which the dense parameters are copied into shared memory.
-pub const STAGED_TILE: usize = 32;
 /// The dynamic shared memory `fused_tile` may use without an opt-in: the dense parameters and
 /// one region per sample of the tile must fit.
 pub const SHARED_BYTES: usize = 48 * 1024;
@@ -116,7 +114,6 @@ pub struct FusedTab {
     table_width: [i64; 2],
     side_width: i64,
     region: i64,
-    staged: i64,
     users: u64,
     items: u64,
     labels: u64,
@@ -147,8 +144,8 @@ pub struct FusedTab {
     pad: f32,
 }
 
-/// The kernels' `static_assert(sizeof(FusedTab) == 1272)`: change both or neither.
-pub const TAB_BYTES: usize = 1272;
+/// The kernels' `static_assert(sizeof(FusedTab) == 1264)`: change both or neither.
+pub const TAB_BYTES: usize = 1264;
 const _: () = assert!(std::mem::size_of::<FusedTab>() == TAB_BYTES);
 
 impl FusedTab {
@@ -261,7 +258,8 @@ impl FusedModel {
         let m = FusedModel { kind, f, d, widths, tables, table_width, dense, dense_len, dense_group, rows, adam };
         if m.tile().is_none() {
             return Err(format!(
-                "one sample's {} activations exceed {SHARED_BYTES} bytes of shared memory",
+                "{} dense parameters and one sample's {} activations exceed {SHARED_BYTES} bytes of shared memory",
+                m.nparams(),
                 m.region()
             ));
         }
@@ -291,20 +289,13 @@ impl FusedModel {
         (2 * self.side_width() + acts + deltas + 2) | 1
     }
 
-    /// Whether `fused_tile` copies the dense parameters into shared memory: when they fit
-    /// beside a tile of [`STAGED_TILE`] samples. A larger tower (MLPerf's 256-256-128-64) reads
-    /// its weights through the caches instead.
-    pub fn staged(&self) -> bool {
-        4 * (self.nparams() + STAGED_TILE * self.region()) <= SHARED_BYTES
-    }
-
     /// Dynamic shared memory of a tile of `tile` samples.
     pub fn smem(&self, tile: usize) -> usize {
-        4 * (if self.staged() { self.nparams() } else { 0 } + tile * self.region())
+        4 * (self.nparams() + tile * self.region())
     }
 
     /// Samples per block: the largest power of two up to [`MAX_TILE`] whose shared memory
-    /// fits [`SHARED_BYTES`]; `None` when not even one sample's region fits.
+    /// fits [`SHARED_BYTES`].
     pub fn tile(&self) -> Option<usize> {
         (0..=MAX_TILE.trailing_zeros()).rev().map(|s| 1 << s).find(|&t| self.smem(t) <= SHARED_BYTES)
     }
@@ -354,7 +345,6 @@ impl FusedModel {
             table_width,
             side_width: self.side_width() as i64,
             region: self.region() as i64,
-            staged: i64::from(self.staged()),
             users: bufs.users,
             items: bufs.items,
             labels: bufs.labels,
@@ -450,25 +440,16 @@ mod tests {
         println!("NeuMF-8: tile {tile}, {k1}, P = {}, region {} floats", small.nparams(), small.region());
     }
 
-    /// The tile is the largest power of two whose shared memory fits. NeuMF-8 stages its
-    /// dense parameters; MLPerf's NeuMF-64 (256-256-128-64) reads them through the caches; a
-    /// model whose one sample's region does not fit is refused (and trains with the reference
-    /// step).
+    /// The tile is the largest power of two whose shared memory fits; a model too large for
+    /// one sample's region is refused (and then trains with the reference step).
     #[test]
     fn tiles_fit_shared_memory() {
         let m = neumf(10, 10);
         let t = m.tile().unwrap();
-        assert!(m.staged() && t >= STAGED_TILE);
         assert!(m.smem(t) <= SHARED_BYTES && (t == MAX_TILE || m.smem(2 * t) > SHARED_BYTES));
-        let mut mlperf = m.clone();
-        (mlperf.f, mlperf.d, mlperf.widths, mlperf.table_width) = (64, 128, vec![256, 256, 128, 64], vec![64, 128]);
-        mlperf.dense_len = vec![256 * 256, 256, 128 * 256, 128, 64 * 128, 64, 128, 1];
-        let t = mlperf.tile().unwrap();
-        assert!(!mlperf.staged() && mlperf.smem(t) <= SHARED_BYTES, "{t}");
-        println!("MLPerf NeuMF-64: tile {t}, region {} floats, P = {}", mlperf.region(), mlperf.nparams());
         let mut big = m.clone();
-        big.widths = vec![64, 16384, 8];
-        big.dense_len = vec![16384 * 64, 16384, 8 * 16384, 8, 16, 1];
+        big.widths = vec![64, 4096, 8];
+        big.dense_len = vec![4096 * 64, 4096, 8 * 4096, 8, 16, 1];
         assert_eq!(big.tile(), None);
         let e = m.plan(0, 0).unwrap_err().to_string();
         assert!(e.contains("empty batch"), "{e}");
@@ -484,8 +465,8 @@ mod tests {
         assert_eq!(w.len() * 8, TAB_BYTES);
         assert_eq!(w[0], FusedKind::NeuMf as u64);
         assert_eq!(&w[4..8], &[64, 32, 16, 8]);
-        // users: after 4 + 9 + 2 + 19 + 18 + 1 + 2 + 3 words of shape.
-        assert_eq!(w[58], 0xAAAA);
+        // users: after 4 + 9 + 2 + 19 + 18 + 1 + 2 + 2 words of shape.
+        assert_eq!(w[57], 0xAAAA);
         // loss: the last pointer, before 9 doubles and 11 words of floats.
         assert_eq!(w[w.len() - 22], 0, "t, after rowinfo");
         assert_eq!(w[w.len() - 21], 0xBBBB);

@@ -3,7 +3,7 @@
 //! table of `ncf_cuda::fused`, built here with host addresses, run on host copies of the same
 //! initial parameters and the same batches. For MF, GMF, MLP and NeuMF at batches 1, 255, 256
 //! and 4,096, three steps each; the loss of every step and every parameter and Adam moment
-//! afterwards (and a NeuMF whose wide tower does not fit shared memory, at 255) must match within the GPU parity tolerance (`tests/parity.rs`), or else be at
+//! afterwards must match within the GPU parity tolerance (`tests/parity.rs`), or else be at
 //! least as close to the same reference step run in f64 as the f32 reference step is (Adam
 //! divides by the gradient's own size, so where a gradient is a sum of thousands of terms
 //! that nearly cancel, the f32 reference's rounding grows past 1e-3 in three steps: MLP at
@@ -58,12 +58,10 @@ fn adm<T>(v: &mut [T]) -> u64 {
     v.as_mut_ptr() as u64
 }
 
-fn config(kind: ModelKind, wide: bool) -> ModelConfig {
+fn config(kind: ModelKind) -> ModelConfig {
     let mut cfg = ModelConfig::new(kind, USERS, ITEMS);
     cfg.factors = 8;
-    // Wide: a tower whose 12,849 dense parameters (51 KB) do not fit shared memory beside a
-    // tile, so fused_tile reads them from the tensors (`staged` = 0).
-    cfg.layers = if wide { vec![16, 512, 8] } else { vec![16, 12, 8, 4] };
+    cfg.layers = vec![16, 12, 8, 4];
     cfg
 }
 
@@ -82,12 +80,12 @@ struct Outcome {
 }
 
 /// The reference: `train_step` on the CPU, in `T`, from the f32 model's initial values.
-fn reference<T: ncf_core::Float>(kind: ModelKind, b: usize, wide: bool) -> (Outcome, Vec<Vec<f32>>, FusedModel)
+fn reference<T: ncf_core::Float>(kind: ModelKind, b: usize) -> (Outcome, Vec<Vec<f32>>, FusedModel)
 where
     CpuBackend<T>: Backend<T = T>,
 {
     let (cpu32, cpu) = (CpuBackend::<f32>::default(), CpuBackend::<T>::default());
-    let cfg = config(kind, wide);
+    let cfg = config(kind);
     let m32 = AnyModel::new(&cpu32, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
     let init: Vec<Vec<f32>> = m32.params().tensors.iter().map(|t| cpu32.download(&t.buf).unwrap()).collect();
     let mut model = AnyModel::new(&cpu, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
@@ -199,22 +197,17 @@ fn the_fused_step_matches_the_reference_step() {
     let emu = Emu::build(&cxx, &[("fused.cu", unit(src), kernel_names(src))]).unwrap_or_else(|e| panic!("{e}"));
     emu.set_timeout_ms(120_000);
     let mut failures = Vec::new();
-    let cases = [ModelKind::Mf, ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf]
-        .into_iter()
-        .flat_map(|kind| [1, 255, 256, 4096].map(|b| (kind, b, false)))
-        .chain([(ModelKind::NeuMf, 255, true)]);
-    for (kind, b, wide) in cases {
-        {
-            let (want, init, fm) = reference::<f32>(kind, b, wide);
-            let (exact, _, _) = reference::<f64>(kind, b, wide);
-            assert_eq!(fm.staged(), !wide, "{kind:?} wide={wide}: dense parameters in shared memory");
+    for kind in [ModelKind::Mf, ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf] {
+        for b in [1, 255, 256, 4096] {
+            let (want, init, fm) = reference::<f32>(kind, b);
+            let (exact, _, _) = reference::<f64>(kind, b);
             let names: Vec<String> = want.tensors.iter().take(init.len()).map(|(n, _)| n.clone()).collect();
             let mut first: Option<Outcome> = None;
             for order in [Order::Forward, Order::Reverse, Order::Shuffled] {
                 emu.set_order(order);
                 let t0 = std::time::Instant::now();
                 let got = fused(&emu, &fm, &init, &names, b);
-                let case = format!("{kind:?}{} b={b} ({order:?} order)", if wide { " wide" } else { "" });
+                let case = format!("{kind:?} b={b} ({order:?} order)");
                 let mut worst = (0.0f64, String::new());
                 let mut closer = Vec::new();
                 let c = compare(&format!("{case}: losses"), &got.losses, &want.losses, LOSS_TOL);
