@@ -264,6 +264,14 @@ fn the_fused_step_matches_the_reference_step() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    // A tower too large for shared memory beside a 32-sample tile is refused, with why (the
+    // GPU then runs the reference step).
+    let cpu = CpuBackend::<f32>::default();
+    let mut cfg = config(ModelKind::NeuMf);
+    cfg.layers = vec![256, 256, 128, 64];
+    let model = AnyModel::new(&cpu, &cfg, 1, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+    let why = FusedModel::of(model.params(), &OptimConfig::adam(0.01)).unwrap_err();
+    assert!(why.contains("107") && why.contains("exceed 49152 bytes of shared memory"), "{why}");
 }
 
 fn fused_kind(kind: ModelKind) -> FusedKind {
