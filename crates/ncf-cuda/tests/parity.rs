@@ -14,9 +14,31 @@ use ncf_cuda::{CudaBackend, GpuGemm};
 /// GPU vs CPU in f32: different summation orders and fused multiply-adds.
 const TOL: Tol = Tol { abs: 1e-5, rel: 1e-4 };
 
-fn gpu(gemm: GpuGemm) -> Option<CudaBackend> {
+/// The device for one test. Dropped last (it is declared first), it synchronizes after the
+/// test's buffers were freed and fails the test if the device reports an error then: a fault
+/// of an asynchronous launch, or of a free, is not lost.
+struct Gpu(CudaBackend);
+
+impl std::ops::Deref for Gpu {
+    type Target = CudaBackend;
+    fn deref(&self) -> &CudaBackend {
+        &self.0
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.synchronize()
+            && !std::thread::panicking()
+        {
+            panic!("after the test's buffers were freed, the device reports: {e}");
+        }
+    }
+}
+
+fn gpu(gemm: GpuGemm) -> Option<Gpu> {
     match CudaBackend::new(0, gemm) {
-        Ok(b) => Some(b),
+        Ok(b) => Some(Gpu(b)),
         Err(e) => {
             ncf_core::testenv::skip("NCF_REQUIRE_GPU", &format!("no CUDA device ({e})"));
             None
@@ -31,7 +53,8 @@ fn check(name: &str, g: &CudaBackend, got: &<CudaBackend as Backend>::Buf, want:
 
 #[test]
 fn every_op_matches_the_cpu() {
-    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let Some(guard) = gpu(GpuGemm::Tiled) else { return };
+    let g: &CudaBackend = &guard;
     let c = CpuBackend::<f32>::default();
     let (n, d, b) = (97, 24, 300);
     let table = rand_vec(n * d, 1);
@@ -44,18 +67,19 @@ fn every_op_matches_the_cpu() {
     c.embedding_forward(&table, n, d, &ids, b, &mut want).unwrap();
     let mut got = g.zeros(b * d).unwrap();
     g.embedding_forward(&gt, n, d, &gids, b, &mut got).unwrap();
-    check("embedding_forward", &g, &got, &want);
+    check("embedding_forward", g, &got, &want);
     let dout = rand_vec(b * d, 3);
     let gd = g.upload(&dout).unwrap();
     let mut want = rand_vec(n * d, 4);
     let mut got = g.upload(&want).unwrap();
     c.embedding_backward(&dout, &ids, b, d, &mut want, n).unwrap();
     g.embedding_backward(&gd, &gids, b, d, &mut got, n).unwrap();
-    check("embedding_backward (sorted)", &g, &got, &want);
+    check("embedding_backward (sorted)", g, &got, &want);
 
     // Dense layer through every GEMM, including o = 1.
     for gemm in [GpuGemm::Naive, GpuGemm::Tiled, GpuGemm::Cublas] {
-        let Some(g) = gpu(gemm) else { return };
+        let Some(guard) = gpu(gemm) else { return };
+        let g: &CudaBackend = &guard;
         for &(b, i, o) in &[(256, 64, 32), (300, 32, 16), (257, 16, 8), (256, 16, 1), (7, 5, 3)] {
             let (inp, w, bias, dout) = (rand_vec(b * i, 5), rand_vec(o * i, 6), rand_vec(o, 7), rand_vec(b * o, 8));
             let mut want = vec![0.0; b * o];
@@ -65,15 +89,15 @@ fn every_op_matches_the_cpu() {
             let mut got = g.zeros(b * o).unwrap();
             g.linear_forward(&gi, &gw, &gb, &mut got, b, i, o).unwrap();
             let tag = format!("{gemm:?} b={b} i={i} o={o}");
-            check(&format!("linear_forward {tag}"), &g, &got, &want);
+            check(&format!("linear_forward {tag}"), g, &got, &want);
             let (mut dinp, mut dw, mut db) = (vec![0.0; b * i], rand_vec(o * i, 9), rand_vec(o, 10));
             let (mut gdinp, mut gdw, mut gdb) =
                 (g.zeros(b * i).unwrap(), g.upload(&dw).unwrap(), g.upload(&db).unwrap());
             c.linear_backward(&dout, &inp, &w, Some(&mut dinp), &mut dw, &mut db, b, i, o).unwrap();
             g.linear_backward(&gdo, &gi, &gw, Some(&mut gdinp), &mut gdw, &mut gdb, b, i, o).unwrap();
-            check(&format!("dinp {tag}"), &g, &gdinp, &dinp);
-            check(&format!("dw {tag}"), &g, &gdw, &dw);
-            check(&format!("dbias {tag}"), &g, &gdb, &db);
+            check(&format!("dinp {tag}"), g, &gdinp, &dinp);
+            check(&format!("dw {tag}"), g, &gdw, &dw);
+            check(&format!("dbias {tag}"), g, &gdb, &db);
         }
     }
 
@@ -85,20 +109,20 @@ fn every_op_matches_the_cpu() {
     let mut got = g.zeros(m).unwrap();
     c.relu_forward(&x, &mut want, m).unwrap();
     g.relu_forward(&gx, &mut got, m).unwrap();
-    check("relu_forward", &g, &got, &want);
+    check("relu_forward", g, &got, &want);
     c.sigmoid_forward(&x, &mut want, m).unwrap();
     g.sigmoid_forward(&gx, &mut got, m).unwrap();
-    check("sigmoid_forward", &g, &got, &want);
+    check("sigmoid_forward", g, &got, &want);
     c.gmf_forward(&x, &y, &mut want, m).unwrap();
     g.gmf_forward(&gx, &gy, &mut got, m).unwrap();
-    check("gmf_forward", &g, &got, &want);
+    check("gmf_forward", g, &got, &want);
     let labels: Vec<f32> = y.iter().map(|&v| if v > 0.0 { 1.0 } else { 0.0 }).collect();
     let gl = g.upload(&labels).unwrap();
     let (mut loss, mut gloss) = (vec![0.25f32], g.upload(&[0.25]).unwrap());
     c.bce_with_logits(&x, &labels, m, &mut loss, &mut want).unwrap();
     g.bce_with_logits(&gx, &gl, m, &mut gloss, &mut got).unwrap();
-    check("bce dlogits", &g, &got, &want);
-    check("bce loss", &g, &gloss, &loss);
+    check("bce dlogits", g, &got, &want);
+    check("bce loss", g, &gloss, &loss);
 
     let hp = AdamHp::default();
     let (mut p, mut gr, mut m1, mut v1) = (x.clone(), y.clone(), vec![0.0; m], vec![0.0; m]);
@@ -113,12 +137,12 @@ fn every_op_matches_the_cpu() {
         gr.copy_from_slice(&y);
         g.write(&mut ggr, &y).unwrap();
     }
-    check("adam_step × 3", &g, &gp, &p);
+    check("adam_step × 3", g, &gp, &p);
     let sgd = SgdHp { lr: 0.1, momentum: 0.9, decay: ncf_core::Decay::None };
     let (mut mom, mut gmom) = (vec![0.0; m], g.zeros(m).unwrap());
     c.sgd_step(&mut p, &mut gr, &mut mom, m, &sgd).unwrap();
     g.sgd_step(&mut gp, &mut ggr, &mut gmom, m, &sgd).unwrap();
-    check("sgd_step", &g, &gp, &p);
+    check("sgd_step", g, &gp, &p);
 }
 
 /// Five NeuMF steps (Adam, lazy embeddings) on the GPU and the CPU from the same initial
@@ -126,31 +150,32 @@ fn every_op_matches_the_cpu() {
 #[test]
 fn five_neumf_training_steps_match_the_cpu() {
     use ncf_model::{AnyModel, Batch, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch, train_step};
-    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let Some(guard) = gpu(GpuGemm::Tiled) else { return };
+    let g: &CudaBackend = &guard;
     let c = CpuBackend::<f32>::default();
     let cfg = ModelConfig::new(ModelKind::NeuMf, 50, 80);
     let b = 256;
     let mut mc = AnyModel::new(&c, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
-    let mut mg = AnyModel::new(&g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+    let mut mg = AnyModel::new(g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
     let (mut oc, mut og) = (
         Optimizer::new(&c, mc.params(), OptimConfig::adam(0.01), b).unwrap(),
-        Optimizer::new(&g, mg.params(), OptimConfig::adam(0.01), b).unwrap(),
+        Optimizer::new(g, mg.params(), OptimConfig::adam(0.01), b).unwrap(),
     );
-    let (mut bc, mut bg) = (Batch::with_capacity(&c, b).unwrap(), Batch::with_capacity(&g, b).unwrap());
-    let (mut sc, mut sg) = (StepScratch::new(&c, b).unwrap(), StepScratch::new(&g, b).unwrap());
+    let (mut bc, mut bg) = (Batch::with_capacity(&c, b).unwrap(), Batch::with_capacity(g, b).unwrap());
+    let (mut sc, mut sg) = (StepScratch::new(&c, b).unwrap(), StepScratch::new(g, b).unwrap());
     for step in 0..5u64 {
         let users = rand_ids(b, 50, 100 + step);
         let items = rand_ids(b, 80, 200 + step);
         let labels: Vec<f32> = (0..b).map(|k| (k % 5 == 0) as u8 as f32).collect();
         bc.set(&c, &users, &items, &labels).unwrap();
-        bg.set(&g, &users, &items, &labels).unwrap();
+        bg.set(g, &users, &items, &labels).unwrap();
         train_step(&c, &mut mc, &mut oc, &bc, &mut sc).unwrap();
-        train_step(&g, &mut mg, &mut og, &bg, &mut sg).unwrap();
-        let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(&g).unwrap());
+        train_step(g, &mut mg, &mut og, &bg, &mut sg).unwrap();
+        let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(g).unwrap());
         println!("step {step}: loss cpu {lc:.7} gpu {lg:.7}");
         assert_close(&format!("loss step {step}"), &[lg], &[lc], TOL);
     }
-    let (pc, pg) = (mc.params().to_host(&c).unwrap(), mg.params().to_host(&g).unwrap());
+    let (pc, pg) = (mc.params().to_host(&c).unwrap(), mg.params().to_host(g).unwrap());
     for (a, bb) in pc.iter().zip(&pg) {
         assert_close(&format!("{} after 5 steps", a.name), &bb.data, &a.data, Tol { abs: 1e-5, rel: 1e-3 });
     }
@@ -165,38 +190,39 @@ fn the_fused_step_matches_the_cpu_reference_step() {
         AnyModel, AnyStep, Batch, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepKind, StepScratch,
         train_step,
     };
-    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let Some(guard) = gpu(GpuGemm::Tiled) else { return };
+    let g: &CudaBackend = &guard;
     let (c, c64) = (CpuBackend::<f32>::default(), CpuBackend::<f64>::default());
     for kind in [ModelKind::Mf, ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf] {
         for b in [1usize, 255, 256, 4096] {
             let cfg = ModelConfig::new(kind, 50, 80);
             let mut mc = AnyModel::new(&c, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
-            let mut mg = AnyModel::new(&g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+            let mut mg = AnyModel::new(g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
             let mut m64 = AnyModel::new(&c64, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
             let (mut oc, mut og, mut o64) = (
                 Optimizer::new(&c, mc.params(), OptimConfig::adam(0.01), b).unwrap(),
-                Optimizer::new(&g, mg.params(), OptimConfig::adam(0.01), b).unwrap(),
+                Optimizer::new(g, mg.params(), OptimConfig::adam(0.01), b).unwrap(),
                 Optimizer::new(&c64, m64.params(), OptimConfig::adam(0.01), b).unwrap(),
             );
-            let (mut bc, mut bg) = (Batch::with_capacity(&c, b).unwrap(), Batch::with_capacity(&g, b).unwrap());
-            let (mut sc, mut sg) = (StepScratch::new(&c, b).unwrap(), StepScratch::new(&g, b).unwrap());
+            let (mut bc, mut bg) = (Batch::with_capacity(&c, b).unwrap(), Batch::with_capacity(g, b).unwrap());
+            let (mut sc, mut sg) = (StepScratch::new(&c, b).unwrap(), StepScratch::new(g, b).unwrap());
             let (mut b64, mut s64) = (Batch::with_capacity(&c64, b).unwrap(), StepScratch::new(&c64, b).unwrap());
-            let mut fused = AnyStep::new(&g, StepKind::Fast, b).unwrap();
+            let mut fused = AnyStep::new(g, StepKind::Fast, b).unwrap();
             for step in 0..5u64 {
                 let users = rand_ids(b, 50, 100 + step);
                 let items = rand_ids(b, 80, 200 + step);
                 let labels: Vec<f32> = (0..b).map(|k| (k % 5 == 0) as u8 as f32).collect();
                 bc.set(&c, &users, &items, &labels).unwrap();
-                bg.set(&g, &users, &items, &labels).unwrap();
+                bg.set(g, &users, &items, &labels).unwrap();
                 b64.set(&c64, &users, &items, &labels.iter().map(|&y| y as f64).collect::<Vec<_>>()).unwrap();
                 train_step(&c, &mut mc, &mut oc, &bc, &mut sc).unwrap();
                 train_step(&c64, &mut m64, &mut o64, &b64, &mut s64).unwrap();
-                fused.step(&g, &mut mg, &mut og, &bg, &mut sg).unwrap();
-                let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(&g).unwrap());
+                fused.step(g, &mut mg, &mut og, &bg, &mut sg).unwrap();
+                let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(g).unwrap());
                 assert_close(&format!("{kind:?} b={b}: loss step {step}"), &[lg], &[lc], TOL);
             }
             assert_eq!(fused.name(), "cuda-fused", "{kind:?}");
-            let (pc, pg) = (mc.params().to_host(&c).unwrap(), mg.params().to_host(&g).unwrap());
+            let (pc, pg) = (mc.params().to_host(&c).unwrap(), mg.params().to_host(g).unwrap());
             let p64 = m64.params().to_host(&c64).unwrap();
             for ((a, bb), x) in pc.iter().zip(&pg).zip(&p64) {
                 // Within the f32 tolerance of the CPU's f32 step, or at least as close to its
@@ -217,11 +243,11 @@ fn the_fused_step_matches_the_cpu_reference_step() {
             }
             assert_eq!(og.t, 5);
             // One more step recorded, then replayed: the same as running it.
-            let graph = g.capture(&mut || fused.step(&g, &mut mg, &mut og, &bg, &mut sg)).unwrap().unwrap();
+            let graph = g.capture(&mut || fused.step(g, &mut mg, &mut og, &bg, &mut sg)).unwrap().unwrap();
             og.t -= 1; // recording ran only the host side
             g.replay(&graph).unwrap();
             train_step(&c, &mut mc, &mut oc, &bc, &mut sc).unwrap();
-            let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(&g).unwrap());
+            let (lc, lg) = (sc.take_loss(&c).unwrap(), sg.take_loss(g).unwrap());
             assert_close(&format!("{kind:?} b={b}: replayed step"), &[lg], &[lc], TOL);
             println!("{kind:?} b={b}: fused step matches over 5 steps and a replay");
         }
@@ -233,7 +259,8 @@ fn the_fused_step_matches_the_cpu_reference_step() {
 /// CPU's batches bit for bit.
 #[test]
 fn device_loop_ops_match_the_cpu() {
-    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let Some(guard) = gpu(GpuGemm::Tiled) else { return };
+    let g: &CudaBackend = &guard;
     let c = CpuBackend::<f32>::default();
     let (n, d, b) = (300, 16, 1000);
     let ids = rand_ids(b, n, 21);
@@ -258,8 +285,8 @@ fn device_loop_ops_match_the_cpu() {
         (g.upload(&p).unwrap(), g.upload(&gr).unwrap(), g.zeros(n * d).unwrap(), g.zeros(n * d).unwrap());
     c.adam_step_rows(&mut p, &mut gr, &mut m1, &mut v1, &cu, d, n, &hp, &ct).unwrap();
     g.adam_step_rows(&mut gp, &mut ggr, &mut gm, &mut gv, &gu, d, n, &hp, &gt).unwrap();
-    check("adam_step_rows (device count)", &g, &gp, &p);
-    check("adam_step_rows gradient zeroed on touched rows only", &g, &ggr, &gr);
+    check("adam_step_rows (device count)", g, &gp, &p);
+    check("adam_step_rows gradient zeroed on touched rows only", g, &ggr, &gr);
 
     // The scatter-add over the row plan, twice on the same ids (the cached plan is reused).
     let dout = rand_vec(b * d, 24);
@@ -275,7 +302,8 @@ fn device_loop_ops_match_the_cpu() {
 
     // Dense layer + ReLU through every GEMM.
     for gemm in [GpuGemm::Naive, GpuGemm::Tiled, GpuGemm::Cublas] {
-        let Some(g) = gpu(gemm) else { return };
+        let Some(guard) = gpu(gemm) else { return };
+        let g: &CudaBackend = &guard;
         let (b, i, o) = (257, 64, 32);
         let (inp, w, bias) = (rand_vec(b * i, 26), rand_vec(o * i, 27), rand_vec(o, 28));
         let (mut z, mut x) = (vec![0.0; b * o], vec![0.0; b * o]);
@@ -283,8 +311,8 @@ fn device_loop_ops_match_the_cpu() {
         let (gi, gw, gb) = (g.upload(&inp).unwrap(), g.upload(&w).unwrap(), g.upload(&bias).unwrap());
         let (mut gz, mut gx) = (g.zeros(b * o).unwrap(), g.zeros(b * o).unwrap());
         g.linear_relu_forward(&gi, &gw, &gb, &mut gz, &mut gx, b, i, o).unwrap();
-        check(&format!("linear_relu_forward z {gemm:?}"), &g, &gz, &z);
-        check(&format!("linear_relu_forward x {gemm:?}"), &g, &gx, &x);
+        check(&format!("linear_relu_forward z {gemm:?}"), g, &gz, &z);
+        check(&format!("linear_relu_forward x {gemm:?}"), g, &gx, &x);
         let dx = rand_vec(b * o, 29);
         let (mut dz, mut dinp, mut dw, mut db) =
             (vec![0.0; b * o], vec![0.0; b * i], rand_vec(o * i, 30), rand_vec(o, 31));
@@ -294,7 +322,7 @@ fn device_loop_ops_match_the_cpu() {
         c.linear_relu_backward(&x, &dx, &mut dz, &inp, &w, Some(&mut dinp), &mut dw, &mut db, b, i, o).unwrap();
         g.linear_relu_backward(&gx, &gdx, &mut gdz, &gi, &gw, Some(&mut gdinp), &mut gdw, &mut gdb, b, i, o).unwrap();
         for (name, got, want) in [("dz", &gdz, &dz), ("dinp", &gdinp, &dinp), ("dw", &gdw, &dw), ("dbias", &gdb, &db)] {
-            check(&format!("linear_relu_backward {name} {gemm:?}"), &g, got, want);
+            check(&format!("linear_relu_backward {name} {gemm:?}"), g, got, want);
         }
     }
 
@@ -303,7 +331,7 @@ fn device_loop_ops_match_the_cpu() {
     let pairs: Vec<(u32, u32)> = (0..5000u32).map(|k| (k % 97, (k * 31 + k / 97) % 400)).collect();
     let ui = ncf_data_like(97, &pairs);
     let ct = SampleTables::upload(&c, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
-    let gtab = SampleTables::upload(&g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
+    let gtab = SampleTables::upload(g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
     let k = EpochKeys::new(5, 3).words();
     let (mut cs, mut gs) = (vec![0, k[0], k[1], k[2], k[3]], g.zeros_ids(5).unwrap());
     g.write_ids(&mut gs, &cs).unwrap();
@@ -342,24 +370,25 @@ fn ncf_data_like(users: usize, pairs: &[(u32, u32)]) -> (Vec<usize>, Vec<u32>) {
 fn a_replayed_graph_step_equals_eager_steps() {
     use ncf_core::sample::{EpochKeys, SampleTables};
     use ncf_model::{AnyModel, Batch, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch, train_step};
-    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let Some(guard) = gpu(GpuGemm::Tiled) else { return };
+    let g: &CudaBackend = &guard;
     let cfg = ModelConfig::new(ModelKind::NeuMf, 97, 400);
     let pairs: Vec<(u32, u32)> = (0..5000u32).map(|k| (k % 97, (k * 31 + k / 97) % 400)).collect();
     let ui = ncf_data_like(97, &pairs);
-    let tables = SampleTables::upload(&g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
+    let tables = SampleTables::upload(g, (&ui.0, &ui.1), (&ui.0, &ui.1), 400, 4).unwrap();
     let b = 256;
     let run = |graph: bool| {
-        let mut model = AnyModel::new(&g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
-        let mut opt = Optimizer::new(&g, model.params(), OptimConfig::adam(0.01), b).unwrap();
-        let mut batch = Batch::with_capacity(&g, b).unwrap();
-        let mut scratch = StepScratch::new(&g, b).unwrap();
+        let mut model = AnyModel::new(g, &cfg, b, &mut ncf_core::rng::seeded(7, 1)).unwrap();
+        let mut opt = Optimizer::new(g, model.params(), OptimConfig::adam(0.01), b).unwrap();
+        let mut batch = Batch::with_capacity(g, b).unwrap();
+        let mut scratch = StepScratch::new(g, b).unwrap();
         let mut state = g.zeros_ids(5).unwrap();
         let k = EpochKeys::new(1, 1).words();
         g.write_ids(&mut state, &[0, k[0], k[1], k[2], k[3]]).unwrap();
         let mut step = |model: &mut AnyModel<CudaBackend>, opt: &mut Optimizer<CudaBackend>| {
             g.sample_batch(&tables, &mut state, b, b, &mut batch.users, &mut batch.items, &mut batch.labels)?;
             batch.len = b;
-            train_step(&g, model, opt, &batch, &mut scratch)
+            train_step(g, model, opt, &batch, &mut scratch)
         };
         step(&mut model, &mut opt).unwrap();
         if graph {
@@ -368,14 +397,14 @@ fn a_replayed_graph_step_equals_eager_steps() {
             for _ in 0..4 {
                 g.replay(&rec).unwrap();
             }
-            opt.set_steps(&g, t + 4).unwrap();
+            opt.set_steps(g, t + 4).unwrap();
         } else {
             for _ in 0..4 {
                 step(&mut model, &mut opt).unwrap();
             }
         }
-        let loss = scratch.take_loss(&g).unwrap();
-        (loss, model.params().to_host(&g).unwrap())
+        let loss = scratch.take_loss(g).unwrap();
+        (loss, model.params().to_host(g).unwrap())
     };
     let (le, pe) = run(false);
     let (lg, pg) = run(true);
@@ -390,7 +419,8 @@ fn a_replayed_graph_step_equals_eager_steps() {
 /// the scores are the same floats on both sides).
 #[test]
 fn ranks_and_top_k_match_the_cpu() {
-    let Some(g) = gpu(GpuGemm::Tiled) else { return };
+    let Some(guard) = gpu(GpuGemm::Tiled) else { return };
+    let g: &CudaBackend = &guard;
     let c = CpuBackend::<f32>::default();
     let (u, n, k) = (50usize, 3706usize, 10usize);
     // Rounded scores, so ties are common.
