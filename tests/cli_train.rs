@@ -270,3 +270,23 @@ fn test_negatives_999_on_the_fly_equals_the_written_split() {
     assert_eq!(on_the_fly, written);
     assert_ne!(on_the_fly, run(&raw, &[]), "99 negatives give other test metrics");
 }
+
+/// `--lr-scaling sqrt` at batch 1,024 from `--lr 0.001` at the base batch 256 trains exactly
+/// as `--lr 0.002` does (√4 = 2); linear as 0.004; and the run says which rate it used.
+#[test]
+fn lr_scaling_sets_the_rate_from_the_batch() {
+    let epoch_line = |args: &[&str]| {
+        let mut all = vec!["train", "--epochs", "1", "--batch", "1024"];
+        all.extend_from_slice(args);
+        let o = ncf(&all);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = out.lines().find(|l| l.starts_with("epoch")).unwrap().split(" [").next().unwrap().to_string();
+        (line, String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (sqrt, err) = epoch_line(&["--lr", "0.001", "--lr-scaling", "sqrt"]);
+    assert!(err.contains("learning rate 0.002000 (--lr 0.001 at batch 256, Sqrt scaling to batch 1024)"), "{err}");
+    assert_eq!(sqrt, epoch_line(&["--lr", "0.002"]).0);
+    assert_eq!(epoch_line(&["--lr", "0.001", "--lr-scaling", "linear"]).0, epoch_line(&["--lr", "0.004"]).0);
+    assert_ne!(sqrt, epoch_line(&["--lr", "0.001"]).0);
+}

@@ -60,6 +60,16 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     let split = &loaded.split;
     let data = pool.install(|| ncf_train::Prepared::from_split(split, cfg.seed));
     eprintln!("{}", loaded.description);
+    if cfg.lr_scaling != ncf_train::LrScaling::None {
+        eprintln!(
+            "learning rate {:.6} (--lr {} at batch {}, {:?} scaling to batch {})",
+            cfg.effective_lr(),
+            cfg.lr,
+            cfg.lr_base_batch,
+            cfg.lr_scaling,
+            cfg.batch
+        );
+    }
     eprintln!(
         "{} users, {} items, {} training interactions; {} validation and {} test users; loaded in {:.2} s",
         split.n_users,

@@ -42,7 +42,7 @@ pub mod config;
 pub mod plot;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
-pub use config::{Device, Gemm, Model as ModelChoice, OptimChoice, SamplerChoice, Step, TrainConfig};
+pub use config::{Device, Gemm, LrScaling, Model as ModelChoice, OptimChoice, SamplerChoice, Step, TrainConfig};
 
 /// A split made ready for training: the validation holdout taken out of the training set, and
 /// the ranking cases of validation and test.
@@ -128,15 +128,15 @@ pub struct Summary {
 }
 
 fn optim_config(cfg: &TrainConfig) -> OptimConfig {
+    let lr = cfg.effective_lr();
     let base = match cfg.optimizer {
         OptimChoice::Adam => OptimConfig::uniform(
-            OptimKind::Adam(AdamHp { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, ..AdamHp::default() }),
+            OptimKind::Adam(AdamHp { lr, beta1: cfg.beta1, beta2: cfg.beta2, ..AdamHp::default() }),
             true,
         ),
-        OptimChoice::Sgd => OptimConfig::uniform(
-            OptimKind::Sgd(SgdHp { lr: cfg.lr, momentum: cfg.momentum, decay: Decay::None }),
-            false,
-        ),
+        OptimChoice::Sgd => {
+            OptimConfig::uniform(OptimKind::Sgd(SgdHp { lr, momentum: cfg.momentum, decay: Decay::None }), false)
+        }
     };
     let mut o = base;
     o.embedding.lazy = cfg.lazy_embeddings;
@@ -156,6 +156,9 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return bad("lr", "must be a positive number");
+    }
+    if cfg.lr_base_batch == 0 {
+        return bad("lr_base_batch", "must be at least 1");
     }
     if !(0.0..1.0).contains(&cfg.momentum) {
         return bad("momentum", "must be in [0, 1)");
