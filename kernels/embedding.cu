@@ -17,57 +17,59 @@ extern "C" __global__ void embedding_backward_atomic(const float* dout, const un
     }
 }
 
-// ---- The row plan of a batch's ids: which distinct rows it touches, and the batch positions
-// of each, in batch order. Built on the device in four launches with no host round-trip; the
-// deterministic scatter-add and the lazy optimizers read it. `count` (N) must be all zero
-// before rows_count; rows_scan leaves it zero again.
+// ---- The row plan of a batch's ids: which distinct rows it touches (in order of first
+// appearance in the batch), and the batch positions of each, in batch order. Built on the
+// device in four launches with no host round-trip, in time proportional to the batch: the
+// table-sized arrays `count` (all zero) and `first` (all 0xffffffff) are touched only at the
+// batch's ids, and rows_sort leaves them so again. The deterministic scatter-add and the lazy
+// optimizers read the plan.
 
-// count[ids[k]] += 1 (integer atomics: the counts do not depend on the order).
-extern "C" __global__ void rows_count(const unsigned* ids, int b, unsigned* count) {
-    GRID_STRIDE(k, b) { atomicAdd(&count[ids[k]], 1u); }
+// count[ids[k]] += 1; first[ids[k]] = min k (integer atomics: order-free results).
+extern "C" __global__ void rows_count(const unsigned* ids, int b, unsigned* count, unsigned* first) {
+    GRID_STRIDE(k, b) {
+        atomicAdd(&count[ids[k]], 1u);
+        atomicMin(&first[ids[k]], (unsigned)k);
+    }
 }
 
-// One block: an exclusive scan of count (N). For each row with count > 0, in ascending order
-// (slot s): uniq[s] = row, seg[s] = fill[row] = start of its run; seg[S] = total and
-// *nuniq = S. Resets count to zero. Each thread owns a contiguous chunk of rows.
-extern "C" __global__ void rows_scan(unsigned* count, int n, unsigned* fill, unsigned* uniq, unsigned* seg,
-                                     unsigned* nuniq) {
-    __shared__ unsigned s_tot[1024];
-    __shared__ unsigned s_nz[1024];
+// One block, over the batch in chunks of blockDim.x: position k is its row's slot when
+// first[ids[k]] == k. Exclusive scans (in batch order) of those flags and of their rows' counts
+// give each distinct row its slot s and the start of its run: uniq[s] = row, seg[s] =
+// fill[row] = start; then seg[S] = b and *nuniq = S.
+extern "C" __global__ void rows_scan(const unsigned* ids, int b, const unsigned* first, const unsigned* count,
+                                     unsigned* fill, unsigned* uniq, unsigned* seg, unsigned* nuniq) {
+    __shared__ unsigned s_slot[1024];
+    __shared__ unsigned s_start[1024];
     int t = threadIdx.x, threads = blockDim.x;
-    int chunk = (n + threads - 1) / threads;
-    int lo = min(n, t * chunk), hi = min(n, lo + chunk);
-    unsigned tot = 0, nz = 0;
-    for (int r = lo; r < hi; ++r) {
-        unsigned c = count[r];
-        tot += c;
-        nz += c > 0u ? 1u : 0u;
-    }
-    s_tot[t] = tot;
-    s_nz[t] = nz;
-    __syncthreads();
-    for (int off = 1; off < threads; off <<= 1) {  // Hillis-Steele inclusive scan
-        unsigned a = t >= off ? s_tot[t - off] : 0u, z = t >= off ? s_nz[t - off] : 0u;
+    unsigned slots = 0, starts = 0;  // carried over the chunks before this one
+    for (int base = 0; base < b; base += threads) {
+        int k = base + t;
+        unsigned row = k < b ? ids[k] : 0u;
+        bool lead = k < b && first[row] == (unsigned)k;
+        unsigned c = lead ? count[row] : 0u;
+        s_slot[t] = lead ? 1u : 0u;
+        s_start[t] = c;
         __syncthreads();
-        s_tot[t] += a;
-        s_nz[t] += z;
-        __syncthreads();
-    }
-    unsigned start = s_tot[t] - tot, slot = s_nz[t] - nz;
-    for (int r = lo; r < hi; ++r) {
-        unsigned c = count[r];
-        if (c > 0u) {
-            fill[r] = start;
-            uniq[slot] = (unsigned)r;
-            seg[slot] = start;
-            start += c;
-            ++slot;
-            count[r] = 0u;
+        for (int off = 1; off < threads; off <<= 1) {  // Hillis-Steele inclusive scan
+            unsigned a = t >= off ? s_slot[t - off] : 0u, z = t >= off ? s_start[t - off] : 0u;
+            __syncthreads();
+            s_slot[t] += a;
+            s_start[t] += z;
+            __syncthreads();
         }
+        if (lead) {
+            unsigned slot = slots + s_slot[t] - 1u, start = starts + s_start[t] - c;
+            uniq[slot] = row;
+            seg[slot] = start;
+            fill[row] = start;
+        }
+        slots += s_slot[threads - 1];
+        starts += s_start[threads - 1];
+        __syncthreads();  // the next chunk overwrites the scans
     }
-    if (t == threads - 1) {
-        seg[s_nz[t]] = s_tot[t];
-        *nuniq = s_nz[t];
+    if (t == 0) {
+        seg[slots] = starts;
+        *nuniq = slots;
     }
 }
 
@@ -80,9 +82,11 @@ extern "C" __global__ void rows_place(const unsigned* ids, int b, unsigned* fill
 }
 
 // Sorts each run of order (seg[s]..seg[s+1], s < *nuniq) ascending, so every run lists its
-// batch positions in batch order whatever order the atomics placed them in. Runs are short
-// (a row appears a few times per batch): one thread each, insertion sort.
-extern "C" __global__ void rows_sort(unsigned* order, const unsigned* seg, const unsigned* nuniq, int cap) {
+// batch positions in batch order whatever order the atomics placed them in, and resets the
+// run's row in count and first. Runs are short (a row appears a few times per batch): one
+// thread each, insertion sort.
+extern "C" __global__ void rows_sort(unsigned* order, const unsigned* seg, const unsigned* nuniq, int cap,
+                                     const unsigned* uniq, unsigned* count, unsigned* first) {
     unsigned segments = *nuniq;
     GRID_STRIDE(s, cap) {
         if ((unsigned)s >= segments) continue;
@@ -95,6 +99,8 @@ extern "C" __global__ void rows_sort(unsigned* order, const unsigned* seg, const
             }
             order[j] = x;
         }
+        count[uniq[s]] = 0u;
+        first[uniq[s]] = 0xffffffffu;
     }
 }
 

@@ -274,9 +274,11 @@ pub trait Backend: Sync {
         t: &Self::Ids,
     ) -> Result<()>;
 
-    /// Writes the distinct values of `ids[..b]` into `out` in ascending order (the rows a lazy
-    /// optimizer must touch). Ids must be `< n`. How many there are stays with `out` (its
-    /// length on the CPU, a count on the device), so no device ever reports it to the host.
+    /// Writes the distinct values of `ids[..b]` into `out` (the rows a lazy optimizer must
+    /// touch), in an order each backend fixes (ascending on the CPU; order of first appearance
+    /// in the batch on the GPU, found in time proportional to the batch): callers must not
+    /// depend on it. Ids must be `< n`. How many there are stays with `out` (its length on the
+    /// CPU, a count on the device), so no device ever reports it to the host.
     fn unique_ids(&self, ids: &Self::Ids, b: usize, n: usize, out: &mut Self::Ids) -> Result<()>;
 
     /// `c[0] += add`: advances a counter that lives on the device (Adam's step, the sampler's

@@ -15,10 +15,11 @@
 //! * Ids written from the host keep a host mirror, so range checks cost no device read. Ids
 //!   the device writes itself ([`Backend::sample_batch`], [`Backend::unique_ids`]) have none:
 //!   they are in range by construction, and their count, when it varies, stays on the device.
-//! * The **row plan** of a batch's ids (its distinct rows, ascending, and each row's batch
-//!   positions in batch order) is built on the device in four launches (`rows_count`,
-//!   `rows_scan`, `rows_place`, `rows_sort` in `embedding.cu`), once per id buffer and batch,
-//!   and cached with the ids: the deterministic scatter-add and the lazy optimizers read it.
+//! * The **row plan** of a batch's ids (its distinct rows, in order of first appearance, and
+//!   each row's batch positions in batch order) is built on the device in four launches
+//!   (`rows_count`, `rows_scan`, `rows_place`, `rows_sort` in `embedding.cu`) whose work follows
+//!   the batch, once per id buffer and batch, and cached with the ids: the deterministic
+//!   scatter-add and the lazy optimizers read it.
 //! * Adam's step count and the sampler's batch number are device counters
 //!   ([`Backend::counter_add`]), so one training step can be recorded as a CUDA graph and
 //!   replayed ([`Backend::capture`]).
@@ -39,13 +40,18 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The order in which the deterministic scatter-add visits a batch: batch positions sorted by id
-/// (stably, so equal ids keep batch order) and the start of each run of equal ids, closed by
-/// `ids.len()`: the host reference of the row plan (`order`, `seg`) that the `rows_*` kernels
-/// build on the device (`tests/emulated.rs` checks them against it).
+/// The order in which the deterministic scatter-add visits a batch: batch positions grouped by
+/// id, the ids in order of first appearance, each group in batch order, and the start of each
+/// group, closed by `ids.len()`: the host reference of the row plan (`order`, `seg`; `uniq` is
+/// the ids in that order) that the `rows_*` kernels build on the device (`tests/emulated.rs`
+/// checks them against it).
 pub fn sorted_runs(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut first = std::collections::HashMap::new();
+    for (k, &id) in ids.iter().enumerate() {
+        first.entry(id).or_insert(k);
+    }
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
-    order.sort_by_key(|&p| ids[p as usize]);
+    order.sort_by_key(|&p| first[&ids[p as usize]]); // stable: batch order within a group
     let mut starts: Vec<u32> = Vec::with_capacity(ids.len() + 1);
     for (k, &p) in order.iter().enumerate() {
         if k == 0 || ids[p as usize] != ids[order[k - 1] as usize] {
@@ -90,6 +96,8 @@ impl DevIds {
 struct RowPlan {
     /// Per-row counts; all zero between plans.
     count: CudaSlice<u32>,
+    /// Per-row first batch position; all `u32::MAX` between plans.
+    first: CudaSlice<u32>,
     fill: CudaSlice<u32>,
     order: CudaSlice<u32>,
     seg: CudaSlice<u32>,
@@ -350,6 +358,7 @@ impl CudaBackend {
             let z = |len: usize| self.raw_zeros::<u32>(op, len);
             *guard = Some(RowPlan {
                 count: z(n)?,
+                first: self.raw_upload(op, &vec![u32::MAX; n.max(1)])?,
                 fill: z(n)?,
                 order: z(cap)?,
                 seg: z(cap + 1)?,
@@ -371,6 +380,7 @@ impl CudaBackend {
     fn row_plan_bufs(&self, p: &RowPlan) -> RowPlanBufs {
         RowPlanBufs {
             count: self.ad(&p.count),
+            first: self.ad(&p.first),
             fill: self.ad(&p.fill),
             order: self.ad(&p.order),
             seg: self.ad(&p.seg),
@@ -852,7 +862,9 @@ mod tests {
             }
         }
         let (order, starts) = sorted_runs(&ids);
-        assert_eq!(starts, vec![0, 2, 4, 5, 8]);
+        // Rows in order of first appearance (3, 1, 0, 2), each with its positions in batch order.
+        assert_eq!(order, vec![0, 2, 5, 1, 4, 3, 7, 6]);
+        assert_eq!(starts, vec![0, 3, 5, 7, 8]);
         let mut got = vec![0.5f32; 4 * d];
         for s in 0..starts.len() - 1 {
             let row = ids[order[starts[s] as usize] as usize] as usize;

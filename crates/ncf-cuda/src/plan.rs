@@ -606,7 +606,10 @@ pub fn embedding_backward_atomic(dout: Addr, ids: Addr, dtable: Addr, b: usize, 
 /// between plans), `order`, `uniq` the id buffer's capacity, `seg` one more, `nuniq` one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowPlanBufs {
+    /// u32 per table row, all zero between plans.
     pub count: Addr,
+    /// u32 per table row, all `u32::MAX` between plans.
+    pub first: Addr,
     pub fill: Addr,
     pub order: Addr,
     pub seg: Addr,
@@ -614,18 +617,37 @@ pub struct RowPlanBufs {
     pub nuniq: Addr,
 }
 
-/// The row plan of `ids[..b]` over a table of `n` rows, for ids of capacity `cap`, built on the
-/// device in four launches (`rows_count`, `rows_scan`, `rows_place`, `rows_sort`).
+/// The row plan of `ids[..b]` (ids `< n`, of capacity `cap`), built on the device in four
+/// launches (`rows_count`, `rows_scan`, `rows_place`, `rows_sort`) whose grids and work follow
+/// the batch: `n` sizes the buffers, not the plan.
 pub fn row_plan(ids: Addr, p: &RowPlanBufs, b: usize, n: usize, cap: usize) -> Result<Plan> {
     const OP: &str = "row_plan";
-    let (bi, ni, ci) = (i32_of(OP, "b", b)?, i32_of(OP, "n", n)?, i32_of(OP, "cap", cap)?);
-    let count = Launch::new(Kernel::RowsCount, grid(b), &[Arg::Ptr(ids), Arg::I32(bi), Arg::Ptr(p.count)]);
-    let scan_args =
-        [Arg::Ptr(p.count), Arg::I32(ni), Arg::Ptr(p.fill), Arg::Ptr(p.uniq), Arg::Ptr(p.seg), Arg::Ptr(p.nuniq)];
+    let (bi, ci) = (i32_of(OP, "b", b)?, i32_of(OP, "cap", cap)?);
+    i32_of(OP, "n", n)?;
+    let count =
+        Launch::new(Kernel::RowsCount, grid(b), &[Arg::Ptr(ids), Arg::I32(bi), Arg::Ptr(p.count), Arg::Ptr(p.first)]);
+    let scan_args = [
+        Arg::Ptr(ids),
+        Arg::I32(bi),
+        Arg::Ptr(p.first),
+        Arg::Ptr(p.count),
+        Arg::Ptr(p.fill),
+        Arg::Ptr(p.uniq),
+        Arg::Ptr(p.seg),
+        Arg::Ptr(p.nuniq),
+    ];
     let scan = Launch::new(Kernel::RowsScan, single(1024), &scan_args);
     let place =
         Launch::new(Kernel::RowsPlace, grid(b), &[Arg::Ptr(ids), Arg::I32(bi), Arg::Ptr(p.fill), Arg::Ptr(p.order)]);
-    let sort_args = [Arg::Ptr(p.order), Arg::Ptr(p.seg), Arg::Ptr(p.nuniq), Arg::I32(ci)];
+    let sort_args = [
+        Arg::Ptr(p.order),
+        Arg::Ptr(p.seg),
+        Arg::Ptr(p.nuniq),
+        Arg::I32(ci),
+        Arg::Ptr(p.uniq),
+        Arg::Ptr(p.count),
+        Arg::Ptr(p.first),
+    ];
     let sort = Launch::new(Kernel::RowsSort, grid(cap), &sort_args);
     Ok(Plan::one(count).then(Step::Kernel(scan)).then(Step::Kernel(place)).then(Step::Kernel(sort)))
 }

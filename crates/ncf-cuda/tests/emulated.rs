@@ -225,6 +225,7 @@ fn embedding_backward_atomic(x: &Ctx) {
 /// The row plan buffers of backend.rs `RowPlan`, for ids of capacity `cap` over `n` rows.
 struct RowBufs {
     count: Vec<u32>,
+    first: Vec<u32>,
     fill: Vec<u32>,
     order: Vec<u32>,
     seg: Vec<u32>,
@@ -236,6 +237,7 @@ impl RowBufs {
     fn addrs(&self) -> RowPlanBufs {
         RowPlanBufs {
             count: ad(&self.count),
+            first: ad(&self.first),
             fill: ad(&self.fill),
             order: ad(&self.order),
             seg: ad(&self.seg),
@@ -250,16 +252,25 @@ impl RowBufs {
 fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> RowBufs {
     let b = ids.len();
     let z = |len: usize| vec![0u32; len.max(1)];
-    let mut p = RowBufs { count: z(n), fill: z(n), order: z(cap), seg: z(cap + 1), uniq: z(cap), nuniq: z(1) };
+    let empty = vec![u32::MAX; n.max(1)];
+    let mut p = RowBufs {
+        count: z(n),
+        first: empty.clone(),
+        fill: z(n),
+        order: z(cap),
+        seg: z(cap + 1),
+        uniq: z(cap),
+        nuniq: z(1),
+    };
     let tag = format!("n={n} b={b} cap={cap}");
-    let mut counts = vec![0u32; n.max(1)];
-    for &i in ids {
+    let (mut counts, mut first) = (vec![0u32; n.max(1)], empty.clone());
+    for (k, &i) in ids.iter().enumerate() {
         counts[i as usize] += 1;
+        first[i as usize] = first[i as usize].min(k as u32);
     }
     let (order, starts) = ncf_cuda::backend::sorted_runs(ids);
-    let mut uniq: Vec<u32> = ids.to_vec();
-    uniq.sort_unstable();
-    uniq.dedup();
+    // The distinct rows in order of first appearance.
+    let uniq: Vec<u32> = starts[..starts.len() - 1].iter().map(|&s| ids[order[s as usize] as usize]).collect();
     let s = uniq.len();
 
     let full = plan::row_plan(ad(ids), &p.addrs(), b, n, cap).unwrap();
@@ -270,6 +281,7 @@ fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> RowBufs
         let bufs = [
             arg(ids),
             arg(&mut p.count),
+            arg(&mut p.first),
             arg(&mut p.fill),
             arg(&mut p.order),
             arg(&mut p.seg),
@@ -281,9 +293,11 @@ fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> RowBufs
             continue;
         }
         match l.kernel {
-            Kernel::RowsCount => x.check_u32("rows_count", &format!("count {tag}"), &p.count, &counts),
+            Kernel::RowsCount => {
+                x.check_u32("rows_count", &format!("count {tag}"), &p.count, &counts);
+                x.check_u32("rows_count", &format!("first {tag}"), &p.first, &first);
+            }
             Kernel::RowsScan => {
-                x.check_u32("rows_scan", &format!("count reset {tag}"), &p.count, &z(n));
                 x.check_u32("rows_scan", &format!("nuniq {tag}"), &p.nuniq, &[s as u32]);
                 x.check_u32("rows_scan", &format!("uniq {tag}"), &p.uniq[..s], &uniq);
                 x.check_u32("rows_scan", &format!("seg {tag}"), &p.seg[..=s], &starts);
@@ -300,7 +314,11 @@ fn row_plan(x: &Ctx, ids: &[u32], n: usize, cap: usize, verify: bool) -> RowBufs
                 }
                 x.check_u32("rows_place", &format!("order as sets {tag}"), &placed, &order);
             }
-            _ => x.check_u32("rows_sort", &format!("order {tag}"), &p.order[..b], &order),
+            _ => {
+                x.check_u32("rows_sort", &format!("order {tag}"), &p.order[..b], &order);
+                x.check_u32("rows_sort", &format!("count reset {tag}"), &p.count, &z(n));
+                x.check_u32("rows_sort", &format!("first reset {tag}"), &p.first, &empty);
+            }
         }
     }
     p
