@@ -101,7 +101,10 @@ pub enum Gemm {
     Scratch,
     /// matrixmultiply on the CPU, cuBLAS on a GPU.
     Library,
-    /// The fastest measured (on the CPU per product, see `GemmImpl::Auto`; the tiled kernel on a GPU).
+    /// On the CPU the fastest measured per product (see `GemmImpl::Auto`); on a GPU cuBLAS, which
+    /// spreads the weight-gradient products (K = the batch) over the whole GPU where the tiled
+    /// kernel gives them one to four blocks, and gives the same bits on every run on one GPU
+    /// model with one stream (cuBLAS's reproducibility rule).
     #[default]
     Auto,
 }
@@ -273,8 +276,8 @@ pub struct TrainConfig {
     pub device: Device,
     /// GEMM used by the dense layers: naive, scratch (the hand-written kernel; the tiled
     /// kernel on a GPU), library (matrixmultiply; cuBLAS on a GPU) or auto (on the CPU the
-    /// scratch kernel forward and matrixmultiply backward, the fastest measured; on a GPU the
-    /// tiled kernel).
+    /// scratch kernel forward and matrixmultiply backward, the fastest measured; on a GPU
+    /// cuBLAS). The GPU's fused step has no GEMM: this sets the reference step's products.
     #[arg(long, value_enum, default_value_t = Gemm::Auto, help_heading = HARDWARE)]
     pub gemm: Gemm,
     /// Where each epoch's negatives are sampled: host (the CPU threads), device (where the model

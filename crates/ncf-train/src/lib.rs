@@ -316,12 +316,14 @@ pub const STEPS_PER_GRAPH: usize = 16;
 /// Rows scored per forward call on a GPU (6,040 ML-1M users × 100 candidates fit in one).
 pub const GPU_EVAL_ROWS: usize = 1 << 20;
 
-/// `--gemm` on a GPU: the naive kernel, the hand-written tiled kernel, or cuBLAS.
+/// `--gemm` on a GPU: the naive kernel, the hand-written tiled kernel, or cuBLAS (also `auto`:
+/// the tiled kernel gives the weight-gradient products, whose K is the batch, one to four
+/// blocks; cuBLAS splits them over the GPU, with bitwise reproducible results on one stream).
 pub fn gpu_gemm(g: GemmImpl) -> ncf_cuda::GpuGemm {
     match g {
         GemmImpl::Naive => ncf_cuda::GpuGemm::Naive,
-        GemmImpl::Scratch | GemmImpl::Auto => ncf_cuda::GpuGemm::Tiled,
-        GemmImpl::Library => ncf_cuda::GpuGemm::Cublas,
+        GemmImpl::Scratch => ncf_cuda::GpuGemm::Tiled,
+        GemmImpl::Library | GemmImpl::Auto => ncf_cuda::GpuGemm::Cublas,
     }
 }
 
