@@ -1,6 +1,7 @@
 // Optimizer steps, the GPU twin of crates/ncf-cpu/src/ops/optim.rs (PyTorch's rules). Each
-// step consumes the gradient and zeroes it. The per-step scalars (lr / (1 − β₁ᵗ),
-// 1 / √(1 − β₂ᵗ), …) are computed on the host in f64, as on the CPU.
+// step consumes the gradient and zeroes it. SGD's scalars come from the host; Adam's bias
+// corrections (lr / (1 − β₁ᵗ), 1 / √(1 − β₂ᵗ)) are computed in f64, as on the CPU, from the
+// device's step count, once per block.
 
 // SGD: g ← g + l2·w;  mom ← μ·mom + g;  w ← shrink·w − lr·mom;  g ← 0
 __device__ __forceinline__ void sgd_one(float* p, float* g, float* mom, long long k, float lr, float mu, float l2,
@@ -38,12 +39,16 @@ extern "C" __global__ void sgd_step_rows(float* p, float* g, float* mom, const u
 struct AdamStep {
     float step, inv_sqrt_bc2;
 };
+// Thread 0 of each block computes them (two double pows) and shares them with its block.
 __device__ __forceinline__ AdamStep adam_scalars(const unsigned* tp, double lr, double beta1, double beta2) {
-    double t = (double)(*tp > 0u ? *tp : 1u);
-    AdamStep s;
-    s.step = (float)(lr / (1.0 - pow(beta1, t)));
-    s.inv_sqrt_bc2 = (float)(1.0 / sqrt(1.0 - pow(beta2, t)));
-    return s;
+    __shared__ AdamStep shared;
+    if (threadIdx.x == 0) {
+        double t = (double)(*tp > 0u ? *tp : 1u);
+        shared.step = (float)(lr / (1.0 - pow(beta1, t)));
+        shared.inv_sqrt_bc2 = (float)(1.0 / sqrt(1.0 - pow(beta2, t)));
+    }
+    __syncthreads();
+    return shared;
 }
 
 // Adam: m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  w ← shrink·w − step·m / (√v·inv_sqrt_bc2 + ε)
