@@ -74,7 +74,8 @@ fn memory_ops(g: &CudaBackend) {
     println!("adam_step {m} elements: {:.3} ms, {:.0} GB/s", t, (7 * m * 4) as f64 / (t as f64 * 1e-3) / 1e9);
 }
 
-/// One epoch of NeuMF-8 at three batch sizes through the trainer.
+/// One epoch of NeuMF-8 at three batch sizes through the trainer: the fused step (the
+/// default) with and without graph replay, and the reference step for comparison.
 fn training() {
     let split = match std::env::var_os("NCF_DATA") {
         Some(d) => ncf_data::NcfSplit::load(&std::path::PathBuf::from(d).join("ncf-ml-1m")).expect("split"),
@@ -85,21 +86,31 @@ fn training() {
         }
     };
     let data = ncf_train::Prepared::from_split(&split, 42);
-    println!("\n| batch | step issued as | samples/s | epoch s (sampling + training + eval) |");
-    println!("|---:|---|---:|---:|");
-    for &(batch, graph) in &[(256usize, true), (256, false), (2048, true), (65536, true)] {
-        let cfg =
-            ncf_train::TrainConfig { epochs: 1, batch, graph, device: ncf_train::Device::Cuda, ..Default::default() };
+    println!("\n| batch | step | issued as | samples/s | epoch s (sampling + training + eval) | test HR@10 |");
+    println!("|---:|---|---|---:|---:|---:|");
+    use ncf_train::Step::{Fast, Reference};
+    let runs = [(256usize, Fast, true), (256, Fast, false), (256, Reference, true), (2048, Fast, true)];
+    for &(batch, step, graph) in runs.iter().chain(&[(65536, Fast, true), (65536, Reference, true)]) {
+        let cfg = ncf_train::TrainConfig {
+            epochs: 1,
+            batch,
+            graph,
+            step,
+            device: ncf_train::Device::Cuda,
+            ..Default::default()
+        };
         let out = ncf_train::train(&cfg, &data, None, |_| {}).expect("train");
         let r = &out.epochs[0];
         println!(
-            "| {batch} | {} | {:.0} | {:.3} ({:.3} + {:.3} + {:.3}) |",
-            if graph { "CUDA graph replay" } else { "ops from the host" },
+            "| {batch} | {} | {} | {:.0} | {:.3} ({:.3} + {:.3} + {:.3}) | {:.4} |",
+            if step == Fast { "fused" } else { "reference" },
+            if graph { "CUDA graph replay (16 steps per graph)" } else { "from the host" },
             r.samples_per_second,
             r.sampling_s + r.training_s + r.eval_s,
             r.sampling_s,
             r.training_s,
-            r.eval_s
+            r.eval_s,
+            r.test_hr
         );
     }
 }

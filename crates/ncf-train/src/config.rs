@@ -139,7 +139,8 @@ pub enum SamplerChoice {
 #[serde(rename_all = "lowercase")]
 pub enum Step {
     /// The backend's fastest training step (`ncf_model::FastStep`: on the CPU the two-lane
-    /// step, an even batch's halves side by side on two cores).
+    /// step, an even batch's halves side by side on two cores; on a GPU the fused step, three
+    /// kernels, where the model and optimizer allow it).
     #[default]
     Fast,
     /// The plain op-by-op step (`ncf_model::train_step`), one backend op after another.
