@@ -17,6 +17,7 @@
 #   ml20m.jsonl       a generated ML-20M-size dataset (generated there, not carried), split with
 #                     999 test negatives: MLPerf's recipe (NeuMF-64, 256-256-128-64, batch
 #                     1,048,576, Adam lr 0.0045, β 0.25/0.5) until test HR@10 0.635 or 3 epochs
+#                     (NeuMF-8 on the same data, batch 1,048,576, one epoch: in steps.log)
 #   res-usage.txt     cuobjdump -res-usage of the kernels NVRTC compiled during the run
 # Steps: nvidia-smi, ncf-cuda's parity and check tests (NCF_REQUIRE_GPU=1), the two ML-1M runs,
 # the PyTorch reference, the GPU bench, the ML-20M-size run, compute-sanitizer memcheck on a
@@ -142,6 +143,10 @@ step generate-ml20m-size 120 "$NCF" data synth --out "$work/ml20m" --users "$big
 step train-ml20m 150 "$NCF" train --data "$work/ml20m" --device "$device" --test-negatives 999 \
   --factors 64 --layers 256,256,128,64 --batch "$huge" --lr 0.0045 --beta1 0.25 --beta2 0.5 \
   --epochs "$big_epochs" --stop-at-hr 0.635 --metrics-jsonl "$OUT/ml20m.jsonl" --force
+# The same data with NeuMF-8, which the fused step takes, at the same batch (√-scaled rate);
+# its epoch line (samples/s) is in steps.log.
+step train-ml20m-neumf8 90 "$NCF" train --data "$work/ml20m" --device "$device" --test-negatives 999 \
+  --batch "$huge" --lr-scaling sqrt --epochs 1 --metrics-jsonl "$work/ml20m-neumf8.jsonl" --force
 
 # ---- 7. compute-sanitizer memcheck on a short run
 san="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"

@@ -52,6 +52,7 @@ fn gpu_check_dry_run_runs_every_step_and_writes_eight_files() {
     ] {
         assert!(status(name).is_some(), "no step `{name}` in the summary:\n{log}");
     }
+    assert_eq!(status("train-ml20m-neumf8"), Some(serde_json::json!(0)), "{log}");
     // The training steps really ran and wrote one JSON line per epoch.
     for (name, file, epochs) in [
         ("train-ml1m", "ml1m.jsonl", 1),
