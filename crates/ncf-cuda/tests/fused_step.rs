@@ -53,10 +53,6 @@ fn ad<T>(v: &[T]) -> u64 {
     v.as_ptr() as u64
 }
 
-/// The address of a buffer the kernels write through the table (a pointer that may write).
-fn adm<T>(v: &mut [T]) -> u64 {
-    v.as_mut_ptr() as u64
-}
 
 fn config(kind: ModelKind) -> ModelConfig {
     let mut cfg = ModelConfig::new(kind, USERS, ITEMS);
@@ -113,20 +109,76 @@ where
     (Outcome { losses, tensors }, init, fm)
 }
 
+/// A buffer the kernels reach through the table, where the emulator's guard pages do not
+/// reach: `PAD` canary elements (a NaN pattern for floats) on both sides of the data. A write
+/// out of bounds shows as a changed canary, a float read out of bounds as a NaN in the results.
+struct Padded<T> {
+    all: Vec<T>,
+    len: usize,
+}
+
+const PAD: usize = 64;
+
+trait Canary: Copy {
+    const CANARY: Self;
+    fn same(self, other: Self) -> bool;
+}
+impl Canary for f32 {
+    const CANARY: f32 = f32::from_bits(0x7fa5_a5a5);
+    fn same(self, other: f32) -> bool {
+        self.to_bits() == other.to_bits()
+    }
+}
+impl Canary for u32 {
+    const CANARY: u32 = 0xa5a5_a5a5;
+    fn same(self, other: u32) -> bool {
+        self == other
+    }
+}
+
+impl<T: Canary> Padded<T> {
+    fn new(data: &[T]) -> Self {
+        let mut all = vec![T::CANARY; data.len() + 2 * PAD];
+        all[PAD..PAD + data.len()].copy_from_slice(data);
+        Padded { all, len: data.len() }
+    }
+    fn filled(len: usize, value: T) -> Self {
+        Self::new(&vec![value; len])
+    }
+    /// The data's address, as a pointer that may write.
+    fn addr(&mut self) -> u64 {
+        self.all[PAD..].as_mut_ptr() as u64
+    }
+    fn get(&self) -> &[T] {
+        &self.all[PAD..PAD + self.len]
+    }
+    fn get_mut(&mut self) -> &mut [T] {
+        &mut self.all[PAD..PAD + self.len]
+    }
+    fn check(&self, name: &str) {
+        let (head, tail) = (&self.all[..PAD], &self.all[PAD + self.len..]);
+        let bad = head.iter().chain(tail).filter(|x| !x.same(T::CANARY)).count();
+        assert_eq!(bad, 0, "{name}: {bad} elements written outside the buffer");
+    }
+}
+
 /// The fused step on the emulator, from the same initial parameters.
 fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usize) -> Outcome {
     // Every buffer the kernels reach through the table: allocated once, never moved.
-    let mut params: Vec<Vec<f32>> = init.to_vec();
-    let mut m: Vec<Vec<f32>> = init.iter().map(|t| vec![0.0; t.len()]).collect();
-    let mut v = m.clone();
-    let (mut users, mut items, mut labels) = (vec![0u32; b], vec![0u32; b], vec![0f32; b]);
-    let mut partials = vec![f32::NAN; fm.partials_len(b)];
-    let mut sample_grad = [vec![f32::NAN; b * fm.side_width()], vec![f32::NAN; b * fm.side_width()]];
-    let mut next = [vec![0u32; b], vec![0u32; b]];
-    let mut last = [vec![EMPTY; fm.rows[0]], vec![EMPTY; fm.rows[1]]];
-    let mut rowinfo = [vec![0u32; 2 * fm.rows[0]], vec![0u32; 2 * fm.rows[1]]];
-    let (mut t, mut scalars, mut loss) = (vec![0u32; 1], vec![f32::NAN; 6], vec![0f32; 1]);
-    let mut three = |k: usize| [adm(&mut params[k]), adm(&mut m[k]), adm(&mut v[k])];
+    let mut params: Vec<Padded<f32>> = init.iter().map(|t| Padded::new(t)).collect();
+    let mut m: Vec<Padded<f32>> = init.iter().map(|t| Padded::filled(t.len(), 0.0)).collect();
+    let mut v: Vec<Padded<f32>> = init.iter().map(|t| Padded::filled(t.len(), 0.0)).collect();
+    let (mut users, mut items, mut labels) =
+        (Padded::filled(b, 0u32), Padded::filled(b, 0u32), Padded::filled(b, 0f32));
+    let mut partials = Padded::filled(fm.partials_len(b), f32::NAN);
+    let mut sample_grad =
+        [Padded::filled(b * fm.side_width(), f32::NAN), Padded::filled(b * fm.side_width(), f32::NAN)];
+    let mut next = [Padded::filled(b, 0u32), Padded::filled(b, 0u32)];
+    let mut last = [Padded::filled(fm.rows[0], EMPTY), Padded::filled(fm.rows[1], EMPTY)];
+    let mut rowinfo = [Padded::filled(2 * fm.rows[0], 0u32), Padded::filled(2 * fm.rows[1], 0u32)];
+    let (mut t, mut scalars, mut loss) =
+        (Padded::filled(1, 0u32), Padded::filled(6, f32::NAN), Padded::filled(1, 0f32));
+    let mut three = |k: usize| [params[k].addr(), m[k].addr(), v[k].addr()];
     let mut emb = [[[0u64; 3]; 2]; 2];
     for (side, tables) in fm.tables.iter().enumerate() {
         for (j, &k) in tables.iter().enumerate() {
@@ -134,24 +186,20 @@ fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usi
         }
     }
     let dense = fm.dense.iter().map(|&k| three(k)).collect();
-    let [sg0, sg1] = &mut sample_grad;
-    let [n0, n1] = &mut next;
-    let [l0, l1] = &mut last;
-    let [r0, r1] = &mut rowinfo;
     let bufs = FusedBufs {
-        users: ad(&users),
-        items: ad(&items),
-        labels: ad(&labels),
+        users: users.addr(),
+        items: items.addr(),
+        labels: labels.addr(),
         emb,
         dense,
-        partials: adm(&mut partials),
-        sample_grad: [adm(sg0), adm(sg1)],
-        next: [adm(n0), adm(n1)],
-        last: [adm(l0), adm(l1)],
-        rowinfo: [adm(r0), adm(r1)],
-        t: adm(&mut t),
-        scalars: adm(&mut scalars),
-        loss: adm(&mut loss),
+        partials: partials.addr(),
+        sample_grad: [sample_grad[0].addr(), sample_grad[1].addr()],
+        next: [next[0].addr(), next[1].addr()],
+        last: [last[0].addr(), last[1].addr()],
+        rowinfo: [rowinfo[0].addr(), rowinfo[1].addr()],
+        t: t.addr(),
+        scalars: scalars.addr(),
+        loss: loss.addr(),
     };
     let tab = fm.tab(&bufs).words();
     let plan = fm.plan(ad(&tab), b).unwrap();
@@ -159,31 +207,50 @@ fn fused(emu: &Emu, fm: &FusedModel, init: &[Vec<f32>], names: &[String], b: usi
     let mut losses = Vec::new();
     for step in 0..STEPS {
         let (u, i, y) = batch(b, step);
-        users.copy_from_slice(&u);
-        items.copy_from_slice(&i);
-        labels.copy_from_slice(&y);
-        // Every address in `tab` is one of the Vecs above, which stay alive and unmoved until
-        // the end of this function and are sized as FusedModel asks; the kernels write only
-        // those taken with `adm` (pointers that may write). The emulator runs the launches
-        // on this thread, one at a time, and returns when they are done.
+        users.get_mut().copy_from_slice(&u);
+        items.get_mut().copy_from_slice(&i);
+        labels.get_mut().copy_from_slice(&y);
+        // Every address in `tab` is one of the buffers above, which stay alive and unmoved
+        // until the end of this function and are sized as FusedModel asks, taken as pointers
+        // that may write. The emulator runs the launches on this thread, one at a time, and
+        // returns when they are done.
         emu.run_plan(&plan, &[arg(&tab)]).unwrap_or_else(|e| panic!("{e}"));
-        losses.push(loss[0] as f64);
+        losses.push(loss.get()[0] as f64);
         // The step leaves every list head empty and every row's info zero again.
         for (side, (heads, info)) in last.iter().zip(&rowinfo).enumerate() {
-            let bad = heads.iter().filter(|&&x| x != EMPTY).count() + info.iter().filter(|&&x| x != 0).count();
+            let bad =
+                heads.get().iter().filter(|&&x| x != EMPTY).count() + info.get().iter().filter(|&&x| x != 0).count();
             assert_eq!(bad, 0, "side {side}: {bad} list heads or row infos left set after step {step}");
         }
-        loss[0] = 0.0; // StepScratch::take_loss: read, then reset.
+        loss.get_mut()[0] = 0.0; // StepScratch::take_loss: read, then reset.
     }
-    assert_eq!(t[0], STEPS as u32, "Adam's step count");
-    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-    let mut tensors: Vec<(String, Vec<f64>)> = names.iter().cloned().zip(params.iter().map(|p| f64s(p))).collect();
+    assert_eq!(t.get()[0], STEPS as u32, "Adam's step count");
     for (k, name) in names.iter().enumerate() {
-        tensors.push((format!("{name}.m"), f64s(&m[k])));
-        tensors.push((format!("{name}.v"), f64s(&v[k])));
+        params[k].check(name);
+        m[k].check(&format!("{name}.m"));
+        v[k].check(&format!("{name}.v"));
     }
+    for (what, p) in [("partials", &partials), ("scalars", &scalars), ("loss", &loss), ("labels", &labels)] {
+        p.check(what);
+    }
+    for side in 0..2 {
+        sample_grad[side].check("sample_grad");
+        for (what, p) in [("next", &next[side]), ("last", &last[side]), ("rowinfo", &rowinfo[side])] {
+            p.check(what);
+        }
+    }
+    for (what, p) in [("users", &users), ("items", &items), ("t", &t)] {
+        p.check(what);
+    }
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let mut tensors: Vec<(String, Vec<f64>)> =
+        names.iter().cloned().zip(params.iter().map(|p| f64s(p.get()))).collect();
+    for (k, name) in names.iter().enumerate() {
+        tensors.push((format!("{name}.m"), f64s(m[k].get())));
+        tensors.push((format!("{name}.v"), f64s(v[k].get())));
+    }
+    let scalars = scalars.get();
     assert!(scalars.iter().all(|x| x.is_finite()), "bias corrections {scalars:?}");
-    drop((partials, sample_grad, next));
     Outcome { losses, tensors }
 }
 
