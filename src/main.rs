@@ -1,7 +1,8 @@
 //! `ncf`: the command-line front end of ncf-rs. This file parses the command line and hands
 //! it to the command's own file under `cmd/`.
 //!
-//! Commands: `train`, `eval`, `data synth`, `data split` and `gradcheck`.
+//! Commands: `train`, `eval`, `recommend`, `similar`, `data synth`, `data split` and
+//! `gradcheck`.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,11 @@ enum Cmd {
     Train(Box<cmd::train::TrainArgs>),
     /// Re-evaluate a saved checkpoint on its data's test set (sampled or full ranking).
     Eval(cmd::eval::EvalArgs),
+    /// Top-K items for a user (or many) of a trained model, the user's training items left
+    /// out; an unknown user gets the most popular items, flagged as a fallback.
+    Recommend(cmd::recommend::RecommendArgs),
+    /// The items nearest an item by cosine similarity of the model's item embeddings.
+    Similar(cmd::similar::SimilarArgs),
     /// Make datasets: generate synthetic MovieLens data, or split ratings into the NCF format.
     #[command(subcommand)]
     Data(cmd::data::DataCmd),
@@ -46,6 +52,8 @@ fn main() -> ExitCode {
             cmd::train::run(*args, sub)
         }
         Cmd::Eval(args) => cmd::eval::run(args),
+        Cmd::Recommend(args) => cmd::recommend::run(args),
+        Cmd::Similar(args) => cmd::similar::run(args),
         Cmd::Data(c) => cmd::data::run(c),
     };
     match result {

@@ -8,6 +8,8 @@ use std::path::Path;
 pub mod data;
 pub mod eval;
 pub mod gradcheck;
+pub mod recommend;
+pub mod similar;
 pub mod train;
 
 /// A rayon pool of `threads` workers (default: all cores).

@@ -53,7 +53,6 @@ fn ad<T>(v: &[T]) -> u64 {
     v.as_ptr() as u64
 }
 
-
 fn config(kind: ModelKind) -> ModelConfig {
     let mut cfg = ModelConfig::new(kind, USERS, ITEMS);
     cfg.factors = 8;

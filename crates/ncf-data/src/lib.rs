@@ -17,7 +17,7 @@ pub mod synth;
 pub use error::{DataError, Result, write_atomic};
 pub use idmap::IdMap;
 pub use interactions::UserItems;
-pub use movielens::{MovieLensFiles, RawRating, load_movies, load_ratings, load_users};
+pub use movielens::{MovieLensFiles, RawRating, load_item_meta, load_movies, load_ratings, load_users};
 pub use ncf_split::NcfSplit;
 pub use sampler::{Row, sample_epoch};
 pub use split::{Implicit, LeaveOneOut, leave_latest_out};

@@ -401,3 +401,132 @@ mod tests {
         assert!(unknown.contains("unknown ratings format"), "{unknown}");
     }
 }
+
+/// The 19 genres of ML-100K's `u.item` flags, in column order (its `u.genre`).
+pub const ML100K_GENRES: [&str; 19] = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+];
+
+/// Reads the movies of any MovieLens release, by file name: `movies.dat` (ML-1M,
+/// `MovieID::Title::Genres`), `u.item` (ML-100K, `id|title|date|video date|url|19 genre
+/// flags`, Latin-1) or `movies.csv` (ml-latest, `movieId,title,genres` with quoted titles).
+pub fn load_item_meta(path: &Path) -> Result<Vec<Movie>> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if name.ends_with(".dat") {
+        return load_movies(path);
+    }
+    let csv = name.ends_with(".csv");
+    if !csv && !name.ends_with(".item") {
+        return Err(DataError::invalid(path, "not movies.dat, u.item or movies.csv"));
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for_each_line(path, |line, text| {
+        if text.trim_ascii().is_empty() || (csv && line == 1 && text.starts_with(b"movieId")) {
+            return Ok(());
+        }
+        let fields: Vec<Vec<u8>> =
+            if csv { csv_fields(text) } else { text.split(|&b| b == b'|').map(<[u8]>::to_vec).collect() };
+        let want = if csv { 3 } else { 5 + ML100K_GENRES.len() };
+        if fields.len() != want {
+            let what = if csv { "movieId,title,genres" } else { "id|title|date|video date|url|19 genre flags" };
+            return Err(DataError::parse(
+                path,
+                line,
+                "line",
+                format!("expected {want} fields ({what}), found {}", fields.len()),
+            ));
+        }
+        let id = id_field(path, line, "movie id", &fields[0])?;
+        if !seen.insert(id) {
+            return Err(DataError::parse(path, line, "movie id", format!("movie {id} is listed twice")));
+        }
+        let title = if csv { String::from_utf8_lossy(&fields[1]).into_owned() } else { latin1(&fields[1]) };
+        let genres = if csv {
+            let g = String::from_utf8_lossy(&fields[2]).into_owned();
+            if g == "(no genres listed)" { Vec::new() } else { g.split('|').map(str::to_string).collect() }
+        } else {
+            ML100K_GENRES
+                .iter()
+                .zip(&fields[5..])
+                .filter(|(_, f)| f.as_slice() == b"1")
+                .map(|(g, _)| g.to_string())
+                .collect()
+        };
+        out.push(Movie { id, year: title_year(&title), title, genres });
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "no movies in this file"));
+    }
+    Ok(out)
+}
+
+/// The fields of one CSV line: commas separate, double quotes enclose fields with commas, and
+/// a doubled quote inside stands for one.
+fn csv_fields(line: &[u8]) -> Vec<Vec<u8>> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (mut out, mut cur, mut quoted, mut k) = (Vec::new(), Vec::new(), false, 0);
+    while k < line.len() {
+        let c = line[k];
+        match (c, quoted) {
+            (b'"', true) if line.get(k + 1) == Some(&b'"') => {
+                cur.push(b'"');
+                k += 1;
+            }
+            (b'"', _) => quoted = !quoted,
+            (b',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+        k += 1;
+    }
+    out.push(cur);
+    out
+}
+
+#[cfg(test)]
+mod item_meta_tests {
+    use super::*;
+
+    /// The three formats give the same kind of record: id, title with year, genres.
+    #[test]
+    fn movies_dat_u_item_and_movies_csv_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        let dat = d.path().join("movies.dat");
+        std::fs::write(&dat, "1::Toy Story (1995)::Animation|Children's|Comedy\n").unwrap();
+        let item = d.path().join("u.item");
+        let flags = "0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0";
+        std::fs::write(&item, format!("1|Toy Story (1995)|01-Jan-1995||http://x|{flags}\n")).unwrap();
+        let csv = d.path().join("movies.csv");
+        std::fs::write(
+            &csv,
+            "movieId,title,genres\n1,Toy Story (1995),Animation|Children|Comedy\n11,\"American President, The (1995)\",Comedy\n",
+        )
+        .unwrap();
+        let (a, b, c) = (load_item_meta(&dat).unwrap(), load_item_meta(&item).unwrap(), load_item_meta(&csv).unwrap());
+        assert_eq!((a[0].id, a[0].title.as_str(), a[0].year), (1, "Toy Story (1995)", Some(1995)));
+        assert_eq!(b[0].genres, ["Animation", "Children's", "Comedy"]);
+        assert_eq!((c[1].id, c[1].title.as_str(), c[1].year), (11, "American President, The (1995)", Some(1995)));
+        std::fs::write(&csv, "movieId,title,genres\n1,Toy Story (1995)\n").unwrap();
+        let e = load_item_meta(&csv).unwrap_err().to_string();
+        assert!(e.contains("movies.csv:2") && e.contains("expected 3 fields"), "{e}");
+    }
+}

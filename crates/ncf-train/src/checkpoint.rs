@@ -5,12 +5,19 @@
 //! Ids: when the data came with raw ids (a MovieLens source, a split written by
 //! `ncf data split`, the canonical ML-1M split's `item_id_map.tsv`), the metadata holds
 //! `user_ids` / `item_ids`, JSON arrays of the raw id of each dense id, and `id_map = "raw"`;
-//! otherwise `id_map = "identity"` (dense ids are the only ids). Written atomically: a temporary file in the
+//! otherwise `id_map = "identity"` (dense ids are the only ids). The users' training items
+//! (what `ncf recommend` must not recommend again) are two U32 tensors, `seen/offsets`
+//! (users + 1) and `seen/items`, a CSR over dense ids. Written atomically: a temporary file in the
 //! same folder, then a rename, so a crash never leaves half a checkpoint.
 
 use crate::{Result, TrainError};
 use ncf_core::Backend;
-use ncf_data::IdMap;
+use ncf_data::{IdMap, UserItems};
+
+/// Tensors under this prefix are U32 (the users' training items), not F32 weights.
+const SEEN: &str = "seen/";
+const SEEN_OFFSETS: &str = "seen/offsets";
+const SEEN_ITEMS: &str = "seen/items";
 use ncf_model::{AnyModel, HostTensor, Model, ModelConfig, ModelKind};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -82,15 +89,22 @@ impl Checkpoint {
         if path.exists() && !force {
             return Err(ckpt_err(path, "exists; pass --force to overwrite it"));
         }
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.shape.clone(), t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()))
-            .collect();
+        let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let (dtype, b) = if t.name.starts_with(SEEN) {
+                if let Some(x) = t.data.iter().find(|&&x| !(x >= 0.0 && x <= u32::MAX as f64 && x.fract() == 0.0)) {
+                    return Err(ckpt_err(path, format!("`{}` holds {x}, not a u32", t.name)));
+                }
+                (Dtype::U32, t.data.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect())
+            } else {
+                (Dtype::F32, t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect())
+            };
+            bytes.push((t.name.clone(), dtype, t.shape.clone(), b));
+        }
         let views = bytes
             .iter()
-            .map(|(n, s, b)| {
-                Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| ckpt_err(path, e.to_string()))?))
+            .map(|(n, d, s, b)| {
+                Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| ckpt_err(path, e.to_string()))?))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut meta = self.metadata.clone();
@@ -117,11 +131,15 @@ impl Checkpoint {
         let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(path, e.to_string()))?;
         let mut tensors = Vec::new();
         for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(ckpt_err(path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            let want = if name.starts_with(SEEN) { Dtype::U32 } else { Dtype::F32 };
+            if view.dtype() != want {
+                return Err(ckpt_err(path, format!("tensor `{name}` is {:?}, expected {want:?}", view.dtype())));
             }
-            let data =
-                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+            let word = |c: &[u8]| [c[0], c[1], c[2], c[3]];
+            let data = match want {
+                Dtype::U32 => view.data().chunks_exact(4).map(|c| u32::from_le_bytes(word(c)) as f64).collect(),
+                _ => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(word(c)) as f64).collect(),
+            };
             tensors.push(HostTensor { name, shape: view.shape().to_vec(), data });
         }
         Ok(Checkpoint { spec, tensors, metadata })
@@ -136,6 +154,35 @@ impl Checkpoint {
             IdMap::from_dense_order(raw).map(Some).ok_or_else(|| ckpt_err(path, format!("`{key}` repeats a raw id")))
         };
         Ok((get("user_ids")?, get("item_ids")?))
+    }
+
+    /// Stores each user's training items (`seen/offsets`, `seen/items`).
+    pub fn put_seen(&mut self, seen: &UserItems) {
+        self.tensors.retain(|t| !t.name.starts_with(SEEN));
+        let offsets = seen.offsets.iter().map(|&o| o as f64).collect();
+        self.tensors.push(HostTensor { name: SEEN_OFFSETS.into(), shape: vec![seen.offsets.len()], data: offsets });
+        let items = seen.items.iter().map(|&i| i as f64).collect();
+        self.tensors.push(HostTensor { name: SEEN_ITEMS.into(), shape: vec![seen.items.len()], data: items });
+    }
+
+    /// Each user's training items, checked against the model's sizes; `None` for a checkpoint
+    /// written before they were stored.
+    pub fn seen(&self, path: &Path) -> Result<Option<UserItems>> {
+        let find = |name: &str| self.tensors.iter().find(|t| t.name == name);
+        let (Some(off), Some(items)) = (find(SEEN_OFFSETS), find(SEEN_ITEMS)) else { return Ok(None) };
+        let (users, n_items) = (self.spec.users, self.spec.items);
+        if off.data.len() != users + 1 {
+            return Err(ckpt_err(path, format!("`{SEEN_OFFSETS}` has {} entries for {users} users", off.data.len())));
+        }
+        let offsets: Vec<usize> = off.data.iter().map(|&x| x as usize).collect();
+        if offsets[0] != 0 || offsets.windows(2).any(|w| w[0] > w[1]) || offsets[users] != items.data.len() {
+            return Err(ckpt_err(path, format!("`{SEEN_OFFSETS}` is not a CSR over {} items", items.data.len())));
+        }
+        if let Some(&bad) = items.data.iter().find(|&&i| i as usize >= n_items) {
+            return Err(ckpt_err(path, format!("`{SEEN_ITEMS}` holds item {bad} of a model with {n_items} items")));
+        }
+        let items = items.data.iter().map(|&i| i as u32).collect();
+        Ok(Some(UserItems { n_users: users, n_items, offsets, items }))
     }
 
     /// Builds the model the checkpoint describes, with its weights, on `be`.

@@ -39,6 +39,7 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub mod checkpoint;
 pub mod config;
+pub mod infer;
 pub mod plot;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
@@ -734,6 +735,7 @@ fn snapshot(
     metadata.insert("train_config".to_string(), serde_json::to_string(cfg).unwrap_or_default());
     checkpoint::put_id_maps(&mut metadata, data.user_ids.as_ref(), data.item_ids.as_ref());
     let mut ckpt = Checkpoint { spec: ModelSpec::of(mcfg), tensors: best_weights, metadata };
+    ckpt.put_seen(&data.known);
     if let Some(r) = resume {
         r.write_into(&mut ckpt);
     }

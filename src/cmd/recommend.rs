@@ -1,0 +1,113 @@
+//! `ncf recommend`: top-K items for users of a trained model, their training items left out;
+//! users the model does not know get the most popular items, flagged as such.
+
+use super::thread_pool;
+use anyhow::{Context, Result, bail};
+use ncf_data::movielens::Movie;
+use ncf_train::infer::{Scored, Scorer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct RecommendArgs {
+    /// A checkpoint written by `ncf train --save`.
+    #[arg(long)]
+    model: PathBuf,
+    /// The user's raw id (as in the data the model was trained on).
+    #[arg(long, required_unless_present = "users_file", conflicts_with = "users_file")]
+    user: Option<u64>,
+    /// Many users: a file with one raw user id per line; all are scored together.
+    #[arg(long)]
+    users_file: Option<PathBuf>,
+    /// How many items per user (1 to 1000).
+    #[arg(short, long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    k: u16,
+    /// Titles, years and genres from `movies.dat` (ML-1M), `u.item` (ML-100K) or `movies.csv`
+    /// (ml-latest).
+    #[arg(long)]
+    items_meta: Option<PathBuf>,
+    /// One JSON object per user instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Movie metadata by raw id.
+pub fn load_meta(path: Option<&Path>) -> Result<HashMap<u64, Movie>> {
+    let Some(p) = path else { return Ok(HashMap::new()) };
+    Ok(ncf_data::load_item_meta(p)?.into_iter().map(|m| (m.id, m)).collect())
+}
+
+/// One item as JSON: raw id, score, and the metadata when there is some.
+pub fn item_json(s: &Scored, meta: &HashMap<u64, Movie>) -> serde_json::Value {
+    let mut v = serde_json::json!({ "item": s.raw_id, "score": s.score });
+    if let Some(m) = meta.get(&s.raw_id) {
+        v["title"] = m.title.clone().into();
+        v["year"] = m.year.into();
+        v["genres"] = m.genres.clone().into();
+    }
+    v
+}
+
+/// One item as a text line: rank, raw id, score, title, genres.
+pub fn item_line(rank: usize, s: &Scored, meta: &HashMap<u64, Movie>) -> String {
+    let what = meta.get(&s.raw_id).map_or(String::new(), |m| format!("  {}  {}", m.title, m.genres.join("|")));
+    format!("{rank:>4}. {:>8}  {:>8.4}{what}", s.raw_id, s.score)
+}
+
+pub fn run(a: RecommendArgs) -> Result<bool> {
+    let pool = thread_pool(a.threads)?;
+    let mut scorer = Scorer::load(&a.model, None)?;
+    let meta = load_meta(a.items_meta.as_deref())?;
+    let raw_users: Vec<u64> = match (&a.users_file, a.user) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let mut ids = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let t = line.trim();
+                if t.is_empty() {
+                    continue;
+                }
+                match t.parse::<u64>() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => bail!("{}:{}: field `user`: `{t}` is not a non-negative integer id", f.display(), n + 1),
+                }
+            }
+            ids
+        }
+        (None, Some(u)) => vec![u],
+        (None, None) => bail!("give --user or --users-file"),
+    };
+    let k = a.k as usize;
+    let known: Vec<u32> = raw_users.iter().filter_map(|&r| scorer.user(r)).collect();
+    let recs = pool.install(|| scorer.recommend(&known, k))?;
+    let mut recs = recs.into_iter();
+    let popular = scorer.popular(k);
+    for &raw in &raw_users {
+        let (items, fallback, seen) = match scorer.user(raw) {
+            Some(u) => (recs.next().unwrap_or_default(), None, scorer.seen.of(u as usize).len()),
+            None => (popular.clone(), Some("popularity"), 0),
+        };
+        if a.json {
+            let mut v = serde_json::json!({
+                "user": raw,
+                "items": items.iter().map(|s| item_json(s, &meta)).collect::<Vec<_>>(),
+            });
+            if let Some(f) = fallback {
+                v["fallback"] = f.into();
+            }
+            println!("{v}");
+            continue;
+        }
+        match fallback {
+            Some(_) => println!("user {raw}: not in the model; the {k} most popular items (fallback: popularity)"),
+            None => println!("user {raw}: top {k} of the items not among its {seen} training items"),
+        }
+        for (r, s) in items.iter().enumerate() {
+            println!("{}", item_line(r + 1, s, &meta));
+        }
+    }
+    Ok(true)
+}
