@@ -1,8 +1,8 @@
 //! `ncf`: the command-line front end of ncf-rs. This file parses the command line and hands
 //! it to the command's own file under `cmd/`.
 //!
-//! Commands: `train`, `eval`, `recommend`, `similar`, `data synth`, `data split` and
-//! `gradcheck`.
+//! Commands: `train`, `eval`, `recommend`, `similar`, `embeddings`, `data synth`,
+//! `data split` and `gradcheck`.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +37,8 @@ enum Cmd {
     Recommend(cmd::recommend::RecommendArgs),
     /// The items nearest an item by cosine similarity of the model's item embeddings.
     Similar(cmd::similar::SimilarArgs),
+    /// Export a model's user and item embeddings with their raw ids, as CSV and .npy.
+    Embeddings(cmd::embeddings::EmbeddingsArgs),
     /// Make datasets: generate synthetic MovieLens data, or split ratings into the NCF format.
     #[command(subcommand)]
     Data(cmd::data::DataCmd),
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Eval(args) => cmd::eval::run(args),
         Cmd::Recommend(args) => cmd::recommend::run(args),
         Cmd::Similar(args) => cmd::similar::run(args),
+        Cmd::Embeddings(args) => cmd::embeddings::run(args),
         Cmd::Data(c) => cmd::data::run(c),
     };
     match result {

@@ -123,3 +123,50 @@ fn recommend_and_similar_on_the_embedded_sample() {
     assert!(!ncf(&["recommend", "--model", m, "--user", "1", "-k", "0"]).status.success());
     assert!(!ncf(&["recommend", "--model", m, "--user", "1", "-k", "1001"]).status.success());
 }
+
+/// `ncf embeddings` writes each table as CSV and `.npy` (float32 rows × width, uint64 ids),
+/// the two agreeing, and refuses to overwrite without `--force`. If a Python with numpy is
+/// on the PATH, `numpy.load` reads them too.
+#[test]
+fn embeddings_are_exported_as_csv_and_npy() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("s.safetensors");
+    train(None, &model, "1");
+    let out = d.path().join("emb");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    ok(&ncf(&["embeddings", "--model", m, "--out", o]));
+    let csv = std::fs::read_to_string(out.join("gmf_item_embedding.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv.lines().skip(1).map(|l| l.split(',').map(|x| x.parse().unwrap()).collect()).collect();
+    assert_eq!(csv.lines().next().unwrap(), "raw_id,e0,e1,e2,e3,e4,e5,e6,e7");
+    // The .npy: magic, version 1.0, a header naming dtype and shape, then the data.
+    let read_npy = |name: &str| {
+        let b = std::fs::read(out.join(name)).unwrap();
+        assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+        let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0, "header padded to 64 bytes");
+        (String::from_utf8(b[10..10 + hlen].to_vec()).unwrap(), b[10 + hlen..].to_vec())
+    };
+    let (h, data) = read_npy("gmf_item_embedding.npy");
+    assert!(h.contains("'descr': '<f4'") && h.contains(&format!("'shape': ({}, 8)", rows.len())), "{h}");
+    let floats: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let (h, ids) = read_npy("gmf_item_embedding.ids.npy");
+    assert!(h.contains("'descr': '<u8'") && h.contains(&format!("'shape': ({},)", rows.len())), "{h}");
+    for (r, row) in rows.iter().enumerate() {
+        let id = u64::from_le_bytes(ids[r * 8..r * 8 + 8].try_into().unwrap());
+        assert_eq!(row[0] as u64, id);
+        for c in 0..8 {
+            assert_eq!(row[1 + c] as f32, floats[r * 8 + c], "row {r} col {c}");
+        }
+    }
+    let again = ncf(&["embeddings", "--model", m, "--out", o]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("pass --force"));
+    ok(&ncf(&["embeddings", "--model", m, "--out", o, "--force"]));
+    let py = "import numpy as np, sys; a = np.load(sys.argv[1]); print(a.shape, a.dtype)";
+    match Command::new("python3").args(["-c", py, out.join("gmf_item_embedding.npy").to_str().unwrap()]).output() {
+        Ok(o) if o.status.success() => {
+            let s = String::from_utf8_lossy(&o.stdout);
+            assert_eq!(s.trim(), format!("({}, 8) float32", rows.len()));
+        }
+        _ => println!("numpy not installed: the .npy format was checked by hand only"),
+    }
+}

@@ -6,6 +6,7 @@ use ncf_train::Device;
 use std::path::Path;
 
 pub mod data;
+pub mod embeddings;
 pub mod eval;
 pub mod gradcheck;
 pub mod recommend;
