@@ -59,6 +59,19 @@ fn err(path: &Path, reason: impl Into<String>) -> TrainError {
     TrainError::Checkpoint { path: path.display().to_string(), reason: reason.into() }
 }
 
+/// The `k` rows of `vectors` (unit rows of width `d`) with the largest dot product with row
+/// `i` (their cosine similarity), row `i` left out: an exact scan.
+pub fn nearest(vectors: &(Vec<f32>, usize), i: u32, k: usize) -> Vec<(u32, f32)> {
+    let (v, d) = (&vectors.0, vectors.1.max(1));
+    let rows = v.len() / d;
+    let q = &v[i as usize * d..(i as usize + 1) * d];
+    let cand: Vec<(u32, f32)> = (0..rows)
+        .filter(|&j| j != i as usize)
+        .map(|j| (j as u32, v[j * d..(j + 1) * d].iter().zip(q).map(|(a, b)| a * b).sum()))
+        .collect();
+    top_k(cand, k)
+}
+
 /// Users scored per forward call: about 64 k rows.
 fn users_per_call(n_items: usize) -> usize {
     (65_536 / n_items.max(1)).max(1)
@@ -80,7 +93,11 @@ impl Scorer {
     /// Loads `path` (a checkpoint of `ncf train --save`). Its users' training items come from
     /// the checkpoint, or from `seen` for checkpoints written before they were stored.
     pub fn load(path: &Path, seen: Option<UserItems>) -> Result<Self> {
-        let ckpt = Checkpoint::load(path)?;
+        Self::from_checkpoint(&Checkpoint::load(path)?, path, seen)
+    }
+
+    /// [`Scorer::load`] of a checkpoint in memory (`path` names it in errors).
+    pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, seen: Option<UserItems>) -> Result<Self> {
         let (n_users, n_items) = (ckpt.spec.users, ckpt.spec.items);
         let seen = match (ckpt.seen(path)?, seen) {
             (Some(s), _) | (None, Some(s)) => s,
@@ -195,14 +212,23 @@ impl Scorer {
 
     /// The item embeddings `which` selects, each row normalised to unit length: `(n_items, d)`.
     pub fn item_vectors(&self, which: EmbeddingChoice) -> Result<(Vec<f32>, usize)> {
+        self.vectors(which, "item", self.n_items)
+    }
+
+    /// The user embeddings `which` selects, normalised as [`Scorer::item_vectors`]'s.
+    pub fn user_vectors(&self, which: EmbeddingChoice) -> Result<(Vec<f32>, usize)> {
+        self.vectors(which, "user", self.n_users)
+    }
+
+    fn vectors(&self, which: EmbeddingChoice, side: &str, rows: usize) -> Result<(Vec<f32>, usize)> {
         let params = self.model.params();
         let table = |name: &str| -> Option<(Vec<f32>, usize)> {
             let k = params.index(name)?;
             let t = &params.tensors[k];
             Some((self.be.download(&t.buf).ok()?, t.row_width()))
         };
-        let gmf = table("gmf_item_embedding").or_else(|| table("mf_item_embedding"));
-        let mlp = table("mlp_item_embedding");
+        let gmf = table(&format!("gmf_{side}_embedding")).or_else(|| table(&format!("mf_{side}_embedding")));
+        let mlp = table(&format!("mlp_{side}_embedding"));
         let parts: Vec<(Vec<f32>, usize)> = match (which, gmf, mlp) {
             (EmbeddingChoice::Auto, Some(g), Some(m)) => vec![g, m],
             (EmbeddingChoice::Auto, Some(v), None) | (EmbeddingChoice::Auto, None, Some(v)) => vec![v],
@@ -210,12 +236,12 @@ impl Scorer {
             (EmbeddingChoice::Mlp, _, Some(m)) => vec![m],
             (EmbeddingChoice::Both, Some(g), Some(m)) => vec![g, m],
             (w, _, _) => {
-                return Err(err(&self.path, format!("a {} model has no {w:?} item embedding", self.model.kind())));
+                return Err(err(&self.path, format!("a {} model has no {w:?} {side} embedding", self.model.kind())));
             }
         };
         let d: usize = parts.iter().map(|p| p.1).sum();
-        let mut out = Vec::with_capacity(self.n_items * d);
-        for i in 0..self.n_items {
+        let mut out = Vec::with_capacity(rows * d);
+        for i in 0..rows {
             for (v, w) in &parts {
                 let row = &v[i * w..(i + 1) * w];
                 let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
