@@ -1,0 +1,71 @@
+//! What answering queries costs, on an ML-1M-sized NeuMF-8 `[64,32,16,8]` (6,040 users ×
+//! 3,706 items, freshly initialised: the costs do not depend on the weights' values): `ncf
+//! similar`'s exact cosine scan per query, and `ncf recommend`'s top 10 for every user (all
+//! 22.4 M pairs scored, training items left out). Prints the minimum and median of several
+//! runs and the SIMD level, as the other benches.
+//!
+//! `cargo bench --bench serving`
+
+use ncf_cpu::CpuBackend;
+use ncf_model::{AnyModel, Model, ModelConfig, ModelKind};
+use ncf_train::infer::{EmbeddingChoice, Scorer};
+use ncf_train::{Checkpoint, ModelSpec};
+use std::time::Instant;
+
+fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (t[0], t[runs / 2])
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let (users, items) = (6_040, 3_706);
+    let cfg = ModelConfig::new(ModelKind::NeuMf, users, items);
+    let be = CpuBackend::<f32>::default();
+    let model = AnyModel::new(&be, &cfg, 1, &mut ncf_core::rng::seeded(1, 1)).expect("model");
+    let mut ckpt = Checkpoint {
+        spec: ModelSpec::of(&cfg),
+        tensors: model.params().to_host(&be).expect("weights"),
+        metadata: Default::default(),
+    };
+    // About 165 training items per user, as in ML-1M.
+    let pairs: Vec<(u32, u32)> =
+        (0..users as u32).flat_map(|u| (0..165u32).map(move |k| (u, (u * 7 + k * 13) % items as u32))).collect();
+    ckpt.put_seen(&ncf_data::UserItems::from_pairs(users, items, &pairs));
+    let mut scorer = Scorer::from_checkpoint(&ckpt, std::path::Path::new("bench"), None).expect("scorer");
+    println!("SIMD level: {}; threads: {}", ncf_cpu::simd::SimdLevel::best(), rayon::current_num_threads());
+    let v = scorer.item_vectors(EmbeddingChoice::Auto).expect("vectors");
+    let queries = 1_000;
+    let (min, med) = time(5, || {
+        for q in 0..queries {
+            std::hint::black_box(scorer.similar(&v, (q * 37 % items) as u32, 10).expect("similar"));
+        }
+    });
+    println!(
+        "similar, top 10 of {items} items by cosine ({} floats each): {:.1} µs per query (min), {:.1} µs (median)",
+        v.1,
+        min * 1e3 / queries as f64,
+        med * 1e3 / queries as f64
+    );
+    let all: Vec<u32> = (0..users as u32).collect();
+    let (min, _) = time(2, || {
+        std::hint::black_box(scorer.scores(&all).expect("scores"));
+    });
+    println!("  of which scoring alone: {min:.0} ms (min)");
+    let (min, med) = time(3, || {
+        std::hint::black_box(scorer.recommend(&all, 10).expect("recommend"));
+    });
+    println!(
+        "recommend, top 10 for all {users} users ({} pairs scored): {min:.0} ms (min), {med:.0} ms (median)",
+        users * items
+    );
+}
