@@ -227,6 +227,15 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
         Ok(ncf_train::infer::top_k(cand, k).into_iter().map(|(u, s)| (self.users[u as usize].clone(), s)).collect())
     }
 
+    /// Recommendations for a new user from a few items they like (folding in: that user's
+    /// embedding is fitted to the items with everything else frozen; see
+    /// `ncf_train::infer::Scorer::fold_in`), best first, the given items left out.
+    pub fn recs_for_items(&self, liked: &[I], k: usize, seed: u64) -> Result<Vec<(I, f32)>> {
+        let dense = liked.iter().map(|i| self.item_of(i)).collect::<Result<Vec<u32>>>()?;
+        let recs = self.scorer.fold_in(&dense, k, seed)?;
+        Ok(recs.into_iter().map(|s| (self.items[s.item as usize].clone(), s.score)).collect())
+    }
+
     /// The `k` most popular items (by pairs fitted on): what a new user gets.
     pub fn popular(&self, k: usize) -> Vec<(I, f32)> {
         self.scorer.popular(k).into_iter().map(|s| (self.items[s.item as usize].clone(), s.score)).collect()

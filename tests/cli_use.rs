@@ -78,6 +78,16 @@ fn recommend_on_ml1m_leaves_out_training_items_and_shows_titles() {
     assert!(!ids.contains(&260));
     // Plausible: both Star Wars sequels (Empire 1196, Jedi 1210) among its ten neighbours.
     assert!(ids.contains(&1196) && ids.contains(&1210), "{ids:?}");
+    // A new user who likes the Star Wars trilogy (folding in): mostly science fiction, none of
+    // the three.
+    let new =
+        lines_json(&ok(&ncf(&["recommend", "--model", m, "--items", "260,1196,1210", "--items-meta", meta, "--json"])));
+    let items = new[0]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    let sci_fi = items.iter().filter(|i| i["genres"].as_array().unwrap().iter().any(|g| g == "Sci-Fi")).count();
+    let ids: Vec<u64> = items.iter().map(|i| i["item"].as_u64().unwrap()).collect();
+    println!("folded in from the trilogy: {ids:?}, {sci_fi} of them Sci-Fi");
+    assert!(sci_fi >= 5 && !ids.iter().any(|i| [260, 1196, 1210].contains(i)), "{ids:?}");
 }
 
 /// On the embedded sample: text and JSON agree, a user the model does not know gets the

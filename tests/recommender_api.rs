@@ -72,6 +72,14 @@ fn a_fitted_recommender_finds_the_planted_groups() {
     assert!(inside > outside, "{inside} vs {outside}");
     assert_eq!(rec.popular(2).len(), 2);
 
+    // A new user who likes three of group 0's movies gets group 0's others (folding in).
+    let liked: Vec<String> = ["movie0", "movie3", "movie7"].iter().map(|s| s.to_string()).collect();
+    let fresh = rec.recs_for_items(&liked, 5, 1).unwrap();
+    println!("new user liking {liked:?}: {fresh:?}");
+    assert!(fresh.iter().all(|(m, _)| group_of_movie(m) == 0 && !liked.contains(m)), "{fresh:?}");
+    assert_eq!(rec.recs_for_items(&liked, 5, 1).unwrap(), fresh, "deterministic for a seed");
+    assert!(matches!(rec.recs_for_items(&["nothing".to_string()], 5, 1), Err(RecError::Unknown(_))));
+
     // Unknown ids are errors, not panics.
     assert!(matches!(rec.user_recs(&"nobody".to_string(), 3), Err(RecError::Unknown(_))));
     assert!(matches!(rec.similar_items(&"nothing".to_string(), 3), Err(RecError::Unknown(_))));

@@ -14,8 +14,12 @@ pub struct RecommendArgs {
     #[arg(long)]
     model: PathBuf,
     /// The user's raw id (as in the data the model was trained on).
-    #[arg(long, required_unless_present = "users_file", conflicts_with = "users_file")]
+    #[arg(long, required_unless_present_any = ["users_file", "items"], conflicts_with_all = ["users_file", "items"])]
     user: Option<u64>,
+    /// A new user, given by items they like (raw ids, comma-separated): the model fits that
+    /// user's embedding to them, everything else frozen ("folding in"), and recommends.
+    #[arg(long, value_delimiter = ',', conflicts_with = "users_file")]
+    items: Vec<u64>,
     /// Many users: a file with one raw user id per line; all are scored together.
     #[arg(long)]
     users_file: Option<PathBuf>,
@@ -61,6 +65,26 @@ pub fn run(a: RecommendArgs) -> Result<bool> {
     let pool = thread_pool(a.threads)?;
     let mut scorer = Scorer::load(&a.model, None)?;
     let meta = load_meta(a.items_meta.as_deref())?;
+    if !a.items.is_empty() {
+        let mut liked = Vec::with_capacity(a.items.len());
+        for &raw in &a.items {
+            match scorer.item(raw) {
+                Some(i) => liked.push(i),
+                None => bail!("item {raw} is not in the model ({} items)", scorer.n_items),
+            }
+        }
+        let recs = pool.install(|| scorer.fold_in(&liked, a.k as usize, 42))?;
+        if a.json {
+            let items: Vec<_> = recs.iter().map(|s| item_json(s, &meta)).collect();
+            println!("{}", serde_json::json!({ "liked": a.items, "folded_in": true, "items": items }));
+        } else {
+            println!("a new user liking {} items: top {} by folding in", a.items.len(), a.k);
+            for (r, s) in recs.iter().enumerate() {
+                println!("{}", item_line(r + 1, s, &meta));
+            }
+        }
+        return Ok(true);
+    }
     let raw_users: Vec<u64> = match (&a.users_file, a.user) {
         (Some(f), _) => {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;

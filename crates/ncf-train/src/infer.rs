@@ -53,6 +53,19 @@ pub struct Scorer {
     pub seen: UserItems,
     /// Items by descending training count (ties: lower id first): the popularity fallback.
     pub popular: Vec<u32>,
+    /// The checkpoint's weights, for [`Scorer::fold_in`]'s one-user model.
+    weights: Vec<ncf_model::HostTensor>,
+    spec: crate::ModelSpec,
+}
+
+/// Folding in: positives' sampled negatives, Adam steps, and Adam's rate on the user's rows.
+pub const FOLD_IN_NEGATIVES: usize = 4;
+pub const FOLD_IN_STEPS: usize = 60;
+pub const FOLD_IN_LR: f32 = 0.05;
+
+/// Whether a tensor belongs to the users' side (fitted when folding a user in).
+fn user_side(name: &str) -> bool {
+    name.ends_with("_user_embedding") || name == "user_bias"
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> TrainError {
@@ -123,7 +136,21 @@ impl Scorer {
         }
         let mut popular: Vec<u32> = (0..n_items as u32).collect();
         popular.sort_by(|&a, &b| count[b as usize].cmp(&count[a as usize]).then(a.cmp(&b)));
-        Ok(Scorer { be, model, path: path.to_path_buf(), n_users, n_items, user_ids, item_ids, seen, popular })
+        let weights = ckpt.tensors.iter().filter(|t| !t.name.contains('/')).cloned().collect();
+        let spec = ckpt.spec.clone();
+        Ok(Scorer {
+            be,
+            model,
+            path: path.to_path_buf(),
+            n_users,
+            n_items,
+            user_ids,
+            item_ids,
+            seen,
+            popular,
+            weights,
+            spec,
+        })
     }
 
     /// The dense id of raw user id `raw` (the raw id is the dense id without an id map).
@@ -193,6 +220,99 @@ impl Scorer {
             );
         }
         Ok(out)
+    }
+
+    /// Recommendations for a user the model has never seen, from items the user likes
+    /// (`liked`, dense ids): a one-user copy of the model whose user rows start from the
+    /// model's initialisation and are fitted to the liked items against sampled others
+    /// ([`FOLD_IN_NEGATIVES`] per liked item, drawn anew each step), with every item
+    /// embedding and dense layer frozen ([`FOLD_IN_STEPS`] full-batch Adam steps at
+    /// [`FOLD_IN_LR`]); then the `k` best items, the liked ones left out. Deterministic for a
+    /// `seed`.
+    pub fn fold_in(&self, liked: &[u32], k: usize, seed: u64) -> Result<Vec<Scored>> {
+        let n = self.n_items;
+        if let Some(&i) = liked.iter().find(|&&i| i as usize >= n) {
+            return Err(err(&self.path, format!("item {i} of a model with {n} items")));
+        }
+        if liked.is_empty() {
+            return Err(err(&self.path, "folding in needs at least one liked item"));
+        }
+        let mut cfg = self.spec.config()?;
+        cfg.users = 1;
+        let b = liked.len() * (1 + FOLD_IN_NEGATIVES);
+        let be = &self.be;
+        let mut model = AnyModel::new(be, &cfg, b.max(n), &mut ncf_core::rng::seeded(seed, 1))?;
+        {
+            let (params, _) = model.params_and_grads();
+            for t in self.weights.iter().filter(|t| !user_side(&t.name)) {
+                params.load(be, &t.name, &t.data)?;
+            }
+        }
+        let mut is_liked = vec![false; n];
+        liked.iter().for_each(|&i| is_liked[i as usize] = true);
+        if liked.len() == n {
+            return Ok(Vec::new());
+        }
+        let users = vec![0u32; b];
+        let (mut items, mut labels) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        let (mut loss, mut dlogits) = (vec![0f32; 1], vec![0f32; b]);
+        let mut state = ncf_core::rng::splitmix64(seed ^ 0xf01d);
+        let mut moments: Vec<(usize, Vec<f32>, Vec<f32>)> = Vec::new();
+        for t in 1..=FOLD_IN_STEPS {
+            items.clear();
+            labels.clear();
+            for &i in liked {
+                items.push(i);
+                labels.push(1.0);
+                for _ in 0..FOLD_IN_NEGATIVES {
+                    let j = loop {
+                        state = ncf_core::rng::splitmix64(state);
+                        let j = (state % n as u64) as u32;
+                        if !is_liked[j as usize] {
+                            break j;
+                        }
+                    };
+                    items.push(j);
+                    labels.push(0.0);
+                }
+            }
+            model.forward(be, &users, &items, b)?;
+            be.bce_with_logits(model.logits(), &labels, b, &mut loss, &mut dlogits)?;
+            model.backward(be, &users, &items, &dlogits, b)?;
+            let (params, grads) = model.params_and_grads();
+            // Adam on the user's rows only (bias-corrected, β 0.9 / 0.999); every gradient is
+            // then cleared.
+            let (c1, c2) = (1.0 - 0.9f32.powi(t as i32), 1.0 - 0.999f32.powi(t as i32));
+            for (k, (p, g)) in params.tensors.iter_mut().zip(&grads.tensors).enumerate() {
+                if !user_side(&p.name) {
+                    continue;
+                }
+                if !moments.iter().any(|m| m.0 == k) {
+                    moments.push((k, vec![0.0; p.buf.len()], vec![0.0; p.buf.len()]));
+                }
+                let Some((_, m, v)) = moments.iter_mut().find(|m| m.0 == k) else { continue };
+                for (((w, &gr), m), v) in p.buf.iter_mut().zip(&g.buf).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    *m = 0.9 * *m + 0.1 * gr;
+                    *v = 0.999 * *v + 0.001 * gr * gr;
+                    *w -= FOLD_IN_LR * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+                }
+            }
+            params.touch();
+            grads.zero(be)?;
+        }
+        model.prepare_scoring(be)?;
+        let all: Vec<u32> = (0..n as u32).collect();
+        model.score(be, &vec![0u32; n], &all, n)?;
+        let cand: Vec<(u32, f32)> = model.logits()[..n]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !is_liked[*i])
+            .map(|(i, &s)| (i as u32, s))
+            .collect();
+        Ok(top_k(cand, k)
+            .into_iter()
+            .map(|(item, score)| Scored { item, raw_id: self.raw_item(item), score })
+            .collect())
     }
 
     /// The `k` most trained-on items (for a user the model does not know); the score is the
