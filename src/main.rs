@@ -1,7 +1,7 @@
 //! `ncf`: the command-line front end of ncf-rs. This file parses the command line and hands
 //! it to the command's own file under `cmd/`.
 //!
-//! Commands: `train`, `eval`, `recommend`, `similar`, `embeddings`, `data synth`,
+//! Commands: `train`, `eval`, `recommend`, `similar`, `embeddings`, `serve`, `data synth`,
 //! `data split` and `gradcheck`.
 
 #![forbid(unsafe_code)]
@@ -39,6 +39,9 @@ enum Cmd {
     Similar(cmd::similar::SimilarArgs),
     /// Export a model's user and item embeddings with their raw ids, as CSV and .npy.
     Embeddings(cmd::embeddings::EmbeddingsArgs),
+    /// Serve a model over HTTP: a JSON API (recommendations, similar items, scores) and a demo
+    /// page.
+    Serve(cmd::serve::ServeArgs),
     /// Make datasets: generate synthetic MovieLens data, or split ratings into the NCF format.
     #[command(subcommand)]
     Data(cmd::data::DataCmd),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::Recommend(args) => cmd::recommend::run(args),
         Cmd::Similar(args) => cmd::similar::run(args),
         Cmd::Embeddings(args) => cmd::embeddings::run(args),
+        Cmd::Serve(args) => cmd::serve::run(args),
         Cmd::Data(c) => cmd::data::run(c),
     };
     match result {

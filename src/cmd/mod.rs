@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod eval;
 pub mod gradcheck;
 pub mod recommend;
+pub mod serve;
 pub mod similar;
 pub mod train;
 

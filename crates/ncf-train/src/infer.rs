@@ -199,6 +199,25 @@ impl Scorer {
         Ok(out)
     }
 
+    /// The model's logit for each dense `(user, item)` pair.
+    pub fn score_pairs(&mut self, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
+        if let Some(&(u, i)) = pairs.iter().find(|&&(u, i)| u as usize >= self.n_users || i as usize >= self.n_items) {
+            return Err(err(
+                &self.path,
+                format!("pair ({u}, {i}) outside {} users × {} items", self.n_users, self.n_items),
+            ));
+        }
+        let (be, model) = (&self.be, &mut self.model);
+        model.prepare_scoring(be)?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(model.max_batch()) {
+            let (us, is): (Vec<u32>, Vec<u32>) = chunk.iter().copied().unzip();
+            model.score(be, &us, &is, chunk.len())?;
+            out.extend_from_slice(&model.logits()[..chunk.len()]);
+        }
+        Ok(out)
+    }
+
     /// The `k` best-scored items for each of the dense `users`, leaving out each user's
     /// training items.
     pub fn recommend(&mut self, users: &[u32], k: usize) -> Result<Vec<Vec<Scored>>> {

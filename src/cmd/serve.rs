@@ -1,0 +1,326 @@
+//! `ncf serve`: a trained model behind an HTTP JSON API (axum on tokio), with a demo page.
+//!
+//! Endpoints: `GET /health`; `GET /users/{id}/recommendations?k=` (with the user's history;
+//! unknown users get the popularity list, flagged); `POST /users/recommendations` (a new user
+//! from liked items, folded in); `GET /items/{id}/similar?k=`; `POST /score` with
+//! `{"pairs": [[user, item], …]}`; `GET /` (the demo page); `GET /openapi.json`. Every bad
+//! request gets a 4xx JSON `{"error": …}`: bad ids, `k` outside 1..=1000, malformed JSON,
+//! bodies over 64 KiB, more than 10,000 pairs. SIGTERM or Ctrl-C stops it gracefully; SIGHUP
+//! reloads the checkpoint (requests in flight finish on the old one).
+
+use super::recommend::{item_json, load_meta};
+use anyhow::{Context, Result};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ncf_data::movielens::Movie;
+use ncf_train::infer::{EmbeddingChoice, Scorer};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The largest request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// The most pairs one `POST /score` may ask for.
+pub const MAX_PAIRS: usize = 10_000;
+/// The most liked items of one folded-in user.
+pub const MAX_LIKED: usize = 1_000;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A checkpoint written by `ncf train --save`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Titles, years and genres from `movies.dat`, `u.item` or `movies.csv`.
+    #[arg(long)]
+    items_meta: Option<PathBuf>,
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+}
+
+/// One loaded model: the scorer (one query at a time), its item vectors for `similar`.
+struct Loaded {
+    scorer: Mutex<Scorer>,
+    vectors: (Vec<f32>, usize),
+    n_users: usize,
+    n_items: usize,
+}
+
+struct AppState {
+    model: RwLock<Arc<Loaded>>,
+    meta: HashMap<u64, Movie>,
+    path: PathBuf,
+}
+
+type Shared = Arc<AppState>;
+
+/// A 4xx/5xx answer with a JSON body `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn from_json_rejection(r: JsonRejection) -> ApiError {
+    ApiError(r.status(), r.body_text())
+}
+
+fn load(path: &std::path::Path) -> Result<Loaded> {
+    let scorer = Scorer::load(path, None)?;
+    let vectors = scorer.item_vectors(EmbeddingChoice::Auto)?;
+    let (n_users, n_items) = (scorer.n_users, scorer.n_items);
+    Ok(Loaded { scorer: Mutex::new(scorer), vectors, n_users, n_items })
+}
+
+/// `k` from the query string: 1..=1000, default 10.
+fn k_of(q: &Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<usize, ApiError> {
+    let q = q.as_ref().map_err(|e| bad(e.body_text()))?;
+    match q.get("k") {
+        None => Ok(10),
+        Some(v) => match v.parse::<usize>() {
+            Ok(k) if (1..=1000).contains(&k) => Ok(k),
+            _ => Err(bad(format!("k must be an integer in 1..=1000, got `{v}`"))),
+        },
+    }
+}
+
+fn id_of(p: Result<Path<String>, PathRejection>, what: &str) -> Result<u64, ApiError> {
+    let Path(s) = p.map_err(|e| bad(e.body_text()))?;
+    s.parse::<u64>().map_err(|_| bad(format!("{what} id must be a non-negative integer, got `{s}`")))
+}
+
+fn model(st: &Shared) -> Arc<Loaded> {
+    st.model.read().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone())
+}
+
+/// Runs `f` on the scorer off the async threads.
+async fn with_scorer<T: Send + 'static>(
+    m: Arc<Loaded>,
+    f: impl FnOnce(&mut Scorer) -> ncf_train::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let mut s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
+}
+
+async fn health(State(st): State<Shared>) -> Json<Value> {
+    let m = model(&st);
+    Json(json!({ "status": "ok", "users": m.n_users, "items": m.n_items, "model": st.path.display().to_string() }))
+}
+
+async fn user_recs(
+    State(st): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (raw, k) = (id_of(p, "user")?, k_of(&q)?);
+    let m = model(&st);
+    let dense = m.scorer.lock().unwrap_or_else(|e| e.into_inner()).user(raw);
+    let Some(u) = dense else {
+        let items = m.scorer.lock().unwrap_or_else(|e| e.into_inner()).popular(k);
+        let items: Vec<Value> = items.iter().map(|s| item_json(s, &st.meta)).collect();
+        return Ok(Json(json!({ "user": raw, "fallback": "popularity", "history": [], "items": items })));
+    };
+    let (recs, history) = with_scorer(m, move |s| {
+        let recs = s.recommend(&[u], k)?.into_iter().next().unwrap_or_default();
+        let history: Vec<u64> = s.seen.of(u as usize).iter().map(|&i| s.raw_item(i)).collect();
+        Ok((recs, history))
+    })
+    .await?;
+    let history: Vec<Value> = history.iter().map(|&r| meta_json(r, &st.meta)).collect();
+    let items: Vec<Value> = recs.iter().map(|s| item_json(s, &st.meta)).collect();
+    Ok(Json(json!({ "user": raw, "history": history, "items": items })))
+}
+
+fn meta_json(raw: u64, meta: &HashMap<u64, Movie>) -> Value {
+    let mut v = json!({ "item": raw });
+    if let Some(m) = meta.get(&raw) {
+        v["title"] = m.title.clone().into();
+        v["year"] = m.year.into();
+        v["genres"] = m.genres.clone().into();
+    }
+    v
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FoldIn {
+    items: Vec<u64>,
+    #[serde(default = "ten")]
+    k: usize,
+}
+
+fn ten() -> usize {
+    10
+}
+
+async fn fold_in(State(st): State<Shared>, body: Result<Json<FoldIn>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(from_json_rejection)?;
+    if !(1..=1000).contains(&req.k) {
+        return Err(bad(format!("k must be in 1..=1000, got {}", req.k)));
+    }
+    if req.items.is_empty() || req.items.len() > MAX_LIKED {
+        return Err(bad(format!("items must list 1 to {MAX_LIKED} item ids, got {}", req.items.len())));
+    }
+    let m = model(&st);
+    let mut liked = Vec::with_capacity(req.items.len());
+    {
+        let s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+        for &raw in &req.items {
+            liked.push(s.item(raw).ok_or_else(|| not_found(format!("item {raw} is not in the model")))?);
+        }
+    }
+    let k = req.k;
+    let recs = with_scorer(m, move |s| s.fold_in(&liked, k, 42)).await?;
+    let items: Vec<Value> = recs.iter().map(|s| item_json(s, &st.meta)).collect();
+    Ok(Json(json!({ "liked": req.items, "folded_in": true, "items": items })))
+}
+
+async fn similar(
+    State(st): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (raw, k) = (id_of(p, "item")?, k_of(&q)?);
+    let m = model(&st);
+    let s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+    let i = s.item(raw).ok_or_else(|| not_found(format!("item {raw} is not in the model")))?;
+    let near = s.similar(&m.vectors, i, k).map_err(internal)?;
+    let items: Vec<Value> = near.iter().map(|n| item_json(n, &st.meta)).collect();
+    Ok(Json(json!({ "item": meta_json(raw, &st.meta), "similar": items })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreReq {
+    pairs: Vec<(u64, u64)>,
+}
+
+async fn score(State(st): State<Shared>, body: Result<Json<ScoreReq>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(from_json_rejection)?;
+    if req.pairs.len() > MAX_PAIRS {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_PAIRS} pairs, got {}", req.pairs.len()),
+        ));
+    }
+    let m = model(&st);
+    let mut dense = Vec::with_capacity(req.pairs.len());
+    {
+        let s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+        for &(u, i) in &req.pairs {
+            let du = s.user(u).ok_or_else(|| not_found(format!("user {u} is not in the model")))?;
+            let di = s.item(i).ok_or_else(|| not_found(format!("item {i} is not in the model")))?;
+            dense.push((du, di));
+        }
+    }
+    let scores = with_scorer(m, move |s| s.score_pairs(&dense)).await?;
+    Ok(Json(json!({ "scores": scores })))
+}
+
+async fn page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("serve_page.html"))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("serve_openapi.json"))
+}
+
+async fn fallback() -> ApiError {
+    not_found("no such endpoint (see /openapi.json)")
+}
+
+/// The routes, for `run` and the tests.
+fn app(st: Shared) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/users/{id}/recommendations", get(user_recs))
+        .route("/users/recommendations", post(fold_in))
+        .route("/items/{id}/similar", get(similar))
+        .route("/score", post(score))
+        .fallback(fallback)
+        .method_not_allowed_fallback(|| async { ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(st)
+}
+
+pub fn run(a: ServeArgs) -> Result<bool> {
+    let loaded = load(&a.model)?;
+    let meta = load_meta(a.items_meta.as_deref())?;
+    let st = Arc::new(AppState { model: RwLock::new(Arc::new(loaded)), meta, path: a.model.clone() });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&a.addr).await.with_context(|| format!("binding {}", a.addr))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}");
+        let reload_state = st.clone();
+        tokio::spawn(async move { reload_on_sighup(reload_state).await });
+        axum::serve(listener, app(st)).with_graceful_shutdown(shutdown()).await?;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(true)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Reloads the checkpoint on SIGHUP: a new model is built aside and swapped in; requests in
+/// flight keep the one they started with. A checkpoint that fails to load leaves the old one
+/// serving.
+async fn reload_on_sighup(st: Shared) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let path = st.path.clone();
+            match tokio::task::spawn_blocking(move || load(&path)).await {
+                Ok(Ok(m)) => {
+                    *st.model.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(m);
+                    eprintln!("reloaded {}", st.path.display());
+                }
+                Ok(Err(e)) => eprintln!("reload failed, still serving the old model: {e:#}"),
+                Err(e) => eprintln!("reload failed: {e}"),
+            }
+        }
+    }
+}
