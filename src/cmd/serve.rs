@@ -43,12 +43,22 @@ pub struct ServeArgs {
     addr: String,
 }
 
-/// One loaded model: the scorer (one query at a time), its item vectors for `similar`.
+/// One loaded model: a scorer per core (each answers one query at a time; a request takes the
+/// next in turn), the item vectors for `similar`.
 struct Loaded {
-    scorer: Mutex<Scorer>,
+    scorers: Vec<Mutex<Scorer>>,
+    next: std::sync::atomic::AtomicUsize,
     vectors: (Vec<f32>, usize),
     n_users: usize,
     n_items: usize,
+}
+
+impl Loaded {
+    /// The next scorer in turn, locked.
+    fn scorer(&self) -> std::sync::MutexGuard<'_, Scorer> {
+        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.scorers.len();
+        self.scorers[k].lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct AppState {
@@ -85,10 +95,13 @@ fn from_json_rejection(r: JsonRejection) -> ApiError {
 }
 
 fn load(path: &std::path::Path) -> Result<Loaded> {
-    let scorer = Scorer::load(path, None)?;
-    let vectors = scorer.item_vectors(EmbeddingChoice::Auto)?;
-    let (n_users, n_items) = (scorer.n_users, scorer.n_items);
-    Ok(Loaded { scorer: Mutex::new(scorer), vectors, n_users, n_items })
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scorers = (0..cores).map(|_| Scorer::load(path, None).map(Mutex::new)).collect::<ncf_train::Result<Vec<_>>>()?;
+    let s = scorers[0].lock().unwrap_or_else(|e| e.into_inner());
+    let vectors = s.item_vectors(EmbeddingChoice::Auto)?;
+    let (n_users, n_items) = (s.n_users, s.n_items);
+    drop(s);
+    Ok(Loaded { scorers, next: Default::default(), vectors, n_users, n_items })
 }
 
 /// `k` from the query string: 1..=1000, default 10.
@@ -118,7 +131,7 @@ async fn with_scorer<T: Send + 'static>(
     f: impl FnOnce(&mut Scorer) -> ncf_train::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(move || {
-        let mut s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = m.scorer();
         f(&mut s)
     })
     .await
@@ -138,9 +151,9 @@ async fn user_recs(
 ) -> Result<Json<Value>, ApiError> {
     let (raw, k) = (id_of(p, "user")?, k_of(&q)?);
     let m = model(&st);
-    let dense = m.scorer.lock().unwrap_or_else(|e| e.into_inner()).user(raw);
+    let dense = m.scorer().user(raw);
     let Some(u) = dense else {
-        let items = m.scorer.lock().unwrap_or_else(|e| e.into_inner()).popular(k);
+        let items = m.scorer().popular(k);
         let items: Vec<Value> = items.iter().map(|s| item_json(s, &st.meta)).collect();
         return Ok(Json(json!({ "user": raw, "fallback": "popularity", "history": [], "items": items })));
     };
@@ -188,7 +201,7 @@ async fn fold_in(State(st): State<Shared>, body: Result<Json<FoldIn>, JsonReject
     let m = model(&st);
     let mut liked = Vec::with_capacity(req.items.len());
     {
-        let s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+        let s = m.scorer();
         for &raw in &req.items {
             liked.push(s.item(raw).ok_or_else(|| not_found(format!("item {raw} is not in the model")))?);
         }
@@ -206,7 +219,7 @@ async fn similar(
 ) -> Result<Json<Value>, ApiError> {
     let (raw, k) = (id_of(p, "item")?, k_of(&q)?);
     let m = model(&st);
-    let s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+    let s = m.scorer();
     let i = s.item(raw).ok_or_else(|| not_found(format!("item {raw} is not in the model")))?;
     let near = s.similar(&m.vectors, i, k).map_err(internal)?;
     let items: Vec<Value> = near.iter().map(|n| item_json(n, &st.meta)).collect();
@@ -230,7 +243,7 @@ async fn score(State(st): State<Shared>, body: Result<Json<ScoreReq>, JsonReject
     let m = model(&st);
     let mut dense = Vec::with_capacity(req.pairs.len());
     {
-        let s = m.scorer.lock().unwrap_or_else(|e| e.into_inner());
+        let s = m.scorer();
         for &(u, i) in &req.pairs {
             let du = s.user(u).ok_or_else(|| not_found(format!("user {u} is not in the model")))?;
             let di = s.item(i).ok_or_else(|| not_found(format!("item {i} is not in the model")))?;
