@@ -223,9 +223,13 @@ impl<B: Backend> MlpTower<B> {
         Ok(())
     }
 
-    /// Computes the [`FirstLayerTables`] from the current weights (inference only).
+    /// Computes the [`FirstLayerTables`] from the current weights (inference only), unless the
+    /// tables are already current (same [`ParamSet::generation`]): a server calls it per query.
     pub fn prepare_scoring(&mut self, be: &B, p: &ParamSet<B>) -> Result<()> {
         let Some(&l0) = self.dense.first() else { return Ok(()) };
+        if self.tables.as_ref().is_some_and(|t| t.generation == p.generation) {
+            return Ok(()); // still current: the weights have not changed since
+        }
         let (d, o) = (self.emb.d, l0.o);
         let w = be.download(p.buf(l0.w))?;
         let (mut wu, mut wi) = (Vec::with_capacity(o * d), Vec::with_capacity(o * d));
