@@ -96,7 +96,8 @@ fn from_json_rejection(r: JsonRejection) -> ApiError {
 
 fn load(path: &std::path::Path) -> Result<Loaded> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let scorers = (0..cores).map(|_| Scorer::load(path, None).map(Mutex::new)).collect::<ncf_train::Result<Vec<_>>>()?;
+    let scorers =
+        (0..cores).map(|_| Scorer::load(path, None).map(Mutex::new)).collect::<ncf_train::Result<Vec<_>>>()?;
     let s = scorers[0].lock().unwrap_or_else(|e| e.into_inner());
     let vectors = s.item_vectors(EmbeddingChoice::Auto)?;
     let (n_users, n_items) = (s.n_users, s.n_items);
