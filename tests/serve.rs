@@ -14,8 +14,13 @@ struct Server {
 
 impl Server {
     fn start(model: &std::path::Path) -> Server {
+        Self::start_with(model, &[])
+    }
+
+    fn start_with(model: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ncf"))
             .args(["serve", "--model", model.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -143,4 +148,51 @@ fn every_endpoint_answers_and_every_bad_request_gets_a_json_4xx() {
     let mut err = String::new();
     srv.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains("stopped"), "{err}");
+}
+
+fn train(out: &std::path::Path, seed: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_ncf"))
+        .args(["train", "--epochs", "1", "--seed", seed, "--save", out.to_str().unwrap(), "--force"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// SIGHUP, and with `--reload` a new file, swap in the new checkpoint; every request made
+/// meanwhile is answered (200), first by the old model, then by the new one.
+#[test]
+fn sighup_and_reload_swap_in_a_new_checkpoint_without_dropping_requests() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a.st"), d.path().join("b.st"));
+    train(&a, "1");
+    train(&b, "2");
+    for mode in ["sighup", "--reload"] {
+        let live = d.path().join(format!("live-{}.st", mode.trim_start_matches('-')));
+        std::fs::copy(&a, &live).unwrap();
+        let srv = if mode == "sighup" { Server::start(&live) } else { Server::start_with(&live, &["--reload"]) };
+        let recs = |srv: &Server| {
+            let (s, v) = srv.json("GET", "/users/1/recommendations?k=10", None);
+            assert_eq!(s, 200, "{v}");
+            v["items"].clone()
+        };
+        let before = recs(&srv);
+        // Replace the file the way `ncf train --save` does: a new file, then a rename.
+        let tmp = d.path().join("incoming.st");
+        std::fs::copy(&b, &tmp).unwrap();
+        std::fs::rename(&tmp, &live).unwrap();
+        if mode == "sighup" {
+            let pid = srv.child.id().to_string();
+            assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        }
+        let mut changed = false;
+        for _ in 0..100 {
+            if recs(&srv) != before {
+                changed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(changed, "{mode}: still the old model's recommendations after 5 s");
+        assert_eq!(srv.json("GET", "/health", None).0, 200);
+    }
 }

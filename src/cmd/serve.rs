@@ -6,7 +6,8 @@
 //! `{"pairs": [[user, item], …]}`; `GET /` (the demo page); `GET /openapi.json`. Every bad
 //! request gets a 4xx JSON `{"error": …}`: bad ids, `k` outside 1..=1000, malformed JSON,
 //! bodies over 64 KiB, more than 10,000 pairs. SIGTERM or Ctrl-C stops it gracefully; SIGHUP
-//! reloads the checkpoint (requests in flight finish on the old one).
+//! (or, with `--reload`, a change of the file) reloads the checkpoint: requests in flight
+//! finish on the old model, later ones get the new one.
 
 use super::recommend::{item_json, load_meta};
 use anyhow::{Context, Result};
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the chosen one is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// Watch the checkpoint and swap in a new one when the file changes (checked every
+    /// second; `ncf train --save` replaces it atomically). SIGHUP reloads it too.
+    #[arg(long)]
+    reload: bool,
 }
 
 /// One loaded model: a scorer per core (each answers one query at a time; a request takes the
@@ -294,6 +299,10 @@ pub fn run(a: ServeArgs) -> Result<bool> {
         println!("listening on http://{addr}");
         let reload_state = st.clone();
         tokio::spawn(async move { reload_on_sighup(reload_state).await });
+        if a.reload {
+            let watch_state = st.clone();
+            tokio::spawn(async move { reload_on_change(watch_state).await });
+        }
         axum::serve(listener, app(st)).with_graceful_shutdown(shutdown()).await?;
         eprintln!("stopped");
         anyhow::Ok(())
@@ -317,6 +326,34 @@ async fn shutdown() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Builds the model aside from the checkpoint and swaps it in; on failure the old one keeps
+/// serving.
+async fn reload(st: &Shared) {
+    let path = st.path.clone();
+    match tokio::task::spawn_blocking(move || load(&path)).await {
+        Ok(Ok(m)) => {
+            *st.model.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(m);
+            eprintln!("reloaded {}", st.path.display());
+        }
+        Ok(Err(e)) => eprintln!("reload failed, still serving the old model: {e:#}"),
+        Err(e) => eprintln!("reload failed: {e}"),
+    }
+}
+
+/// `--reload`: polls the checkpoint's modification time and size every second.
+async fn reload_on_change(st: Shared) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut last = stamp(&st.path);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = stamp(&st.path);
+        if now.is_some() && now != last {
+            last = now;
+            reload(&st).await;
+        }
+    }
+}
+
 /// Reloads the checkpoint on SIGHUP: a new model is built aside and swapped in; requests in
 /// flight keep the one they started with. A checkpoint that fails to load leaves the old one
 /// serving.
@@ -326,15 +363,7 @@ async fn reload_on_sighup(st: Shared) {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
-            let path = st.path.clone();
-            match tokio::task::spawn_blocking(move || load(&path)).await {
-                Ok(Ok(m)) => {
-                    *st.model.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(m);
-                    eprintln!("reloaded {}", st.path.display());
-                }
-                Ok(Err(e)) => eprintln!("reload failed, still serving the old model: {e:#}"),
-                Err(e) => eprintln!("reload failed: {e}"),
-            }
+            reload(&st).await;
         }
     }
 }
