@@ -12,7 +12,10 @@ use ncf_cpu::CpuBackend;
 use ncf_data::{NcfSplit, Row, sample_epoch};
 use ncf_model::{AnyModel, ModelConfig, ModelKind};
 use ncf_train::Prepared;
-use std::time::Instant;
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn load() -> (NcfSplit, &'static str) {
     if let Some(d) = std::env::var_os("NCF_DATA") {
@@ -22,18 +25,6 @@ fn load() -> (NcfSplit, &'static str) {
     let syn = ncf_data::synth::generate(&ncf_data::synth::SynthConfig::default()).expect("synth");
     let data = ncf_data::Implicit::from_ratings(&syn.ratings, None);
     (ncf_data::leave_latest_out(&data, 99, 42).to_ncf_split("synth"), "synthetic ML-1M-sized data")
-}
-
-fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    (t[0], t[runs / 2])
 }
 
 fn main() {

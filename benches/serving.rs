@@ -10,19 +10,10 @@ use ncf_cpu::CpuBackend;
 use ncf_model::{AnyModel, Model, ModelConfig, ModelKind};
 use ncf_train::infer::{EmbeddingChoice, Scorer};
 use ncf_train::{Checkpoint, ModelSpec};
-use std::time::Instant;
 
-fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    (t[0], t[runs / 2])
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

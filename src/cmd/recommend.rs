@@ -44,14 +44,21 @@ pub fn load_meta(path: Option<&Path>) -> Result<HashMap<u64, Movie>> {
     Ok(ncf_data::load_item_meta(p)?.into_iter().map(|m| (m.id, m)).collect())
 }
 
-/// One item as JSON: raw id, score, and the metadata when there is some.
-pub fn item_json(s: &Scored, meta: &HashMap<u64, Movie>) -> serde_json::Value {
-    let mut v = serde_json::json!({ "item": s.raw_id, "score": s.score });
-    if let Some(m) = meta.get(&s.raw_id) {
+/// One item as JSON: its raw id, and the metadata when there is some.
+pub fn meta_json(raw: u64, meta: &HashMap<u64, Movie>) -> serde_json::Value {
+    let mut v = serde_json::json!({ "item": raw });
+    if let Some(m) = meta.get(&raw) {
         v["title"] = m.title.clone().into();
         v["year"] = m.year.into();
         v["genres"] = m.genres.clone().into();
     }
+    v
+}
+
+/// A scored item as JSON: [`meta_json`] and its score.
+pub fn item_json(s: &Scored, meta: &HashMap<u64, Movie>) -> serde_json::Value {
+    let mut v = meta_json(s.raw_id, meta);
+    v["score"] = s.score.into();
     v
 }
 

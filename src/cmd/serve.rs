@@ -9,7 +9,7 @@
 //! (or, with `--reload`, a change of the file) reloads the checkpoint: requests in flight
 //! finish on the old model, later ones get the new one.
 
-use super::recommend::{item_json, load_meta};
+use super::recommend::{item_json, load_meta, meta_json};
 use anyhow::{Context, Result};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -172,16 +172,6 @@ async fn user_recs(
     let history: Vec<Value> = history.iter().map(|&r| meta_json(r, &st.meta)).collect();
     let items: Vec<Value> = recs.iter().map(|s| item_json(s, &st.meta)).collect();
     Ok(Json(json!({ "user": raw, "history": history, "items": items })))
-}
-
-fn meta_json(raw: u64, meta: &HashMap<u64, Movie>) -> Value {
-    let mut v = json!({ "item": raw });
-    if let Some(m) = meta.get(&raw) {
-        v["title"] = m.title.clone().into();
-        v["year"] = m.year.into();
-        v["genres"] = m.genres.clone().into();
-    }
-    v
 }
 
 #[derive(serde::Deserialize)]

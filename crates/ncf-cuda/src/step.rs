@@ -13,7 +13,7 @@
 //! batches 1, 255, 256 and 4,096, three thread orders) and on a GPU by `tests/parity.rs`.
 
 use crate::backend::CudaBackend;
-use crate::fused::{EMPTY, FusedBufs, FusedModel};
+use crate::fused::{EMPTY, FusedBufs, FusedModel, FusedTab};
 use cudarc::driver::CudaSlice;
 use ncf_core::{Error, Result, check};
 use ncf_model::{AnyModel, Batch, FastStep, Model, Optimizer, Step, StepScratch, train_step};
@@ -27,8 +27,9 @@ struct Fused {
     last: [CudaSlice<u32>; 2],
     rowinfo: [CudaSlice<u32>; 2],
     scalars: CudaSlice<f32>,
-    /// The table as last uploaded, and its device copy.
-    words: Vec<u64>,
+    /// The table as last uploaded (compared field by field each step; its words are built
+    /// only to upload a changed table), and its device copy.
+    uploaded: Option<FusedTab>,
     tab: CudaSlice<u64>,
 }
 
@@ -69,7 +70,7 @@ impl Fused {
             last: [empty(model.rows[0])?, empty(model.rows[1])?],
             rowinfo: [be.raw_zeros(OP, 2 * model.rows[0])?, be.raw_zeros(OP, 2 * model.rows[1])?],
             scalars: be.raw_zeros(OP, 6)?,
-            words: Vec::new(),
+            uploaded: None,
             tab: be.raw_zeros(OP, crate::fused::TAB_BYTES / 8)?,
             model,
         })
@@ -109,10 +110,10 @@ impl Fused {
             scalars: be.ad(&self.scalars),
             loss: be.ad(&scratch.loss),
         };
-        let words = self.model.tab(&bufs).words();
-        if words != self.words {
-            be.raw_write("fused_step", &mut self.tab, &words)?;
-            self.words = words;
+        let tab = self.model.tab(&bufs);
+        if self.uploaded != Some(tab) {
+            be.raw_write("fused_step", &mut self.tab, &tab.words())?;
+            self.uploaded = Some(tab);
         }
         Ok(be.ad(&self.tab))
     }

@@ -53,6 +53,8 @@ pub struct Scorer {
     pub seen: UserItems,
     /// Items by descending training count (ties: lower id first): the popularity fallback.
     pub popular: Vec<u32>,
+    /// Each item's training count.
+    item_count: Vec<u32>,
     /// The checkpoint's weights, for [`Scorer::fold_in`]'s one-user model.
     weights: Vec<ncf_model::HostTensor>,
     spec: crate::ModelSpec,
@@ -148,6 +150,7 @@ impl Scorer {
             item_ids,
             seen,
             popular,
+            item_count: count,
             weights,
             spec,
         })
@@ -174,11 +177,6 @@ impl Scorer {
         self.item_ids.as_ref().and_then(|m| m.raw(i)).unwrap_or(i as u64)
     }
 
-    /// The raw id of dense user `u`.
-    pub fn raw_user(&self, u: u32) -> u64 {
-        self.user_ids.as_ref().and_then(|m| m.raw(u)).unwrap_or(u as u64)
-    }
-
     /// The model's logit for every item, for each of the dense `users`: `users.len() × n_items`,
     /// user by user. Scored a few users per forward call (the CPU backend spreads each over
     /// its threads).
@@ -189,11 +187,14 @@ impl Scorer {
         let n = self.n_items;
         let (be, model) = (&self.be, &mut self.model);
         model.prepare_scoring(be)?;
+        let per_call = users_per_call(n).min(users.len().max(1));
+        let items: Vec<u32> = (0..per_call).flat_map(|_| 0..n as u32).collect();
+        let mut us = Vec::with_capacity(per_call * n);
         let mut out = Vec::with_capacity(users.len() * n);
-        for chunk in users.chunks(users_per_call(n)) {
-            let us: Vec<u32> = chunk.iter().flat_map(|&u| std::iter::repeat_n(u, n)).collect();
-            let items: Vec<u32> = (0..chunk.len()).flat_map(|_| 0..n as u32).collect();
-            model.score(be, &us, &items, us.len())?;
+        for chunk in users.chunks(per_call) {
+            us.clear();
+            us.extend(chunk.iter().flat_map(|&u| std::iter::repeat_n(u, n)));
+            model.score(be, &us, &items, us.len())?; // the first us.len() of the item block
             out.extend_from_slice(&model.logits()[..us.len()]);
         }
         Ok(out)
@@ -338,14 +339,11 @@ impl Scorer {
     /// item's share of the training interactions.
     pub fn popular(&self, k: usize) -> Vec<Scored> {
         let total = self.seen.items.len().max(1) as f32;
-        let mut count = vec![0u32; self.n_items];
-        for &i in &self.seen.items {
-            count[i as usize] += 1;
-        }
+        let share = |item: u32| self.item_count[item as usize] as f32 / total;
         self.popular
             .iter()
             .take(k)
-            .map(|&item| Scored { item, raw_id: self.raw_item(item), score: count[item as usize] as f32 / total })
+            .map(|&item| Scored { item, raw_id: self.raw_item(item), score: share(item) })
             .collect()
     }
 
