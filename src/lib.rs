@@ -216,14 +216,12 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
     /// The `k` users most likely to want the item (who do not have it yet), best first.
     pub fn item_recs(&mut self, item: &I, k: usize) -> Result<Vec<(U, f32)>> {
         let i = self.item_of(item)?;
-        let all: Vec<u32> = (0..self.users.len() as u32).collect();
-        let scores = self.scorer.scores(&all)?;
-        let n = self.items.len();
-        let cand: Vec<(u32, f32)> = all
-            .iter()
-            .filter(|&&u| !self.scorer.seen.contains(u as usize, i))
-            .map(|&u| (u, scores[u as usize * n + i as usize]))
+        let pairs: Vec<(u32, u32)> = (0..self.users.len() as u32)
+            .filter(|&u| !self.scorer.seen.contains(u as usize, i))
+            .map(|u| (u, i))
             .collect();
+        let scores = self.scorer.score_pairs(&pairs)?;
+        let cand: Vec<(u32, f32)> = pairs.iter().zip(scores).map(|(&(u, _), s)| (u, s)).collect();
         Ok(ncf_train::infer::top_k(cand, k).into_iter().map(|(u, s)| (self.users[u as usize].clone(), s)).collect())
     }
 
@@ -260,7 +258,7 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
     /// The model's score (a logit: higher is likelier) of the pair.
     pub fn score(&mut self, user: &U, item: &I) -> Result<f32> {
         let (u, i) = (self.user_of(user)?, self.item_of(item)?);
-        Ok(self.scorer.scores(&[u])?[i as usize])
+        Ok(self.scorer.score_pairs(&[(u, i)])?[0])
     }
 
     /// The fitted users and items, in dense-id order.

@@ -98,6 +98,13 @@ fn recommend_and_similar_on_the_embedded_sample() {
     let model = d.path().join("s.safetensors");
     train(None, &model, "2");
     let m = model.to_str().unwrap();
+    // The ranker (the fast path) scores as the model's own forward does, on a checkpoint.
+    let mut scorer = ncf_train::infer::Scorer::load(&model, None).unwrap();
+    let users: Vec<u32> = (0..scorer.n_users as u32).step_by(97).collect();
+    let (fast, slow) = (scorer.scores(&users).unwrap(), scorer.scores_reference(&users).unwrap());
+    let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = slow.iter().fold(1f32, |m, x| m.max(x.abs()));
+    assert!(worst <= 1e-4 * scale, "ranker vs reference: max_abs {worst:.3e} (scale {scale})");
     let one = lines_json(&ok(&ncf(&["recommend", "--model", m, "--user", "1", "-k", "5", "--json"])));
     assert_eq!(one[0]["items"].as_array().unwrap().len(), 5);
     assert!(one[0].get("fallback").is_none());

@@ -1,6 +1,9 @@
 //! `ncf serve` on 127.0.0.1 (any free port), driven with plain HTTP/1.1 over a TcpStream: every
 //! endpoint answers, every malformed request gets its 4xx status with a JSON `{"error"}`, and
-//! SIGTERM stops the server cleanly.
+//! SIGTERM stops the server cleanly. The demo page runs in headless Chromium (`serve/cdp.rs`).
+
+#[path = "serve/cdp.rs"]
+mod cdp;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -195,4 +198,90 @@ fn sighup_and_reload_swap_in_a_new_checkpoint_without_dropping_requests() {
         assert!(changed, "{mode}: still the old model's recommendations after 5 s");
         assert_eq!(srv.json("GET", "/health", None).0, 200);
     }
+}
+
+/// The demo page in a real browser (headless Chromium, driven over the DevTools protocol): it
+/// loads, a user id is typed and the button clicked, the history and the ten recommendations
+/// render with titles and genres (the same items, in the same order, as the JSON API gives),
+/// a click on a recommended movie fills the similar list with that movie's neighbours. No
+/// script error on the way. The screenshot is left at `target/tmp/demo-page.png`.
+#[test]
+fn the_demo_page_works_in_a_real_browser() {
+    let (Some(split), Some(ml1m)) = (ncf_core::testenv::data_dir("ncf-ml-1m"), ncf_core::testenv::data_dir("ml-1m"))
+    else {
+        return;
+    };
+    let Some(chromium) = cdp::find_chromium() else {
+        return ncf_core::testenv::skip("NCF_REQUIRE_BROWSER", "no chromium on the PATH (set NCF_CHROMIUM)");
+    };
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("m.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_ncf"))
+        .args(["train", "--epochs", "1", "--data", split.to_str().unwrap(), "--save", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta = ml1m.join("movies.dat");
+    let srv = Server::start_with(&model, &["--items-meta", meta.to_str().unwrap()]);
+    let mut b = cdp::Browser::launch(&chromium);
+    let base = format!("http://127.0.0.1:{}", srv.port);
+    b.goto(&format!("{base}/"));
+    assert_eq!(b.eval("document.title"), "ncf-rs demo");
+
+    // Pick user 42 and ask.
+    b.type_into("#user", "42");
+    b.click("#go");
+    let ten = std::time::Duration::from_secs(20);
+    b.wait_for("document.querySelectorAll('#recs li').length === 10", "10 recommendations", ten);
+    let rendered = |b: &mut cdp::Browser, list: &str| -> Vec<(u64, String, String)> {
+        let js = format!(
+            "[...document.querySelectorAll('#{list} li')].map(li => [Number(li.dataset.item), li.firstChild.textContent, \
+             (li.querySelector('.genres') || {{textContent: ''}}).textContent])"
+        );
+        let v = b.eval(&js);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0].as_u64().unwrap(), r[1].as_str().unwrap().trim().into(), r[2].as_str().unwrap().into()))
+            .collect()
+    };
+    let recs = rendered(&mut b, "recs");
+    let history = rendered(&mut b, "history");
+    let (s, api) = srv.json("GET", "/users/42/recommendations?k=10", None);
+    assert_eq!(s, 200, "{api}");
+    let api_items: Vec<u64> = api["items"].as_array().unwrap().iter().map(|i| i["item"].as_u64().unwrap()).collect();
+    assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), api_items, "the page shows what the API answers");
+    assert_eq!(history.len(), api["history"].as_array().unwrap().len().min(20));
+    assert!(history.len() >= 10, "user 42's history: {history:?}");
+    for (item, title, genres) in recs.iter().chain(&history) {
+        assert!(title.ends_with(')') && !title.starts_with("item "), "item {item}: no title and year: `{title}`");
+        assert!(!genres.is_empty(), "item {item} ({title}): no genres");
+    }
+    assert!(recs.iter().all(|r| !api["history"].as_array().unwrap().iter().any(|h| h["item"] == r.0)));
+
+    // Click the first recommended movie: its neighbours appear.
+    let (first, first_title, _) = recs[0].clone();
+    b.click("#recs li");
+    b.wait_for(
+        "document.querySelectorAll('#similar li').length === 10 && document.getElementById('similar-title').textContent.startsWith('Similar to ')",
+        "10 similar items",
+        ten,
+    );
+    let title = b.eval("document.getElementById('similar-title').textContent");
+    assert_eq!(title.as_str().unwrap().trim(), format!("Similar to {first_title}"));
+    let similar = rendered(&mut b, "similar");
+    let (s, api) = srv.json("GET", &format!("/items/{first}/similar?k=10"), None);
+    assert_eq!(s, 200, "{api}");
+    let api_items: Vec<u64> = api["similar"].as_array().unwrap().iter().map(|i| i["item"].as_u64().unwrap()).collect();
+    assert_eq!(similar.iter().map(|r| r.0).collect::<Vec<_>>(), api_items);
+    assert!(!api_items.contains(&first), "an item is not its own neighbour");
+    assert_eq!(b.eval("document.getElementById('error').textContent"), "");
+    assert!(b.errors.is_empty(), "script errors: {:?}", b.errors);
+
+    let png = b.screenshot();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page.png");
+    std::fs::write(&out, &png).unwrap();
+    println!("screenshot: {} ({} bytes); recommended for user 42: {:?}", out.display(), png.len(), recs);
+    println!("similar to {first_title}: {:?}", similar.iter().map(|s| &s.1).collect::<Vec<_>>());
 }

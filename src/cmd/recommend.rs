@@ -70,7 +70,7 @@ pub fn item_line(rank: usize, s: &Scored, meta: &HashMap<u64, Movie>) -> String 
 
 pub fn run(a: RecommendArgs) -> Result<bool> {
     let pool = thread_pool(a.threads)?;
-    let mut scorer = Scorer::load(&a.model, None)?;
+    let scorer = Scorer::load(&a.model, None)?;
     let meta = load_meta(a.items_meta.as_deref())?;
     if !a.items.is_empty() {
         let mut liked = Vec::with_capacity(a.items.len());

@@ -7,6 +7,7 @@
 //! | `NCF_REQUIRE_DATA` | the real data under `NCF_DATA` ([`data_dir`]) |
 //! | `NCF_REQUIRE_GPU` | a CUDA device (`ncf-cuda`'s `tests/parity.rs`, `benches/gpu.rs`) |
 //! | `NCF_REQUIRE_NVRTC` | `libnvrtc` (`ncf-cuda`'s `tests/compile_kernels.rs`) |
+//! | `NCF_REQUIRE_BROWSER` | Chromium, for the demo page's browser test (`tests/serve.rs`) |
 //!
 //! A variable counts as set when it holds anything but an empty string or `0`.
 

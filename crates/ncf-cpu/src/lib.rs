@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod ops;
+pub mod rank;
 pub mod simd;
 pub mod step;
 pub mod team;

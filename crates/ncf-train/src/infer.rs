@@ -7,6 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::{Result, TrainError};
 use ncf_core::Backend;
 use ncf_cpu::CpuBackend;
+use ncf_cpu::rank::Ranker;
 use ncf_data::{IdMap, UserItems};
 use ncf_model::{AnyModel, Model};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ pub struct Scorer {
     pub popular: Vec<u32>,
     /// Each item's training count.
     item_count: Vec<u32>,
+    /// The model rewritten for ranking every item for a user (the fast path of
+    /// [`Scorer::scores`] and [`Scorer::recommend`]; the model's own `score` is the reference).
+    ranker: Ranker,
     /// The checkpoint's weights, for [`Scorer::fold_in`]'s one-user model.
     weights: Vec<ncf_model::HostTensor>,
     spec: crate::ModelSpec,
@@ -138,7 +142,9 @@ impl Scorer {
         }
         let mut popular: Vec<u32> = (0..n_items as u32).collect();
         popular.sort_by(|&a, &b| count[b as usize].cmp(&count[a as usize]).then(a.cmp(&b)));
-        let weights = ckpt.tensors.iter().filter(|t| !t.name.contains('/')).cloned().collect();
+        let weights: Vec<ncf_model::HostTensor> =
+            ckpt.tensors.iter().filter(|t| !t.name.contains('/')).cloned().collect();
+        let ranker = Ranker::new(&weights, n_users, n_items).map_err(|e| err(path, e))?;
         let spec = ckpt.spec.clone();
         Ok(Scorer {
             be,
@@ -151,6 +157,7 @@ impl Scorer {
             seen,
             popular,
             item_count: count,
+            ranker,
             weights,
             spec,
         })
@@ -177,13 +184,32 @@ impl Scorer {
         self.item_ids.as_ref().and_then(|m| m.raw(i)).unwrap_or(i as u64)
     }
 
-    /// The model's logit for every item, for each of the dense `users`: `users.len() × n_items`,
-    /// user by user. Scored a few users per forward call (the CPU backend spreads each over
-    /// its threads).
-    pub fn scores(&mut self, users: &[u32]) -> Result<Vec<f32>> {
-        if let Some(&u) = users.iter().find(|&&u| u as usize >= self.n_users) {
-            return Err(err(&self.path, format!("user {u} of a model with {} users", self.n_users)));
+    fn check_users(&self, users: &[u32]) -> Result<()> {
+        match users.iter().find(|&&u| u as usize >= self.n_users) {
+            Some(&u) => Err(err(&self.path, format!("user {u} of a model with {} users", self.n_users))),
+            None => Ok(()),
         }
+    }
+
+    /// The model's logit for every item, for each of the dense `users`: `users.len() × n_items`,
+    /// user by user, users in parallel (the fast path, [`Ranker`]).
+    pub fn scores(&self, users: &[u32]) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        self.check_users(users)?;
+        let n = self.n_items;
+        let mut out = vec![0f32; users.len() * n];
+        if n > 0 {
+            out.par_chunks_mut(n).zip(users).for_each(|(row, &u)| self.ranker.score_user(u as usize, row));
+        }
+        Ok(out)
+    }
+
+    /// [`Scorer::scores`] by the reference path: the model's own `score`, a few users per
+    /// forward call (the CPU backend spreads each over its threads). Equal to the fast path
+    /// up to float rounding (`ncf_cpu::rank`'s tests check the kernel, `tests/cli_use.rs`
+    /// this pair on a trained checkpoint).
+    pub fn scores_reference(&mut self, users: &[u32]) -> Result<Vec<f32>> {
+        self.check_users(users)?;
         let n = self.n_items;
         let (be, model) = (&self.be, &mut self.model);
         model.prepare_scoring(be)?;
@@ -220,26 +246,14 @@ impl Scorer {
     }
 
     /// The `k` best-scored items for each of the dense `users`, leaving out each user's
-    /// training items.
-    pub fn recommend(&mut self, users: &[u32], k: usize) -> Result<Vec<Vec<Scored>>> {
-        let n = self.n_items;
-        let scores = self.scores(users)?;
-        let mut out = Vec::with_capacity(users.len());
-        let mut skip = vec![false; n];
-        for (row, &u) in scores.chunks(n.max(1)).zip(users) {
-            let seen = self.seen.of(u as usize);
-            seen.iter().for_each(|&i| skip[i as usize] = true);
-            let cand: Vec<(u32, f32)> =
-                row.iter().enumerate().filter(|(i, _)| !skip[*i]).map(|(i, &s)| (i as u32, s)).collect();
-            seen.iter().for_each(|&i| skip[i as usize] = false);
-            out.push(
-                top_k(cand, k)
-                    .into_iter()
-                    .map(|(item, score)| Scored { item, raw_id: self.raw_item(item), score })
-                    .collect(),
-            );
-        }
-        Ok(out)
+    /// training items; users in parallel on rayon's pool.
+    pub fn recommend(&self, users: &[u32], k: usize) -> Result<Vec<Vec<Scored>>> {
+        self.check_users(users)?;
+        let best = self.ranker.top_k(users, k, |u| self.seen.of(u as usize));
+        Ok(best
+            .into_iter()
+            .map(|b| b.into_iter().map(|(item, score)| Scored { item, raw_id: self.raw_item(item), score }).collect())
+            .collect())
     }
 
     /// Recommendations for a user the model has never seen, from items the user likes
