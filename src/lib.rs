@@ -16,7 +16,20 @@
 //!         pairs.push((format!("user{u}"), format!("movie{item}")));
 //!     }
 //! }
-//! let mut rec = Recommender::builder().model("gmf").factors(8).epochs(3).seed(7).fit(&pairs)?;
+//! // Progress: each epoch's loss and HR@10 on the validation holdout (one pair per user, which
+//! // also picks the epoch kept and, with `patience`, stops training early).
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let mut rec = Recommender::builder()
+//!     .model("gmf")
+//!     .factors(8)
+//!     .epochs(3)
+//!     .patience(2)
+//!     .seed(7)
+//!     .on_epoch(move |r| tx.send((r.epoch, r.loss, r.valid_hr)).unwrap())
+//!     .fit(&pairs)?;
+//! let epochs: Vec<(usize, f64, f64)> = rx.try_iter().collect();
+//! assert_eq!(epochs.len(), 3);
+//! assert!(epochs.iter().all(|&(_, loss, hr)| loss.is_finite() && (0.0..=1.0).contains(&hr)));
 //! let recs = rec.user_recs(&"user1".to_string(), 5)?;
 //! assert_eq!(recs.len(), 5);
 //! // Nothing the user already has.
@@ -104,6 +117,17 @@ impl RecommenderBuilder {
     }
     pub fn batch(mut self, b: usize) -> Self {
         self.cfg.batch = b;
+        self
+    }
+    /// Early stopping: stop after `p` epochs without a better validation HR@10 (0, the
+    /// default: train every epoch). The validation-selected epoch's weights are kept either way.
+    pub fn patience(mut self, p: usize) -> Self {
+        self.cfg.patience = p;
+        self
+    }
+    /// Negatives sampled per positive pair each epoch (default 4).
+    pub fn negatives(mut self, n: usize) -> Self {
+        self.cfg.neg = n;
         self
     }
     /// Called after every epoch with its loss and validation/test HR@10 and NDCG@10.
