@@ -64,4 +64,22 @@ fn main() {
         std::hint::black_box(scorer.scores_reference(&all).expect("scores"));
     });
     println!("  scoring alone, the reference path (Model::score): {min:.0} ms (min)");
+    // The ranker's kernel on one thread, on each instruction set this CPU has.
+    let ranker = ncf_cpu::rank::Ranker::new(&ckpt.tensors, users, items).expect("ranker");
+    let mut out = vec![0f32; items];
+    let some = 500;
+    for level in ncf_cpu::simd::SimdLevel::ALL.into_iter().filter(|l| l.is_available()) {
+        let (min, med) = time(5, || {
+            for u in 0..some {
+                ranker.score_user_at(u, &mut out, level);
+            }
+            std::hint::black_box(&out);
+        });
+        println!(
+            "  the ranker on one thread, {level}: {:.0} µs per user (min), {:.0} µs (median), {:.1} ns per pair",
+            min * 1e3 / some as f64,
+            med * 1e3 / some as f64,
+            min * 1e6 / (some * items) as f64
+        );
+    }
 }
