@@ -19,7 +19,7 @@
 //! // Progress: each epoch's loss and HR@10 on the validation holdout (one pair per user, which
 //! // also picks the epoch kept and, with `patience`, stops training early).
 //! let (tx, rx) = std::sync::mpsc::channel();
-//! let mut rec = Recommender::builder()
+//! let rec = Recommender::builder()
 //!     .model("gmf")
 //!     .factors(8)
 //!     .epochs(3)
@@ -44,7 +44,7 @@
 //! reads it back.
 
 use ncf_train::Checkpoint;
-use ncf_train::infer::{EmbeddingChoice, Scorer};
+use ncf_train::infer::Scorer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -191,9 +191,52 @@ impl RecommenderBuilder {
     }
 }
 
+/// Items (or users) with their scores, best first.
+pub type Recs<T> = Vec<(T, f32)>;
+
+/// Which ids an [`EmbeddingTable`]'s rows belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Users,
+    Items,
+}
+
+/// One of a model's tables: `rows × width` floats, row-major, row `r` for the `r`-th user or
+/// item.
+#[derive(Clone, Debug)]
+pub struct EmbeddingTable {
+    pub name: String,
+    pub side: Side,
+    pub rows: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+pub use ncf_train::infer::EmbeddingChoice;
+
+impl Recommender<u64, u64> {
+    /// Opens a checkpoint written by `ncf train --save` (its ids: the raw ids of the data it
+    /// was trained on, from the checkpoint's id maps), or by [`Recommender::save`] with `u64`
+    /// ids. What `ncf recommend`, `similar`, `embeddings` and `serve` run on.
+    pub fn open(path: &Path) -> Result<Self> {
+        let ckpt = Checkpoint::load(path)?;
+        if ckpt.metadata.contains_key("recommender_users") {
+            return Self::load(path);
+        }
+        let scorer = Scorer::from_checkpoint(&ckpt, path, None)?;
+        let users: Vec<u64> = (0..scorer.n_users as u32).map(|u| scorer.raw_user(u)).collect();
+        let items: Vec<u64> = (0..scorer.n_items as u32).map(|i| scorer.raw_item(i)).collect();
+        let user_index = users.iter().enumerate().map(|(k, &u)| (u, k as u32)).collect();
+        let item_index = items.iter().enumerate().map(|(k, &i)| (i, k as u32)).collect();
+        Ok(Recommender { scorer, item_vectors: Default::default(), ckpt, users, items, user_index, item_index })
+    }
+}
+
 /// A fitted recommender over user ids `U` and item ids `I`.
 pub struct Recommender<U, I> {
     scorer: Scorer,
+    /// Normalised item vectors per [`EmbeddingChoice`], made on first use.
+    item_vectors: [std::sync::OnceLock<(Vec<f32>, usize)>; 4],
     ckpt: Checkpoint,
     users: Vec<U>,
     items: Vec<I>,
@@ -218,7 +261,7 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
         let scorer = Scorer::from_checkpoint(&ckpt, Path::new("(fitted model)"), None)?;
         let user_index = users.iter().enumerate().map(|(k, u)| (u.clone(), k as u32)).collect();
         let item_index = items.iter().enumerate().map(|(k, i)| (i.clone(), k as u32)).collect();
-        Ok(Recommender { scorer, ckpt, users, items, user_index, item_index })
+        Ok(Recommender { scorer, item_vectors: Default::default(), ckpt, users, items, user_index, item_index })
     }
 
     fn user_of(&self, u: &U) -> Result<u32> {
@@ -231,14 +274,48 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
 
     /// The `k` items the user is most likely to want, best first, none of those fitted on
     /// for the user; a user never seen in `fit` is an error (see [`Recommender::popular`]).
-    pub fn user_recs(&mut self, user: &U, k: usize) -> Result<Vec<(I, f32)>> {
+    pub fn user_recs(&self, user: &U, k: usize) -> Result<Vec<(I, f32)>> {
         let u = self.user_of(user)?;
         let recs = self.scorer.recommend(&[u], k)?;
         Ok(recs.into_iter().flatten().map(|s| (self.items[s.item as usize].clone(), s.score)).collect())
     }
 
+    /// [`Recommender::user_recs`] for many users at once, scored in parallel (on the current
+    /// rayon pool); `None` for a user never seen in `fit`.
+    pub fn user_recs_many(&self, users: &[U], k: usize) -> Result<Vec<Option<Recs<I>>>> {
+        let dense: Vec<Option<u32>> = users.iter().map(|u| self.user_index.get(u).copied()).collect();
+        let known: Vec<u32> = dense.iter().flatten().copied().collect();
+        let mut recs = self.scorer.recommend(&known, k)?.into_iter();
+        Ok(dense
+            .iter()
+            .map(|d| {
+                d.map(|_| {
+                    let r = recs.next().unwrap_or_default();
+                    r.into_iter().map(|s| (self.items[s.item as usize].clone(), s.score)).collect()
+                })
+            })
+            .collect())
+    }
+
+    /// The items fitted on for `user` (never recommended to them), or `None` for a user never
+    /// seen in `fit`.
+    pub fn history(&self, user: &U) -> Option<Vec<I>> {
+        let u = *self.user_index.get(user)?;
+        Some(self.scorer.seen.of(u as usize).iter().map(|&i| self.items[i as usize].clone()).collect())
+    }
+
+    /// Whether `fit` saw the user.
+    pub fn contains_user(&self, user: &U) -> bool {
+        self.user_index.contains_key(user)
+    }
+
+    /// Whether `fit` saw the item.
+    pub fn contains_item(&self, item: &I) -> bool {
+        self.item_index.contains_key(item)
+    }
+
     /// The `k` users most likely to want the item (who do not have it yet), best first.
-    pub fn item_recs(&mut self, item: &I, k: usize) -> Result<Vec<(U, f32)>> {
+    pub fn item_recs(&self, item: &I, k: usize) -> Result<Vec<(U, f32)>> {
         let i = self.item_of(item)?;
         let pairs: Vec<(u32, u32)> = (0..self.users.len() as u32)
             .filter(|&u| !self.scorer.seen.contains(u as usize, i))
@@ -263,11 +340,25 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
         self.scorer.popular(k).into_iter().map(|s| (self.items[s.item as usize].clone(), s.score)).collect()
     }
 
-    /// The `k` items nearest `item` by cosine similarity of their embeddings.
+    /// The `k` items nearest `item` by cosine similarity of their embeddings (GMF's and the
+    /// MLP's together where the model has both: see [`EmbeddingChoice`]).
     pub fn similar_items(&self, item: &I, k: usize) -> Result<Vec<(I, f32)>> {
+        self.similar_items_in(item, k, EmbeddingChoice::Auto)
+    }
+
+    /// [`Recommender::similar_items`] in the embedding `which`. The normalised item vectors
+    /// are computed on the first query for each choice and kept.
+    pub fn similar_items_in(&self, item: &I, k: usize, which: EmbeddingChoice) -> Result<Vec<(I, f32)>> {
         let i = self.item_of(item)?;
-        let v = self.scorer.item_vectors(EmbeddingChoice::Auto)?;
-        let near = self.scorer.similar(&v, i, k)?;
+        let slot = &self.item_vectors[which as usize];
+        let v = match slot.get() {
+            Some(v) => v,
+            None => {
+                let v = self.scorer.item_vectors(which)?;
+                slot.get_or_init(|| v)
+            }
+        };
+        let near = self.scorer.similar(v, i, k)?;
         Ok(near.into_iter().map(|s| (self.items[s.item as usize].clone(), s.score)).collect())
     }
 
@@ -280,9 +371,40 @@ impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
     }
 
     /// The model's score (a logit: higher is likelier) of the pair.
-    pub fn score(&mut self, user: &U, item: &I) -> Result<f32> {
-        let (u, i) = (self.user_of(user)?, self.item_of(item)?);
-        Ok(self.scorer.score_pairs(&[(u, i)])?[0])
+    pub fn score(&self, user: &U, item: &I) -> Result<f32> {
+        Ok(self.score_pairs(std::slice::from_ref(&(user.clone(), item.clone())))?[0])
+    }
+
+    /// The model's score of each pair, in one batched pass.
+    pub fn score_pairs(&self, pairs: &[(U, I)]) -> Result<Vec<f32>> {
+        let dense = pairs.iter().map(|(u, i)| Ok((self.user_of(u)?, self.item_of(i)?))).collect::<Result<Vec<_>>>()?;
+        Ok(self.scorer.score_pairs(&dense)?)
+    }
+
+    /// The model's embedding tables (and MF's bias columns), rows in the order of
+    /// [`Recommender::users`] or [`Recommender::items`].
+    pub fn embedding_tables(&self) -> Vec<EmbeddingTable> {
+        self.ckpt
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains('/')) // resume/…: the last epoch's weights, not the kept ones
+            .filter_map(|t| {
+                let side = match t.name.as_str() {
+                    n if n.ends_with("_user_embedding") || n == "user_bias" => Side::Users,
+                    n if n.ends_with("_item_embedding") || n == "item_bias" => Side::Items,
+                    _ => return None,
+                };
+                let rows = if side == Side::Users { self.users.len() } else { self.items.len() };
+                let width = t.data.len().checked_div(rows).unwrap_or(0);
+                Some(EmbeddingTable {
+                    name: t.name.clone(),
+                    side,
+                    rows,
+                    width,
+                    data: t.data.iter().map(|&x| x as f32).collect(),
+                })
+            })
+            .collect()
     }
 
     /// The fitted users and items, in dense-id order.

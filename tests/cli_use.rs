@@ -105,6 +105,11 @@ fn recommend_and_similar_on_the_embedded_sample() {
     let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     let scale = slow.iter().fold(1f32, |m, x| m.max(x.abs()));
     assert!(worst <= 1e-4 * scale, "ranker vs reference: max_abs {worst:.3e} (scale {scale})");
+    let pairs: Vec<(u32, u32)> =
+        (0..500u32).map(|k| (k * 7 % scorer.n_users as u32, k * 13 % scorer.n_items as u32)).collect();
+    let (fast, slow) = (scorer.score_pairs(&pairs).unwrap(), scorer.score_pairs_reference(&pairs).unwrap());
+    let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-4 * scale, "pairs, ranker vs reference: max_abs {worst:.3e} (scale {scale})");
     let one = lines_json(&ok(&ncf(&["recommend", "--model", m, "--user", "1", "-k", "5", "--json"])));
     assert_eq!(one[0]["items"].as_array().unwrap().len(), 5);
     assert!(one[0].get("fallback").is_none());

@@ -33,7 +33,7 @@ fn a_fitted_recommender_finds_the_planted_groups() {
     let pairs = pairs();
     let epochs = Arc::new(Mutex::new(Vec::new()));
     let seen_epochs = epochs.clone();
-    let mut rec = Recommender::builder()
+    let rec = Recommender::builder()
         .model("neumf")
         .factors(8)
         .layers(&[16, 8])
@@ -89,7 +89,7 @@ fn a_fitted_recommender_finds_the_planted_groups() {
     let path = d.path().join("rec.safetensors");
     rec.save(&path, false).unwrap();
     assert!(rec.save(&path, false).is_err(), "no overwrite without force");
-    let mut back = Recommender::<String, String>::load(&path).unwrap();
+    let back = Recommender::<String, String>::load(&path).unwrap();
     assert_eq!(back.user_recs(&user, 3).unwrap(), recs);
     assert_eq!(back.similar_items(&"movie20".to_string(), 5).unwrap(), near);
 }
@@ -98,7 +98,7 @@ fn a_fitted_recommender_finds_the_planted_groups() {
 fn integer_ids_and_bad_settings() {
     let pairs: Vec<(u64, u32)> =
         (0..40u64).flat_map(|u| (0..6u32).map(move |i| (u * 1000, (u as u32 % 2) * 6 + i))).collect();
-    let mut rec = Recommender::builder().model("gmf").epochs(2).fit(&pairs).unwrap();
+    let rec = Recommender::builder().model("gmf").epochs(2).fit(&pairs).unwrap();
     assert_eq!(rec.user_recs(&3000, 4).unwrap().len(), 4);
     assert!(matches!(Recommender::builder().model("svd").fit(&pairs), Err(RecError::Invalid(_))));
     let none: Vec<(u64, u32)> = Vec::new();

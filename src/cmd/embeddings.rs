@@ -3,7 +3,7 @@
 
 use super::write_atomic;
 use anyhow::{Result, bail};
-use ncf_train::Checkpoint;
+use ncf::{Recommender, Side};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -40,35 +40,30 @@ pub fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
 }
 
 pub fn run(a: EmbeddingsArgs) -> Result<bool> {
-    let ckpt = Checkpoint::load(&a.model)?;
-    let (users, items) = ckpt.id_maps(&a.model)?;
+    let rec = Recommender::open(&a.model)?;
     std::fs::create_dir_all(&a.out)?;
     let mut written = Vec::new();
-    for t in &ckpt.tensors {
-        if t.name.contains('/') {
-            continue; // resume/…: the last epoch's weights, not the selected ones
-        }
-        let side = match t.name.as_str() {
-            n if n.ends_with("_user_embedding") || n == "user_bias" => (&users, ckpt.spec.users),
-            n if n.ends_with("_item_embedding") || n == "item_bias" => (&items, ckpt.spec.items),
-            _ => continue,
+    for t in rec.embedding_tables() {
+        let ids = match t.side {
+            Side::Users => rec.users(),
+            Side::Items => rec.items(),
         };
-        let (rows, width) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
-        if rows != side.1 || t.data.len() != rows * width {
-            bail!("{}: `{}` has shape {:?}, not ({}, _)", a.model.display(), t.name, t.shape, side.1);
+        let (rows, width) = (t.rows, t.width);
+        if rows != ids.len() || t.data.len() != rows * width {
+            bail!("{}: `{}` has {} values, not {} rows", a.model.display(), t.name, t.data.len(), ids.len());
         }
-        let raw = |r: usize| side.0.as_ref().and_then(|m| m.raw(r as u32)).unwrap_or(r as u64);
+        let raw = |r: usize| ids[r];
         let mut csv = String::from("raw_id");
         (0..width).for_each(|c| write!(csv, ",e{c}").unwrap_or_default());
         csv.push('\n');
         for r in 0..rows {
             write!(csv, "{}", raw(r)).unwrap_or_default();
             for &x in &t.data[r * width..(r + 1) * width] {
-                write!(csv, ",{}", x as f32).unwrap_or_default();
+                write!(csv, ",{x}").unwrap_or_default();
             }
             csv.push('\n');
         }
-        let floats: Vec<u8> = t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+        let floats: Vec<u8> = t.data.iter().flat_map(|&x| x.to_le_bytes()).collect();
         let ids: Vec<u8> = (0..rows).flat_map(|r| raw(r).to_le_bytes()).collect();
         for (file, bytes) in [
             (format!("{}.csv", t.name), csv.into_bytes()),

@@ -3,8 +3,8 @@
 
 use super::thread_pool;
 use anyhow::{Context, Result, bail};
+use ncf::Recommender;
 use ncf_data::movielens::Movie;
-use ncf_train::infer::{Scored, Scorer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -56,31 +56,27 @@ pub fn meta_json(raw: u64, meta: &HashMap<u64, Movie>) -> serde_json::Value {
 }
 
 /// A scored item as JSON: [`meta_json`] and its score.
-pub fn item_json(s: &Scored, meta: &HashMap<u64, Movie>) -> serde_json::Value {
-    let mut v = meta_json(s.raw_id, meta);
-    v["score"] = s.score.into();
+pub fn item_json(&(raw, score): &(u64, f32), meta: &HashMap<u64, Movie>) -> serde_json::Value {
+    let mut v = meta_json(raw, meta);
+    v["score"] = score.into();
     v
 }
 
 /// One item as a text line: rank, raw id, score, title, genres.
-pub fn item_line(rank: usize, s: &Scored, meta: &HashMap<u64, Movie>) -> String {
-    let what = meta.get(&s.raw_id).map_or(String::new(), |m| format!("  {}  {}", m.title, m.genres.join("|")));
-    format!("{rank:>4}. {:>8}  {:>8.4}{what}", s.raw_id, s.score)
+pub fn item_line(rank: usize, &(raw, score): &(u64, f32), meta: &HashMap<u64, Movie>) -> String {
+    let what = meta.get(&raw).map_or(String::new(), |m| format!("  {}  {}", m.title, m.genres.join("|")));
+    format!("{rank:>4}. {raw:>8}  {score:>8.4}{what}")
 }
 
 pub fn run(a: RecommendArgs) -> Result<bool> {
     let pool = thread_pool(a.threads)?;
-    let scorer = Scorer::load(&a.model, None)?;
+    let rec = Recommender::open(&a.model)?;
     let meta = load_meta(a.items_meta.as_deref())?;
     if !a.items.is_empty() {
-        let mut liked = Vec::with_capacity(a.items.len());
-        for &raw in &a.items {
-            match scorer.item(raw) {
-                Some(i) => liked.push(i),
-                None => bail!("item {raw} is not in the model ({} items)", scorer.n_items),
-            }
+        if let Some(raw) = a.items.iter().find(|i| !rec.contains_item(i)) {
+            bail!("item {raw} is not in the model ({} items)", rec.items().len());
         }
-        let recs = pool.install(|| scorer.fold_in(&liked, a.k as usize, 42))?;
+        let recs = pool.install(|| rec.recs_for_items(&a.items, a.k as usize, 42))?;
         if a.json {
             let items: Vec<_> = recs.iter().map(|s| item_json(s, &meta)).collect();
             println!("{}", serde_json::json!({ "liked": a.items, "folded_in": true, "items": items }));
@@ -112,13 +108,11 @@ pub fn run(a: RecommendArgs) -> Result<bool> {
         (None, None) => bail!("give --user or --users-file"),
     };
     let k = a.k as usize;
-    let known: Vec<u32> = raw_users.iter().filter_map(|&r| scorer.user(r)).collect();
-    let recs = pool.install(|| scorer.recommend(&known, k))?;
-    let mut recs = recs.into_iter();
-    let popular = scorer.popular(k);
-    for &raw in &raw_users {
-        let (items, fallback, seen) = match scorer.user(raw) {
-            Some(u) => (recs.next().unwrap_or_default(), None, scorer.seen.of(u as usize).len()),
+    let recs = pool.install(|| rec.user_recs_many(&raw_users, k))?;
+    let popular = rec.popular(k);
+    for (&raw, recs) in raw_users.iter().zip(recs) {
+        let (items, fallback, seen) = match recs {
+            Some(items) => (items, None, rec.history(&raw).map_or(0, |h| h.len())),
             None => (popular.clone(), Some("popularity"), 0),
         };
         if a.json {

@@ -17,12 +17,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ncf::Recommender;
 use ncf_data::movielens::Movie;
-use ncf_train::infer::{EmbeddingChoice, Scorer};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// The largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -48,22 +48,9 @@ pub struct ServeArgs {
     reload: bool,
 }
 
-/// One loaded model: a scorer per core (each answers one query at a time; a request takes the
-/// next in turn), the item vectors for `similar`.
+/// One loaded model (every query takes `&self`: requests share it without locks).
 struct Loaded {
-    scorers: Vec<Mutex<Scorer>>,
-    next: std::sync::atomic::AtomicUsize,
-    vectors: (Vec<f32>, usize),
-    n_users: usize,
-    n_items: usize,
-}
-
-impl Loaded {
-    /// The next scorer in turn, locked.
-    fn scorer(&self) -> std::sync::MutexGuard<'_, Scorer> {
-        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.scorers.len();
-        self.scorers[k].lock().unwrap_or_else(|e| e.into_inner())
-    }
+    rec: Recommender<u64, u64>,
 }
 
 struct AppState {
@@ -100,14 +87,12 @@ fn from_json_rejection(r: JsonRejection) -> ApiError {
 }
 
 fn load(path: &std::path::Path) -> Result<Loaded> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let scorers =
-        (0..cores).map(|_| Scorer::load(path, None).map(Mutex::new)).collect::<ncf_train::Result<Vec<_>>>()?;
-    let s = scorers[0].lock().unwrap_or_else(|e| e.into_inner());
-    let vectors = s.item_vectors(EmbeddingChoice::Auto)?;
-    let (n_users, n_items) = (s.n_users, s.n_items);
-    drop(s);
-    Ok(Loaded { scorers, next: Default::default(), vectors, n_users, n_items })
+    let rec = Recommender::open(path)?;
+    // The item vectors for `similar`, made now rather than on the first query.
+    if let Some(first) = rec.items().first() {
+        rec.similar_items(first, 1)?;
+    }
+    Ok(Loaded { rec })
 }
 
 /// `k` from the query string: 1..=1000, default 10.
@@ -131,23 +116,18 @@ fn model(st: &Shared) -> Arc<Loaded> {
     st.model.read().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone())
 }
 
-/// Runs `f` on the scorer off the async threads.
-async fn with_scorer<T: Send + 'static>(
+/// Runs `f` on the model off the async threads.
+async fn with_model<T: Send + 'static>(
     m: Arc<Loaded>,
-    f: impl FnOnce(&mut Scorer) -> ncf_train::Result<T> + Send + 'static,
+    f: impl FnOnce(&Recommender<u64, u64>) -> ncf::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let mut s = m.scorer();
-        f(&mut s)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)
+    tokio::task::spawn_blocking(move || f(&m.rec)).await.map_err(internal)?.map_err(internal)
 }
 
 async fn health(State(st): State<Shared>) -> Json<Value> {
     let m = model(&st);
-    Json(json!({ "status": "ok", "users": m.n_users, "items": m.n_items, "model": st.path.display().to_string() }))
+    let (users, items) = (m.rec.users().len(), m.rec.items().len());
+    Json(json!({ "status": "ok", "users": users, "items": items, "model": st.path.display().to_string() }))
 }
 
 async fn user_recs(
@@ -157,18 +137,13 @@ async fn user_recs(
 ) -> Result<Json<Value>, ApiError> {
     let (raw, k) = (id_of(p, "user")?, k_of(&q)?);
     let m = model(&st);
-    let dense = m.scorer().user(raw);
-    let Some(u) = dense else {
-        let items = m.scorer().popular(k);
+    if !m.rec.contains_user(&raw) {
+        let items = m.rec.popular(k);
         let items: Vec<Value> = items.iter().map(|s| item_json(s, &st.meta)).collect();
         return Ok(Json(json!({ "user": raw, "fallback": "popularity", "history": [], "items": items })));
-    };
-    let (recs, history) = with_scorer(m, move |s| {
-        let recs = s.recommend(&[u], k)?.into_iter().next().unwrap_or_default();
-        let history: Vec<u64> = s.seen.of(u as usize).iter().map(|&i| s.raw_item(i)).collect();
-        Ok((recs, history))
-    })
-    .await?;
+    }
+    let (recs, history) =
+        with_model(m, move |r| Ok((r.user_recs(&raw, k)?, r.history(&raw).unwrap_or_default()))).await?;
     let history: Vec<Value> = history.iter().map(|&r| meta_json(r, &st.meta)).collect();
     let items: Vec<Value> = recs.iter().map(|s| item_json(s, &st.meta)).collect();
     Ok(Json(json!({ "user": raw, "history": history, "items": items })))
@@ -195,15 +170,11 @@ async fn fold_in(State(st): State<Shared>, body: Result<Json<FoldIn>, JsonReject
         return Err(bad(format!("items must list 1 to {MAX_LIKED} item ids, got {}", req.items.len())));
     }
     let m = model(&st);
-    let mut liked = Vec::with_capacity(req.items.len());
-    {
-        let s = m.scorer();
-        for &raw in &req.items {
-            liked.push(s.item(raw).ok_or_else(|| not_found(format!("item {raw} is not in the model")))?);
-        }
+    if let Some(raw) = req.items.iter().find(|i| !m.rec.contains_item(i)) {
+        return Err(not_found(format!("item {raw} is not in the model")));
     }
-    let k = req.k;
-    let recs = with_scorer(m, move |s| s.fold_in(&liked, k, 42)).await?;
+    let (k, liked) = (req.k, req.items.clone());
+    let recs = with_model(m, move |r| r.recs_for_items(&liked, k, 42)).await?;
     let items: Vec<Value> = recs.iter().map(|s| item_json(s, &st.meta)).collect();
     Ok(Json(json!({ "liked": req.items, "folded_in": true, "items": items })))
 }
@@ -215,9 +186,10 @@ async fn similar(
 ) -> Result<Json<Value>, ApiError> {
     let (raw, k) = (id_of(p, "item")?, k_of(&q)?);
     let m = model(&st);
-    let s = m.scorer();
-    let i = s.item(raw).ok_or_else(|| not_found(format!("item {raw} is not in the model")))?;
-    let near = s.similar(&m.vectors, i, k).map_err(internal)?;
+    if !m.rec.contains_item(&raw) {
+        return Err(not_found(format!("item {raw} is not in the model")));
+    }
+    let near = m.rec.similar_items(&raw, k).map_err(internal)?;
     let items: Vec<Value> = near.iter().map(|n| item_json(n, &st.meta)).collect();
     Ok(Json(json!({ "item": meta_json(raw, &st.meta), "similar": items })))
 }
@@ -237,16 +209,16 @@ async fn score(State(st): State<Shared>, body: Result<Json<ScoreReq>, JsonReject
         ));
     }
     let m = model(&st);
-    let mut dense = Vec::with_capacity(req.pairs.len());
-    {
-        let s = m.scorer();
-        for &(u, i) in &req.pairs {
-            let du = s.user(u).ok_or_else(|| not_found(format!("user {u} is not in the model")))?;
-            let di = s.item(i).ok_or_else(|| not_found(format!("item {i} is not in the model")))?;
-            dense.push((du, di));
+    for (u, i) in &req.pairs {
+        if !m.rec.contains_user(u) {
+            return Err(not_found(format!("user {u} is not in the model")));
+        }
+        if !m.rec.contains_item(i) {
+            return Err(not_found(format!("item {i} is not in the model")));
         }
     }
-    let scores = with_scorer(m, move |s| s.score_pairs(&dense)).await?;
+    let pairs = req.pairs;
+    let scores = with_model(m, move |r| r.score_pairs(&pairs)).await?;
     Ok(Json(json!({ "scores": scores })))
 }
 

@@ -3,7 +3,7 @@
 
 use super::recommend::{item_json, item_line, load_meta};
 use anyhow::{Result, bail};
-use ncf_train::infer::{EmbeddingChoice, Scorer};
+use ncf::{EmbeddingChoice, Recommender};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -33,13 +33,12 @@ pub struct SimilarArgs {
 }
 
 pub fn run(a: SimilarArgs) -> Result<bool> {
-    let scorer = Scorer::load(&a.model, None)?;
+    let rec = Recommender::open(&a.model)?;
     let meta = load_meta(a.items_meta.as_deref())?;
-    let Some(i) = scorer.item(a.item) else {
-        bail!("item {} is not in the model ({} items)", a.item, scorer.n_items);
-    };
-    let which = scorer.item_vectors(a.embedding)?;
-    let near = scorer.similar(&which, i, a.k as usize)?;
+    if !rec.contains_item(&a.item) {
+        bail!("item {} is not in the model ({} items)", a.item, rec.items().len());
+    }
+    let near = rec.similar_items_in(&a.item, a.k as usize, a.embedding)?;
     if a.json {
         let items: Vec<_> = near.iter().map(|s| item_json(s, &meta)).collect();
         println!("{}", serde_json::json!({ "item": a.item, "embedding": a.embedding, "similar": items }));

@@ -243,6 +243,56 @@ impl Ranker {
         }
     }
 
+    /// The logits of `(user, item)` pairs, into `out` (as long as `pairs`): each pair's panel
+    /// is scored for its user and the item's lane kept (16 items' work for one, but a pair
+    /// costs about a microsecond, and it is the same tested code as ranking).
+    pub fn score_pairs(&self, pairs: &[(u32, u32)], out: &mut [f32]) {
+        assert_eq!(pairs.len(), out.len());
+        let bad = pairs.iter().find(|&&(u, i)| u as usize >= self.n_users || i as usize >= self.n_items);
+        assert!(bad.is_none(), "pair {bad:?} outside {} users × {} items", self.n_users, self.n_items);
+        let level = SimdLevel::best();
+        pairs.par_iter().zip(out.par_iter_mut()).with_min_len(64).for_each(|(&(u, i), o)| {
+            *o = match level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `best()` found AVX-512F (and AVX2 + FMA) on this CPU.
+                SimdLevel::Avx512 => unsafe { self.pair_avx512(u as usize, i as usize) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `best()` found AVX2 and FMA on this CPU.
+                SimdLevel::Avx2Fma => unsafe { self.pair_avx2(u as usize, i as usize) },
+                _ => self.pair::<Plain, false>(u as usize, i as usize),
+            }
+        });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn pair_avx512(&self, u: usize, i: usize) -> f32 {
+        self.pair::<Fused, true>(u, i)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn pair_avx2(&self, u: usize, i: usize) -> f32 {
+        self.pair::<Fused, false>(u, i)
+    }
+
+    /// One pair: its item's panel for the user, the item's lane.
+    #[inline(always)]
+    fn pair<M: MulAdd, const WIDE: bool>(&self, u: usize, i: usize) -> f32 {
+        let mut xa = [[0f32; LANES]; 64];
+        let mut xb = [[0f32; LANES]; 64];
+        let mut big: (Vec<Lanes>, Vec<Lanes>);
+        let (xa, xb): (&mut [Lanes], &mut [Lanes]) = if self.widest <= 64 {
+            (&mut xa, &mut xb)
+        } else {
+            big = (vec![[0.0; LANES]; self.widest], vec![[0.0; LANES]; self.widest]);
+            (&mut big.0, &mut big.1)
+        };
+        let g = &self.g[u * self.f..(u + 1) * self.f];
+        let uu = &self.u[u * self.h0..(u + 1) * self.h0];
+        self.panel::<M, WIDE>(i / LANES, self.user_const[u], g, uu, xa, xb)[i % LANES]
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     fn user_avx512(&self, u: usize, out: &mut [f32]) {
@@ -454,6 +504,13 @@ mod tests {
                 model.forward(&be, &ub, &ib, us.len()).unwrap();
                 let want = be.download(model.logits()).unwrap();
                 let r = Ranker::new(&model.params().to_host(&be).unwrap(), users, items).unwrap();
+                // Pairs (every user with every item, in the forward's order) on the best level.
+                let pairs: Vec<(u32, u32)> = us.iter().copied().zip(is.iter().copied()).collect();
+                let mut got = vec![0f32; pairs.len()];
+                r.score_pairs(&pairs, &mut got);
+                let scale = want.iter().fold(1f64, |m, x| m.max(x.abs()));
+                let worst = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0f64, f64::max);
+                assert!(worst <= 2e-5 * scale, "{kind:?} {layers:?} items {items}: pairs max_abs {worst:.3e}");
                 for level in SimdLevel::ALL.into_iter().filter(|l| l.is_available()) {
                     let mut got = vec![0f32; users * items];
                     for (u, row) in got.chunks_mut(items).enumerate() {

@@ -179,6 +179,11 @@ impl Scorer {
         }
     }
 
+    /// The raw id of dense user `u`.
+    pub fn raw_user(&self, u: u32) -> u64 {
+        self.user_ids.as_ref().and_then(|m| m.raw(u)).unwrap_or(u as u64)
+    }
+
     /// The raw id of dense item `i`.
     pub fn raw_item(&self, i: u32) -> u64 {
         self.item_ids.as_ref().and_then(|m| m.raw(i)).unwrap_or(i as u64)
@@ -226,14 +231,27 @@ impl Scorer {
         Ok(out)
     }
 
-    /// The model's logit for each dense `(user, item)` pair.
-    pub fn score_pairs(&mut self, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
-        if let Some(&(u, i)) = pairs.iter().find(|&&(u, i)| u as usize >= self.n_users || i as usize >= self.n_items) {
-            return Err(err(
-                &self.path,
-                format!("pair ({u}, {i}) outside {} users × {} items", self.n_users, self.n_items),
-            ));
+    fn check_pairs(&self, pairs: &[(u32, u32)]) -> Result<()> {
+        match pairs.iter().find(|&&(u, i)| u as usize >= self.n_users || i as usize >= self.n_items) {
+            Some(&(u, i)) => {
+                Err(err(&self.path, format!("pair ({u}, {i}) outside {} users × {} items", self.n_users, self.n_items)))
+            }
+            None => Ok(()),
         }
+    }
+
+    /// The model's logit for each dense `(user, item)` pair (the fast path, [`Ranker`]; pairs
+    /// in parallel).
+    pub fn score_pairs(&self, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
+        self.check_pairs(pairs)?;
+        let mut out = vec![0f32; pairs.len()];
+        self.ranker.score_pairs(pairs, &mut out);
+        Ok(out)
+    }
+
+    /// [`Scorer::score_pairs`] by the reference path, the model's own `score`.
+    pub fn score_pairs_reference(&mut self, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
+        self.check_pairs(pairs)?;
         let (be, model) = (&self.be, &mut self.model);
         model.prepare_scoring(be)?;
         let mut out = Vec::with_capacity(pairs.len());
