@@ -399,17 +399,22 @@ impl Ranker {
     /// The `k` best items for each of `users` (`(item, logit)`, best first, ties by lower
     /// item), leaving out the items `skip(u)` lists; users in parallel on rayon's pool.
     pub fn top_k<'a>(&self, users: &[u32], k: usize, skip: impl Fn(u32) -> &'a [u32] + Sync) -> Vec<Vec<(u32, f32)>> {
+        let one = |scores: &mut Vec<f32>, cand: &mut Vec<(u32, f32)>, u: u32| {
+            self.score_user(u as usize, scores);
+            for &i in skip(u) {
+                scores[i as usize] = f32::NEG_INFINITY;
+            }
+            best_k(scores, k, cand)
+        };
+        if let [u] = users {
+            // One user (a server's query): on the calling thread, no hop to the pool.
+            return vec![one(&mut vec![0f32; self.n_items], &mut Vec::with_capacity(self.n_items), *u)];
+        }
         users
             .par_iter()
             .map_init(
                 || (vec![0f32; self.n_items], Vec::with_capacity(self.n_items)),
-                |(scores, cand), &u| {
-                    self.score_user(u as usize, scores);
-                    for &i in skip(u) {
-                        scores[i as usize] = f32::NEG_INFINITY;
-                    }
-                    best_k(scores, k, cand)
-                },
+                |(scores, cand), &u| one(scores, cand, u),
             )
             .collect()
     }
