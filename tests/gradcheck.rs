@@ -23,7 +23,7 @@ fn every_tensor_passes_with_max_rel_at_most_1e_6_through_every_gemm() {
         }
         assert!(report.ok);
         let models: Vec<&str> = report.subjects.iter().filter(|s| s.kind == "model").map(|s| s.name.as_str()).collect();
-        assert_eq!(models, ["gmf", "mlp", "neumf", "mf"]);
+        assert_eq!(models, ["gmf", "mlp", "neumf", "mf", "rating"]);
         println!("{}", lines.join("\n"));
     }
 }

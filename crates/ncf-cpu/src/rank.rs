@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! logit(u, i) = c[u] + e[i] + g[u]·G[i] + wₘ·MLP(U[u] + V[i])
-//!   c[u]  per-user constant: predict_bias, or for MF user_bias[u] + global_bias
-//!   e[i]  per-item constant: MF's item_bias (else 0)
+//!   c[u]  per-user constant: predict_bias (+ the rating model's user_bias[u]), or for MF
+//!         user_bias[u] + global_bias
+//!   e[i]  per-item constant: item_bias[i] (MF and the rating model; else 0)
 //!   g[u]  GMF: w_gmf ⊙ P_g[u] (the head folded into the user side); MF: P[u]
 //!   G[i]  GMF's Q_g[i]; MF's Q[i]
 //!   U[u]  W₀[:, :d]·P_m[u] + b₀   (the first dense layer's user half, with its bias)
@@ -214,6 +215,15 @@ impl Ranker {
             r.head_mlp = head.iter().map(|&x| x as f32).collect();
         } else if !head.is_empty() {
             return Err(format!("tensor `predict_weight` has {} values more than the model uses", head.len()));
+        }
+        if let (Some(bu), Some(bi)) = (find(ts, "user_bias"), find(ts, "item_bias")) {
+            // The rating model: the MLP's output plus b_u[u] + b_i[i].
+            need(bu, n_users)?;
+            need(bi, n_items)?;
+            r.user_const.iter_mut().zip(&bu.data).for_each(|(c, &b)| *c += b as f32);
+            for (i, &b) in bi.data.iter().enumerate() {
+                r.item_const[i / LANES][i % LANES] += b as f32;
+            }
         }
         if r.f == 0 && r.h0 == 0 {
             return Err("neither GMF, MLP nor MF tensors".into());
@@ -489,6 +499,7 @@ mod tests {
             (ModelKind::NeuMf, 8, vec![64, 32, 16, 8]),
             (ModelKind::NeuMf, 5, vec![18, 7, 3]),
             (ModelKind::Mlp, 8, vec![40, 100, 70, 1]),
+            (ModelKind::Rating, 8, vec![32, 16, 8]),
         ];
         for (kind, factors, layers) in cases {
             for items in [1, 16, 37] {

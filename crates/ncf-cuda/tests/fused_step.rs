@@ -338,6 +338,11 @@ fn the_fused_step_matches_the_reference_step() {
     let model = AnyModel::new(&cpu, &cfg, 1, &mut ncf_core::rng::seeded(5, 1)).unwrap();
     let why = FusedModel::of(model.params(), &OptimConfig::adam(0.01)).unwrap_err();
     assert!(why.contains("107") && why.contains("exceed 49152 bytes of shared memory"), "{why}");
+    // The rating model's bias tables are not in the fused step: it says so, and the trainer
+    // runs the reference step.
+    let model = AnyModel::new(&cpu, &config(ModelKind::Rating), 1, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+    let why = FusedModel::of(model.params(), &OptimConfig::adam(0.01)).unwrap_err();
+    assert!(why.contains("rating model"), "{why}");
 }
 
 fn fused_kind(kind: ModelKind) -> FusedKind {
@@ -346,5 +351,6 @@ fn fused_kind(kind: ModelKind) -> FusedKind {
         ModelKind::Gmf => FusedKind::Gmf,
         ModelKind::Mlp => FusedKind::Mlp,
         ModelKind::NeuMf => FusedKind::NeuMf,
+        ModelKind::Rating => panic!("the rating model has no fused step"),
     }
 }

@@ -178,7 +178,8 @@ pub fn tiny_config(kind: ModelKind) -> ModelConfig {
     ModelConfig { kind, users: 5, items: 7, factors: 4, layers: vec![16, 8, 4], init: InitConfig::for_gradcheck() }
 }
 
-/// Mean BCE loss of `model` on `prob`, and the ReLU pattern.
+/// The model's loss on `prob` (mean BCE on logits; mean squared error for the rating model,
+/// whose outputs are ratings), and the ReLU pattern.
 fn model_loss<B: Backend, M: Model<B>>(
     be: &B,
     model: &mut M,
@@ -191,7 +192,11 @@ fn model_loss<B: Backend, M: Model<B>>(
 ) -> Result<(f64, Vec<bool>)> {
     model.forward(be, users, items, b)?;
     be.fill(loss, 1, B::T::ZERO)?;
-    be.bce_with_logits(model.logits(), labels, b, loss, dl)?;
+    if model.kind().is_rating() {
+        be.mse(model.logits(), labels, b, loss, dl)?;
+    } else {
+        be.bce_with_logits(model.logits(), labels, b, loss, dl)?;
+    }
     Ok((be.download(loss)?[0].to_f64(), model.relu_pattern(be, b)?))
 }
 
@@ -242,11 +247,11 @@ pub fn check_model<B: Backend, M: Model<B>>(
     Ok(SubjectCheck::new("model", name, checks))
 }
 
-/// Builds each of the four models at [`tiny_config`] and checks it.
+/// Builds each of the four models and the rating model at [`tiny_config`] and checks it.
 pub fn check_models<B: Backend>(be: &B, opts: &Options, fault: Fault) -> Result<Vec<SubjectCheck>> {
     let prob = Problem::tiny(opts.seed);
     let mut out = Vec::new();
-    for kind in ModelKind::ALL {
+    for kind in ModelKind::ALL.into_iter().chain([ModelKind::Rating]) {
         let cfg = tiny_config(kind);
         let mut rng = ncf_core::rng::seeded(opts.seed, kind as u64);
         let mut model = AnyModel::new(be, &cfg, prob.users.len(), &mut rng)?;

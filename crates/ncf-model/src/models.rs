@@ -8,11 +8,12 @@
 //! | MLP   | `wᵀ·MLP([P[u], Q[i]]) + b` | §3.3 |
 //! | NeuMF | `wᵀ[P_g[u] ⊙ Q_g[i], MLP([P_m[u], Q_m[i]])] + b` | §3.4 |
 //! | MF    | `P[u]·Q[i] + b_u + b_i + g` | Rendle et al. 2020 |
+//! | rating | `wᵀ·MLP([P[u], Q[i]]) + b + b_u + b_i` (a predicted star rating, trained with MSE) | the deep-CF seed |
 
 use crate::init::InitConfig;
 use crate::layers::{DenseIdx, EmbeddingPair, GmfTower, Head, MlpTower, check_batch};
 use crate::params::{IdSource, ParamBuilder, ParamSet, Role};
-use ncf_core::{Backend, Error, Result, Rng};
+use ncf_core::{Backend, Error, Float, Result, Rng};
 use std::fmt;
 use std::str::FromStr;
 
@@ -23,9 +24,12 @@ pub enum ModelKind {
     Mlp,
     NeuMf,
     Mf,
+    /// Explicit ratings: a predicted rating, not a logit (see [`Rating`]).
+    Rating,
 }
 
 impl ModelKind {
+    /// The four implicit-feedback models (scores are logits of "the user interacts").
     pub const ALL: [ModelKind; 4] = [ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf, ModelKind::Mf];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,7 +37,12 @@ impl ModelKind {
             ModelKind::Mlp => "mlp",
             ModelKind::NeuMf => "neumf",
             ModelKind::Mf => "mf",
+            ModelKind::Rating => "rating",
         }
+    }
+    /// Whether the model predicts explicit ratings (trained with MSE) rather than logits.
+    pub fn is_rating(self) -> bool {
+        self == ModelKind::Rating
     }
 }
 
@@ -46,9 +55,15 @@ impl fmt::Display for ModelKind {
 impl FromStr for ModelKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        ModelKind::ALL.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
-            Error::invalid("ModelKind::from_str", "model", format!("`{s}` is not one of gmf, mlp, neumf, mf"))
-        })
+        ModelKind::ALL.into_iter().chain([ModelKind::Rating]).find(|k| k.as_str().eq_ignore_ascii_case(s)).ok_or_else(
+            || {
+                Error::invalid(
+                    "ModelKind::from_str",
+                    "model",
+                    format!("`{s}` is not one of gmf, mlp, neumf, mf, rating"),
+                )
+            },
+        )
     }
 }
 
@@ -84,7 +99,7 @@ impl ModelConfig {
         if matches!(self.kind, ModelKind::Gmf | ModelKind::NeuMf | ModelKind::Mf) && self.factors == 0 {
             return Err(Error::invalid(OP, "factors", "must be at least 1"));
         }
-        if matches!(self.kind, ModelKind::Mlp | ModelKind::NeuMf) {
+        if matches!(self.kind, ModelKind::Mlp | ModelKind::NeuMf | ModelKind::Rating) {
             if self.layers.len() < 2 {
                 return Err(Error::invalid(
                     OP,
@@ -605,6 +620,94 @@ impl<B: Backend> Model<B> for Mf<B> {
     }
 }
 
+// ------------------------------------------------------------------------------------ rating
+
+/// The rating model: `r̂ = wᵀ·MLP([P[u], Q[i]]) + b + b_u[u] + b_i[i]`, a predicted rating.
+///
+/// The MLP tower (ReLU after every dense layer) and a linear output; its bias `b` is the
+/// global mean μ (the trainer starts it at the training mean), `b_u (U,1)`, `b_i (I,1)` are
+/// width-1 embedding tables as in MF. Backward: the head and the tower as in [`Mlp`], and
+/// `db_u[u] += dr̂`, `db_i[i] += dr̂` (scatters). Trained with MSE, not BCE.
+pub struct Rating<B: Backend> {
+    pub params: ParamSet<B>,
+    pub grads: ParamSet<B>,
+    pub acts: MlpActs<B>,
+    user_bias: usize,
+    item_bias: usize,
+    bias_rows: B::Buf,
+    out: B::Buf,
+    max_batch: usize,
+}
+
+impl<B: Backend> Rating<B> {
+    pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, rng: &mut Rng) -> Result<Self> {
+        cfg.validate()?;
+        let mut pb = ParamBuilder::new(be, rng);
+        let mlp = add_mlp(be, &mut pb, cfg, max_batch)?;
+        let head = add_head(be, &mut pb, cfg, mlp.out_width(), max_batch)?;
+        let user_bias = pb.add("user_bias", &[cfg.users, 1], Role::Embedding(IdSource::User), cfg.init.bias)?;
+        let item_bias = pb.add("item_bias", &[cfg.items, 1], Role::Embedding(IdSource::Item), cfg.init.bias)?;
+        let params = pb.finish();
+        Ok(Rating {
+            grads: params.zeros_like(be)?,
+            params,
+            acts: MlpActs { mlp, head },
+            user_bias,
+            item_bias,
+            bias_rows: be.zeros(max_batch)?,
+            out: be.zeros(max_batch)?,
+            max_batch,
+        })
+    }
+}
+
+impl<B: Backend> Model<B> for Rating<B> {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Rating
+    }
+    fn params(&self) -> &ParamSet<B> {
+        &self.params
+    }
+    fn grads(&self) -> &ParamSet<B> {
+        &self.grads
+    }
+    fn params_and_grads(&mut self) -> (&mut ParamSet<B>, &mut ParamSet<B>) {
+        (&mut self.params, &mut self.grads)
+    }
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+    fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        check_batch("rating.forward", b, self.max_batch)?;
+        let p = &self.params;
+        self.acts.forward(be, p, users, items, b)?; // wᵀ·MLP([P[u], Q[i]]) + b      (B)
+        let (n_users, n_items) = (self.acts.mlp.emb.users, self.acts.mlp.emb.items);
+        be.fill(&mut self.out, b, B::T::ZERO)?;
+        be.add_assign(&mut self.out, &self.acts.head.logits, b)?; // r̂ = that
+        be.embedding_forward(p.buf(self.user_bias), n_users, 1, users, b, &mut self.bias_rows)?;
+        be.add_assign(&mut self.out, &self.bias_rows, b)?; // + b_u[u]
+        be.embedding_forward(p.buf(self.item_bias), n_items, 1, items, b, &mut self.bias_rows)?;
+        be.add_assign(&mut self.out, &self.bias_rows, b) // + b_i[i]
+    }
+    fn logits(&self) -> &B::Buf {
+        &self.out
+    }
+    fn backward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, dout: &B::Buf, b: usize) -> Result<()> {
+        check_batch("rating.backward", b, self.max_batch)?;
+        let (n_users, n_items) = (self.acts.mlp.emb.users, self.acts.mlp.emb.items);
+        let g = &mut self.grads;
+        be.embedding_backward(dout, items, b, 1, g.buf_mut(self.item_bias), n_items)?; // db_i[i] += dr̂
+        be.embedding_backward(dout, users, b, 1, g.buf_mut(self.user_bias), n_users)?; // db_u[u] += dr̂
+        self.acts.backward(be, &self.params, &mut self.grads, users, items, dout, b) // head, tower, tables
+    }
+    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
+        self.acts.mlp.prepare_scoring(be, &self.params)
+    }
+    fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
+        self.acts.mlp.relu_pattern(be, b)
+    }
+}
+
 // ------------------------------------------------------------------------------------ any model
 
 /// One of the four models, chosen at run time. Dispatch is one `match` per call (per batch),
@@ -614,6 +717,7 @@ pub enum AnyModel<B: Backend> {
     Mlp(Mlp<B>),
     NeuMf(NeuMf<B>),
     Mf(Mf<B>),
+    Rating(Rating<B>),
 }
 
 impl<B: Backend> AnyModel<B> {
@@ -624,6 +728,7 @@ impl<B: Backend> AnyModel<B> {
             ModelKind::Mlp => AnyModel::Mlp(Mlp::new(be, cfg, max_batch, rng)?),
             ModelKind::NeuMf => AnyModel::NeuMf(NeuMf::new(be, cfg, max_batch, rng)?),
             ModelKind::Mf => AnyModel::Mf(Mf::new(be, cfg, max_batch, rng)?),
+            ModelKind::Rating => AnyModel::Rating(Rating::new(be, cfg, max_batch, rng)?),
         })
     }
 }
@@ -635,6 +740,7 @@ macro_rules! each {
             AnyModel::Mlp($m) => $e,
             AnyModel::NeuMf($m) => $e,
             AnyModel::Mf($m) => $e,
+            AnyModel::Rating($m) => $e,
         }
     };
 }

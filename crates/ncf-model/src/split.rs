@@ -96,7 +96,8 @@ pub enum LaneParts<'a, B: Backend> {
     NeuMf(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut NeuMfActs<B>),
 }
 
-/// The parts of `model` for a batch of `b` rows, or `None` for GMF and MF.
+/// The parts of `model` for a batch of `b` rows, or `None` for GMF and MF (and the rating
+/// model, whose bias tables the split does not cover: it trains by the reference step).
 pub fn lane_parts<B: Backend>(model: &mut AnyModel<B>, b: usize) -> Result<Option<LaneParts<'_, B>>> {
     Ok(match model {
         AnyModel::Mlp(m) => {
@@ -107,6 +108,6 @@ pub fn lane_parts<B: Backend>(model: &mut AnyModel<B>, b: usize) -> Result<Optio
             check_batch("neumf.lanes", b, Model::max_batch(m))?;
             Some(LaneParts::NeuMf(&m.params, &mut m.grads, &mut m.acts))
         }
-        AnyModel::Gmf(_) | AnyModel::Mf(_) => None,
+        AnyModel::Gmf(_) | AnyModel::Mf(_) | AnyModel::Rating(_) => None,
     })
 }

@@ -275,6 +275,7 @@ pub fn param_count(m: &ModelConfig) -> u128 {
         ModelKind::Mlp => rows * d + dense + head(h),
         ModelKind::NeuMf => rows * (f + d) + dense + head(m.factors + h),
         ModelKind::Mf => rows * (f + 1) + 1,
+        ModelKind::Rating => rows * (d + 1) + dense + head(h),
     }
 }
 
