@@ -44,6 +44,9 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
         }
     }
     let pool = thread_pool(cfg.threads)?;
+    if cfg.model == ncf_train::ModelChoice::Rating {
+        return pool.install(|| train_ratings(cfg, resume.is_some()));
+    }
     if resume.is_none() {
         cfg.data = cfg.data.map(|d| d.canonicalize().unwrap_or(d));
         cfg.pretrained = match (&cfg.pretrain_gmf, &cfg.pretrain_mlp) {
@@ -140,6 +143,66 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     }
     if let Some(p) = &save {
         eprintln!("{} holds epoch {} (selected) and the state to resume from", p.display(), summary.selected_epoch);
+    }
+    Ok(true)
+}
+
+/// `ncf train --model rating`: the rating model on a MovieLens ratings file (`--data` a folder
+/// with `u.data`, `ratings.dat` or `ratings.csv`), a seeded 80/10/10 random split
+/// (`--split-seed`), RMSE/MAE per epoch; `--summary-json` gets `test_rmse` and `test_mae` of
+/// the validation-selected epoch.
+fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
+    if resume || cfg.save.is_some() || cfg.plot.is_some() {
+        bail!("--model rating does not yet support --resume, --save or --plot");
+    }
+    let Some(dir) = cfg.data.clone() else {
+        bail!("--model rating needs --data: a folder with u.data, ratings.dat or ratings.csv");
+    };
+    if cfg.layers == TrainConfig::default().layers {
+        cfg.layers = ncf_train::ratings::DEFAULT_RATING_LAYERS.to_vec();
+    }
+    let t = std::time::Instant::now();
+    let files = ncf_data::MovieLensFiles::find(&dir)?;
+    // ml-latest's half stars go down to 0.5; the older sets rate 1 to 5.
+    let csv = files.ratings.extension().is_some_and(|e| e == "csv");
+    let range = if csv { (0.5, 5.0) } else { (1.0, 5.0) };
+    let raw = ncf_data::load_ratings(&files.ratings)?;
+    let data = ncf_data::Explicit::from_raw(&raw, range, &files.ratings)?;
+    let split = ncf_data::split_ratings(&data.ratings, 0.1, 0.1, ncf_data::SplitKind::Random, cfg.split_seed);
+    eprintln!(
+        "{}: {} users, {} items, {} ratings in {}..={}; split 80/10/10 (seed {}): {} train, {} validation, {} test; loaded in {:.2} s",
+        files.ratings.display(),
+        data.n_users(),
+        data.n_items(),
+        data.ratings.len(),
+        range.0,
+        range.1,
+        cfg.split_seed,
+        split.train.len(),
+        split.valid.len(),
+        split.test.len(),
+        t.elapsed().as_secs_f64()
+    );
+    eprintln!("rating model, layers {:?}, batch {}, lr {}, l2 {}", cfg.layers, cfg.batch, cfg.lr, cfg.l2);
+    let mut jsonl = String::new();
+    let out = ncf_train::ratings::train_ratings(&cfg, &split, data.n_users(), data.n_items(), range, |r| {
+        println!(
+            "epoch {:>3}  train MSE {:.4}  valid RMSE {:.4} MAE {:.4}  test RMSE {:.4} MAE {:.4}  [{:.2}s]",
+            r.epoch, r.loss, r.valid_rmse, r.valid_mae, r.test_rmse, r.test_mae, r.seconds
+        );
+        jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
+        jsonl.push('\n');
+    })?;
+    let s = &out.summary;
+    println!(
+        "selected epoch {} (best validation RMSE {:.4}): test RMSE {:.4} MAE {:.4}; {} epochs in {:.2} s",
+        s.selected_epoch, s.valid_rmse, s.test_rmse, s.test_mae, s.epochs_run, s.seconds
+    );
+    if let Some(p) = &cfg.metrics_jsonl {
+        write_atomic(p, jsonl.as_bytes(), cfg.force)?;
+    }
+    if let Some(p) = &cfg.summary_json {
+        write_atomic(p, serde_json::to_string_pretty(s)?.as_bytes(), cfg.force)?;
     }
     Ok(true)
 }

@@ -5,6 +5,7 @@
 //! synthetic MovieLens generator.
 
 pub mod error;
+pub mod explicit;
 pub mod idmap;
 pub mod interactions;
 pub mod movielens;
@@ -15,6 +16,7 @@ pub mod split;
 pub mod synth;
 
 pub use error::{DataError, Result, write_atomic};
+pub use explicit::{Explicit, Rated, RatingSplit, SplitKind, split_ratings};
 pub use idmap::IdMap;
 pub use interactions::UserItems;
 pub use movielens::{MovieLensFiles, RawRating, load_item_meta, load_movies, load_ratings, load_users};

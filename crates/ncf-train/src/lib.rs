@@ -41,6 +41,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod infer;
 pub mod plot;
+pub mod ratings;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
 pub use config::{Device, Gemm, LrScaling, Model as ModelChoice, OptimChoice, SamplerChoice, Step, TrainConfig};
@@ -128,7 +129,7 @@ pub struct Summary {
     pub config: TrainConfig,
 }
 
-fn optim_config(cfg: &TrainConfig) -> OptimConfig {
+pub(crate) fn optim_config(cfg: &TrainConfig) -> OptimConfig {
     let lr = cfg.effective_lr();
     let base = match cfg.optimizer {
         OptimChoice::Adam => OptimConfig::uniform(
@@ -149,6 +150,9 @@ fn optim_config(cfg: &TrainConfig) -> OptimConfig {
 
 fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     let bad = |name: &'static str, why: &str| Err(TrainError::Config(name, why.to_string()));
+    if cfg.model == ModelChoice::Rating {
+        return bad("model", "the rating model trains on explicit ratings: ncf_train::ratings::train_ratings");
+    }
     if cfg.batch == 0 {
         return bad("batch", "must be at least 1");
     }
