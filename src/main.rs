@@ -48,6 +48,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits it (see the function's docs).
+    ncf_cpu::simd::flush_denormals();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.cmd {

@@ -70,6 +70,30 @@ impl SimdLevel {
     }
 }
 
+/// Sets flush-to-zero and denormals-are-zero for this thread's vector unit (x86-64's MXCSR
+/// bits 15 and 6; a no-op elsewhere): results below `f32::MIN_POSITIVE` become 0, and such
+/// inputs read as 0. Threads this one creates afterwards inherit the setting (POSIX), so the
+/// `ncf` binary calls it first thing in `main`.
+///
+/// Why: weights and Adam moments of units that stop receiving gradient decay geometrically
+/// towards 0 and end up subnormal, and x86 cores take a slow path on every subnormal operand:
+/// an ML-100K rating run with L2 went from 0.15 s to 2.5–3.5 s per epoch after epoch 20. The
+/// numbers change only where a value would have been below 1.2e-38.
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: `stmxcsr` stores the 32-bit MXCSR register to the address given, which is a
+        // valid, aligned `u32` on this stack frame; it touches nothing else.
+        unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags)) };
+        csr |= (1 << 15) | (1 << 6);
+        // SAFETY: `ldmxcsr` loads MXCSR from a valid `u32`; the value is the current one with
+        // only the FTZ and DAZ bits set, both defined bits (no reserved bit is set, which would
+        // fault).
+        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags)) };
+    }
+}
+
 impl fmt::Display for SimdLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -78,6 +102,22 @@ impl fmt::Display for SimdLevel {
 
 #[cfg(test)]
 mod tests {
+    /// After [`super::flush_denormals`], a product that would be subnormal is 0, and a thread
+    /// spawned afterwards inherits the setting; a thread that never set it keeps subnormals.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn flush_denormals_flushes_here_and_in_new_threads() {
+        let tiny = || std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.25f32);
+        std::thread::spawn(move || {
+            assert!(tiny() > 0.0, "subnormals before the call");
+            super::flush_denormals();
+            assert_eq!(tiny(), 0.0, "flushed on this thread");
+            assert_eq!(std::thread::spawn(tiny).join().unwrap(), 0.0, "inherited by a new thread");
+        })
+        .join()
+        .unwrap();
+    }
+
     use super::*;
 
     /// The cached level is one the CPU has, every level below it is available and none above.
