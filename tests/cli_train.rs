@@ -333,4 +333,9 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
     let o = ncf(&["train", "--model", "rating", "--data", bad.to_str().unwrap(), "--epochs", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("u.data") && err.contains("7 is outside the declared range"), "{err}");
+
+    // A schedule on the implicit trainer is refused, not ignored.
+    let o = ncf(&["train", "--epochs", "1", "--lr-schedule", "cosine"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("lr_schedule") && err.contains("constant rate"), "{err}");
 }

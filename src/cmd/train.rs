@@ -183,12 +183,15 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
         split.test.len(),
         t.elapsed().as_secs_f64()
     );
-    eprintln!("rating model, layers {:?}, batch {}, lr {}, l2 {}", cfg.layers, cfg.batch, cfg.lr, cfg.l2);
+    eprintln!(
+        "rating model, layers {:?}, batch {}, lr {} ({:?} schedule), l2 {}",
+        cfg.layers, cfg.batch, cfg.lr, cfg.lr_schedule, cfg.l2
+    );
     let mut jsonl = String::new();
     let out = ncf_train::ratings::train_ratings(&cfg, &split, data.n_users(), data.n_items(), range, |r| {
         println!(
-            "epoch {:>3}  train MSE {:.4}  valid RMSE {:.4} MAE {:.4}  test RMSE {:.4} MAE {:.4}  [{:.2}s]",
-            r.epoch, r.loss, r.valid_rmse, r.valid_mae, r.test_rmse, r.test_mae, r.seconds
+            "epoch {:>3}  lr {:.2e}  train MSE {:.4}  valid RMSE {:.4} MAE {:.4}  test RMSE {:.4} MAE {:.4}  [{:.2}s]",
+            r.epoch, r.lr, r.loss, r.valid_rmse, r.valid_mae, r.test_rmse, r.test_mae, r.seconds
         );
         jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
         jsonl.push('\n');

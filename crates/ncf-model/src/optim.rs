@@ -132,6 +132,16 @@ impl<B: Backend> Optimizer<B> {
         })
     }
 
+    /// Sets every group's learning rate to `lr` (an LR schedule's step, between epochs).
+    pub fn set_lr(&mut self, lr: f64) {
+        for g in [&mut self.cfg.embedding, &mut self.cfg.weight, &mut self.cfg.bias] {
+            match &mut g.rule {
+                OptimKind::Adam(hp) => hp.lr = lr,
+                OptimKind::Sgd(hp) => hp.lr = lr,
+            }
+        }
+    }
+
     /// The moment buffers of every tensor (SGD's momentum or Adam's `m`; Adam's `v`, empty for
     /// SGD groups), in the parameters' order, and the device's step count: for a backend's
     /// fused step, which runs the optimizer's rule inside its own kernels. Such a step

@@ -82,6 +82,82 @@ pub enum LrScaling {
     Linear,
 }
 
+/// `--lr-schedule`: see [`TrainConfig::lr_schedule`] and [`LrScheduler`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    Step,
+    Cosine,
+    Plateau,
+}
+
+/// The learning rate of each epoch under an [`LrSchedule`]. Ask [`LrScheduler::lr`] before an
+/// epoch, then tell [`LrScheduler::observe`] its validation score (lower is better).
+#[derive(Clone, Debug)]
+pub struct LrScheduler {
+    kind: LrSchedule,
+    base: f64,
+    gamma: f64,
+    step: usize,
+    plateau: usize,
+    min: f64,
+    epochs: usize,
+    current: f64,
+    best: f64,
+    bad: usize,
+}
+
+impl LrScheduler {
+    /// The schedule of `cfg` from base rate `base` (its effective `--lr`).
+    pub fn new(cfg: &TrainConfig, base: f64) -> Self {
+        LrScheduler {
+            kind: cfg.lr_schedule,
+            base,
+            gamma: cfg.lr_gamma,
+            step: cfg.lr_step.max(1),
+            plateau: cfg.lr_plateau.max(1),
+            min: cfg.lr_min,
+            epochs: cfg.epochs.max(1),
+            current: base,
+            best: f64::INFINITY,
+            bad: 0,
+        }
+    }
+
+    /// The rate for epoch `epoch` (1-based).
+    pub fn lr(&self, epoch: usize) -> f64 {
+        let e = epoch.saturating_sub(1);
+        match self.kind {
+            LrSchedule::Constant => self.base,
+            LrSchedule::Step => self.base * self.gamma.powi((e / self.step) as i32),
+            LrSchedule::Cosine if self.epochs <= 1 => self.base,
+            LrSchedule::Cosine => {
+                let x = e as f64 / (self.epochs - 1) as f64;
+                self.min + (self.base - self.min) * (1.0 + (std::f64::consts::PI * x).cos()) / 2.0
+            }
+            LrSchedule::Plateau => self.current,
+        }
+    }
+
+    /// Records an epoch's validation score (lower is better; at least 1e-4 better than the
+    /// best so far counts as better): after `--lr-plateau` epochs in a row without one, the
+    /// plateau schedule's rate is cut by `--lr-gamma`.
+    pub fn observe(&mut self, score: f64) {
+        if score < self.best - 1e-4 {
+            self.best = score;
+            self.bad = 0;
+        } else {
+            self.bad += 1;
+            if self.bad >= self.plateau {
+                self.current *= self.gamma;
+                self.bad = 0;
+            }
+        }
+    }
+}
+
 impl TrainConfig {
     /// The learning rate this run uses: `--lr`, scaled from `--lr-base-batch` to `--batch` by
     /// `--lr-scaling`.
@@ -230,6 +306,29 @@ pub struct TrainConfig {
     #[arg(long, conflicts_with = "resume", default_value_t = 256, help_heading = TRAINING)]
     #[serde(alias = "lr-base-batch")]
     pub lr_base_batch: usize,
+    /// How the learning rate changes from epoch to epoch (the rating model; the implicit
+    /// trainer runs constant only): constant; step (× --lr-gamma every --lr-step epochs);
+    /// cosine (from --lr down to --lr-min over --epochs); plateau (× --lr-gamma after
+    /// --lr-plateau epochs without a better validation score).
+    #[arg(long, conflicts_with = "resume", value_enum, default_value_t = LrSchedule::Constant, help_heading = TRAINING)]
+    #[serde(alias = "lr-schedule")]
+    pub lr_schedule: LrSchedule,
+    /// --lr-schedule step: epochs between cuts.
+    #[arg(long, conflicts_with = "resume", default_value_t = 10, help_heading = TRAINING)]
+    #[serde(alias = "lr-step")]
+    pub lr_step: usize,
+    /// --lr-schedule step and plateau: the factor of each cut.
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.5, help_heading = TRAINING)]
+    #[serde(alias = "lr-gamma")]
+    pub lr_gamma: f64,
+    /// --lr-schedule plateau: epochs without a better validation score before a cut.
+    #[arg(long, conflicts_with = "resume", default_value_t = 2, help_heading = TRAINING)]
+    #[serde(alias = "lr-plateau")]
+    pub lr_plateau: usize,
+    /// --lr-schedule cosine: the rate of the last epoch.
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.0, help_heading = TRAINING)]
+    #[serde(alias = "lr-min")]
+    pub lr_min: f64,
     #[arg(long, conflicts_with = "resume", value_enum, default_value_t = OptimChoice::Adam, help_heading = TRAINING)]
     pub optimizer: OptimChoice,
     /// Adam's β₁ (MLPerf's large-batch NCF recipe: 0.25 at batch 1,048,576 with lr 0.0045).
@@ -514,5 +613,42 @@ mod tests {
         assert!(e.contains("bad.toml:3: field `lr`: invalid type: string \"fast\""), "{e}");
         let e = err("model = \"resnet\"\n");
         assert!(e.contains("bad.toml:1: field `model`: unknown variant `resnet`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    fn sched(kind: LrSchedule) -> LrScheduler {
+        let cfg = TrainConfig {
+            lr_schedule: kind,
+            lr_step: 3,
+            lr_gamma: 0.5,
+            lr_plateau: 2,
+            lr_min: 0.1,
+            epochs: 5,
+            ..TrainConfig::default()
+        };
+        LrScheduler::new(&cfg, 1.0)
+    }
+
+    #[test]
+    fn each_schedule_gives_its_rates() {
+        let rates = |s: &LrScheduler| (1..=7).map(|e| s.lr(e)).collect::<Vec<_>>();
+        assert_eq!(rates(&sched(LrSchedule::Constant)), [1.0; 7]);
+        assert_eq!(rates(&sched(LrSchedule::Step)), [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]);
+        let c = sched(LrSchedule::Cosine);
+        assert_eq!((c.lr(1), c.lr(5)), (1.0, 0.1));
+        assert!((c.lr(3) - 0.55).abs() < 1e-12, "{}", c.lr(3)); // halfway: (1 + 0.1) / 2
+        // Plateau: better, better, worse, worse (cut), worse, worse (cut), better.
+        let mut p = sched(LrSchedule::Plateau);
+        let mut seen = Vec::new();
+        for (e, score) in [0.9, 0.8, 0.85, 0.8, 0.81, 0.82, 0.5].into_iter().enumerate() {
+            seen.push(p.lr(e + 1));
+            p.observe(score);
+        }
+        assert_eq!(seen, [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25]);
+        assert_eq!(p.lr(8), 0.25);
     }
 }

@@ -44,7 +44,10 @@ pub mod plot;
 pub mod ratings;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
-pub use config::{Device, Gemm, LrScaling, Model as ModelChoice, OptimChoice, SamplerChoice, Step, TrainConfig};
+pub use config::{
+    Device, Gemm, LrScaling, LrSchedule, LrScheduler, Model as ModelChoice, OptimChoice, SamplerChoice, Step,
+    TrainConfig,
+};
 
 /// A split made ready for training: the validation holdout taken out of the training set, and
 /// the ranking cases of validation and test.
@@ -152,6 +155,9 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     let bad = |name: &'static str, why: &str| Err(TrainError::Config(name, why.to_string()));
     if cfg.model == ModelChoice::Rating {
         return bad("model", "the rating model trains on explicit ratings: ncf_train::ratings::train_ratings");
+    }
+    if cfg.lr_schedule != LrSchedule::Constant {
+        return bad("lr_schedule", "the implicit trainer runs a constant rate so far (schedules: --model rating)");
     }
     if cfg.batch == 0 {
         return bad("batch", "must be at least 1");

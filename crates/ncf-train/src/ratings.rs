@@ -22,6 +22,8 @@ pub const DEFAULT_RATING_LAYERS: [usize; 3] = [128, 64, 32];
 #[derive(Clone, Debug, Serialize)]
 pub struct RatingEpoch {
     pub epoch: usize,
+    /// The learning rate the epoch ran at.
+    pub lr: f64,
     pub loss: f64,
     pub valid_rmse: f64,
     pub valid_mae: f64,
@@ -108,12 +110,15 @@ pub fn train_ratings(
     let mut batch = Batch::with_capacity(&be, rows)?;
     let mut scratch = StepScratch::new(&be, rows)?;
     let mut order: Vec<usize> = (0..split.train.len()).collect();
+    let mut schedule = crate::LrScheduler::new(cfg, cfg.effective_lr());
     let mut epochs: Vec<RatingEpoch> = Vec::new();
     // (epoch, its validation RMSE, its weights) of the best epoch so far.
     let mut best: Option<(usize, f64, Vec<HostTensor>)> = None;
     let (mut u, mut i, mut y) = (Vec::new(), Vec::new(), Vec::new());
     for epoch in 1..=cfg.epochs {
         let t = std::time::Instant::now();
+        let lr = schedule.lr(epoch);
+        opt.set_lr(lr);
         order.shuffle(&mut ncf_core::rng::seeded(cfg.seed, 1000 + epoch as u64));
         let mut steps = 0usize;
         for chunk in order.chunks(cfg.batch) {
@@ -138,8 +143,17 @@ pub fn train_ratings(
         let loss = scratch.take_loss(&be)? / steps as f64;
         let (valid_rmse, valid_mae) = evaluate(&be, &mut model, &split.valid, range, &mut batch)?;
         let (test_rmse, test_mae) = evaluate(&be, &mut model, &split.test, range, &mut batch)?;
-        let report =
-            RatingEpoch { epoch, loss, valid_rmse, valid_mae, test_rmse, test_mae, seconds: t.elapsed().as_secs_f64() };
+        schedule.observe(valid_rmse);
+        let report = RatingEpoch {
+            epoch,
+            lr,
+            loss,
+            valid_rmse,
+            valid_mae,
+            test_rmse,
+            test_mae,
+            seconds: t.elapsed().as_secs_f64(),
+        };
         on_epoch(&report);
         epochs.push(report);
         // No validation set: the last epoch is kept.
