@@ -334,6 +334,25 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("u.data") && err.contains("7 is outside the declared range"), "{err}");
 
+    // The per-user split cuts each user's ratings: other counts, every user tested.
+    let summary = d.path().join("per-user.json");
+    let o = ncf(&[
+        "train",
+        "--model",
+        "rating",
+        "--data",
+        ml100k.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--rating-split",
+        "per-user",
+        "--summary-json",
+        summary.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    assert_eq!((v["train_ratings"].as_u64(), v["test_ratings"].as_u64()), (Some(79_926), Some(10_037)), "{v}");
+
     // A schedule on the implicit trainer is refused, not ignored.
     let o = ncf(&["train", "--epochs", "1", "--lr-schedule", "cosine"]);
     let err = String::from_utf8_lossy(&o.stderr);

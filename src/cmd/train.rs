@@ -168,15 +168,16 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
     let range = if csv { (0.5, 5.0) } else { (1.0, 5.0) };
     let raw = ncf_data::load_ratings(&files.ratings)?;
     let data = ncf_data::Explicit::from_raw(&raw, range, &files.ratings)?;
-    let split = ncf_data::split_ratings(&data.ratings, 0.1, 0.1, ncf_data::SplitKind::Random, cfg.split_seed);
+    let split = ncf_data::split_ratings(&data.ratings, 0.1, 0.1, cfg.rating_split.into(), cfg.split_seed);
     eprintln!(
-        "{}: {} users, {} items, {} ratings in {}..={}; split 80/10/10 (seed {}): {} train, {} validation, {} test; loaded in {:.2} s",
+        "{}: {} users, {} items, {} ratings in {}..={}; {:?} split 80/10/10 (seed {}): {} train, {} validation, {} test; loaded in {:.2} s",
         files.ratings.display(),
         data.n_users(),
         data.n_items(),
         data.ratings.len(),
         range.0,
         range.1,
+        cfg.rating_split,
         cfg.split_seed,
         split.train.len(),
         split.valid.len(),

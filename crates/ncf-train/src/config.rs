@@ -82,6 +82,24 @@ pub enum LrScaling {
     Linear,
 }
 
+/// `--rating-split`: see [`TrainConfig::rating_split`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RatingSplit {
+    #[default]
+    Random,
+    PerUser,
+}
+
+impl From<RatingSplit> for ncf_data::SplitKind {
+    fn from(s: RatingSplit) -> Self {
+        match s {
+            RatingSplit::Random => ncf_data::SplitKind::Random,
+            RatingSplit::PerUser => ncf_data::SplitKind::PerUser,
+        }
+    }
+}
+
 /// `--lr-schedule`: see [`TrainConfig::lr_schedule`] and [`LrScheduler`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -264,6 +282,11 @@ pub struct TrainConfig {
     #[arg(long, conflicts_with = "resume", default_value_t = 42, help_heading = DATA)]
     #[serde(alias = "split-seed")]
     pub split_seed: u64,
+    /// The rating model's 80/10/10 split: random (one shuffle of all ratings) or per-user
+    /// (each user's ratings shuffled and cut, so every user is in all three parts).
+    #[arg(long, conflicts_with = "resume", value_enum, default_value_t = RatingSplit::Random, help_heading = DATA)]
+    #[serde(alias = "rating-split")]
+    pub rating_split: RatingSplit,
     /// MovieLens sources: sampled test negatives per user: 99 (the paper's protocol) or 999
     /// (MLPerf's). NCF split folders bring their own.
     #[arg(long, conflicts_with = "resume", default_value_t = 99, help_heading = DATA)]
