@@ -353,6 +353,21 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
     assert_eq!((v["train_ratings"].as_u64(), v["test_ratings"].as_u64()), (Some(79_926), Some(10_037)), "{v}");
 
+    // Decoupled weight decay and an L2 penalty exclude each other.
+    let o = ncf(&[
+        "train",
+        "--model",
+        "rating",
+        "--data",
+        ml100k.to_str().unwrap(),
+        "--l2",
+        "0.001",
+        "--weight-decay",
+        "0.1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--weight-decay") && err.contains("--l2"), "{err}");
+
     // A schedule on the implicit trainer is refused, not ignored.
     let o = ncf(&["train", "--epochs", "1", "--lr-schedule", "cosine"]);
     let err = String::from_utf8_lossy(&o.stderr);

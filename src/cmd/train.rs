@@ -185,8 +185,8 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
         t.elapsed().as_secs_f64()
     );
     eprintln!(
-        "rating model, layers {:?}, batch {}, lr {} ({:?} schedule), l2 {}",
-        cfg.layers, cfg.batch, cfg.lr, cfg.lr_schedule, cfg.l2
+        "rating model, layers {:?}, batch {}, lr {} ({:?} schedule), l2 {}, weight decay {}",
+        cfg.layers, cfg.batch, cfg.lr, cfg.lr_schedule, cfg.l2, cfg.weight_decay
     );
     let mut jsonl = String::new();
     let out = ncf_train::ratings::train_ratings(&cfg, &split, data.n_users(), data.n_items(), range, |r| {

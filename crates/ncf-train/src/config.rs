@@ -366,6 +366,11 @@ pub struct TrainConfig {
     /// L2 penalty on embeddings and weights (the paper's regularization), 0 = none.
     #[arg(long, conflicts_with = "resume", default_value_t = 0.0, help_heading = TRAINING)]
     pub l2: f64,
+    /// Decoupled weight decay (AdamW: `w ← w − lr·λ·w` beside the Adam step, not through the
+    /// gradient) on embeddings and weights, 0 = none. Excludes --l2.
+    #[arg(long, conflicts_with_all = ["resume", "l2"], default_value_t = 0.0, help_heading = TRAINING)]
+    #[serde(alias = "weight-decay")]
+    pub weight_decay: f64,
     /// Epochs to train; with --resume, the total to reach (default: the checkpoint's).
     #[arg(long, default_value_t = 20, help_heading = TRAINING)]
     pub epochs: usize,

@@ -132,6 +132,21 @@ pub struct Summary {
     pub config: TrainConfig,
 }
 
+/// `--l2` and `--weight-decay`: non-negative, and not both.
+pub(crate) fn check_decay(cfg: &TrainConfig) -> Result<()> {
+    let bad = |name: &'static str, why: &str| Err(TrainError::Config(name, why.to_string()));
+    if !(cfg.l2 >= 0.0 && cfg.l2.is_finite()) {
+        return bad("l2", "must be a non-negative number");
+    }
+    if !(cfg.weight_decay >= 0.0 && cfg.weight_decay.is_finite()) {
+        return bad("weight_decay", "must be a non-negative number");
+    }
+    if cfg.l2 > 0.0 && cfg.weight_decay > 0.0 {
+        return bad("weight_decay", "and --l2 exclude each other (decoupled decay or an L2 penalty, not both)");
+    }
+    Ok(())
+}
+
 pub(crate) fn optim_config(cfg: &TrainConfig) -> OptimConfig {
     let lr = cfg.effective_lr();
     let base = match cfg.optimizer {
@@ -148,6 +163,10 @@ pub(crate) fn optim_config(cfg: &TrainConfig) -> OptimConfig {
     if cfg.l2 > 0.0 {
         o = o.with_decay(Group::Embedding, Decay::L2(cfg.l2)).with_decay(Group::Weight, Decay::L2(cfg.l2));
     }
+    if cfg.weight_decay > 0.0 {
+        let d = Decay::Decoupled(cfg.weight_decay);
+        o = o.with_decay(Group::Embedding, d).with_decay(Group::Weight, d);
+    }
     o
 }
 
@@ -156,6 +175,7 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if cfg.model == ModelChoice::Rating {
         return bad("model", "the rating model trains on explicit ratings: ncf_train::ratings::train_ratings");
     }
+    check_decay(cfg)?;
     if cfg.lr_schedule != LrSchedule::Constant {
         return bad("lr_schedule", "the implicit trainer runs a constant rate so far (schedules: --model rating)");
     }

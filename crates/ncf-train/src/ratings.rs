@@ -97,6 +97,7 @@ pub fn train_ratings(
     if cfg.batch == 0 || cfg.epochs == 0 {
         return Err(TrainError::Config("batch/epochs", "must be at least 1".into()));
     }
+    crate::check_decay(cfg)?;
     let start = std::time::Instant::now();
     let be = CpuBackend::<f32>::new(cfg.gemm.into());
     let mut mcfg = ModelConfig::new(ModelKind::Rating, n_users, n_items);
