@@ -348,10 +348,25 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
         "per-user",
         "--summary-json",
         summary.to_str().unwrap(),
+        "--plot",
+        d.path().join("curves.svg").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
     assert_eq!((v["train_ratings"].as_u64(), v["test_ratings"].as_u64()), (Some(79_926), Some(10_037)), "{v}");
+    // The residual report: every test rating in one true-rating bucket and one activity
+    // bucket, and the buckets' squared errors add up to the test RMSE.
+    for side in ["by_rating", "by_activity"] {
+        let b = v["residuals"][side].as_array().unwrap_or_else(|| panic!("no residuals.{side}: {v}"));
+        let n: u64 = b.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(n, 10_037, "{side}");
+        let se: f64 = b.iter().map(|b| b["count"].as_f64().unwrap() * b["rmse"].as_f64().unwrap().powi(2)).sum();
+        let rmse = (se / n as f64).sqrt();
+        assert!((rmse - v["test_rmse"].as_f64().unwrap()).abs() < 1e-9, "{side}: {rmse} vs {}", v["test_rmse"]);
+    }
+    assert_eq!(v["residuals"]["by_rating"].as_array().unwrap().len(), 5);
+    let svg = std::fs::read_to_string(d.path().join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("RMSE") && svg.contains("test residuals by true rating"));
 
     // Decoupled weight decay and an L2 penalty exclude each other.
     let o = ncf(&[

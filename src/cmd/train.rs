@@ -152,8 +152,8 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
 /// (`--split-seed`), RMSE/MAE per epoch; `--summary-json` gets `test_rmse` and `test_mae` of
 /// the validation-selected epoch.
 fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
-    if resume || cfg.save.is_some() || cfg.plot.is_some() {
-        bail!("--model rating does not yet support --resume, --save or --plot");
+    if resume || cfg.save.is_some() {
+        bail!("--model rating does not yet support --resume or --save");
     }
     let Some(dir) = cfg.data.clone() else {
         bail!("--model rating needs --data: a folder with u.data, ratings.dat or ratings.csv");
@@ -205,8 +205,23 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
     if let Some(p) = &cfg.metrics_jsonl {
         write_atomic(p, jsonl.as_bytes(), cfg.force)?;
     }
+    let res = &out.residuals;
+    for (what, buckets) in [("true rating", &res.by_rating), ("user's training ratings", &res.by_activity)] {
+        println!("test errors by {what}:");
+        for b in buckets.iter() {
+            println!(
+                "  {:>8}  {:>6} ratings  mean error {:+.4}  RMSE {:.4}  MAE {:.4}",
+                b.label, b.count, b.mean_error, b.rmse, b.mae
+            );
+        }
+    }
     if let Some(p) = &cfg.summary_json {
-        write_atomic(p, serde_json::to_string_pretty(s)?.as_bytes(), cfg.force)?;
+        let mut v = serde_json::to_value(s)?;
+        v["residuals"] = serde_json::to_value(res)?;
+        write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes(), cfg.force)?;
+    }
+    if let Some(p) = &cfg.plot {
+        write_atomic(p, ncf_train::plot::rating_curves_svg(&out.epochs, res).as_bytes(), cfg.force)?;
     }
     Ok(true)
 }

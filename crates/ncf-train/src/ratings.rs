@@ -48,8 +48,74 @@ pub struct RatingSummary {
     pub seconds: f64,
 }
 
+/// Test errors in one group: how many ratings, the mean of prediction − truth, RMSE and MAE.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bucket {
+    pub label: String,
+    pub count: usize,
+    pub mean_error: f64,
+    pub rmse: f64,
+    pub mae: f64,
+}
+
+/// The selected epoch's test errors by true rating and by the user's number of training
+/// ratings (activity).
+#[derive(Clone, Debug, Serialize)]
+pub struct Residuals {
+    pub by_rating: Vec<Bucket>,
+    pub by_activity: Vec<Bucket>,
+}
+
+/// User activity buckets: training ratings per user, lower bounds.
+pub const ACTIVITY_BUCKETS: [usize; 5] = [0, 20, 50, 100, 200];
+
+fn bucket(label: String, errs: &[f64]) -> Bucket {
+    let n = errs.len().max(1) as f64;
+    Bucket {
+        label,
+        count: errs.len(),
+        mean_error: errs.iter().sum::<f64>() / n,
+        rmse: (errs.iter().map(|e| e * e).sum::<f64>() / n).sqrt(),
+        mae: errs.iter().map(|e| e.abs()).sum::<f64>() / n,
+    }
+}
+
+/// Groups the errors `pred − truth` of `rows` (`errs[k]` for `rows[k]`).
+fn residuals(rows: &[Rated], errs: &[f64], train: &[Rated], n_users: usize) -> Residuals {
+    let mut activity = vec![0usize; n_users];
+    train.iter().for_each(|r| activity[r.user as usize] += 1);
+    let mut ratings: Vec<f32> = rows.iter().map(|r| r.rating).collect();
+    ratings.sort_by(f32::total_cmp);
+    ratings.dedup();
+    let by_rating = ratings
+        .iter()
+        .map(|&v| {
+            let e: Vec<f64> = rows.iter().zip(errs).filter(|(r, _)| r.rating == v).map(|(_, &e)| e).collect();
+            bucket(format!("{v}"), &e)
+        })
+        .collect();
+    let by_activity = ACTIVITY_BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(k, &lo)| {
+            let hi = ACTIVITY_BUCKETS.get(k + 1).copied().unwrap_or(usize::MAX);
+            let e: Vec<f64> = rows
+                .iter()
+                .zip(errs)
+                .filter(|(r, _)| (lo..hi).contains(&activity[r.user as usize]))
+                .map(|(_, &e)| e)
+                .collect();
+            let label = if hi == usize::MAX { format!("{lo}+") } else { format!("{lo}-{}", hi - 1) };
+            bucket(label, &e)
+        })
+        .collect();
+    Residuals { by_rating, by_activity }
+}
+
 pub struct RatingOutcome {
     pub summary: RatingSummary,
+    /// The selected epoch's test errors, grouped.
+    pub residuals: Residuals,
     pub epochs: Vec<RatingEpoch>,
     /// The selected epoch's weights.
     pub weights: Vec<HostTensor>,
@@ -63,7 +129,20 @@ fn evaluate<B: Backend>(
     range: (f32, f32),
     batch: &mut Batch<B>,
 ) -> Result<(f64, f64)> {
-    let (mut se, mut ae) = (0f64, 0f64);
+    let errs = errors(be, model, rows, range, batch)?;
+    let n = errs.len().max(1) as f64;
+    Ok(((errs.iter().map(|e| e * e).sum::<f64>() / n).sqrt(), errs.iter().map(|e| e.abs()).sum::<f64>() / n))
+}
+
+/// Each row's prediction (clamped to `range`) minus its rating.
+fn errors<B: Backend>(
+    be: &B,
+    model: &mut Rating<B>,
+    rows: &[Rated],
+    range: (f32, f32),
+    batch: &mut Batch<B>,
+) -> Result<Vec<f64>> {
+    let mut errs = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(model.max_batch()) {
         let (u, i): (Vec<u32>, Vec<u32>) = chunk.iter().map(|r| (r.user, r.item)).unzip();
         let y: Vec<B::T> = chunk.iter().map(|r| B::T::from_f64(r.rating as f64)).collect();
@@ -71,13 +150,10 @@ fn evaluate<B: Backend>(
         model.forward(be, &batch.users, &batch.items, chunk.len())?;
         let pred = be.download(model.logits())?;
         for (p, r) in pred.iter().zip(chunk) {
-            let e = (p.to_f64().clamp(range.0 as f64, range.1 as f64)) - r.rating as f64;
-            se += e * e;
-            ae += e.abs();
+            errs.push(p.to_f64().clamp(range.0 as f64, range.1 as f64) - r.rating as f64);
         }
     }
-    let n = rows.len().max(1) as f64;
-    Ok(((se / n).sqrt(), ae / n))
+    Ok(errs)
 }
 
 /// Trains the rating model on `split` (dense ids below `n_users`, `n_items`) with `cfg`'s
@@ -168,6 +244,11 @@ pub fn train_ratings(
         }
     }
     let (selected, _, weights) = best.expect("at least one epoch ran");
+    for t in &weights {
+        model.params.load(&be, &t.name, &t.data)?;
+    }
+    let errs = errors(&be, &mut model, &split.test, range, &mut batch)?;
+    let residuals = residuals(&split.test, &errs, &split.train, n_users);
     let e = &epochs[selected - 1];
     let summary = RatingSummary {
         model: "rating".into(),
@@ -182,5 +263,5 @@ pub fn train_ratings(
         test_mae: e.test_mae,
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok(RatingOutcome { summary, epochs, weights })
+    Ok(RatingOutcome { summary, residuals, epochs, weights })
 }
