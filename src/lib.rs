@@ -221,14 +221,12 @@ impl Recommender<u64, u64> {
     pub fn open(path: &Path) -> Result<Self> {
         let ckpt = Checkpoint::load(path)?;
         if ckpt.metadata.contains_key("recommender_users") {
-            return Self::load(path);
+            return Self::from_saved(ckpt, path);
         }
         let scorer = Scorer::from_checkpoint(&ckpt, path, None)?;
         let users: Vec<u64> = (0..scorer.n_users as u32).map(|u| scorer.raw_user(u)).collect();
         let items: Vec<u64> = (0..scorer.n_items as u32).map(|i| scorer.raw_item(i)).collect();
-        let user_index = users.iter().enumerate().map(|(k, &u)| (u, k as u32)).collect();
-        let item_index = items.iter().enumerate().map(|(k, &i)| (i, k as u32)).collect();
-        Ok(Recommender { scorer, item_vectors: Default::default(), ckpt, users, items, user_index, item_index })
+        Ok(Self::with_scorer(scorer, ckpt, users, items))
     }
 }
 
@@ -259,9 +257,13 @@ impl Recommender<String, String> {
 impl<U: Hash + Eq + Clone, I: Hash + Eq + Clone> Recommender<U, I> {
     fn from_parts(ckpt: Checkpoint, users: Vec<U>, items: Vec<I>) -> Result<Self> {
         let scorer = Scorer::from_checkpoint(&ckpt, Path::new("(fitted model)"), None)?;
+        Ok(Self::with_scorer(scorer, ckpt, users, items))
+    }
+
+    fn with_scorer(scorer: Scorer, ckpt: Checkpoint, users: Vec<U>, items: Vec<I>) -> Self {
         let user_index = users.iter().enumerate().map(|(k, u)| (u.clone(), k as u32)).collect();
         let item_index = items.iter().enumerate().map(|(k, i)| (i.clone(), k as u32)).collect();
-        Ok(Recommender { scorer, item_vectors: Default::default(), ckpt, users, items, user_index, item_index })
+        Recommender { scorer, item_vectors: Default::default(), ckpt, users, items, user_index, item_index }
     }
 
     fn user_of(&self, u: &U) -> Result<u32> {
@@ -433,7 +435,11 @@ where
 
     /// Reads a checkpoint written by [`Recommender::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let ckpt = Checkpoint::load(path)?;
+        Self::from_saved(Checkpoint::load(path)?, path)
+    }
+
+    /// [`Recommender::load`] of a checkpoint already read from `path`.
+    fn from_saved(ckpt: Checkpoint, path: &Path) -> Result<Self> {
         let get = |key: &str| {
             ckpt.metadata.get(key).ok_or_else(|| {
                 RecError::Invalid(format!(
