@@ -383,6 +383,11 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--weight-decay") && err.contains("--l2"), "{err}");
 
+    // The rating trainer runs on the CPU only: asking for a GPU is refused, not ignored.
+    let o = ncf(&["train", "--model", "rating", "--data", ml100k.to_str().unwrap(), "--device", "cuda"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("CPU only"), "{err}");
+
     // A schedule on the implicit trainer is refused, not ignored.
     let o = ncf(&["train", "--epochs", "1", "--lr-schedule", "cosine"]);
     let err = String::from_utf8_lossy(&o.stderr);

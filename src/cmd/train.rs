@@ -36,6 +36,9 @@ fn settings(a: &TrainArgs, matches: &ArgMatches) -> Result<(TrainConfig, Option<
 
 pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     let (mut cfg, resume) = settings(&a, matches)?;
+    if cfg.model == ncf_train::ModelChoice::Rating && cfg.device != ncf_train::Device::Cpu {
+        bail!("--model rating trains on the CPU only so far (--device cpu)");
+    }
     check_device(cfg.device)?;
     let save = cfg.save.clone().or_else(|| cfg.resume.clone());
     for p in [&cfg.metrics_jsonl, &cfg.summary_json, &save, &cfg.plot].into_iter().flatten() {
