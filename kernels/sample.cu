@@ -4,13 +4,6 @@
 // and row r is positive r / (1+neg) or one of its user's negatives, drawn by rejection against
 // the user's sorted known items. Nothing is stored per epoch: the tables are uploaded once.
 
-__device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
-    unsigned long long z = x + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 // The smallest h with 4^h >= n (n >= 1).
 __device__ __forceinline__ unsigned half_bits(unsigned long long n) {
     unsigned bits = n <= 1ull ? 0u : 64u - (unsigned)__clzll((long long)(n - 1ull));

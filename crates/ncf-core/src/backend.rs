@@ -160,6 +160,68 @@ pub trait Backend: Sync {
         dpred: &mut Self::Buf,
     ) -> Result<()>;
 
+    // ---------------------------------------------------------------- regularization / normalization
+
+    /// Inverted dropout over `n` elements, keyed by `seed`:
+    /// `out[k] = inp[k] · keep(seed, k) / (1 − p)`, `keep = 1[dropout_bits(seed, k) ≥
+    /// dropout_threshold(p)]` (`ncf_core::rng`). The mask is a function of `(seed, k)` alone, so
+    /// the backward is the same call on the gradient: `dinp = dropout(dout)` with the same seed.
+    /// `p ∈ [0, 1)`; `p = 0` copies.
+    fn dropout(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize, p: f64, seed: u64) -> Result<()>;
+
+    /// Batch normalization in training mode, per column `j` of `x (B,H)`:
+    /// `μ = (1/B) Σ_b x`, `σ² = (1/B) Σ_b (x − μ)²`, `inv = 1/√(σ² + eps)`,
+    /// `xhat = (x − μ)·inv`, `y = γ·xhat + β`. Writes `y, xhat (B,H)` and `inv (H)`, and moves
+    /// the running statistics: `rmean = (1−m)·rmean + m·μ`, `rvar = (1−m)·rvar + m·σ²·B/(B−1)`
+    /// (the unbiased variance; `σ²` when `B = 1`). `gamma, beta, inv, rmean, rvar (H)`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_train(
+        &self,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        b: usize,
+        h: usize,
+        eps: f64,
+        momentum: f64,
+        y: &mut Self::Buf,
+        xhat: &mut Self::Buf,
+        inv: &mut Self::Buf,
+        running: (&mut Self::Buf, &mut Self::Buf),
+    ) -> Result<()>;
+
+    /// Batch normalization in eval mode: `y = γ·(x − rmean)/√(rvar + eps) + β` per column.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_eval(
+        &self,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        rmean: &Self::Buf,
+        rvar: &Self::Buf,
+        b: usize,
+        h: usize,
+        eps: f64,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The training-mode backward, from `dy (B,H)` and the forward's `xhat`, `inv`:
+    /// `dβ += Σ_b dy`, `dγ += Σ_b dy·xhat`, and (written)
+    /// `dx = γ·inv/B · (B·dy − Σ_b dy − xhat·Σ_b dy·xhat)`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(
+        &self,
+        dy: &Self::Buf,
+        xhat: &Self::Buf,
+        gamma: &Self::Buf,
+        inv: &Self::Buf,
+        b: usize,
+        h: usize,
+        dx: &mut Self::Buf,
+        dgamma: &mut Self::Buf,
+        dbeta: &mut Self::Buf,
+    ) -> Result<()>;
+
     // ---------------------------------------------------------------- element-wise / reshaping
 
     /// GMF product. `u, v, out (B,F)`:  `out = u ⊙ v`.

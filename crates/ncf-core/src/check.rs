@@ -406,6 +406,94 @@ pub fn mse(pred: usize, target: usize, b: usize, loss: usize, dpred: usize) -> R
     nonempty(OP, b)
 }
 
+// ------------------------------------------------------------------------------------ regularization / normalization
+
+/// [`Backend::dropout`]: `inp, out (N)`, `p ∈ [0, 1)`.
+#[inline]
+pub fn dropout(inp: usize, out: usize, n: usize, p: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::invalid("dropout", "p", format!("the drop probability must be in [0, 1), got {p}")));
+    }
+    all("dropout", &[("inp", inp), ("out", out)], &[n])
+}
+
+fn bn_common(op: &'static str, b: usize, h: usize, eps: f64) -> Result<()> {
+    if b == 0 || h == 0 {
+        return Err(Error::invalid(op, "b/h", format!("batch norm needs rows and columns, got b={b} h={h}")));
+    }
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(Error::invalid(op, "eps", format!("must be a positive number, got {eps}")));
+    }
+    Ok(())
+}
+
+/// [`Backend::batchnorm_forward_train`]: `x, y, xhat (B,H)`; `gamma, beta, inv, rmean, rvar (H)`;
+/// `momentum ∈ [0, 1]`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn batchnorm_forward_train(
+    x: usize,
+    gamma: usize,
+    beta: usize,
+    b: usize,
+    h: usize,
+    eps: f64,
+    momentum: f64,
+    y: usize,
+    xhat: usize,
+    inv: usize,
+    rmean: usize,
+    rvar: usize,
+) -> Result<()> {
+    const OP: &str = "batchnorm_forward_train";
+    bn_common(OP, b, h, eps)?;
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(Error::invalid(OP, "momentum", format!("must be in [0, 1], got {momentum}")));
+    }
+    all(OP, &[("x", x), ("y", y), ("xhat", xhat)], &[b, h])?;
+    all(OP, &[("gamma", gamma), ("beta", beta), ("inv", inv), ("rmean", rmean), ("rvar", rvar)], &[h])
+}
+
+/// [`Backend::batchnorm_forward_eval`]: `x, y (B,H)`; `gamma, beta, rmean, rvar (H)`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn batchnorm_forward_eval(
+    x: usize,
+    gamma: usize,
+    beta: usize,
+    rmean: usize,
+    rvar: usize,
+    b: usize,
+    h: usize,
+    eps: f64,
+    y: usize,
+) -> Result<()> {
+    const OP: &str = "batchnorm_forward_eval";
+    bn_common(OP, b, h, eps)?;
+    all(OP, &[("x", x), ("y", y)], &[b, h])?;
+    all(OP, &[("gamma", gamma), ("beta", beta), ("rmean", rmean), ("rvar", rvar)], &[h])
+}
+
+/// [`Backend::batchnorm_backward`]: `dy, xhat, dx (B,H)`; `gamma, inv, dgamma, dbeta (H)`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn batchnorm_backward(
+    dy: usize,
+    xhat: usize,
+    gamma: usize,
+    inv: usize,
+    b: usize,
+    h: usize,
+    dx: usize,
+    dgamma: usize,
+    dbeta: usize,
+) -> Result<()> {
+    const OP: &str = "batchnorm_backward";
+    bn_common(OP, b, h, 1.0)?;
+    all(OP, &[("dy", dy), ("xhat", xhat), ("dx", dx)], &[b, h])?;
+    all(OP, &[("gamma", gamma), ("inv", inv), ("dgamma", dgamma), ("dbeta", dbeta)], &[h])
+}
+
 // ------------------------------------------------------------------------------------ element-wise
 
 /// [`Backend::gmf_forward`]: `u, v, out (N)`.

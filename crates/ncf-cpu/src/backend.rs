@@ -5,7 +5,7 @@
 //! runs, so the kernels themselves stay short.
 
 use crate::ops::gemm::{CpuFloat, GemmImpl};
-use crate::ops::{activation, elementwise, embedding, linear, loss, optim};
+use crate::ops::{activation, elementwise, embedding, linear, loss, norm, optim};
 use ncf_core::backend::{rank_among_unseen, top_k_host};
 use ncf_core::check::{self, Ids};
 use ncf_core::sample::{Csrs, EpochKeys, SampleTables, row_at};
@@ -204,6 +204,85 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         check::mse(pred.len(), target.len(), b, loss_acc.len(), dpred.len())?;
         let l = loss::mse(&pred[..b], &target[..b], &mut dpred[..b]);
         loss_acc[0] += T::from_f64(l);
+        Ok(())
+    }
+
+    fn dropout(&self, inp: &Vec<T>, out: &mut Vec<T>, n: usize, p: f64, seed: u64) -> Result<()> {
+        check::dropout(inp.len(), out.len(), n, p)?;
+        norm::dropout(&inp[..n], &mut out[..n], p, seed);
+        Ok(())
+    }
+    fn batchnorm_forward_train(
+        &self,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        b: usize,
+        h: usize,
+        eps: f64,
+        momentum: f64,
+        y: &mut Vec<T>,
+        xhat: &mut Vec<T>,
+        inv: &mut Vec<T>,
+        (rmean, rvar): (&mut Vec<T>, &mut Vec<T>),
+    ) -> Result<()> {
+        check::batchnorm_forward_train(
+            x.len(),
+            gamma.len(),
+            beta.len(),
+            b,
+            h,
+            eps,
+            momentum,
+            y.len(),
+            xhat.len(),
+            inv.len(),
+            rmean.len(),
+            rvar.len(),
+        )?;
+        norm::batchnorm_forward_train(x, gamma, beta, (b, h), eps, momentum, y, xhat, inv, (rmean, rvar));
+        Ok(())
+    }
+    fn batchnorm_forward_eval(
+        &self,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        rmean: &Vec<T>,
+        rvar: &Vec<T>,
+        b: usize,
+        h: usize,
+        eps: f64,
+        y: &mut Vec<T>,
+    ) -> Result<()> {
+        check::batchnorm_forward_eval(x.len(), gamma.len(), beta.len(), rmean.len(), rvar.len(), b, h, eps, y.len())?;
+        norm::batchnorm_forward_eval(x, gamma, beta, rmean, rvar, (b, h), eps, y);
+        Ok(())
+    }
+    fn batchnorm_backward(
+        &self,
+        dy: &Vec<T>,
+        xhat: &Vec<T>,
+        gamma: &Vec<T>,
+        inv: &Vec<T>,
+        b: usize,
+        h: usize,
+        dx: &mut Vec<T>,
+        dgamma: &mut Vec<T>,
+        dbeta: &mut Vec<T>,
+    ) -> Result<()> {
+        check::batchnorm_backward(
+            dy.len(),
+            xhat.len(),
+            gamma.len(),
+            inv.len(),
+            b,
+            h,
+            dx.len(),
+            dgamma.len(),
+            dbeta.len(),
+        )?;
+        norm::batchnorm_backward(dy, xhat, gamma, inv, (b, h), dx, dgamma, dbeta);
         Ok(())
     }
 

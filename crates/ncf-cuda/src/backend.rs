@@ -667,6 +667,76 @@ impl Backend for CudaBackend {
     fn add_assign(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize) -> Result<()> {
         self.exec("add_assign", ops::add_assign(self.m(out), self.m(x), n))
     }
+    fn dropout(&self, inp: &Self::Buf, out: &mut Self::Buf, n: usize, p: f64, seed: u64) -> Result<()> {
+        self.exec("dropout", ops::dropout(self.m(inp), self.m(out), n, p, seed))
+    }
+    fn batchnorm_forward_train(
+        &self,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        b: usize,
+        h: usize,
+        eps: f64,
+        momentum: f64,
+        y: &mut Self::Buf,
+        xhat: &mut Self::Buf,
+        inv: &mut Self::Buf,
+        (rmean, rvar): (&mut Self::Buf, &mut Self::Buf),
+    ) -> Result<()> {
+        let plan = ops::batchnorm_forward_train(
+            (self.m(x), self.m(gamma), self.m(beta)),
+            (self.m(y), self.m(xhat), self.m(inv)),
+            (self.m(rmean), self.m(rvar)),
+            b,
+            h,
+            eps,
+            momentum,
+        );
+        self.exec("batchnorm_forward_train", plan)
+    }
+    fn batchnorm_forward_eval(
+        &self,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        rmean: &Self::Buf,
+        rvar: &Self::Buf,
+        b: usize,
+        h: usize,
+        eps: f64,
+        y: &mut Self::Buf,
+    ) -> Result<()> {
+        let plan = ops::batchnorm_forward_eval(
+            (self.m(x), self.m(gamma), self.m(beta)),
+            (self.m(rmean), self.m(rvar)),
+            self.m(y),
+            b,
+            h,
+            eps,
+        );
+        self.exec("batchnorm_forward_eval", plan)
+    }
+    fn batchnorm_backward(
+        &self,
+        dy: &Self::Buf,
+        xhat: &Self::Buf,
+        gamma: &Self::Buf,
+        inv: &Self::Buf,
+        b: usize,
+        h: usize,
+        dx: &mut Self::Buf,
+        dgamma: &mut Self::Buf,
+        dbeta: &mut Self::Buf,
+    ) -> Result<()> {
+        let plan = ops::batchnorm_backward(
+            (self.m(dy), self.m(xhat), self.m(gamma), self.m(inv)),
+            (self.m(dx), self.m(dgamma), self.m(dbeta)),
+            b,
+            h,
+        );
+        self.exec("batchnorm_backward", plan)
+    }
     fn scale(&self, buf: &mut Self::Buf, n: usize, s: f32) -> Result<()> {
         self.exec("scale", ops::scale(self.m(buf), n, s))
     }

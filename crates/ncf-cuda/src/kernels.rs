@@ -11,6 +11,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("activation.cu", include_str!("../../../kernels/activation.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("eval.cu", include_str!("../../../kernels/eval.cu")),
     ("sample.cu", include_str!("../../../kernels/sample.cu")),

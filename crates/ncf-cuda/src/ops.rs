@@ -226,6 +226,57 @@ pub fn add_assign(out: Mem, x: Mem, n: usize) -> Result<Plan> {
     Ok(plan::add_assign(out.addr, x.addr, n))
 }
 
+pub fn dropout(inp: Mem, out: Mem, n: usize, p: f64, seed: u64) -> Result<Plan> {
+    check::dropout(inp.len, out.len, n, p)?;
+    Ok(plan::dropout(inp.addr, out.addr, n, p, seed))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train(
+    (x, gamma, beta): (Mem, Mem, Mem),
+    (y, xhat, inv): (Mem, Mem, Mem),
+    (rmean, rvar): (Mem, Mem),
+    b: usize,
+    h: usize,
+    eps: f64,
+    momentum: f64,
+) -> Result<Plan> {
+    check::batchnorm_forward_train(
+        x.len, gamma.len, beta.len, b, h, eps, momentum, y.len, xhat.len, inv.len, rmean.len, rvar.len,
+    )?;
+    plan::batchnorm_forward_train(
+        (x.addr, gamma.addr, beta.addr),
+        (y.addr, xhat.addr, inv.addr),
+        (rmean.addr, rvar.addr),
+        b,
+        h,
+        eps,
+        momentum,
+    )
+}
+
+pub fn batchnorm_forward_eval(
+    (x, gamma, beta): (Mem, Mem, Mem),
+    (rmean, rvar): (Mem, Mem),
+    y: Mem,
+    b: usize,
+    h: usize,
+    eps: f64,
+) -> Result<Plan> {
+    check::batchnorm_forward_eval(x.len, gamma.len, beta.len, rmean.len, rvar.len, b, h, eps, y.len)?;
+    plan::batchnorm_forward_eval((x.addr, gamma.addr, beta.addr), (rmean.addr, rvar.addr), y.addr, b, h, eps)
+}
+
+pub fn batchnorm_backward(
+    (dy, xhat, gamma, inv): (Mem, Mem, Mem, Mem),
+    (dx, dgamma, dbeta): (Mem, Mem, Mem),
+    b: usize,
+    h: usize,
+) -> Result<Plan> {
+    check::batchnorm_backward(dy.len, xhat.len, gamma.len, inv.len, b, h, dx.len, dgamma.len, dbeta.len)?;
+    plan::batchnorm_backward((dy.addr, xhat.addr, gamma.addr, inv.addr), (dx.addr, dgamma.addr, dbeta.addr), b, h)
+}
+
 pub fn scale(buf: Mem, n: usize, s: f32) -> Result<Plan> {
     check::scale(buf.len, n)?;
     Ok(plan::scale(buf.addr, n, s))

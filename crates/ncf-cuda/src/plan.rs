@@ -78,6 +78,12 @@ kernels! {
         SumInto = "sum_into",
         Fill = "fill",
     }
+    "norm.cu" => {
+        Dropout = "dropout",
+        BatchnormForwardTrain = "batchnorm_forward_train",
+        BatchnormForwardEval = "batchnorm_forward_eval",
+        BatchnormBackward = "batchnorm_backward",
+    }
     "optim.cu" => {
         SgdStep = "sgd_step",
         SgdStepRows = "sgd_step_rows",
@@ -762,6 +768,94 @@ pub fn rowdot_backward(dout: Addr, u: Addr, v: Addr, b: usize, d: usize, du: Add
     let (bi, di) = (i32_of(OP, "b", b)?, i32_of(OP, "d", d)?);
     let args = [Arg::Ptr(dout), Arg::Ptr(u), Arg::Ptr(v), Arg::Ptr(du), Arg::Ptr(dv), Arg::I32(bi), Arg::I32(di)];
     Ok(Plan::one(Launch::new(Kernel::RowdotBackward, grid(b * d), &args)))
+}
+
+// ---- Dropout and batch norm -------------------------------------------------------------
+
+/// `dropout(inp, out, n, seed, thr, scale)`, grid-stride (`thr`, `scale` from `p` as on the CPU).
+pub fn dropout(inp: Addr, out: Addr, n: usize, p: f64, seed: u64) -> Plan {
+    let thr = ncf_core::rng::dropout_threshold(p);
+    let scale = (1.0 / (1.0 - p)) as f32;
+    elementwise(Kernel::Dropout, &[inp, out], n, &[Arg::U64(seed), Arg::U32(thr), Arg::F32(scale)])
+}
+
+/// Training-mode batch norm: one thread per column (`x, y, xhat (B,H)`; the rest `(H)`).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train(
+    (x, gamma, beta): (Addr, Addr, Addr),
+    (y, xhat, inv): (Addr, Addr, Addr),
+    (rmean, rvar): (Addr, Addr),
+    b: usize,
+    h: usize,
+    eps: f64,
+    momentum: f64,
+) -> Result<Plan> {
+    const OP: &str = "batchnorm_forward_train";
+    let (bi, hi) = (i32_of(OP, "b", b)?, i32_of(OP, "h", h)?);
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(gamma),
+        Arg::Ptr(beta),
+        Arg::Ptr(y),
+        Arg::Ptr(xhat),
+        Arg::Ptr(inv),
+        Arg::Ptr(rmean),
+        Arg::Ptr(rvar),
+        Arg::I32(bi),
+        Arg::I32(hi),
+        Arg::F32(eps as f32),
+        Arg::F64(momentum),
+    ];
+    Ok(Plan::one(Launch::new(Kernel::BatchnormForwardTrain, grid(h), &args)))
+}
+
+/// Eval-mode batch norm, grid-stride over the `B·H` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_eval(
+    (x, gamma, beta): (Addr, Addr, Addr),
+    (rmean, rvar): (Addr, Addr),
+    y: Addr,
+    b: usize,
+    h: usize,
+    eps: f64,
+) -> Result<Plan> {
+    const OP: &str = "batchnorm_forward_eval";
+    let (bi, hi) = (i32_of(OP, "b", b)?, i32_of(OP, "h", h)?);
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(gamma),
+        Arg::Ptr(beta),
+        Arg::Ptr(rmean),
+        Arg::Ptr(rvar),
+        Arg::Ptr(y),
+        Arg::I32(bi),
+        Arg::I32(hi),
+        Arg::F32(eps as f32),
+    ];
+    Ok(Plan::one(Launch::new(Kernel::BatchnormForwardEval, grid(b * h), &args)))
+}
+
+/// The training-mode backward: one thread per column.
+pub fn batchnorm_backward(
+    (dy, xhat, gamma, inv): (Addr, Addr, Addr, Addr),
+    (dx, dgamma, dbeta): (Addr, Addr, Addr),
+    b: usize,
+    h: usize,
+) -> Result<Plan> {
+    const OP: &str = "batchnorm_backward";
+    let (bi, hi) = (i32_of(OP, "b", b)?, i32_of(OP, "h", h)?);
+    let args = [
+        Arg::Ptr(dy),
+        Arg::Ptr(xhat),
+        Arg::Ptr(gamma),
+        Arg::Ptr(inv),
+        Arg::Ptr(dx),
+        Arg::Ptr(dgamma),
+        Arg::Ptr(dbeta),
+        Arg::I32(bi),
+        Arg::I32(hi),
+    ];
+    Ok(Plan::one(Launch::new(Kernel::BatchnormBackward, grid(h), &args)))
 }
 
 // ---- Losses ------------------------------------------------------------------------------

@@ -69,6 +69,28 @@ fn the_cuda_ops_reject_bad_calls_with_the_cpu_backends_errors() {
         ops::linear_relu_backward(g, m(8), m(8), m(8), m(12), m(6), None, m(6), m(1), 4, 3, 2),
     );
 
+    let (xin, mut xo) = (z(10), z(10));
+    case!("dropout: p = 1", cpu.dropout(&xin, &mut xo, 10, 1.0, 7), ops::dropout(m(10), m(10), 10, 1.0, 7));
+    case!("dropout: short out", cpu.dropout(&xin, &mut z(9), 10, 0.5, 7), ops::dropout(m(10), m(9), 10, 0.5, 7));
+    let (gm, bt) = (z(5), z(5));
+    let (mut y, mut xh, mut inv, mut rm, mut rv) = (z(10), z(10), z(5), z(5), z(4));
+    case!(
+        "batchnorm_forward_train: short rvar",
+        cpu.batchnorm_forward_train(&xin, &gm, &bt, 2, 5, 1e-5, 0.1, &mut y, &mut xh, &mut inv, (&mut rm, &mut rv)),
+        ops::batchnorm_forward_train((m(10), m(5), m(5)), (m(10), m(10), m(5)), (m(5), m(4)), 2, 5, 1e-5, 0.1),
+    );
+    case!(
+        "batchnorm_forward_eval: eps 0",
+        cpu.batchnorm_forward_eval(&xin, &gm, &bt, &gm, &gm, 2, 5, 0.0, &mut y),
+        ops::batchnorm_forward_eval((m(10), m(5), m(5)), (m(5), m(5)), m(10), 2, 5, 0.0),
+    );
+    let (mut dgm, mut dbt) = (z(5), z(5));
+    case!(
+        "batchnorm_backward: empty batch",
+        cpu.batchnorm_backward(&xin, &xin, &gm, &gm, 0, 5, &mut y, &mut dgm, &mut dbt),
+        ops::batchnorm_backward((m(10), m(10), m(5), m(5)), (m(10), m(5), m(5)), 0, 5),
+    );
+
     let table = z(40);
     let bad = [1u32, 10, 2];
     let mut eo = z(12);

@@ -169,6 +169,10 @@ const CHECKS: &[(&[Kernel], Check)] = &[
     (&[Kernel::SigmoidForward], sigmoid_forward),
     (&[Kernel::BceWithLogits], bce_with_logits),
     (&[Kernel::Mse], mse),
+    (&[Kernel::Dropout], dropout),
+    (&[Kernel::BatchnormForwardTrain], batchnorm_forward_train),
+    (&[Kernel::BatchnormForwardEval], batchnorm_forward_eval),
+    (&[Kernel::BatchnormBackward], batchnorm_backward),
     (&[Kernel::GmfForward], gmf_forward),
     (&[Kernel::GmfBackward], gmf_backward),
     (&[Kernel::ConcatCols], concat_cols),
@@ -704,6 +708,131 @@ fn split_cols(x: &Ctx) {
 }
 
 const ROWS: [(usize, usize); 4] = [(300, 24), (257, 70), (5, 1), (9, 32)];
+
+// ---- norm.cu -----------------------------------------------------------------------------------
+
+/// The same mask and values as the CPU (the same hash), bit for bit.
+fn dropout(x: &Ctx) {
+    for (n, p, seed) in [(5000, 0.5, 1u64), (1001, 0.1, 2), (1, 0.3, 3), (777, 0.0, 4)] {
+        let inp = rand_vec(n, 60);
+        let mut want = vec![0.0; n];
+        x.cpu.dropout(&inp, &mut want, n, p, seed).unwrap();
+        for s in GRIDS {
+            let mut out = vec![f32::NAN; n];
+            let pl = strided(Ok(plan::dropout(ad(&inp), ad(&out), n, p, seed)), s);
+            x.run(&pl, &[arg(&inp), arg(&mut out)]);
+            x.check("dropout", &format!("n={n} p={p} {}", desc(&pl)), &out, &want, EXACT);
+        }
+    }
+}
+
+/// Batch norm shapes: one row, odd widths, more columns than a strided grid's threads.
+const BN: [(usize, usize); 4] = [(300, 24), (1, 5), (257, 70), (33, 200)];
+
+fn batchnorm_forward_train(x: &Ctx) {
+    for (b, h) in BN {
+        let (inp, gamma, beta) = (rand_vec(b * h, 61), rand_vec(h, 62), rand_vec(h, 63));
+        let (rm0, rv0): (Vec<f32>, Vec<f32>) =
+            (rand_vec(h, 64), rand_vec(h, 65).iter().map(|v| v.abs() + 0.5).collect());
+        let (mut y, mut xh, mut inv) = (vec![0.0; b * h], vec![0.0; b * h], vec![0.0; h]);
+        let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
+        x.cpu
+            .batchnorm_forward_train(
+                &inp,
+                &gamma,
+                &beta,
+                b,
+                h,
+                1e-5,
+                0.1,
+                &mut y,
+                &mut xh,
+                &mut inv,
+                (&mut rm, &mut rv),
+            )
+            .unwrap();
+        for s in GRIDS {
+            let (mut gy, mut gxh, mut ginv) = (vec![f32::NAN; b * h], vec![f32::NAN; b * h], vec![f32::NAN; h]);
+            let (mut grm, mut grv) = (rm0.clone(), rv0.clone());
+            let pl = strided(
+                plan::batchnorm_forward_train(
+                    (ad(&inp), ad(&gamma), ad(&beta)),
+                    (ad(&gy), ad(&gxh), ad(&ginv)),
+                    (ad(&grm), ad(&grv)),
+                    b,
+                    h,
+                    1e-5,
+                    0.1,
+                ),
+                s,
+            );
+            x.run(
+                &pl,
+                &[
+                    arg(&inp),
+                    arg(&gamma),
+                    arg(&beta),
+                    arg(&mut gy),
+                    arg(&mut gxh),
+                    arg(&mut ginv),
+                    arg(&mut grm),
+                    arg(&mut grv),
+                ],
+            );
+            let what = |t: &str| format!("{t} b={b} h={h} {}", desc(&pl));
+            x.check("batchnorm_forward_train", &what("y"), &gy, &y, TOL);
+            x.check("batchnorm_forward_train", &what("xhat"), &gxh, &xh, TOL);
+            x.check("batchnorm_forward_train", &what("inv"), &ginv, &inv, TOL);
+            x.check("batchnorm_forward_train", &what("rmean"), &grm, &rm, TOL);
+            x.check("batchnorm_forward_train", &what("rvar"), &grv, &rv, TOL);
+        }
+    }
+}
+
+fn batchnorm_forward_eval(x: &Ctx) {
+    for (b, h) in BN {
+        let (inp, gamma, beta, rm) = (rand_vec(b * h, 66), rand_vec(h, 67), rand_vec(h, 68), rand_vec(h, 69));
+        let rv: Vec<f32> = rand_vec(h, 70).iter().map(|v| v.abs() + 0.5).collect();
+        let mut want = vec![0.0; b * h];
+        x.cpu.batchnorm_forward_eval(&inp, &gamma, &beta, &rm, &rv, b, h, 1e-5, &mut want).unwrap();
+        for s in GRIDS {
+            let mut y = vec![f32::NAN; b * h];
+            let pl = strided(
+                plan::batchnorm_forward_eval((ad(&inp), ad(&gamma), ad(&beta)), (ad(&rm), ad(&rv)), ad(&y), b, h, 1e-5),
+                s,
+            );
+            x.run(&pl, &[arg(&inp), arg(&gamma), arg(&beta), arg(&rm), arg(&rv), arg(&mut y)]);
+            x.check("batchnorm_forward_eval", &format!("b={b} h={h} {}", desc(&pl)), &y, &want, TOL);
+        }
+    }
+}
+
+fn batchnorm_backward(x: &Ctx) {
+    for (b, h) in BN {
+        let (dy, xh, gamma) = (rand_vec(b * h, 71), rand_vec(b * h, 72), rand_vec(h, 73));
+        let inv: Vec<f32> = rand_vec(h, 74).iter().map(|v| v.abs() + 0.5).collect();
+        let (dg0, db0) = (rand_vec(h, 75), rand_vec(h, 76));
+        let (mut dx, mut dg, mut db) = (vec![0.0; b * h], dg0.clone(), db0.clone());
+        x.cpu.batchnorm_backward(&dy, &xh, &gamma, &inv, b, h, &mut dx, &mut dg, &mut db).unwrap();
+        for s in GRIDS {
+            let (mut gdx, mut gdg, mut gdb) = (vec![f32::NAN; b * h], dg0.clone(), db0.clone());
+            let pl = strided(
+                plan::batchnorm_backward(
+                    (ad(&dy), ad(&xh), ad(&gamma), ad(&inv)),
+                    (ad(&gdx), ad(&gdg), ad(&gdb)),
+                    b,
+                    h,
+                ),
+                s,
+            );
+            x.run(&pl, &[arg(&dy), arg(&xh), arg(&gamma), arg(&inv), arg(&mut gdx), arg(&mut gdg), arg(&mut gdb)]);
+            let what = |t: &str| format!("{t} b={b} h={h} {}", desc(&pl));
+            x.check("batchnorm_backward", &what("dx"), &gdx, &dx, TOL);
+            x.check("batchnorm_backward", &what("dgamma"), &gdg, &dg, TOL);
+            x.check("batchnorm_backward", &what("dbeta"), &gdb, &db, TOL);
+        }
+    }
+}
 
 fn rowdot_forward(x: &Ctx) {
     for (b, d) in ROWS {

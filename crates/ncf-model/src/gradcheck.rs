@@ -453,6 +453,56 @@ pub fn op_cases<'a, B: Backend>(be: &'a B, seed: u64) -> Vec<OpCase<'a>> {
         });
     }
     {
+        // Dropout with a fixed mask (the same seed in every call): out = x·keep/(1−p); its
+        // backward is the same op on r.
+        let (r, r2) = (r_bd.clone(), r_bd.clone());
+        let (p, seed) = (0.4, 11u64);
+        cases.push(OpCase {
+            name: "dropout (fixed mask)",
+            inputs: vec![("x".into(), vec![b, d], rand(b * d))],
+            loss: Box::new(move |v| {
+                let mut out = be.zeros(b * d)?;
+                be.dropout(&up(be, &v[0])?, &mut out, b * d, p, seed)?;
+                Ok(project(&r, &down(be, &out, b * d)?))
+            }),
+            grad: Box::new(move |_| {
+                let mut dx = be.zeros(b * d)?;
+                be.dropout(&up(be, &r2)?, &mut dx, b * d, p, seed)?;
+                Ok(vec![down(be, &dx, b * d)?])
+            }),
+        });
+    }
+    {
+        // Batch norm in training mode (batch statistics): every output depends on every row of
+        // its column through μ and σ².
+        let (r, r2) = (r_bd.clone(), r_bd.clone());
+        let eps = 1e-5;
+        // (y, xhat, inv, gamma) of the forward at `v`.
+        #[allow(clippy::type_complexity)]
+        let fwd = move |v: &[Vec<f64>]| -> Result<(B::Buf, B::Buf, B::Buf, B::Buf)> {
+            let (mut y, mut xh, mut inv) = (be.zeros(b * d)?, be.zeros(b * d)?, be.zeros(d)?);
+            let (mut rm, mut rv) = (be.zeros(d)?, be.zeros(d)?);
+            let (x, g, bt) = (up(be, &v[0])?, up(be, &v[1])?, up(be, &v[2])?);
+            be.batchnorm_forward_train(&x, &g, &bt, b, d, eps, 0.1, &mut y, &mut xh, &mut inv, (&mut rm, &mut rv))?;
+            Ok((y, xh, inv, g))
+        };
+        cases.push(OpCase {
+            name: "batchnorm (train)",
+            inputs: vec![
+                ("x".into(), vec![b, d], rand(b * d)),
+                ("gamma".into(), vec![d], rand(d)),
+                ("beta".into(), vec![d], rand(d)),
+            ],
+            loss: Box::new(move |v| Ok(project(&r, &down(be, &fwd(v)?.0, b * d)?))),
+            grad: Box::new(move |v| {
+                let (_, xh, inv, g) = fwd(v)?;
+                let (mut dx, mut dg, mut dbt) = (be.zeros(b * d)?, be.zeros(d)?, be.zeros(d)?);
+                be.batchnorm_backward(&up(be, &r2)?, &xh, &g, &inv, b, d, &mut dx, &mut dg, &mut dbt)?;
+                Ok(vec![down(be, &dx, b * d)?, down(be, &dg, d)?, down(be, &dbt, d)?])
+            }),
+        });
+    }
+    {
         let (r, r2) = (r_b.clone(), r_b.clone());
         cases.push(OpCase {
             name: "rowdot",

@@ -6,6 +6,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod linear;
 pub mod loss;
+pub mod norm;
 pub mod optim;
 
 /// Asks the CPU to start loading `data[start .. start + len]` into its caches: a hint with no
