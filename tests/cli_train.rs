@@ -393,3 +393,29 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lr_schedule") && err.contains("constant rate"), "{err}");
 }
+
+/// `--batch-norm --dropout` train the rating model's regularized tower, the same numbers for
+/// the same seed; the implicit models refuse both flags.
+#[test]
+fn the_rating_models_batch_norm_and_dropout_flags_train_and_are_seeded() {
+    let Some(ml100k) = ncf_core::testenv::data_dir("ml-100k") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let summary = d.path().join(name);
+        let data = ml100k.to_str().unwrap();
+        let args = ["train", "--model", "rating", "--data", data, "--epochs", "2", "--batch", "1024"];
+        let extra = ["--batch-norm", "--dropout", "0.2", "--summary-json", summary.to_str().unwrap()];
+        let o = ncf(&[&args[..], &extra[..]].concat());
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{out}\n{err}");
+        assert!(err.contains("batch norm, dropout 0.2"), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+        v["test_rmse"].as_f64().unwrap()
+    };
+    let rmse = run("a.json");
+    assert!(rmse < 1.05, "test RMSE {rmse}");
+    assert_eq!(run("b.json"), rmse, "the same seed gives the same dropout masks and numbers");
+    let o = ncf(&["train", "--model", "gmf", "--epochs", "1", "--dropout", "0.2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("rating model"), "{err}");
+}

@@ -23,7 +23,11 @@ fn every_tensor_passes_with_max_rel_at_most_1e_6_through_every_gemm() {
         }
         assert!(report.ok);
         let models: Vec<&str> = report.subjects.iter().filter(|s| s.kind == "model").map(|s| s.name.as_str()).collect();
-        assert_eq!(models, ["gmf", "mlp", "neumf", "mf", "rating"]);
+        assert_eq!(models, ["gmf", "mlp", "neumf", "mf", "rating", "rating+bn+dropout"]);
+        let ops: Vec<&str> = report.subjects.iter().filter(|s| s.kind == "op").map(|s| s.name.as_str()).collect();
+        for op in ["mse", "dropout (fixed mask)", "batchnorm (train)"] {
+            assert!(ops.contains(&op), "no gradcheck of {op}: {ops:?}");
+        }
         println!("{}", lines.join("\n"));
     }
 }
@@ -33,7 +37,9 @@ fn a_corrupted_model_gradient_is_caught_and_named() {
     let be = CpuBackend::<f64>::default();
     // A backward that is 0.1% off in one tensor of one model.
     let fault = |model: &str, tensor: &str, g: &mut [f64]| {
-        if model == "neumf" && tensor == "mlp_1_weight" {
+        if (model == "neumf" && tensor == "mlp_1_weight")
+            || (model == "rating+bn+dropout" && tensor == "mlp_0_bn_gamma")
+        {
             g.iter_mut().for_each(|x| *x *= 1.001);
         }
     };
@@ -42,7 +48,7 @@ fn a_corrupted_model_gradient_is_caught_and_named() {
         .iter()
         .flat_map(|s| s.tensors.iter().filter(|t| !t.ok).map(move |t| format!("{}/{}", s.name, t.name)))
         .collect();
-    assert_eq!(failed, ["neumf/mlp_1_weight"]);
+    assert_eq!(failed, ["neumf/mlp_1_weight", "rating+bn+dropout/mlp_0_bn_gamma"]);
     let t = report.iter().find(|s| s.name == "neumf").unwrap().tensors.iter().find(|t| !t.ok).unwrap();
     assert!(t.max_rel > 5e-4 && t.max_rel < 2e-3, "max_rel {:.3e}", t.max_rel);
     assert!(!t.first_bad.is_empty(), "evidence is reported");

@@ -132,3 +132,63 @@ fn fast_scoring_matches_forward_and_refuses_stale_tables() {
     check::<f64>(ncf_core::Tol::F64_KERNEL);
     check::<f32>(ncf_core::Tol::F32_KERNEL);
 }
+
+/// The rating model's regularized tower: training mode (batch statistics, dropout masks set by
+/// `set_noise`) and eval mode (`score`: running statistics, no dropout) differ; each is
+/// deterministic; the forward moves the running statistics and the optimizer never does.
+#[test]
+fn the_regularized_rating_tower_has_train_and_eval_modes() {
+    use ncf_model::{OptimConfig, Optimizer, Rating};
+    let be = CpuBackend::<f64>::default();
+    let cfg = ModelConfig {
+        batch_norm: true,
+        dropout: 0.5,
+        layers: vec![16, 12, 8],
+        ..ModelConfig::new(ModelKind::Rating, 6, 9)
+    };
+    let mut m = Rating::new(&be, &cfg, 8, &mut ncf_core::rng::seeded(3, 0)).unwrap();
+    let (users, items) = (vec![0u32, 1, 2, 3, 4, 5, 0, 1], vec![0u32, 2, 4, 6, 8, 1, 3, 5]);
+    let stat = |m: &Rating<CpuBackend<f64>>, name: &str| {
+        m.params.to_host(&be).unwrap().into_iter().find(|t| t.name == name).unwrap().data
+    };
+    assert_eq!(stat(&m, "mlp_0_bn_mean"), vec![0.0; 12]);
+    let run = |m: &mut Rating<CpuBackend<f64>>, noise: Option<u64>| {
+        match noise {
+            Some(step) => {
+                m.set_noise(7, step);
+                m.forward(&be, &users, &items, 8).unwrap();
+            }
+            None => m.score(&be, &users, &items, 8).unwrap(),
+        }
+        be.download(m.logits()).unwrap()
+    };
+    let train_a = run(&mut m, Some(1));
+    let moved = stat(&m, "mlp_0_bn_mean");
+    assert!(moved.iter().any(|&v| v != 0.0), "the training forward moves the running mean");
+    assert_eq!(run(&mut m, Some(1)), train_a, "the same step's masks give the same outputs");
+    assert_ne!(run(&mut m, Some(2)), train_a, "another step draws other masks");
+    let before = stat(&m, "mlp_0_bn_mean");
+    let eval = run(&mut m, None);
+    assert_eq!(run(&mut m, None), eval, "eval mode is deterministic");
+    assert_ne!(eval, train_a);
+    assert_eq!(stat(&m, "mlp_0_bn_mean"), before, "scoring leaves the running statistics alone");
+
+    // An Adam step with decoupled weight decay changes the weights, not the statistics.
+    let opt_cfg = OptimConfig::adam(0.1).with_decay(ncf_model::Group::Bias, ncf_core::Decay::Decoupled(0.5));
+    let mut opt = Optimizer::new(&be, &m.params, opt_cfg, 8).unwrap();
+    m.set_noise(7, 3);
+    m.forward(&be, &users, &items, 8).unwrap();
+    let stats = (stat(&m, "mlp_0_bn_mean"), stat(&m, "mlp_0_bn_var"), stat(&m, "mlp_0_bn_gamma"));
+    m.backward(&be, &users, &items, &vec![0.1; 8], 8).unwrap();
+    let (p, g) = m.params_and_grads();
+    opt.step(&be, p, g, &users, &items, 8).unwrap();
+    assert_eq!((stat(&m, "mlp_0_bn_mean"), stat(&m, "mlp_0_bn_var")), (stats.0, stats.1));
+    assert_ne!(stat(&m, "mlp_0_bn_gamma"), stats.2, "γ is trained");
+
+    // NCF's towers take neither.
+    let bad = ModelConfig { dropout: 0.2, ..ModelConfig::new(ModelKind::NeuMf, 6, 9) };
+    let err = AnyModel::new(&be, &bad, 4, &mut ncf_core::rng::seeded(1, 0)).err().expect("refused").to_string();
+    assert!(err.contains("offered for the rating model"), "{err}");
+    let bad = ModelConfig { dropout: 1.0, ..cfg };
+    assert!(Rating::new(&be, &bad, 4, &mut ncf_core::rng::seeded(1, 0)).is_err());
+}

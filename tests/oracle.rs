@@ -38,13 +38,12 @@ struct Setup {
 
 fn setup(o: &Value, gemm: GemmImpl) -> Setup {
     let c = &o["config"];
+    let (users, items) = (c["users"].as_u64().unwrap() as usize, c["items"].as_u64().unwrap() as usize);
     let cfg = ModelConfig {
-        kind: ModelKind::NeuMf,
-        users: c["users"].as_u64().unwrap() as usize,
-        items: c["items"].as_u64().unwrap() as usize,
         factors: c["factors"].as_u64().unwrap() as usize,
         layers: ids(&c["layers"]).into_iter().map(|x| x as usize).collect(),
         init: InitConfig::default(),
+        ..ModelConfig::new(ModelKind::NeuMf, users, items)
     };
     let be = CpuBackend::<f64>::new(gemm);
     let mut rng = ncf_core::rng::seeded(0, 0);

@@ -188,8 +188,15 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
         t.elapsed().as_secs_f64()
     );
     eprintln!(
-        "rating model, layers {:?}, batch {}, lr {} ({:?} schedule), l2 {}, weight decay {}",
-        cfg.layers, cfg.batch, cfg.lr, cfg.lr_schedule, cfg.l2, cfg.weight_decay
+        "rating model, layers {:?}{}{}, batch {}, lr {} ({:?} schedule), l2 {}, weight decay {}",
+        cfg.layers,
+        if cfg.batch_norm { ", batch norm" } else { "" },
+        if cfg.dropout > 0.0 { format!(", dropout {}", cfg.dropout) } else { String::new() },
+        cfg.batch,
+        cfg.lr,
+        cfg.lr_schedule,
+        cfg.l2,
+        cfg.weight_decay
     );
     let mut jsonl = String::new();
     let out = ncf_train::ratings::train_ratings(&cfg, &split, data.n_users(), data.n_items(), range, |r| {

@@ -19,7 +19,7 @@
 //! of the error maxima.
 
 use crate::init::InitConfig;
-use crate::models::{AnyModel, Model, ModelConfig, ModelKind};
+use crate::models::{AnyModel, Model, ModelConfig, ModelKind, Rating};
 use crate::params::{HostTensor, Role};
 use ncf_core::tol::{Comparison, compare};
 use ncf_core::{AdamHp, Backend, Decay, Float, Result, SgdHp, Tol};
@@ -175,7 +175,12 @@ impl Problem {
 
 /// The configuration each model is checked at: GMF factors 4, MLP `[16, 8, 4]`.
 pub fn tiny_config(kind: ModelKind) -> ModelConfig {
-    ModelConfig { kind, users: 5, items: 7, factors: 4, layers: vec![16, 8, 4], init: InitConfig::for_gradcheck() }
+    ModelConfig {
+        factors: 4,
+        layers: vec![16, 8, 4],
+        init: InitConfig::for_gradcheck(),
+        ..ModelConfig::new(kind, 5, 7)
+    }
 }
 
 /// The model's loss on `prob` (mean BCE on logits; mean squared error for the rating model,
@@ -257,6 +262,12 @@ pub fn check_models<B: Backend>(be: &B, opts: &Options, fault: Fault) -> Result<
         let mut model = AnyModel::new(be, &cfg, prob.users.len(), &mut rng)?;
         out.push(check_model(be, kind.as_str(), &mut model, &prob, opts, fault)?);
     }
+    // The rating model's regularized tower: batch norm in training mode (batch statistics) and
+    // dropout with a fixed mask (one step's seed for every forward of the check).
+    let cfg = ModelConfig { batch_norm: true, dropout: 0.3, ..tiny_config(ModelKind::Rating) };
+    let mut model = Rating::new(be, &cfg, prob.users.len(), &mut ncf_core::rng::seeded(opts.seed, 99))?;
+    model.set_noise(opts.seed, 1);
+    out.push(check_model(be, "rating+bn+dropout", &mut model, &prob, opts, fault)?);
     Ok(out)
 }
 
@@ -632,6 +643,7 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Embedding(_) => "embedding",
         Role::Weight => "weight",
         Role::Bias => "bias",
+        Role::Stat => "stat",
     }
 }
 

@@ -23,6 +23,10 @@ pub enum Init {
     Uniform {
         a: f64,
     },
+    /// Every element `value` (batch norm's scale and running variance start at 1).
+    Const {
+        value: f64,
+    },
 }
 
 impl Init {
@@ -41,6 +45,7 @@ impl Init {
             Init::GlorotUniform => uniform((6.0 / (fan_in + fan_out)).sqrt(), rng),
             Init::LecunUniform => uniform((3.0 / fan_in).sqrt(), rng),
             Init::Uniform { a } => uniform(a, rng),
+            Init::Const { value } => vec![value; n],
         }
     }
 }

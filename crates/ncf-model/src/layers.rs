@@ -141,6 +141,13 @@ pub struct DenseIdx {
 ///
 /// Backward, from `dx_L`: for each layer in reverse, `dzₗ = dxₗ · 1[xₗ > 0]`, then the dense
 /// backward gives `dWₗ, dbₗ` and `dxₗ₋₁`; finally `dx₀` splits into `dP[u]` and `dQ[i]`.
+///
+/// **Regularized** (the rating model's `--batch-norm`, `--dropout`; see [`MlpTower::regularize`]):
+/// a layer is `aₗ = xₗ₋₁·Wₗᵀ + bₗ`, `zₗ = BN(aₗ)`, `xₗ = relu(zₗ)`, then `x̃ₗ = dropout(xₗ)`,
+/// and the next layer reads `x̃ₗ`. Training ([`MlpTower::forward_train`]) normalizes with the
+/// batch's statistics and moves the running ones; eval ([`MlpTower::forward_eval`]) uses the
+/// running statistics and no dropout. Backward in reverse: `dxₗ = dropout(dx̃ₗ)` (the same
+/// mask), `dzₗ = dxₗ·1[xₗ > 0]`, `daₗ = BN⁻¹(dzₗ)` (with `dγₗ, dβₗ`), the dense backward.
 pub struct MlpTower<B: Backend> {
     /// `P`, `Q` with `D = layers[0] / 2`.
     pub emb: EmbeddingPair<B>,
@@ -153,6 +160,49 @@ pub struct MlpTower<B: Backend> {
     dz: Vec<B::Buf>,
     dx0: B::Buf,
     tables: Option<FirstLayerTables<B>>,
+    /// Each layer's batch norm, if any (empty: none anywhere).
+    bn: Vec<Option<Norm<B>>>,
+    /// The drop probability of every layer's output (0: no dropout).
+    dropout: f64,
+    /// The seed of this training step's masks ([`MlpTower::set_noise`]).
+    noise: u64,
+    /// Dropped outputs `x̃ₗ` and their gradients (empty without dropout).
+    xd: Vec<B::Buf>,
+    dxd: Vec<B::Buf>,
+    /// Whether the last forward applied dropout (then [`MlpTower::out`] is `x̃_L`).
+    dropped: bool,
+}
+
+/// One layer's batch normalization: the indices of `γ, β` (trained) and the running mean and
+/// variance (`Role::Stat`), and its buffers: the dense output `a (B,H)`, `x̂ (B,H)`,
+/// `inv = 1/√(σ² + eps) (H)` and `da (B,H)`.
+pub struct Norm<B: Backend> {
+    pub idx: NormIdx,
+    a: B::Buf,
+    xhat: B::Buf,
+    inv: B::Buf,
+    da: B::Buf,
+}
+
+/// The parameter indices of one batch norm; `mean = gamma + 2`, `var = gamma + 3`, added in
+/// that order (so the running statistics can be borrowed mutably beside `γ, β`).
+#[derive(Clone, Copy, Debug)]
+pub struct NormIdx {
+    pub gamma: usize,
+    pub beta: usize,
+}
+
+/// Batch norm's `eps` and running-statistics momentum (PyTorch's defaults).
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// `γ, β` read-only and the running mean and variance writable, out of one parameter set.
+fn norm_params<B: Backend>(p: &mut ParamSet<B>, n: NormIdx) -> (&B::Buf, &B::Buf, &mut B::Buf, &mut B::Buf) {
+    assert_eq!(n.beta, n.gamma + 1, "batch norm tensors are added as γ, β, mean, var");
+    p.touch();
+    let (lo, hi) = p.tensors.split_at_mut(n.gamma + 2);
+    let (mean, var) = hi.split_at_mut(1);
+    (&lo[n.gamma].buf, &lo[n.beta].buf, &mut mean[0].buf, &mut var[0].buf)
 }
 
 /// Inference only: the first dense layer applied to every user and every item once. With
@@ -183,12 +233,57 @@ impl<B: Backend> MlpTower<B> {
             emb,
             dense,
             tables: None,
+            bn: Vec::new(),
+            dropout: 0.0,
+            noise: 0,
+            xd: Vec::new(),
+            dxd: Vec::new(),
+            dropped: false,
         })
+    }
+
+    /// Adds batch norm to the layers given an index (`norms[l]`, one per dense layer, or empty)
+    /// and dropout at `dropout` (0: none), with buffers for `rows` rows.
+    pub fn regularize(mut self, be: &B, norms: &[Option<NormIdx>], dropout: f64, rows: usize) -> Result<Self> {
+        if !norms.is_empty() && norms.len() != self.dense.len() {
+            return Err(Error::invalid(
+                "mlp.regularize",
+                "norms",
+                format!("{} batch norms for {} dense layers", norms.len(), self.dense.len()),
+            ));
+        }
+        let z = |w: usize| be.zeros(rows * w);
+        self.bn = norms
+            .iter()
+            .zip(&self.dense)
+            .map(|(n, l)| {
+                n.map(|idx| Ok(Norm { idx, a: z(l.o)?, xhat: z(l.o)?, inv: be.zeros(l.o)?, da: z(l.o)? })).transpose()
+            })
+            .collect::<Result<_>>()?;
+        self.dropout = dropout;
+        if dropout > 0.0 {
+            self.xd = self.dense.iter().map(|l| z(l.o)).collect::<Result<_>>()?;
+            self.dxd = self.dense.iter().map(|l| z(l.o)).collect::<Result<_>>()?;
+        }
+        Ok(self)
+    }
+
+    /// Whether the tower has batch norm or dropout (then it trains through
+    /// [`MlpTower::forward_train`]).
+    pub fn is_regularized(&self) -> bool {
+        self.dropout > 0.0 || self.bn.iter().any(Option::is_some)
+    }
+
+    /// Sets the seed of the next training forward's dropout masks: a new one every step (the
+    /// trainer passes the run seed and the step number).
+    pub fn set_noise(&mut self, seed: u64, step: u64) {
+        self.noise = ncf_core::rng::dropout_seed(seed, step, 0);
     }
 
     /// The same tower with buffers for `rows` rows.
     pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
-        Self::new(be, self.emb.like(be, rows)?, self.dense.clone(), rows)
+        let norms: Vec<Option<NormIdx>> = self.bn.iter().map(|n| n.as_ref().map(|n| n.idx)).collect();
+        Self::new(be, self.emb.like(be, rows)?, self.dense.clone(), rows)?.regularize(be, &norms, self.dropout, rows)
     }
 
     /// Width of the tower's output.
@@ -196,12 +291,26 @@ impl<B: Backend> MlpTower<B> {
         self.dense.last().map_or(2 * self.emb.d, |l| l.o)
     }
 
-    /// The tower's output `x_L (B, H_L)` after [`MlpTower::forward`].
+    /// The tower's output `x_L (B, H_L)` after [`MlpTower::forward`] (`x̃_L` after a training
+    /// forward with dropout).
     pub fn out(&self) -> &B::Buf {
+        if self.dropped {
+            return self.xd.last().unwrap_or(&self.x0);
+        }
         self.x.last().unwrap_or(&self.x0)
     }
 
+    /// The plain tower's forward (NCF's MLP and NeuMF; the CPU's two lanes call it with shared
+    /// weights). A regularized tower trains through [`MlpTower::forward_train`].
     pub fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        if self.is_regularized() {
+            return Err(Error::invalid(
+                "mlp.forward",
+                "tower",
+                "a tower with batch norm or dropout runs forward_train (training) or forward_eval",
+            ));
+        }
+        self.dropped = false;
         let e = &mut self.emb;
         e.forward(be, p, users, items, b)?;
         be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut self.x0)?;
@@ -221,6 +330,96 @@ impl<B: Backend> MlpTower<B> {
             )?;
         }
         Ok(())
+    }
+
+    /// The training forward of any tower: batch norm with the batch's statistics (moving the
+    /// running ones in `p`), dropout with the masks of [`MlpTower::set_noise`]. A plain tower
+    /// computes exactly what [`MlpTower::forward`] does.
+    pub fn forward_train(
+        &mut self,
+        be: &B,
+        p: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
+        b: usize,
+    ) -> Result<()> {
+        self.embed(be, p, users, items, b)?;
+        self.dropped = self.dropout > 0.0;
+        for l in 0..self.dense.len() {
+            let layer = self.dense[l];
+            let (prev, cur) = self.x.split_at_mut(l);
+            let inp = match l {
+                0 => &self.x0,
+                _ if self.dropped => &self.xd[l - 1],
+                _ => &prev[l - 1],
+            };
+            match &mut self.bn.get_mut(l).and_then(Option::as_mut) {
+                None => be.linear_relu_forward(
+                    inp,
+                    p.buf(layer.w),
+                    p.buf(layer.bias),
+                    &mut self.z[l],
+                    &mut cur[0],
+                    b,
+                    layer.i,
+                    layer.o,
+                )?,
+                Some(n) => {
+                    be.linear_forward(inp, p.buf(layer.w), p.buf(layer.bias), &mut n.a, b, layer.i, layer.o)?; // aₗ
+                    let (gamma, beta, mean, var) = norm_params(p, n.idx);
+                    let (z, xhat, inv) = (&mut self.z[l], &mut n.xhat, &mut n.inv);
+                    be.batchnorm_forward_train(
+                        &n.a,
+                        gamma,
+                        beta,
+                        b,
+                        layer.o,
+                        BN_EPS,
+                        BN_MOMENTUM,
+                        z,
+                        xhat,
+                        inv,
+                        (mean, var),
+                    )?; // zₗ = BN(aₗ)
+                    be.relu_forward(&self.z[l], &mut cur[0], b * layer.o)?; // xₗ = relu(zₗ)
+                }
+            }
+            if self.dropped {
+                let seed = ncf_core::rng::dropout_seed(self.noise, 0, l as u64);
+                be.dropout(&cur[0], &mut self.xd[l], b * layer.o, self.dropout, seed)?; // x̃ₗ
+            }
+        }
+        Ok(())
+    }
+
+    /// The eval forward of any tower: batch norm with the running statistics, no dropout.
+    pub fn forward_eval(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        self.embed(be, p, users, items, b)?;
+        self.dropped = false;
+        for l in 0..self.dense.len() {
+            let layer = self.dense[l];
+            let (prev, cur) = self.x.split_at_mut(l);
+            let inp = if l == 0 { &self.x0 } else { &prev[l - 1] };
+            let (w, bias) = (p.buf(layer.w), p.buf(layer.bias));
+            match &mut self.bn.get_mut(l).and_then(Option::as_mut) {
+                None => be.linear_relu_forward(inp, w, bias, &mut self.z[l], &mut cur[0], b, layer.i, layer.o)?,
+                Some(n) => {
+                    be.linear_forward(inp, w, bias, &mut n.a, b, layer.i, layer.o)?;
+                    let (g, bt) = (p.buf(n.idx.gamma), p.buf(n.idx.beta));
+                    let (mean, var) = (p.buf(n.idx.gamma + 2), p.buf(n.idx.gamma + 3));
+                    be.batchnorm_forward_eval(&n.a, g, bt, mean, var, b, layer.o, BN_EPS, &mut self.z[l])?;
+                    be.relu_forward(&self.z[l], &mut cur[0], b * layer.o)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `x₀ = [P[u], Q[i]]`.
+    fn embed(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        let e = &mut self.emb;
+        e.forward(be, p, users, items, b)?;
+        be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut self.x0)
     }
 
     /// Computes the [`FirstLayerTables`] from the current weights (inference only), unless the
@@ -285,6 +484,9 @@ impl<B: Backend> MlpTower<B> {
     /// `dout (B,H_L)` is the gradient of the loss w.r.t. [`MlpTower::out`]. The dense layers'
     /// gradients are accumulated into `g`; each row's `dP[u]`, `dQ[i]` are left in the pair.
     pub fn backward(&mut self, be: &B, p: &ParamSet<B>, g: &mut ParamSet<B>, dout: &B::Buf, b: usize) -> Result<()> {
+        if self.is_regularized() {
+            return self.backward_regularized(be, p, g, dout, b);
+        }
         for l in (0..self.dense.len()).rev() {
             let layer = self.dense[l];
             let (dx_lo, dx_hi) = self.dx.split_at_mut(l);
@@ -310,6 +512,71 @@ impl<B: Backend> MlpTower<B> {
         let dx0 = if self.dense.is_empty() { dout } else { &self.dx0 };
         let e = &mut self.emb;
         be.split_cols(dx0, e.d, e.d, b, &mut e.dpu, &mut e.dqi)
+    }
+
+    /// [`MlpTower::backward`] after [`MlpTower::forward_train`] of a regularized tower. `dxₗ`
+    /// holds the gradient w.r.t. layer `l`'s output as the next layer read it (`x̃ₗ` with dropout).
+    fn backward_regularized(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        dout: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        if self.dropout > 0.0 && !self.dropped {
+            return Err(Error::invalid(
+                "mlp.backward",
+                "tower",
+                "backward needs a training forward (forward_train) first",
+            ));
+        }
+        let last = self.dense.len() - 1;
+        for l in (0..self.dense.len()).rev() {
+            let layer = self.dense[l];
+            let n_out = b * layer.o;
+            let (dx_lo, dx_hi) = self.dx.split_at_mut(l);
+            let mut dx_l = if l == last { dout } else { &dx_hi[0] };
+            if self.dropout > 0.0 {
+                let seed = ncf_core::rng::dropout_seed(self.noise, 0, l as u64);
+                be.dropout(dx_l, &mut self.dxd[l], n_out, self.dropout, seed)?; // dxₗ = mask ⊙ dx̃ₗ / (1−p)
+                dx_l = &self.dxd[l];
+            }
+            let (inp, dinp) = match l {
+                0 => (&self.x0, &mut self.dx0),
+                _ if self.dropout > 0.0 => (&self.xd[l - 1], &mut dx_lo[l - 1]),
+                _ => (&self.x[l - 1], &mut dx_lo[l - 1]),
+            };
+            match self.bn.get_mut(l).and_then(Option::as_mut) {
+                None => {
+                    let (dw, dbias) = two_mut(g, layer.w, layer.bias);
+                    let w = p.buf(layer.w);
+                    be.linear_relu_backward(
+                        &self.x[l],
+                        dx_l,
+                        &mut self.dz[l],
+                        inp,
+                        w,
+                        Some(dinp),
+                        dw,
+                        dbias,
+                        b,
+                        layer.i,
+                        layer.o,
+                    )?;
+                }
+                Some(n) => {
+                    be.relu_backward(&self.x[l], dx_l, &mut self.dz[l], n_out)?; // dzₗ = dxₗ·1[xₗ > 0]
+                    let (dgamma, dbeta) = two_mut(g, n.idx.gamma, n.idx.beta);
+                    let gamma = p.buf(n.idx.gamma);
+                    be.batchnorm_backward(&self.dz[l], &n.xhat, gamma, &n.inv, b, layer.o, &mut n.da, dgamma, dbeta)?; // daₗ
+                    let (dw, dbias) = two_mut(g, layer.w, layer.bias);
+                    be.linear_backward(&n.da, inp, p.buf(layer.w), Some(dinp), dw, dbias, b, layer.i, layer.o)?;
+                }
+            }
+        }
+        let e = &mut self.emb;
+        be.split_cols(&self.dx0, e.d, e.d, b, &mut e.dpu, &mut e.dqi)
     }
 
     /// Signs of every pre-activation `zₗ > 0` for the first `b` rows (the gradient check uses them

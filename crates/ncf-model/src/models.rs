@@ -10,8 +10,8 @@
 //! | MF    | `P[u]·Q[i] + b_u + b_i + g` | Rendle et al. 2020 |
 //! | rating | `wᵀ·MLP([P[u], Q[i]]) + b + b_u + b_i` (a predicted star rating, trained with MSE) | the deep-CF seed |
 
-use crate::init::InitConfig;
-use crate::layers::{DenseIdx, EmbeddingPair, GmfTower, Head, MlpTower, check_batch};
+use crate::init::{Init, InitConfig};
+use crate::layers::{DenseIdx, EmbeddingPair, GmfTower, Head, MlpTower, NormIdx, check_batch};
 use crate::params::{IdSource, ParamBuilder, ParamSet, Role};
 use ncf_core::{Backend, Error, Float, Result, Rng};
 use std::fmt;
@@ -79,11 +79,26 @@ pub struct ModelConfig {
     /// `layers[0] / 2`), the rest are the dense layers' outputs. Default `[64, 32, 16, 8]`.
     pub layers: Vec<usize>,
     pub init: InitConfig,
+    /// Batch normalization after each dense layer of the tower, before its ReLU (the rating
+    /// model only).
+    pub batch_norm: bool,
+    /// Inverted dropout on each dense layer's output at this drop probability, `0` for none
+    /// (the rating model only).
+    pub dropout: f64,
 }
 
 impl ModelConfig {
     pub fn new(kind: ModelKind, users: usize, items: usize) -> Self {
-        ModelConfig { kind, users, items, factors: 8, layers: vec![64, 32, 16, 8], init: InitConfig::default() }
+        ModelConfig {
+            kind,
+            users,
+            items,
+            factors: 8,
+            layers: vec![64, 32, 16, 8],
+            init: InitConfig::default(),
+            batch_norm: false,
+            dropout: 0.0,
+        }
     }
 
     /// Rejects configurations no model can be built from.
@@ -98,6 +113,16 @@ impl ModelConfig {
         }
         if matches!(self.kind, ModelKind::Gmf | ModelKind::NeuMf | ModelKind::Mf) && self.factors == 0 {
             return Err(Error::invalid(OP, "factors", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(OP, "dropout", format!("must be in [0, 1), got {}", self.dropout)));
+        }
+        if (self.batch_norm || self.dropout > 0.0) && self.kind != ModelKind::Rating {
+            return Err(Error::invalid(
+                OP,
+                "batch_norm/dropout",
+                format!("batch norm and dropout are offered for the rating model's tower, not for {}", self.kind),
+            ));
         }
         if matches!(self.kind, ModelKind::Mlp | ModelKind::NeuMf | ModelKind::Rating) {
             if self.layers.len() < 2 {
@@ -167,7 +192,19 @@ fn add_mlp<B: Backend>(be: &B, pb: &mut ParamBuilder<B>, cfg: &ModelConfig, rows
         let bias = pb.add(format!("mlp_{l}_bias"), &[o], Role::Bias, cfg.init.bias)?;
         dense.push(DenseIdx { w, bias, i, o });
     }
-    MlpTower::new(be, EmbeddingPair::new(be, user, item, cfg.users, cfg.items, d, rows)?, dense, rows)
+    let mut norms = Vec::new();
+    if cfg.batch_norm {
+        for (l, layer) in dense.iter().enumerate() {
+            let one = Init::Const { value: 1.0 };
+            let gamma = pb.add(format!("mlp_{l}_bn_gamma"), &[layer.o], Role::Bias, one)?;
+            let beta = pb.add(format!("mlp_{l}_bn_beta"), &[layer.o], Role::Bias, Init::Zeros)?;
+            pb.add(format!("mlp_{l}_bn_mean"), &[layer.o], Role::Stat, Init::Zeros)?;
+            pb.add(format!("mlp_{l}_bn_var"), &[layer.o], Role::Stat, one)?;
+            norms.push(Some(NormIdx { gamma, beta }));
+        }
+    }
+    let pair = EmbeddingPair::new(be, user, item, cfg.users, cfg.items, d, rows)?;
+    MlpTower::new(be, pair, dense, rows)?.regularize(be, &norms, cfg.dropout, rows)
 }
 
 /// Adds a GMF tower's parameters and returns the tower (buffers for `rows` rows).
@@ -628,6 +665,11 @@ impl<B: Backend> Model<B> for Mf<B> {
 /// global mean μ (the trainer starts it at the training mean), `b_u (U,1)`, `b_i (I,1)` are
 /// width-1 embedding tables as in MF. Backward: the head and the tower as in [`Mlp`], and
 /// `db_u[u] += dr̂`, `db_i[i] += dr̂` (scatters). Trained with MSE, not BCE.
+///
+/// With `batch_norm` / `dropout` in its [`ModelConfig`] the tower is regularized
+/// ([`MlpTower::regularize`]): [`Model::forward`] is training mode (batch statistics, dropout
+/// masks seeded by [`Rating::set_noise`]) and [`Model::score`] eval mode (running statistics, no
+/// dropout); predictions go through `score`.
 pub struct Rating<B: Backend> {
     pub params: ParamSet<B>,
     pub grads: ParamSet<B>,
@@ -677,17 +719,12 @@ impl<B: Backend> Model<B> for Rating<B> {
     fn max_batch(&self) -> usize {
         self.max_batch
     }
+    /// Training mode: batch norm with the batch's statistics, dropout on (see [`Rating`]).
     fn forward(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         check_batch("rating.forward", b, self.max_batch)?;
-        let p = &self.params;
-        self.acts.forward(be, p, users, items, b)?; // wᵀ·MLP([P[u], Q[i]]) + b      (B)
-        let (n_users, n_items) = (self.acts.mlp.emb.users, self.acts.mlp.emb.items);
-        be.fill(&mut self.out, b, B::T::ZERO)?;
-        be.add_assign(&mut self.out, &self.acts.head.logits, b)?; // r̂ = that
-        be.embedding_forward(p.buf(self.user_bias), n_users, 1, users, b, &mut self.bias_rows)?;
-        be.add_assign(&mut self.out, &self.bias_rows, b)?; // + b_u[u]
-        be.embedding_forward(p.buf(self.item_bias), n_items, 1, items, b, &mut self.bias_rows)?;
-        be.add_assign(&mut self.out, &self.bias_rows, b) // + b_i[i]
+        self.acts.mlp.forward_train(be, &mut self.params, users, items, b)?; // MLP([P[u], Q[i]])
+        self.acts.head.forward(be, &self.params, self.acts.mlp.out(), b)?; // wᵀ·that + b
+        self.add_biases(be, users, items, b)
     }
     fn logits(&self) -> &B::Buf {
         &self.out
@@ -700,11 +737,34 @@ impl<B: Backend> Model<B> for Rating<B> {
         be.embedding_backward(dout, users, b, 1, g.buf_mut(self.user_bias), n_users)?; // db_u[u] += dr̂
         self.acts.backward(be, &self.params, &mut self.grads, users, items, dout, b) // head, tower, tables
     }
-    fn prepare_scoring(&mut self, be: &B) -> Result<()> {
-        self.acts.mlp.prepare_scoring(be, &self.params)
+    /// Eval mode: batch norm with the running statistics, no dropout.
+    fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        check_batch("rating.score", b, self.max_batch)?;
+        self.acts.mlp.forward_eval(be, &self.params, users, items, b)?;
+        self.acts.head.forward(be, &self.params, self.acts.mlp.out(), b)?;
+        self.add_biases(be, users, items, b)
     }
     fn relu_pattern(&self, be: &B, b: usize) -> Result<Vec<bool>> {
         self.acts.mlp.relu_pattern(be, b)
+    }
+}
+
+impl<B: Backend> Rating<B> {
+    /// Sets the seed of the next training step's dropout masks (the run seed and the step).
+    pub fn set_noise(&mut self, seed: u64, step: u64) {
+        self.acts.mlp.set_noise(seed, step);
+    }
+
+    /// `r̂ = head + b_u[u] + b_i[i]` into [`Model::logits`].
+    fn add_biases(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        let p = &self.params;
+        let (n_users, n_items) = (self.acts.mlp.emb.users, self.acts.mlp.emb.items);
+        be.fill(&mut self.out, b, B::T::ZERO)?;
+        be.add_assign(&mut self.out, &self.acts.head.logits, b)?; // r̂ = that
+        be.embedding_forward(p.buf(self.user_bias), n_users, 1, users, b, &mut self.bias_rows)?;
+        be.add_assign(&mut self.out, &self.bias_rows, b)?; // + b_u[u]
+        be.embedding_forward(p.buf(self.item_bias), n_items, 1, items, b, &mut self.bias_rows)?;
+        be.add_assign(&mut self.out, &self.bias_rows, b) // + b_i[i]
     }
 }
 

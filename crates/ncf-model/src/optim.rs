@@ -25,7 +25,8 @@ impl Group {
         match role {
             Role::Embedding(_) => Group::Embedding,
             Role::Weight => Group::Weight,
-            Role::Bias => Group::Bias,
+            // Never updated (see `update`); grouped with the biases for lookups only.
+            Role::Bias | Role::Stat => Group::Bias,
         }
     }
 }
@@ -325,6 +326,7 @@ fn update<B: Backend>(
     for Slot { group, p, g, s1, s2 } in slots.iter_mut().filter_map(Option::take) {
         let n = p.numel();
         match (p.role, group.lazy) {
+            (Role::Stat, _) => continue, // running statistics: the forward pass moves them
             (Role::Embedding(_), true) => {
                 let (rows, d) = (p.rows(), p.row_width());
                 if !*have_rows {
@@ -435,7 +437,7 @@ mod tests {
                     Role::Embedding(_) => *x,
                     // Decoupled: w ← (1 − 0.1·0.2)·w.
                     Role::Weight => 0.98 * x,
-                    Role::Bias => *x,
+                    Role::Bias | Role::Stat => *x,
                 };
                 assert!((y - want).abs() <= 1e-15 * want.abs().max(1.0), "{}[{k}]: {y} vs {want}", b.name);
             }

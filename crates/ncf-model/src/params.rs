@@ -23,6 +23,9 @@ pub enum Role {
     Weight,
     /// A bias `(O)` (also MF's global bias, shape `(1)`).
     Bias,
+    /// State the forward pass keeps, not trained (batch norm's running mean and variance): the
+    /// optimizer leaves it alone and it has no gradient, but it is saved with the weights.
+    Stat,
 }
 
 /// One named tensor on a backend.

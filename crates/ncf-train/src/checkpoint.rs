@@ -47,12 +47,9 @@ impl ModelSpec {
     pub fn config(&self) -> Result<ModelConfig> {
         let kind: ModelKind = self.kind.parse()?;
         Ok(ModelConfig {
-            kind,
-            users: self.users,
-            items: self.items,
             factors: self.factors,
             layers: self.layers.clone(),
-            init: Default::default(),
+            ..ModelConfig::new(kind, self.users, self.items)
         })
     }
 }

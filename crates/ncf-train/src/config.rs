@@ -371,6 +371,20 @@ pub struct TrainConfig {
     #[arg(long, conflicts_with_all = ["resume", "l2"], default_value_t = 0.0, help_heading = TRAINING)]
     #[serde(alias = "weight-decay")]
     pub weight_decay: f64,
+    /// The rating model: batch normalization after each dense layer of the tower (batch
+    /// statistics in training, running statistics when predicting).
+    #[arg(long, conflicts_with = "resume", help_heading = MODEL)]
+    #[serde(alias = "batch-norm")]
+    pub batch_norm: bool,
+    /// The rating model: inverted dropout on each dense layer's output at this probability
+    /// (seeded; off when predicting), 0 = none.
+    #[arg(long, conflicts_with = "resume", default_value_t = 0.0, help_heading = MODEL)]
+    pub dropout: f64,
+    /// The rating model: predictions are clamped to the rating range (e.g. 1..=5) unless this
+    /// is given.
+    #[arg(long, help_heading = MODEL)]
+    #[serde(alias = "no-clamp")]
+    pub no_clamp: bool,
     /// Epochs to train; with --resume, the total to reach (default: the checkpoint's).
     #[arg(long, default_value_t = 20, help_heading = TRAINING)]
     pub epochs: usize,

@@ -176,6 +176,9 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
         return bad("model", "the rating model trains on explicit ratings: ncf_train::ratings::train_ratings");
     }
     check_decay(cfg)?;
+    if cfg.batch_norm || cfg.dropout != 0.0 {
+        return bad("batch_norm/dropout", "are offered for the rating model's tower (--model rating)");
+    }
     if cfg.lr_schedule != LrSchedule::Constant {
         return bad("lr_schedule", "the implicit trainer runs a constant rate so far (schedules: --model rating)");
     }
@@ -338,7 +341,7 @@ pub fn gpu_memory_fits(m: &ModelConfig, cfg: &TrainConfig, free: usize, total: u
 }
 
 fn model_config(kind: ModelKind, cfg: &TrainConfig, users: usize, items: usize) -> ModelConfig {
-    ModelConfig { kind, users, items, factors: cfg.factors, layers: cfg.layers.clone(), init: Default::default() }
+    ModelConfig { factors: cfg.factors, layers: cfg.layers.clone(), ..ModelConfig::new(kind, users, items) }
 }
 
 /// Training steps recorded into one CUDA graph by the device-sampled epoch (each replay

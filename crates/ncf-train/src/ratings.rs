@@ -121,7 +121,7 @@ pub struct RatingOutcome {
     pub weights: Vec<HostTensor>,
 }
 
-/// RMSE and MAE of `model` on `rows`, predictions clamped to `range`.
+/// RMSE and MAE of `model` on `rows`, predictions clamped to `range` (infinite: no clamp).
 fn evaluate<B: Backend>(
     be: &B,
     model: &mut Rating<B>,
@@ -147,7 +147,7 @@ fn errors<B: Backend>(
         let (u, i): (Vec<u32>, Vec<u32>) = chunk.iter().map(|r| (r.user, r.item)).unzip();
         let y: Vec<B::T> = chunk.iter().map(|r| B::T::from_f64(r.rating as f64)).collect();
         batch.set(be, &u, &i, &y)?;
-        model.forward(be, &batch.users, &batch.items, chunk.len())?;
+        model.score(be, &batch.users, &batch.items, chunk.len())?; // eval mode
         let pred = be.download(model.logits())?;
         for (p, r) in pred.iter().zip(chunk) {
             errs.push(p.to_f64().clamp(range.0 as f64, range.1 as f64) - r.rating as f64);
@@ -178,6 +178,8 @@ pub fn train_ratings(
     let be = CpuBackend::<f32>::new(cfg.gemm.into());
     let mut mcfg = ModelConfig::new(ModelKind::Rating, n_users, n_items);
     mcfg.layers = cfg.layers.clone();
+    mcfg.batch_norm = cfg.batch_norm;
+    mcfg.dropout = cfg.dropout;
     let rows = cfg.batch.max(4096);
     let mut model = Rating::new(&be, &mcfg, rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
     // The output bias starts at the training mean (μ), the other biases at 0.
@@ -192,6 +194,8 @@ pub fn train_ratings(
     // (epoch, its validation RMSE, its weights) of the best epoch so far.
     let mut best: Option<(usize, f64, Vec<HostTensor>)> = None;
     let (mut u, mut i, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    let clamp = if cfg.no_clamp { (f32::NEG_INFINITY, f32::INFINITY) } else { range };
+    let mut step = 0u64;
     for epoch in 1..=cfg.epochs {
         let t = std::time::Instant::now();
         let lr = schedule.lr(epoch);
@@ -210,6 +214,8 @@ pub fn train_ratings(
             }
             let b = chunk.len();
             batch.set(&be, &u, &i, &y)?;
+            model.set_noise(cfg.seed, step); // this step's dropout masks
+            step += 1;
             model.forward(&be, &batch.users, &batch.items, b)?;
             be.mse(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits)?;
             model.backward(&be, &batch.users, &batch.items, &scratch.dlogits, b)?;
@@ -218,8 +224,8 @@ pub fn train_ratings(
             steps += 1;
         }
         let loss = scratch.take_loss(&be)? / steps as f64;
-        let (valid_rmse, valid_mae) = evaluate(&be, &mut model, &split.valid, range, &mut batch)?;
-        let (test_rmse, test_mae) = evaluate(&be, &mut model, &split.test, range, &mut batch)?;
+        let (valid_rmse, valid_mae) = evaluate(&be, &mut model, &split.valid, clamp, &mut batch)?;
+        let (test_rmse, test_mae) = evaluate(&be, &mut model, &split.test, clamp, &mut batch)?;
         schedule.observe(valid_rmse);
         let report = RatingEpoch {
             epoch,
@@ -247,7 +253,7 @@ pub fn train_ratings(
     for t in &weights {
         model.params.load(&be, &t.name, &t.data)?;
     }
-    let errs = errors(&be, &mut model, &split.test, range, &mut batch)?;
+    let errs = errors(&be, &mut model, &split.test, clamp, &mut batch)?;
     let residuals = residuals(&split.test, &errs, &split.train, n_users);
     let e = &epochs[selected - 1];
     let summary = RatingSummary {
