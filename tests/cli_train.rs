@@ -419,3 +419,33 @@ fn the_rating_models_batch_norm_and_dropout_flags_train_and_are_seeded() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("rating model"), "{err}");
 }
+
+/// `--write-split` writes the rating split (raw ids) for a peer library, all 100,000 ratings
+/// once, and refuses to overwrite it without --force.
+#[test]
+fn the_rating_split_is_written_for_peers() {
+    let Some(ml100k) = ncf_core::testenv::data_dir("ml-100k") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("split");
+    let args = ["train", "--model", "rating", "--data", ml100k.to_str().unwrap(), "--epochs", "1"];
+    let o = ncf(&[&args[..], &["--write-split", dir.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut all = Vec::new();
+    for (name, want) in [("train.tsv", 80_000), ("valid.tsv", 10_000), ("test.tsv", 10_000)] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), want, "{name}");
+        for l in &lines {
+            let f: Vec<&str> = l.split('\t').collect();
+            let r: f32 = f[2].parse().unwrap();
+            assert!(f.len() == 3 && f[0].parse::<u32>().unwrap() >= 1 && (1.0..=5.0).contains(&r), "{name}: {l}");
+            all.push((f[0].parse::<u32>().unwrap(), f[1].parse::<u32>().unwrap()));
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 100_000, "every (user, item) rating once across the three files");
+    let o = ncf(&[&args[..], &["--write-split", dir.to_str().unwrap()]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--force"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! `ncf train`: its flags are [`ncf_train::TrainConfig`]'s, plus `--config`.
 
 use super::{check_device, source_options, thread_pool, write_atomic};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
 use ncf_train::TrainConfig;
 use std::path::PathBuf;
@@ -187,6 +187,19 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
         split.test.len(),
         t.elapsed().as_secs_f64()
     );
+    if let Some(dir) = &cfg.write_split {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, rows) in [("train.tsv", &split.train), ("valid.tsv", &split.valid), ("test.tsv", &split.test)] {
+            let mut tsv = String::with_capacity(rows.len() * 16);
+            for r in rows.iter() {
+                let (u, i) = (data.users.raw(r.user), data.items.raw(r.item));
+                let (Some(u), Some(i)) = (u, i) else { bail!("a dense id without a raw id (a bug)") };
+                tsv.push_str(&format!("{u}\t{i}\t{}\n", r.rating));
+            }
+            write_atomic(&dir.join(name), tsv.as_bytes(), cfg.force)?;
+        }
+        eprintln!("wrote the split to {}/{{train,valid,test}}.tsv", dir.display());
+    }
     eprintln!(
         "rating model, layers {:?}{}{}, batch {}, lr {} ({:?} schedule), l2 {}, weight decay {}",
         cfg.layers,

@@ -442,6 +442,12 @@ pub struct TrainConfig {
     #[arg(long = "no-graph", action = clap::ArgAction::SetFalse, help_heading = HARDWARE)]
     pub graph: bool,
 
+    /// The rating model: write the train/validation/test split into this folder as
+    /// `train.tsv`, `valid.tsv`, `test.tsv` (raw user id, raw item id, rating; tab-separated),
+    /// so another library can be run on exactly the same split (`benches/ratings_peer.py`).
+    #[arg(long, value_name = "DIR", help_heading = OUTPUT)]
+    #[serde(alias = "write-split")]
+    pub write_split: Option<PathBuf>,
     /// Write one JSON object per epoch to this file.
     #[arg(long, help_heading = OUTPUT)]
     #[serde(alias = "metrics-jsonl")]
