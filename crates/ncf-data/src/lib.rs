@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod explicit;
+pub mod features;
 pub mod idmap;
 pub mod interactions;
 pub mod movielens;
@@ -17,6 +18,7 @@ pub mod synth;
 
 pub use error::{DataError, Result, write_atomic};
 pub use explicit::{Explicit, Rated, RatingSplit, SplitKind, split_ratings};
+pub use features::{SideFeatures, item_features, user_features};
 pub use idmap::IdMap;
 pub use interactions::UserItems;
 pub use movielens::{MovieLensFiles, RawRating, load_item_meta, load_movies, load_ratings, load_users};

@@ -201,12 +201,52 @@ fn title_year(title: &str) -> Option<u16> {
 
 /// Reads `movies.dat` (`MovieID::Title::Genres`, Latin-1). A MovieID listed twice is an error.
 pub fn load_movies(path: &Path) -> Result<Vec<Movie>> {
-    load_dat_records(path, &["MovieID", "Title", "Genres"], "movie", |_, id, f| {
+    load_dat_records(path, &["MovieID", "Title", "Genres"], "movie", |line, id, f| {
         let title = latin1(f[1]);
         let genres =
             if f[2].is_empty() { Vec::new() } else { f[2].split(|&b| b == b'|').map(latin1).collect::<Vec<_>>() };
+        check_genres(path, line, &genres)?;
         Ok(Movie { id, year: title_year(&title), title, genres })
     })
+}
+
+/// Every genre any MovieLens release uses: ML-1M's 18, ML-100K's `unknown`, ml-latest's
+/// `Children` (ML-1M's `Children's`) and `IMAX`. Another name is a file error.
+pub const KNOWN_GENRES: [&str; 21] = [
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+    "unknown",
+    "IMAX",
+    "Children",
+];
+
+/// Rejects a genre not in [`KNOWN_GENRES`], naming the file, line and field.
+fn check_genres(path: &Path, line: usize, genres: &[String]) -> Result<()> {
+    match genres.iter().find(|g| !KNOWN_GENRES.contains(&g.as_str())) {
+        None => Ok(()),
+        Some(g) => Err(DataError::parse(
+            path,
+            line,
+            "Genres",
+            format!("unknown genre `{g}` (MovieLens genres: {})", KNOWN_GENRES.join(", ")),
+        )),
+    }
 }
 
 /// Reads a `::`-separated file whose records are `ID::…` with exactly `names.len()` fields,
@@ -261,9 +301,54 @@ pub struct User {
 /// The age bracket codes of ML-1M's `users.dat`.
 pub const AGE_BRACKETS: [u8; 7] = [1, 18, 25, 35, 45, 50, 56];
 
-/// Reads `users.dat` (`UserID::Gender::Age::Occupation::Zip-code`). A UserID listed twice is
-/// an error.
+/// ML-100K's occupations (its `u.occupation`), in order: `u.user`'s occupation is stored as
+/// its index here, 0..=20 (ML-1M's codes, 0..=20, name other jobs; both are one-hot features).
+pub const ML100K_OCCUPATIONS: [&str; 21] = [
+    "administrator",
+    "artist",
+    "doctor",
+    "educator",
+    "engineer",
+    "entertainment",
+    "executive",
+    "healthcare",
+    "homemaker",
+    "lawyer",
+    "librarian",
+    "marketing",
+    "none",
+    "other",
+    "programmer",
+    "retired",
+    "salesman",
+    "scientist",
+    "student",
+    "technician",
+    "writer",
+];
+
+/// An age in years as ML-1M's bracket code ([`AGE_BRACKETS`]).
+pub fn age_bracket(years: u64) -> u8 {
+    match years {
+        0..18 => 1,
+        18..25 => 18,
+        25..35 => 25,
+        35..45 => 35,
+        45..50 => 45,
+        50..56 => 50,
+        _ => 56,
+    }
+}
+
+/// Reads the users of ML-1M's `users.dat` (`UserID::Gender::Age::Occupation::Zip-code`) or
+/// ML-100K's `u.user` (`id|age|gender|occupation|zip`, the age in years, stored as its ML-1M
+/// bracket; the occupation by name, stored as its index in [`ML100K_OCCUPATIONS`]), by file
+/// name. A user listed twice, a gender other than M/F, an unknown occupation or age, or a wrong
+/// field count is an error naming the file, line and field.
 pub fn load_users(path: &Path) -> Result<Vec<User>> {
+    if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".user")) {
+        return load_u_user(path);
+    }
     let names = ["UserID", "Gender", "Age", "Occupation", "Zip-code"];
     load_dat_records(path, &names, "user", |line, id, f| {
         let gender = match f[1] {
@@ -281,8 +366,54 @@ pub fn load_users(path: &Path) -> Result<Vec<User>> {
     })
 }
 
+fn load_u_user(path: &Path) -> Result<Vec<User>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for_each_line(path, |line, text| {
+        if text.trim_ascii().is_empty() {
+            return Ok(());
+        }
+        let f: Vec<&[u8]> = text.split(|&b| b == b'|').collect();
+        if f.len() != 5 {
+            return Err(DataError::parse(
+                path,
+                line,
+                "line",
+                format!("expected 5 fields (id|age|gender|occupation|zip), found {}", f.len()),
+            ));
+        }
+        let id = id_field(path, line, "user id", f[0])?;
+        if !seen.insert(id) {
+            return Err(DataError::parse(path, line, "user id", format!("user {id} is listed twice")));
+        }
+        let age = parse_u64(f[1])
+            .filter(|&a| a <= 150)
+            .ok_or_else(|| DataError::parse(path, line, "age", format!("`{}` is not an age in years", show(f[1]))))?;
+        let gender = match f[2] {
+            b"M" => 'M',
+            b"F" => 'F',
+            g => return Err(DataError::parse(path, line, "gender", format!("`{}` is not M or F", show(g)))),
+        };
+        let occupation = ML100K_OCCUPATIONS.iter().position(|o| o.as_bytes() == f[3]).ok_or_else(|| {
+            DataError::parse(
+                path,
+                line,
+                "occupation",
+                format!("`{}` is not one of ML-100K's occupations ({})", show(f[3]), ML100K_OCCUPATIONS.join(", ")),
+            )
+        })? as u8;
+        out.push(User { id, gender, age: age_bracket(age), occupation, zip: latin1(f[4]) });
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::invalid(path, "no users in this file"));
+    }
+    Ok(out)
+}
+
 /// The files of a MovieLens folder: one ratings file (the first of `ratings.dat`, `u.data`,
-/// `ratings.csv` present), and `movies.dat` / `users.dat` when they exist.
+/// `ratings.csv` present), and its movies (`movies.dat`, `u.item` or `movies.csv`) and users
+/// (`users.dat` or `u.user`) files when they exist.
 #[derive(Clone, Debug)]
 pub struct MovieLensFiles {
     pub ratings: PathBuf,
@@ -296,8 +427,12 @@ impl MovieLensFiles {
         let Some(ratings) = ratings else {
             return Err(DataError::invalid(dir, "no MovieLens ratings file here (ratings.dat, u.data or ratings.csv)"));
         };
-        let opt = |n: &str| Some(dir.join(n)).filter(|p| p.is_file());
-        Ok(MovieLensFiles { ratings, movies: opt("movies.dat"), users: opt("users.dat") })
+        let opt = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
+        Ok(MovieLensFiles {
+            ratings,
+            movies: opt(&["movies.dat", "u.item", "movies.csv"]),
+            users: opt(&["users.dat", "u.user"]),
+        })
     }
 }
 
@@ -309,6 +444,36 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
         p
+    }
+
+    #[test]
+    fn unknown_genres_and_malformed_users_name_the_file_line_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        let err = |r: Result<Vec<Movie>>| r.unwrap_err().to_string();
+        let m = write(d.path(), "movies.dat", b"1::A (1995)::Comedy\n2::B (1996)::Comedy|Space Opera\n");
+        let e = err(load_movies(&m));
+        assert!(e.contains("movies.dat:2:") && e.contains("unknown genre `Space Opera`"), "{e}");
+        let csv = write(d.path(), "movies.csv", b"movieId,title,genres\n1,A (1995),Comedy|Cyberpunk\n");
+        let e = err(load_item_meta(&csv));
+        assert!(e.contains("movies.csv:2:") && e.contains("unknown genre `Cyberpunk`"), "{e}");
+        let flags = "|0".repeat(18);
+        let item = write(d.path(), "u.item", format!("1|A (1995)|01-Jan-1995||url|2{flags}\n").as_bytes());
+        let e = err(load_item_meta(&item));
+        assert!(e.contains("u.item:1:") && e.contains("the `unknown` flag is `2`"), "{e}");
+
+        let uerr = |body: &[u8], name: &str| load_users(&write(d.path(), name, body)).unwrap_err().to_string();
+        let e = uerr(b"1::M::25::3::12345\n2::X::25::3::12345\n", "users.dat");
+        assert!(e.contains("users.dat:2: field `Gender`"), "{e}");
+        let e = uerr(b"1::M::25::3\n", "users.dat");
+        assert!(e.contains("users.dat:1:") && e.contains("expected 5 fields"), "{e}");
+        let e = uerr(b"1::M::26::3::1\n", "users.dat");
+        assert!(e.contains("field `Age`") && e.contains("`26`"), "{e}");
+        let e = uerr(b"1|24|M|technician|85711\n2|53|F|astronaut|94043\n", "u.user");
+        assert!(e.contains("u.user:2: field `occupation`") && e.contains("`astronaut` is not one of"), "{e}");
+        let e = uerr(b"1|old|M|technician|85711\n", "u.user");
+        assert!(e.contains("u.user:1: field `age`"), "{e}");
+        let ok = load_users(&write(d.path(), "u.user", b"1|24|M|technician|85711\n2|53|F|other|94043\n")).unwrap();
+        assert_eq!((ok[0].age, ok[0].occupation, ok[1].age, ok[1].gender), (18, 19, 50, 'F'));
     }
 
     #[test]
@@ -464,6 +629,16 @@ pub fn load_item_meta(path: &Path) -> Result<Vec<Movie>> {
             let g = String::from_utf8_lossy(&fields[2]).into_owned();
             if g == "(no genres listed)" { Vec::new() } else { g.split('|').map(str::to_string).collect() }
         } else {
+            if let Some((g, f)) =
+                ML100K_GENRES.iter().zip(&fields[5..]).find(|(_, f)| !matches!(f.as_slice(), b"0" | b"1"))
+            {
+                return Err(DataError::parse(
+                    path,
+                    line,
+                    "genre flag",
+                    format!("the `{g}` flag is `{}`, not 0 or 1", show(f)),
+                ));
+            }
             ML100K_GENRES
                 .iter()
                 .zip(&fields[5..])
@@ -471,6 +646,7 @@ pub fn load_item_meta(path: &Path) -> Result<Vec<Movie>> {
                 .map(|(g, _)| g.to_string())
                 .collect()
         };
+        check_genres(path, line, &genres)?;
         out.push(Movie { id, year: title_year(&title), title, genres });
         Ok(())
     })?;
