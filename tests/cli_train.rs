@@ -449,3 +449,48 @@ fn the_rating_split_is_written_for_peers() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--force"), "{err}");
 }
+
+/// `--features` trains the hybrid rating model on ML-100K's u.item and u.user (30 + 30
+/// columns); a malformed metadata file stops it with the file, line and field.
+#[test]
+fn the_hybrid_rating_model_reads_u_item_and_u_user() {
+    let Some(ml100k) = ncf_core::testenv::data_dir("ml-100k") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let summary = d.path().join("s.json");
+    let args = ["train", "--model", "rating", "--epochs", "2", "--batch", "1024", "--features", "--data"];
+    let o = ncf(&[&args[..], &[ml100k.to_str().unwrap(), "--summary-json", summary.to_str().unwrap()]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("30 item columns") && err.contains("30 user columns"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(
+        (v["model"].as_str(), v["features"][0].as_u64(), v["features"][1].as_u64()),
+        (Some("rating+features"), Some(30), Some(30))
+    );
+    assert!(v["test_rmse"].as_f64().unwrap() < 1.05, "{v}");
+
+    // A copy whose u.user has an unknown occupation on line 3, and one whose u.item has an
+    // unknown genre flag.
+    for (file, bad, want) in [
+        ("u.user", "3|23|M|astronaut|32067", "u.user:3: field `occupation`"),
+        ("u.item", "", "u.item:2: field `genre flag`"),
+    ] {
+        let copy = d.path().join(format!("bad-{file}"));
+        std::fs::create_dir(&copy).unwrap();
+        for f in ["u.data", "u.item", "u.user"] {
+            std::fs::copy(ml100k.join(f), copy.join(f)).unwrap();
+        }
+        let text = std::fs::read(copy.join(file)).unwrap();
+        let mut lines: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        if file == "u.user" {
+            lines[2] = bad.as_bytes().to_vec();
+        } else {
+            let n = lines[1].len();
+            lines[1][n - 1] = b'7'; // the last genre flag of line 2
+        }
+        std::fs::write(copy.join(file), lines.join(&b'\n')).unwrap();
+        let o = ncf(&["train", "--model", "rating", "--epochs", "1", "--features", "--data", copy.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{file}: {err}");
+    }
+}

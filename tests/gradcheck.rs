@@ -23,7 +23,10 @@ fn every_tensor_passes_with_max_rel_at_most_1e_6_through_every_gemm() {
         }
         assert!(report.ok);
         let models: Vec<&str> = report.subjects.iter().filter(|s| s.kind == "model").map(|s| s.name.as_str()).collect();
-        assert_eq!(models, ["gmf", "mlp", "neumf", "mf", "rating", "rating+bn+dropout"]);
+        assert_eq!(
+            models,
+            ["gmf", "mlp", "neumf", "mf", "rating", "rating+bn+dropout", "rating+features", "neumf+features"]
+        );
         let ops: Vec<&str> = report.subjects.iter().filter(|s| s.kind == "op").map(|s| s.name.as_str()).collect();
         for op in ["mse", "dropout (fixed mask)", "batchnorm (train)"] {
             assert!(ops.contains(&op), "no gradcheck of {op}: {ops:?}");

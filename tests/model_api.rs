@@ -121,6 +121,26 @@ fn fast_scoring_matches_forward_and_refuses_stale_tables() {
             let got: Vec<f64> = m.logits()[..b].iter().map(|x| x.to_f64()).collect();
             ncf_core::tol::assert_close(&format!("{kind} score vs forward"), &got, &want, tol);
             if matches!(kind, ModelKind::Mlp | ModelKind::NeuMf) {
+                // The hybrid: the features' columns of layer 0 fold into the per-user and
+                // per-item tables.
+                let hcfg = ModelConfig { user_features: 5, item_features: 3, ..cfg.clone() };
+                let mut h = AnyModel::new(&be, &hcfg, b, &mut ncf_core::rng::seeded(6, 0)).unwrap();
+                let hot = |n: usize, w: usize| -> Vec<f64> { (0..n * w).map(|k| (k % 3 == 1) as u8 as f64).collect() };
+                h.params_and_grads().0.load(&be, "user_features", &hot(n_users, 5)).unwrap();
+                h.params_and_grads().0.load(&be, "item_features", &hot(n_items, 3)).unwrap();
+                h.forward(&be, &users, &items, b).unwrap();
+                let want: Vec<f64> = h.logits()[..b].iter().map(|x| x.to_f64()).collect();
+                h.prepare_scoring(&be).unwrap();
+                h.score(&be, &users, &items, b).unwrap();
+                let got: Vec<f64> = h.logits()[..b].iter().map(|x| x.to_f64()).collect();
+                ncf_core::tol::assert_close(&format!("{kind}+features score vs forward"), &got, &want, tol);
+                // The features matter: zero them and the logits change.
+                h.params_and_grads().0.load(&be, "item_features", &vec![0.0; n_items * 3]).unwrap();
+                h.forward(&be, &users, &items, b).unwrap();
+                let zeroed: Vec<f64> = h.logits()[..b].iter().map(|x| x.to_f64()).collect();
+                assert_ne!(zeroed, want, "{kind}: the item features change the logits");
+            }
+            if matches!(kind, ModelKind::Mlp | ModelKind::NeuMf) {
                 let name = m.params().tensors[0].name.clone();
                 let n = m.params().tensors[0].numel();
                 m.params_and_grads().0.load(&be, &name, &vec![0.5; n]).unwrap();

@@ -212,7 +212,43 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
         cfg.weight_decay
     );
     let mut jsonl = String::new();
-    let out = ncf_train::ratings::train_ratings(&cfg, &split, data.n_users(), data.n_items(), range, |r| {
+    let (users, items) = if cfg.features {
+        let meta = match &cfg.features_from {
+            Some(d) => ncf_data::MovieLensFiles::find_meta(d)?,
+            None => files.clone(),
+        };
+        let items = match &meta.movies {
+            Some(p) => Some(ncf_data::item_features(&ncf_data::load_item_meta(p)?, &data.items, |r| r)),
+            None => None,
+        };
+        let users = match &meta.users {
+            Some(p) => Some(ncf_data::user_features(&ncf_data::load_users(p)?, &data.users, |r| r)),
+            None => None,
+        };
+        if users.is_none() && items.is_none() {
+            bail!(
+                "--features: no movies (movies.dat, u.item, movies.csv) or users (users.dat, u.user) file in {}",
+                dir.display()
+            );
+        }
+        for (what, f, file) in [("item", &items, &meta.movies), ("user", &users, &meta.users)] {
+            match (f, file) {
+                (Some(f), Some(p)) => eprintln!(
+                    "features: {} {what} columns from {} ({} {what}s of the ratings not listed there)",
+                    f.width(),
+                    p.display(),
+                    f.missing
+                ),
+                _ => eprintln!("features: no {what} file, no {what} features"),
+            }
+        }
+        (users, items)
+    } else {
+        (None, None)
+    };
+    let side = ncf_train::ratings::Side { users: users.as_ref(), items: items.as_ref() };
+    let dims = (data.n_users(), data.n_items());
+    let out = ncf_train::ratings::train_ratings(&cfg, &split, dims, side, range, |r| {
         println!(
             "epoch {:>3}  lr {:.2e}  train MSE {:.4}  valid RMSE {:.4} MAE {:.4}  test RMSE {:.4} MAE {:.4}  [{:.2}s]",
             r.epoch, r.lr, r.loss, r.valid_rmse, r.valid_mae, r.test_rmse, r.test_mae, r.seconds

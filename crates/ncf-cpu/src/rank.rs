@@ -172,6 +172,11 @@ impl Ranker {
             }
             return Ok(r);
         }
+        if find(ts, "user_features").is_some() || find(ts, "item_features").is_some() {
+            return Err(
+                "a model with side features (--features) is scored by the model's own path, not the fast ranker".into(),
+            );
+        }
         let w = get("predict_weight")?;
         let b = get("predict_bias")?;
         need(b, 1)?;

@@ -195,6 +195,9 @@ impl FusedModel {
             Some([find(&format!("{prefix}_user_embedding"))?, find(&format!("{prefix}_item_embedding"))?])
         };
         let (gmf, mlp, mf) = (pair("gmf"), pair("mlp"), pair("mf"));
+        if find("user_features").is_some() || find("item_features").is_some() {
+            return Err("a hybrid model (side features in the MLP's input) runs the reference step".into());
+        }
         if mf.is_none() && find("user_bias").is_some() {
             return Err("the rating model (per-user and per-item biases beside the MLP) runs the reference step".into());
         }

@@ -427,6 +427,18 @@ impl MovieLensFiles {
         let Some(ratings) = ratings else {
             return Err(DataError::invalid(dir, "no MovieLens ratings file here (ratings.dat, u.data or ratings.csv)"));
         };
+        let mut f = Self::find_meta(dir)?;
+        f.ratings = ratings;
+        Ok(f)
+    }
+
+    /// The metadata files of a folder that may hold no ratings file (`ratings` is then the
+    /// folder itself): movies and users, each `None` when absent.
+    pub fn find_meta(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(DataError::invalid(dir, "not a folder"));
+        }
+        let ratings = dir.to_path_buf();
         let opt = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
         Ok(MovieLensFiles {
             ratings,

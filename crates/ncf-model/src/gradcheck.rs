@@ -236,8 +236,13 @@ pub fn check_model<B: Backend, M: Model<B>>(
     }
     model_loss(be, model, &users, &items, &labels, b, &mut loss, &mut dl)?;
     model.backward(be, &users, &items, &dl, b)?;
-    let mut analytic: Vec<Vec<f64>> = model.grads().to_host(be)?.into_iter().map(|t| t.data).collect();
-    let host: Vec<HostTensor> = model.params().to_host(be)?;
+    // Role::Stat tensors (batch norm's running statistics, side-feature tables) are state and
+    // data, not trained: they have no gradient and are left out.
+    let trained: Vec<bool> = model.params().tensors.iter().map(|t| t.role != Role::Stat).collect();
+    let keep =
+        |v: Vec<HostTensor>| -> Vec<HostTensor> { v.into_iter().zip(&trained).filter(|p| *p.1).map(|p| p.0).collect() };
+    let mut analytic: Vec<Vec<f64>> = keep(model.grads().to_host(be)?).into_iter().map(|t| t.data).collect();
+    let host: Vec<HostTensor> = keep(model.params().to_host(be)?);
     for (t, g) in host.iter().zip(analytic.iter_mut()) {
         fault(name, &t.name, g);
     }
@@ -268,6 +273,19 @@ pub fn check_models<B: Backend>(be: &B, opts: &Options, fault: Fault) -> Result<
     let mut model = Rating::new(be, &cfg, prob.users.len(), &mut ncf_core::rng::seeded(opts.seed, 99))?;
     model.set_noise(opts.seed, 1);
     out.push(check_model(be, "rating+bn+dropout", &mut model, &prob, opts, fault)?);
+    // The hybrid models: multi-hot side features (3 user columns, 4 item columns) beside the
+    // embeddings at the tower's input.
+    for kind in [ModelKind::Rating, ModelKind::NeuMf] {
+        let cfg = ModelConfig { user_features: 3, item_features: 4, ..tiny_config(kind) };
+        let mut model = AnyModel::new(be, &cfg, prob.users.len(), &mut ncf_core::rng::seeded(opts.seed, 98))?;
+        let hot = |n: usize, w: usize| -> Vec<f64> {
+            (0..n * w).map(|k| (k * 7 + k / w).is_multiple_of(3) as u8 as f64).collect()
+        };
+        let (p, _) = model.params_and_grads();
+        p.load(be, "user_features", &hot(cfg.users, 3))?;
+        p.load(be, "item_features", &hot(cfg.items, 4))?;
+        out.push(check_model(be, &format!("{kind}+features"), &mut model, &prob, opts, fault)?);
+    }
     Ok(out)
 }
 

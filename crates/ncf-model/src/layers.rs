@@ -166,11 +166,76 @@ pub struct MlpTower<B: Backend> {
     dropout: f64,
     /// The seed of this training step's masks ([`MlpTower::set_noise`]).
     noise: u64,
+    /// Side features (the hybrid models), if any.
+    feat: Option<Features<B>>,
     /// Dropped outputs `x̃ₗ` and their gradients (empty without dropout).
     xd: Vec<B::Buf>,
     dxd: Vec<B::Buf>,
     /// Whether the last forward applied dropout (then [`MlpTower::out`] is `x̃_L`).
     dropped: bool,
+}
+
+/// One side's feature table: its tensor index and width, if the side has features.
+pub type FeatureSide = Option<(usize, usize)>;
+
+/// Side features (the hybrid models, `--features`): constant multi-hot tables `M_u (U,Fu)` and
+/// `M_i (I,Fi)` (`Role::Stat` tensors: saved with the model, never trained), one side or both.
+/// The tower's input becomes `x₀ = [P[u], Q[i], M_u[u], M_i[i]]`, so layer 0's columns for a
+/// feature are that feature's learned embedding (a multi-hot row times them is the sum of its
+/// features' vectors). Backward: the features' part of `dx₀` is dropped (they are data).
+pub struct Features<B: Backend> {
+    /// `(tensor index, width)` of the users' and the items' table.
+    pub user: Option<(usize, usize)>,
+    pub item: Option<(usize, usize)>,
+    mu: B::Buf,
+    mi: B::Buf,
+    /// `[P[u], Q[i]]` and `[M_u[u], M_i[i]]` before they are joined, and their gradients.
+    ecat: B::Buf,
+    fcat: B::Buf,
+    decat: B::Buf,
+    dfcat: B::Buf,
+}
+
+impl<B: Backend> Features<B> {
+    pub fn new(
+        be: &B,
+        user: Option<(usize, usize)>,
+        item: Option<(usize, usize)>,
+        d: usize,
+        rows: usize,
+    ) -> Result<Self> {
+        let (fu, fi) = (user.map_or(0, |u| u.1), item.map_or(0, |i| i.1));
+        let z = |w: usize| be.zeros(rows * w);
+        Ok(Features {
+            user,
+            item,
+            mu: z(fu)?,
+            mi: z(fi)?,
+            ecat: z(2 * d)?,
+            fcat: z(fu + fi)?,
+            decat: z(2 * d)?,
+            dfcat: z(fu + fi)?,
+        })
+    }
+
+    /// `Fu + Fi`, the columns they add to `x₀`.
+    pub fn width(&self) -> usize {
+        self.user.map_or(0, |u| u.1) + self.item.map_or(0, |i| i.1)
+    }
+
+    /// `fcat = [M_u[users], M_i[items]]`.
+    fn gather(&mut self, be: &B, p: &ParamSet<B>, ids: (&B::Ids, &B::Ids), n: (usize, usize), b: usize) -> Result<()> {
+        match (self.user, self.item) {
+            (Some((u, fu)), Some((i, fi))) => {
+                be.embedding_forward(p.buf(u), n.0, fu, ids.0, b, &mut self.mu)?;
+                be.embedding_forward(p.buf(i), n.1, fi, ids.1, b, &mut self.mi)?;
+                be.concat_cols(&self.mu, fu, &self.mi, fi, b, &mut self.fcat)
+            }
+            (Some((u, fu)), None) => be.embedding_forward(p.buf(u), n.0, fu, ids.0, b, &mut self.fcat),
+            (None, Some((i, fi))) => be.embedding_forward(p.buf(i), n.1, fi, ids.1, b, &mut self.fcat),
+            (None, None) => Ok(()),
+        }
+    }
 }
 
 /// One layer's batch normalization: the indices of `γ, β` (trained) and the running mean and
@@ -236,6 +301,7 @@ impl<B: Backend> MlpTower<B> {
             bn: Vec::new(),
             dropout: 0.0,
             noise: 0,
+            feat: None,
             xd: Vec::new(),
             dxd: Vec::new(),
             dropped: false,
@@ -268,6 +334,36 @@ impl<B: Backend> MlpTower<B> {
         Ok(self)
     }
 
+    /// Adds side features to the tower's input (layer 0 must read `2D + Fu + Fi` columns).
+    pub fn with_features(
+        mut self,
+        be: &B,
+        user: Option<(usize, usize)>,
+        item: Option<(usize, usize)>,
+        rows: usize,
+    ) -> Result<Self> {
+        let f = Features::new(be, user, item, self.emb.d, rows)?;
+        let want = 2 * self.emb.d + f.width();
+        if f.width() > 0 {
+            if self.dense.first().is_some_and(|l| l.i != want) {
+                return Err(Error::invalid(
+                    "mlp.with_features",
+                    "layers",
+                    format!("layer 0 reads {} columns, the embeddings and features give {want}", self.dense[0].i),
+                ));
+            }
+            self.x0 = be.zeros(rows * want)?;
+            self.dx0 = be.zeros(rows * want)?;
+            self.feat = Some(f);
+        }
+        Ok(self)
+    }
+
+    /// The side features' table indices and widths, if the tower has any.
+    pub fn features(&self) -> Option<(FeatureSide, FeatureSide)> {
+        self.feat.as_ref().map(|f| (f.user, f.item))
+    }
+
     /// Whether the tower has batch norm or dropout (then it trains through
     /// [`MlpTower::forward_train`]).
     pub fn is_regularized(&self) -> bool {
@@ -283,12 +379,23 @@ impl<B: Backend> MlpTower<B> {
     /// The same tower with buffers for `rows` rows.
     pub fn like(&self, be: &B, rows: usize) -> Result<Self> {
         let norms: Vec<Option<NormIdx>> = self.bn.iter().map(|n| n.as_ref().map(|n| n.idx)).collect();
-        Self::new(be, self.emb.like(be, rows)?, self.dense.clone(), rows)?.regularize(be, &norms, self.dropout, rows)
+        let (fu, fi) = self.features().unwrap_or((None, None));
+        Self::new(be, self.emb.like(be, rows)?, self.dense.clone(), rows)?.with_features(be, fu, fi, rows)?.regularize(
+            be,
+            &norms,
+            self.dropout,
+            rows,
+        )
     }
 
     /// Width of the tower's output.
     pub fn out_width(&self) -> usize {
-        self.dense.last().map_or(2 * self.emb.d, |l| l.o)
+        self.dense.last().map_or(self.in_width(), |l| l.o)
+    }
+
+    /// Width of `x₀`: `2D`, plus the side features' columns.
+    pub fn in_width(&self) -> usize {
+        2 * self.emb.d + self.feat.as_ref().map_or(0, Features::width)
     }
 
     /// The tower's output `x_L (B, H_L)` after [`MlpTower::forward`] (`x̃_L` after a training
@@ -311,9 +418,7 @@ impl<B: Backend> MlpTower<B> {
             ));
         }
         self.dropped = false;
-        let e = &mut self.emb;
-        e.forward(be, p, users, items, b)?;
-        be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut self.x0)?;
+        self.embed(be, p, users, items, b)?;
         for (l, layer) in self.dense.iter().enumerate() {
             // zₗ = xₗ₋₁·Wₗᵀ + bₗ and xₗ = relu(zₗ), fused (one pass on the GPU).
             let (prev, cur) = self.x.split_at_mut(l);
@@ -415,11 +520,27 @@ impl<B: Backend> MlpTower<B> {
         Ok(())
     }
 
-    /// `x₀ = [P[u], Q[i]]`.
+    /// `x₀ = [P[u], Q[i]]`, with the side features `[…, M_u[u], M_i[i]]` when the tower has them.
     fn embed(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         let e = &mut self.emb;
         e.forward(be, p, users, items, b)?;
-        be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut self.x0)
+        let Some(f) = &mut self.feat else { return be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut self.x0) };
+        be.concat_cols(&e.pu, e.d, &e.qi, e.d, b, &mut f.ecat)?;
+        f.gather(be, p, (users, items), (e.users, e.items), b)?;
+        be.concat_cols(&f.ecat, 2 * e.d, &f.fcat, f.width(), b, &mut self.x0)
+    }
+
+    /// `dx₀ → dP[u], dQ[i]` (the features' columns are data: their gradient is dropped).
+    fn unembed(&mut self, be: &B, b: usize) -> Result<()> {
+        let (e, dx0) = (&mut self.emb, &self.dx0);
+        match &mut self.feat {
+            None => be.split_cols(dx0, e.d, e.d, b, &mut e.dpu, &mut e.dqi),
+            Some(f) => {
+                let w = f.width();
+                be.split_cols(dx0, 2 * e.d, w, b, &mut f.decat, &mut f.dfcat)?;
+                be.split_cols(&f.decat, e.d, e.d, b, &mut e.dpu, &mut e.dqi)
+            }
+        }
     }
 
     /// Computes the [`FirstLayerTables`] from the current weights (inference only), unless the
@@ -431,17 +552,26 @@ impl<B: Backend> MlpTower<B> {
         }
         let (d, o) = (self.emb.d, l0.o);
         let w = be.download(p.buf(l0.w))?;
-        let (mut wu, mut wi) = (Vec::with_capacity(o * d), Vec::with_capacity(o * d));
-        for row in w.chunks_exact(2 * d).take(o) {
-            wu.extend_from_slice(&row[..d]);
-            wi.extend_from_slice(&row[d..]);
-        }
-        let (wu, wi, zero) = (be.upload(&wu)?, be.upload(&wi)?, be.zeros(o)?);
+        // Columns of W₀: [W_u (D) | W_i (D) | W_fu (Fu) | W_fi (Fi)].
+        let (fu, fi) = self.features().unwrap_or((None, None));
+        let (nfu, nfi) = (fu.map_or(0, |f| f.1), fi.map_or(0, |f| f.1));
+        let cols = |lo: usize, n: usize| -> Vec<B::T> {
+            w.chunks_exact(l0.i).take(o).flat_map(|row| row[lo..lo + n].iter().copied()).collect()
+        };
+        let (wu, wi, zero) = (be.upload(&cols(0, d))?, be.upload(&cols(d, d))?, be.zeros(o)?);
         let e = &self.emb;
         let mut u = be.zeros(e.users * o)?;
         let mut v = be.zeros(e.items * o)?;
         be.linear_forward(p.buf(e.user), &wu, p.buf(l0.bias), &mut u, e.users, d, o)?;
         be.linear_forward(p.buf(e.item), &wi, &zero, &mut v, e.items, d, o)?;
+        // A side's features are constant per id: U += M_u·W_fuᵀ, V += M_i·W_fiᵀ.
+        for (side, lo, n, rows, out) in [(fu, 2 * d, nfu, e.users, &mut u), (fi, 2 * d + nfu, nfi, e.items, &mut v)] {
+            if let Some((k, _)) = side {
+                let (wf, mut extra) = (be.upload(&cols(lo, n))?, be.zeros(rows * o)?);
+                be.linear_forward(p.buf(k), &wf, &zero, &mut extra, rows, n, o)?;
+                be.add_assign(out, &extra, rows * o)?;
+            }
+        }
         self.tables = Some(FirstLayerTables { u, v, generation: p.generation });
         Ok(())
     }
@@ -509,9 +639,12 @@ impl<B: Backend> MlpTower<B> {
                 layer.o,
             )?;
         }
-        let dx0 = if self.dense.is_empty() { dout } else { &self.dx0 };
-        let e = &mut self.emb;
-        be.split_cols(dx0, e.d, e.d, b, &mut e.dpu, &mut e.dqi)
+        if self.dense.is_empty() {
+            // Only the plain tower can be empty; x₀ is then the output.
+            let e = &mut self.emb;
+            return be.split_cols(dout, e.d, e.d, b, &mut e.dpu, &mut e.dqi);
+        }
+        self.unembed(be, b)
     }
 
     /// [`MlpTower::backward`] after [`MlpTower::forward_train`] of a regularized tower. `dxₗ`
@@ -575,8 +708,7 @@ impl<B: Backend> MlpTower<B> {
                 }
             }
         }
-        let e = &mut self.emb;
-        be.split_cols(&self.dx0, e.d, e.d, b, &mut e.dpu, &mut e.dqi)
+        self.unembed(be, b)
     }
 
     /// Signs of every pre-activation `zₗ > 0` for the first `b` rows (the gradient check uses them

@@ -85,6 +85,11 @@ pub struct ModelConfig {
     /// Inverted dropout on each dense layer's output at this drop probability, `0` for none
     /// (the rating model only).
     pub dropout: f64,
+    /// Side features (the hybrid models): the widths of the users' and the items' multi-hot
+    /// rows, concatenated to the MLP tower's input; 0 = none. Their tables are loaded after
+    /// construction (`user_features`, `item_features`).
+    pub user_features: usize,
+    pub item_features: usize,
 }
 
 impl ModelConfig {
@@ -98,6 +103,8 @@ impl ModelConfig {
             init: InitConfig::default(),
             batch_norm: false,
             dropout: 0.0,
+            user_features: 0,
+            item_features: 0,
         }
     }
 
@@ -116,6 +123,14 @@ impl ModelConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::invalid(OP, "dropout", format!("must be in [0, 1), got {}", self.dropout)));
+        }
+        let hybrid = self.user_features + self.item_features > 0;
+        if hybrid && !matches!(self.kind, ModelKind::Rating | ModelKind::NeuMf | ModelKind::Mlp) {
+            return Err(Error::invalid(
+                OP,
+                "features",
+                format!("side features go into the MLP tower (rating, neumf, mlp), not {}", self.kind),
+            ));
         }
         if (self.batch_norm || self.dropout > 0.0) && self.kind != ModelKind::Rating {
             return Err(Error::invalid(
@@ -187,7 +202,9 @@ fn add_mlp<B: Backend>(be: &B, pb: &mut ParamBuilder<B>, cfg: &ModelConfig, rows
     let item = pb.add("mlp_item_embedding", &[cfg.items, d], Role::Embedding(IdSource::Item), cfg.init.embedding)?;
     let mut dense = Vec::new();
     for (l, win) in cfg.layers.windows(2).enumerate() {
-        let (i, o) = (win[0], win[1]);
+        // Layer 0 also reads the side features' columns (the hybrid models).
+        let i = if l == 0 { win[0] + cfg.user_features + cfg.item_features } else { win[0] };
+        let o = win[1];
         let w = pb.add(format!("mlp_{l}_weight"), &[o, i], Role::Weight, cfg.init.hidden)?;
         let bias = pb.add(format!("mlp_{l}_bias"), &[o], Role::Bias, cfg.init.bias)?;
         dense.push(DenseIdx { w, bias, i, o });
@@ -203,8 +220,17 @@ fn add_mlp<B: Backend>(be: &B, pb: &mut ParamBuilder<B>, cfg: &ModelConfig, rows
             norms.push(Some(NormIdx { gamma, beta }));
         }
     }
+    // Side features: constant multi-hot tables the trainer loads (`Role::Stat`: never trained).
+    let side = |pb: &mut ParamBuilder<B>, name: &str, n: usize, w: usize| -> Result<Option<(usize, usize)>> {
+        if w == 0 {
+            return Ok(None);
+        }
+        Ok(Some((pb.add(name, &[n, w], Role::Stat, Init::Zeros)?, w)))
+    };
+    let fu = side(pb, "user_features", cfg.users, cfg.user_features)?;
+    let fi = side(pb, "item_features", cfg.items, cfg.item_features)?;
     let pair = EmbeddingPair::new(be, user, item, cfg.users, cfg.items, d, rows)?;
-    MlpTower::new(be, pair, dense, rows)?.regularize(be, &norms, cfg.dropout, rows)
+    MlpTower::new(be, pair, dense, rows)?.with_features(be, fu, fi, rows)?.regularize(be, &norms, cfg.dropout, rows)
 }
 
 /// Adds a GMF tower's parameters and returns the tower (buffers for `rows` rows).

@@ -380,6 +380,17 @@ pub struct TrainConfig {
     /// (seeded; off when predicting), 0 = none.
     #[arg(long, conflicts_with = "resume", default_value_t = 0.0, help_heading = MODEL)]
     pub dropout: f64,
+    /// The hybrid model (rating or NeuMF/MLP): side features (items' genres and release decade,
+    /// users' gender, age and occupation) from the MovieLens metadata files, concatenated to
+    /// the MLP tower's input. Read from --features-from, else the --data folder (u.item,
+    /// u.user; movies.dat, users.dat; movies.csv).
+    #[arg(long, conflicts_with = "resume", help_heading = MODEL)]
+    pub features: bool,
+    /// The folder holding the metadata files for --features (e.g. ../shared/data/ml-1m for the
+    /// NCF ML-1M split, whose item_id_map.tsv maps its items to MovieLens ids).
+    #[arg(long, value_name = "DIR", requires = "features", conflicts_with = "resume", help_heading = MODEL)]
+    #[serde(alias = "features-from")]
+    pub features_from: Option<PathBuf>,
     /// The rating model: predictions are clamped to the rating range (e.g. 1..=5) unless this
     /// is given.
     #[arg(long, help_heading = MODEL)]

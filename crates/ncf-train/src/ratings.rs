@@ -8,7 +8,7 @@
 use crate::{Result, TrainConfig, TrainError, optim_config};
 use ncf_core::{Backend, Float};
 use ncf_cpu::CpuBackend;
-use ncf_data::{Rated, RatingSplit};
+use ncf_data::{Rated, RatingSplit, SideFeatures};
 use ncf_model::{Batch, HostTensor, Model, ModelConfig, ModelKind, Optimizer, Rating, StepScratch};
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -36,6 +36,8 @@ pub struct RatingEpoch {
 #[derive(Clone, Debug, Serialize)]
 pub struct RatingSummary {
     pub model: String,
+    /// Side-feature columns (users, items); 0, 0 for the id-only model.
+    pub features: (usize, usize),
     pub layers: Vec<usize>,
     pub train_ratings: usize,
     pub valid_ratings: usize,
@@ -156,14 +158,23 @@ fn errors<B: Backend>(
     Ok(errs)
 }
 
+/// Side features for the hybrid rating model: the users' and the items' multi-hot rows (one
+/// row per dense id), either side optional.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Side<'a> {
+    pub users: Option<&'a SideFeatures>,
+    pub items: Option<&'a SideFeatures>,
+}
+
 /// Trains the rating model on `split` (dense ids below `n_users`, `n_items`) with `cfg`'s
-/// epochs, batch, learning rate, optimizer, L2, seed, patience and layers, on the CPU.
-/// `on_epoch` sees each epoch's report.
+/// epochs, batch, learning rate, optimizer, L2, seed, patience, layers, batch norm and
+/// dropout, on the CPU; with `side` features, the hybrid model. `on_epoch` sees each epoch's
+/// report.
 pub fn train_ratings(
     cfg: &TrainConfig,
     split: &RatingSplit,
-    n_users: usize,
-    n_items: usize,
+    (n_users, n_items): (usize, usize),
+    side: Side<'_>,
     range: (f32, f32),
     mut on_epoch: impl FnMut(&RatingEpoch),
 ) -> Result<RatingOutcome> {
@@ -180,11 +191,21 @@ pub fn train_ratings(
     mcfg.layers = cfg.layers.clone();
     mcfg.batch_norm = cfg.batch_norm;
     mcfg.dropout = cfg.dropout;
+    mcfg.user_features = side.users.map_or(0, SideFeatures::width);
+    mcfg.item_features = side.items.map_or(0, SideFeatures::width);
     let rows = cfg.batch.max(4096);
     let mut model = Rating::new(&be, &mcfg, rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
     // The output bias starts at the training mean (μ), the other biases at 0.
     let mean = split.train.iter().map(|r| r.rating as f64).sum::<f64>() / split.train.len() as f64;
     model.params.load(&be, "predict_bias", &[mean])?;
+    for (name, f, n) in [("user_features", side.users, n_users), ("item_features", side.items, n_items)] {
+        if let Some(f) = f {
+            if f.active.len() != n {
+                return Err(TrainError::Config("features", format!("{} rows of {name} for {n} ids", f.active.len())));
+            }
+            model.params.load(&be, name, &f.dense())?;
+        }
+    }
     let mut opt = Optimizer::new(&be, &model.params, optim_config(cfg), rows)?;
     let mut batch = Batch::with_capacity(&be, rows)?;
     let mut scratch = StepScratch::new(&be, rows)?;
@@ -257,7 +278,8 @@ pub fn train_ratings(
     let residuals = residuals(&split.test, &errs, &split.train, n_users);
     let e = &epochs[selected - 1];
     let summary = RatingSummary {
-        model: "rating".into(),
+        model: if side.users.is_some() || side.items.is_some() { "rating+features" } else { "rating" }.into(),
+        features: (mcfg.user_features, mcfg.item_features),
         layers: cfg.layers.clone(),
         train_ratings: split.train.len(),
         valid_ratings: split.valid.len(),
