@@ -494,3 +494,36 @@ fn the_hybrid_rating_model_reads_u_item_and_u_user() {
         assert!(!o.status.success() && err.contains(want), "{file}: {err}");
     }
 }
+
+/// The implicit hybrid (`--model neumf --features`) on a synthetic MovieLens folder (its
+/// movies.dat and users.dat carry the side features): it trains, reports the low-activity
+/// users apart, and refuses --save (hybrid checkpoints are not supported yet).
+#[test]
+fn the_implicit_hybrid_trains_on_synthetic_side_features() {
+    let d = tempfile::tempdir().unwrap();
+    let ml = d.path().join("ml");
+    let synth =
+        ["data", "synth", "--out", ml.to_str().unwrap(), "--users", "300", "--items", "200", "--density", "0.08"];
+    assert!(ncf(&synth).status.success());
+    let summary = d.path().join("s.json");
+    let args = ["train", "--data", ml.to_str().unwrap(), "--features", "--epochs", "2", "--summary-json"];
+    let o = ncf(&[&args[..], &[summary.to_str().unwrap()]].concat());
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(err.contains("30 item columns") && err.contains("30 user columns"), "{err}");
+    assert!(out.contains("test users with fewer than 20 training interactions"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let (hr, low) = (v["test_hr"].as_f64().unwrap(), v["low_test_hr"].as_f64().unwrap());
+    assert!(hr > 0.0 && hr <= 1.0 && (0.0..=1.0).contains(&low) && v["low_users"].as_u64().unwrap() > 0, "{v}");
+
+    let o = ncf(&[
+        &args[..],
+        &[d.path().join("t.json").to_str().unwrap(), "--save", d.path().join("m.st").to_str().unwrap()],
+    ]
+    .concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cannot be saved"), "{err}");
+    let o = ncf(&["train", "--model", "gmf", "--data", ml.to_str().unwrap(), "--features", "--epochs", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("MLP tower"), "{err}");
+}

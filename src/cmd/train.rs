@@ -64,8 +64,20 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     let opts = source_options(cfg.min_rating, cfg.split_seed, cfg.test_negatives);
     let loaded = pool.install(|| ncf_train::source::load(cfg.data.as_deref(), &opts))?;
     let split = &loaded.split;
-    let data = pool.install(|| ncf_train::Prepared::from_split(split, cfg.seed));
+    let mut data = pool.install(|| ncf_train::Prepared::from_split(split, cfg.seed));
     eprintln!("{}", loaded.description);
+    if cfg.features {
+        // The metadata folder: --features-from, else the --data folder (or a ratings file's).
+        let dir = match (&cfg.features_from, &cfg.data) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) if d.is_dir() => d.clone(),
+            (None, Some(f)) => f.parent().map(PathBuf::from).unwrap_or_default(),
+            (None, None) => bail!("--features needs --data (or --features-from): the embedded sample has no metadata"),
+        };
+        for line in data.with_features(&dir)? {
+            eprintln!("{line}");
+        }
+    }
     if cfg.lr_scaling != ncf_train::LrScaling::None {
         eprintln!(
             "learning rate {:.6} (--lr {} at batch {}, {:?} scaling to batch {})",
@@ -134,6 +146,13 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
         summary.best_test_hr,
         summary.best_test_ndcg,
         summary.seconds_per_epoch.total
+    );
+    println!(
+        "  test users with fewer than {} training interactions: {} users, HR@{k} {:.4} NDCG@{k} {:.4}",
+        ncf_train::LOW_ACTIVITY,
+        summary.low_users,
+        summary.low_test_hr,
+        summary.low_test_ndcg
     );
     if let Some(p) = &cfg.metrics_jsonl {
         write_atomic(p, jsonl.as_bytes(), cfg.force)?;

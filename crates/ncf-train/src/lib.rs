@@ -11,7 +11,7 @@ use ncf_core::sample::{EpochKeys, SampleTables};
 use ncf_core::{AdamHp, Backend, Decay, OptimKind, SgdHp};
 use ncf_cpu::{CpuBackend, GemmImpl};
 use ncf_data::interactions::{hold_out_one_per_user, sample_unseen};
-use ncf_data::{IdMap, NcfSplit, Row, UserItems, sample_epoch};
+use ncf_data::{IdMap, NcfSplit, Row, SideFeatures, UserItems, sample_epoch};
 use ncf_eval::{HitMetrics, RankCase, evaluate};
 use ncf_model::{
     AnyModel, AnyStep, Batch, FastStep, Group, Model, ModelConfig, ModelKind, OptimConfig, Optimizer, StepScratch,
@@ -61,6 +61,9 @@ pub struct Prepared {
     /// Raw ids of the dense ids, when the data has them; saved in checkpoints.
     pub user_ids: Option<IdMap>,
     pub item_ids: Option<IdMap>,
+    /// Side features (the hybrid NeuMF/MLP, `--features`), one row per dense id.
+    pub user_features: Option<SideFeatures>,
+    pub item_features: Option<SideFeatures>,
 }
 
 impl Prepared {
@@ -82,7 +85,66 @@ impl Prepared {
             })
             .collect();
         let test = split.test.iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
-        Prepared { known, train, valid, test, user_ids: split.user_ids.clone(), item_ids: split.item_ids.clone() }
+        Prepared {
+            known,
+            train,
+            valid,
+            test,
+            user_ids: split.user_ids.clone(),
+            item_ids: split.item_ids.clone(),
+            user_features: None,
+            item_features: None,
+        }
+    }
+
+    /// Adds the side features of the MovieLens metadata files in `dir` (movies and users;
+    /// either may be absent). Items are matched by their raw ids (for the canonical ML-1M
+    /// split, `item_id_map.tsv`'s MovieIDs); users by their raw ids, or, when the data has no
+    /// user id map (an NCF split), by the NCF convention `MovieLens UserID = dense id + 1`.
+    /// Returns lines describing what was read.
+    pub fn with_features(&mut self, dir: &std::path::Path) -> Result<Vec<String>> {
+        let meta = ncf_data::MovieLensFiles::find_meta(dir)?;
+        let mut lines = Vec::new();
+        if let Some(p) = &meta.movies {
+            let Some(items) = &self.item_ids else {
+                return Err(TrainError::Config(
+                    "features",
+                    "the data has no item id map (NAME.item_ids.tsv or item_id_map.tsv) to match movies by".into(),
+                ));
+            };
+            let f = ncf_data::item_features(&ncf_data::load_item_meta(p)?, items, |r| r);
+            lines.push(format!(
+                "features: {} item columns from {} ({} items not listed there)",
+                f.width(),
+                p.display(),
+                f.missing
+            ));
+            self.item_features = Some(f);
+        }
+        if let Some(p) = &meta.users {
+            let users = match &self.user_ids {
+                Some(m) => m.clone(),
+                None => IdMap::from_raw((1..=self.known.n_users as u64).collect::<Vec<_>>()),
+            };
+            let f = ncf_data::user_features(&ncf_data::load_users(p)?, &users, |r| r);
+            lines.push(format!(
+                "features: {} user columns from {} ({} users not listed there)",
+                f.width(),
+                p.display(),
+                f.missing
+            ));
+            self.user_features = Some(f);
+        }
+        if lines.is_empty() {
+            return Err(TrainError::Config(
+                "features",
+                format!(
+                    "no movies (movies.dat, u.item, movies.csv) or users (users.dat, u.user) file in {}",
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(lines)
     }
 }
 
@@ -99,7 +161,18 @@ pub struct EpochReport {
     pub training_s: f64,
     pub eval_s: f64,
     pub samples_per_second: f64,
+    /// Test HR@K and NDCG@K of the users with fewer than [`LOW_ACTIVITY`] training
+    /// interactions (the cold-ish users side features should help), and how many there are.
+    #[serde(default)]
+    pub low_test_hr: f64,
+    #[serde(default)]
+    pub low_test_ndcg: f64,
+    #[serde(default)]
+    pub low_users: usize,
 }
+
+/// Users with fewer training interactions than this are reported apart ("low activity").
+pub const LOW_ACTIVITY: usize = 20;
 
 /// Seconds per epoch, averaged over the epochs run.
 #[derive(Clone, Debug, Serialize)]
@@ -126,6 +199,11 @@ pub struct Summary {
     pub best_test_hr: f64,
     pub best_test_ndcg: f64,
     pub best_test_epoch: usize,
+    /// The selected epoch's test metrics on the users with fewer than [`LOW_ACTIVITY`]
+    /// training interactions, and how many there are.
+    pub low_test_hr: f64,
+    pub low_test_ndcg: f64,
+    pub low_users: usize,
     pub seconds_per_epoch: EpochSeconds,
     pub samples_per_second: f64,
     pub threads: usize,
@@ -591,11 +669,21 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
     }
 
     /// HR@K and NDCG@K on the validation holdout and on the test set; the seconds it took.
-    fn evaluate(&mut self) -> Result<(HitMetrics, HitMetrics, f64)> {
+    /// Validation and test metrics, the low-activity users' test metrics and their count, and
+    /// the seconds it took.
+    fn evaluate(&mut self) -> Result<(HitMetrics, HitMetrics, (HitMetrics, usize), f64)> {
         let t = Instant::now();
         let valid = evaluate(self.be, &mut self.model, &self.data.valid, self.cfg.k)?;
         let test = evaluate(self.be, &mut self.model, &self.data.test, self.cfg.k)?;
-        Ok((valid, test, t.elapsed().as_secs_f64()))
+        let known = &self.data.known;
+        let low: Vec<RankCase> =
+            self.data.test.iter().filter(|c| known.of(c.user as usize).len() < LOW_ACTIVITY).cloned().collect();
+        let low_m = if low.is_empty() {
+            HitMetrics { hr: 0.0, ndcg: 0.0, ..test }
+        } else {
+            evaluate(self.be, &mut self.model, &low, self.cfg.k)?
+        };
+        Ok((valid, test, (low_m, low.len()), t.elapsed().as_secs_f64()))
     }
 
     /// Writes `path`: the selected weights and the run so far, with the state to resume from.
@@ -647,19 +735,30 @@ fn train_on<B: FastStep<T = f32>>(
     resume: Option<ResumeFrom<'_>>,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
-    let mcfg = model_config(kind, cfg, data.known.n_users, data.known.n_items);
+    let mut mcfg = model_config(kind, cfg, data.known.n_users, data.known.n_items);
+    mcfg.user_features = data.user_features.as_ref().map_or(0, SideFeatures::width);
+    mcfg.item_features = data.item_features.as_ref().map_or(0, SideFeatures::width);
+    if (mcfg.user_features > 0 || mcfg.item_features > 0) && (cfg.save.is_some() || resume.is_some()) {
+        return Err(TrainError::Config("features", "a hybrid model cannot be saved or resumed yet (--save)".into()));
+    }
     let max_rows = cfg.batch.max(cfg.eval_rows);
     let (model, opt, mut best) = match &resume {
         None => start(be, cfg, &mcfg, max_rows)?,
         Some(r) => resume_from(be, cfg, &mcfg, max_rows, r)?,
     };
+    let mut model = model;
+    for (name, f) in [("user_features", &data.user_features), ("item_features", &data.item_features)] {
+        if let Some(f) = f {
+            model.params_and_grads().0.load(be, name, &f.dense())?;
+        }
+    }
     let mut tr = Trainer::new(be, cfg, data, model, opt)?;
     for epoch in best.reports.len() + 1..=cfg.epochs {
         if best.stalled(cfg.patience) {
             break;
         }
         let trained = tr.epoch(epoch)?;
-        let (v, t, eval_s) = tr.evaluate()?;
+        let (v, t, (low, low_users), eval_s) = tr.evaluate()?;
         let report = EpochReport {
             epoch,
             loss: trained.loss,
@@ -671,6 +770,9 @@ fn train_on<B: FastStep<T = f32>>(
             training_s: trained.training_s,
             eval_s,
             samples_per_second: trained.rows as f64 / trained.training_s.max(1e-9),
+            low_test_hr: low.hr,
+            low_test_ndcg: low.ndcg,
+            low_users,
         };
         on_epoch(&report);
         let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);
@@ -746,6 +848,9 @@ fn summarize(cfg: &TrainConfig, reports: &[EpochReport], best_valid: Option<usiz
         best_test_hr: best_test.as_ref().map_or(0.0, |r| r.test_hr),
         best_test_ndcg: best_test.as_ref().map_or(0.0, |r| r.test_ndcg),
         best_test_epoch: best_test.as_ref().map_or(0, |r| r.epoch),
+        low_test_hr: sel.as_ref().map_or(0.0, |r| r.low_test_hr),
+        low_test_ndcg: sel.as_ref().map_or(0.0, |r| r.low_test_ndcg),
+        low_users: sel.as_ref().map_or(0, |r| r.low_users),
         seconds_per_epoch: EpochSeconds { sampling, training, eval, total: sampling + training + eval },
         samples_per_second: mean(|r| r.samples_per_second),
         threads: rayon::current_num_threads(),
