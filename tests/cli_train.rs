@@ -332,7 +332,7 @@ fn the_rating_model_trains_on_ml100k_and_reports_rmse_and_mae() {
     std::fs::write(bad.join("u.data"), "1\t1\t5\t881250949\n2\t1\t7\t881250950\n").unwrap();
     let o = ncf(&["train", "--model", "rating", "--data", bad.to_str().unwrap(), "--epochs", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("u.data") && err.contains("7 is outside the declared range"), "{err}");
+    assert!(!o.status.success() && err.contains("u.data:2: field `rating`: 7 is outside the declared range"), "{err}");
 
     // The per-user split cuts each user's ratings: other counts, every user tested.
     let summary = d.path().join("per-user.json");

@@ -188,7 +188,7 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
     // ml-latest's half stars go down to 0.5; the older sets rate 1 to 5.
     let csv = files.ratings.extension().is_some_and(|e| e == "csv");
     let range = if csv { (0.5, 5.0) } else { (1.0, 5.0) };
-    let raw = ncf_data::load_ratings(&files.ratings)?;
+    let raw = ncf_data::load_ratings_in_range(&files.ratings, range)?;
     let data = ncf_data::Explicit::from_raw(&raw, range, &files.ratings)?;
     let split = ncf_data::split_ratings(&data.ratings, 0.1, 0.1, cfg.rating_split.into(), cfg.split_seed);
     eprintln!(

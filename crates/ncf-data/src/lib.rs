@@ -21,7 +21,9 @@ pub use explicit::{Explicit, Rated, RatingSplit, SplitKind, split_ratings};
 pub use features::{SideFeatures, item_features, user_features};
 pub use idmap::IdMap;
 pub use interactions::UserItems;
-pub use movielens::{MovieLensFiles, RawRating, load_item_meta, load_movies, load_ratings, load_users};
+pub use movielens::{
+    MovieLensFiles, RawRating, load_item_meta, load_movies, load_ratings, load_ratings_in_range, load_users,
+};
 pub use ncf_split::NcfSplit;
 pub use sampler::{Row, sample_epoch};
 pub use split::{Implicit, LeaveOneOut, leave_latest_out};

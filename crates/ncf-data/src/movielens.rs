@@ -117,9 +117,26 @@ pub fn load_ratings(path: &Path) -> Result<Vec<RawRating>> {
     load_ratings_from(std::io::BufReader::with_capacity(1 << 20, file), path, format)
 }
 
+/// [`load_ratings`] for explicit ratings: a rating outside `range` (inclusive) is an error
+/// naming the file, its line and the field.
+pub fn load_ratings_in_range(path: &Path, range: (f32, f32)) -> Result<Vec<RawRating>> {
+    let format = RatingsFormat::of(path)?;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    read_ratings(std::io::BufReader::with_capacity(1 << 20, file), path, format, Some(range))
+}
+
 /// [`load_ratings`] from any reader (e.g. bytes embedded in the binary); `path` names the
 /// source in error messages.
 pub fn load_ratings_from(reader: impl std::io::BufRead, path: &Path, format: RatingsFormat) -> Result<Vec<RawRating>> {
+    read_ratings(reader, path, format, None)
+}
+
+fn read_ratings(
+    reader: impl std::io::BufRead,
+    path: &Path,
+    format: RatingsFormat,
+    range: Option<(f32, f32)>,
+) -> Result<Vec<RawRating>> {
     let mut out = Vec::new();
     let mut csv: Option<CsvColumns> = None;
     let (expect, names): (&str, [&'static str; 4]) = match format {
@@ -172,7 +189,16 @@ pub fn load_ratings_from(reader: impl std::io::BufRead, path: &Path, format: Rat
             .ok_or_else(|| DataError::parse(path, line, names[2], format!("`{}` is not a number", show(fr))))?;
         let timestamp = parse_i64(ft.trim_ascii())
             .ok_or_else(|| DataError::parse(path, line, names[3], format!("`{}` is not an integer", show(ft))))?;
-        out.push(RawRating { user, item, rating: rating as f32, timestamp });
+        let rating = rating as f32;
+        if let Some((lo, hi)) = range.filter(|r| !(r.0..=r.1).contains(&rating)) {
+            return Err(DataError::parse(
+                path,
+                line,
+                names[2],
+                format!("{rating} is outside the declared range {lo}..={hi}"),
+            ));
+        }
+        out.push(RawRating { user, item, rating, timestamp });
         Ok(())
     })?;
     if out.is_empty() {
