@@ -4,12 +4,15 @@
     python3 -m venv /tmp/surprise-venv && /tmp/surprise-venv/bin/pip install scikit-surprise
     cargo build --release
     /tmp/surprise-venv/bin/python benches/ratings_peer.py --data ../shared/data/ml-100k \
-        [--out results.json] [-- extra flags for `ncf train --model rating`]
+        [--out results.json] [--config "FLAGS" ...]
+
+Each --config is one set of flags for `ncf train --model rating` (default: none, the
+defaults); every configuration runs on the same split (the same --split-seed).
 
 What it does:
 1. `ncf train --model rating --data DIR --write-split TMP ...` trains ncf-rs's rating model on
-   its seeded 80/10/10 split (`--split-seed`, default 42) and writes that split to
-   TMP/{train,valid,test}.tsv (raw ids). Its test RMSE/MAE are the validation-selected epoch's
+   its seeded 80/10/10 split (default split seed 42) and writes that split to
+   TMP/{train,valid,test}.tsv (raw ids); each further --config trains on the same split. Its test RMSE/MAE are the validation-selected epoch's
    (`--summary-json`); its time is the whole command's wall time (loading, training every
    epoch, evaluating).
 2. Surprise's SVD and SVD++ with their default settings (what a Surprise user writes:
@@ -18,7 +21,8 @@ What it does:
    predict. Like ncf-rs, they never see the test ratings; they do not use the validation
    ratings either (ncf-rs uses them only to pick the epoch and stop early).
    `--peers-on-train-valid` fits them on train + validation instead (more data for the peers).
-3. Prints a table (and writes it as JSON with --out).
+3. Prints a table (and writes it as JSON with --out), with each model's RMSE on the test
+   ratings of users with fewer than 20 training ratings (the low-activity bucket).
 
 The split files hold MovieLens ratings: they stay in a temporary folder, never in the repo.
 """
@@ -39,6 +43,14 @@ def rmse_mae(pairs):
     return (se / n) ** 0.5, ae / n
 
 
+def low_activity_users(train, below=20):
+    """Users with fewer than `below` training ratings (ncf-rs's 0-19 residual bucket)."""
+    count = {}
+    for u, _, _ in train:
+        count[u] = count.get(u, 0) + 1
+    return {u for u, c in count.items() if c < below}
+
+
 def read_tsv(path):
     rows = []
     with open(path) as f:
@@ -56,9 +68,11 @@ def main():
     ap.add_argument("--out", help="write the table as JSON here")
     ap.add_argument("--peers-on-train-valid", action="store_true", help="fit the peers on train + validation")
     ap.add_argument("--skip-svdpp", action="store_true", help="leave out SVD++ (the slowest)")
-    ap.add_argument("ncf_args", nargs=argparse.REMAINDER, help="after --: flags for `ncf train --model rating`")
+    ap.add_argument("--config", action="append", default=[], help="flags for `ncf train --model rating` (repeatable)")
     a = ap.parse_args()
-    extra = [x for x in a.ncf_args if x != "--"]
+    configs = [c.split() for c in a.config] or [[]]
+    if any("--split-seed" in c or "--rating-split" in c for c in configs):
+        sys.exit("every configuration must run on the same split: leave --split-seed/--rating-split out of --config")
 
     try:
         import surprise
@@ -68,20 +82,24 @@ def main():
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ncf-peer-") as tmp:
-        split, summary = os.path.join(tmp, "split"), os.path.join(tmp, "ncf.json")
-        cmd = [a.ncf, "train", "--model", "rating", "--data", a.data, "--write-split", split, "--summary-json", summary]
-        cmd += extra
-        t = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        secs = time.perf_counter() - t
-        if p.returncode != 0:
-            sys.exit(f"ncf failed ({p.returncode}):\n{p.stderr}")
-        s = json.load(open(summary))
-        rows.append({
-            "model": "ncf-rs rating (" + " ".join(extra or ["defaults"]) + ")",
-            "test_rmse": s["test_rmse"], "test_mae": s["test_mae"], "seconds": secs,
-            "fit_on": f"train ({s['train_ratings']}), epoch picked on validation ({s['valid_ratings']})",
-        })
+        split = os.path.join(tmp, "split")
+        for k, extra in enumerate(configs):
+            summary = os.path.join(tmp, f"ncf{k}.json")
+            cmd = [a.ncf, "train", "--model", "rating", "--data", a.data, "--summary-json", summary] + extra
+            if k == 0:
+                cmd += ["--write-split", split]
+            t = time.perf_counter()
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            secs = time.perf_counter() - t
+            if p.returncode != 0:
+                sys.exit(f"ncf failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
+            s = json.load(open(summary))
+            rows.append({
+                "model": "ncf-rs rating " + (" ".join(extra) if extra else "(defaults)"),
+                "test_rmse": s["test_rmse"], "test_mae": s["test_mae"], "seconds": secs,
+                "fit_on": f"train ({s['train_ratings']}), epoch {s['selected_epoch']} picked on validation",
+                "low_activity_rmse": next((b["rmse"] for b in s["residuals"]["by_activity"] if b["label"] == "0-19"), None),
+            })
 
         train, valid, test = (read_tsv(os.path.join(split, f"{n}.tsv")) for n in ("train", "valid", "test"))
         assert len(test) == s["test_ratings"], "the split files match the run"
@@ -103,13 +121,17 @@ def main():
             secs = time.perf_counter() - t
             rmse, mae = rmse_mae([(pr.est, pr.r_ui) for pr in preds])
             on = "train + validation" if a.peers_on_train_valid else "train"
+            low_users = low_activity_users(train)
+            low = [(pr.est, pr.r_ui) for pr in preds if pr.uid in low_users]
             rows.append({"model": name, "test_rmse": rmse, "test_mae": mae, "seconds": secs,
-                         "fit_on": f"{on} ({len(fit_rows)})"})
+                         "fit_on": f"{on} ({len(fit_rows)})", "low_activity_rmse": rmse_mae(low)[0] if low else None})
 
     print(f"{a.data}: {len(test)} test ratings; surprise {surprise.__version__}; {os.cpu_count()} CPUs")
-    print(f"{'model':<60} {'test RMSE':>9} {'test MAE':>9} {'seconds':>8}  fitted on")
+    print(f"{'model':<78} {'test RMSE':>9} {'test MAE':>9} {'<20 RMSE':>9} {'seconds':>8}  fitted on")
     for r in rows:
-        print(f"{r['model']:<60} {r['test_rmse']:>9.4f} {r['test_mae']:>9.4f} {r['seconds']:>8.2f}  {r['fit_on']}")
+        low = r["low_activity_rmse"]
+        low = f"{low:>9.4f}" if low is not None else f"{'':>9}"
+        print(f"{r['model']:<78} {r['test_rmse']:>9.4f} {r['test_mae']:>9.4f} {low} {r['seconds']:>8.2f}  {r['fit_on']}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"data": a.data, "test_ratings": len(test), "surprise": surprise.__version__, "rows": rows}, f,
