@@ -88,6 +88,12 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
             cfg.batch
         );
     }
+    if cfg.device == ncf_train::Device::Cpu {
+        let (simd, detected) = (ncf_cpu::simd::SimdLevel::best(), ncf_cpu::simd::SimdLevel::detected());
+        let forced =
+            if simd == detected { String::new() } else { format!(", forced by NCF_SIMD; the CPU has {detected}") };
+        eprintln!("cpu: {} threads, SIMD {simd}{forced}", rayon::current_num_threads().min(pool.current_num_threads()));
+    }
     eprintln!(
         "{} users, {} items, {} training interactions; {} validation and {} test users; loaded in {:.2} s",
         split.n_users,

@@ -22,6 +22,10 @@ pub enum SimdLevel {
     Avx512,
 }
 
+/// The environment variable that forces a lower SIMD level (`NCF_SIMD=avx2` runs the AVX2
+/// kernels on an AVX-512 CPU), so one machine can test and time every path.
+pub const FORCE_ENV: &str = "NCF_SIMD";
+
 impl SimdLevel {
     /// Every level, slowest first.
     pub const ALL: [SimdLevel; 3] = [SimdLevel::Portable, SimdLevel::Avx2Fma, SimdLevel::Avx512];
@@ -35,7 +39,9 @@ impl SimdLevel {
         }
     }
 
-    /// The fastest level this CPU has, detected on the first call and then cached.
+    /// The level the kernels run at: the fastest this CPU has, or lower when the environment
+    /// variable [`FORCE_ENV`] (`NCF_SIMD=portable|avx2|avx512`) asks for it. Decided on the first
+    /// call and then cached.
     #[inline]
     pub fn best() -> SimdLevel {
         static BEST: AtomicU8 = AtomicU8::new(u8::MAX);
@@ -43,9 +49,42 @@ impl SimdLevel {
         if let Some(&s) = SimdLevel::ALL.get(cached as usize) {
             return s;
         }
-        let best = SimdLevel::ALL.into_iter().rev().find(|s| s.detect()).unwrap_or(SimdLevel::Portable);
+        let best = Self::choose(SimdLevel::detected(), std::env::var(FORCE_ENV).ok().as_deref());
         BEST.store(best as u8, Ordering::Relaxed);
         best
+    }
+
+    /// The fastest level this CPU has, whatever [`FORCE_ENV`] says (uncached).
+    pub fn detected() -> SimdLevel {
+        SimdLevel::ALL.into_iter().rev().find(|s| s.detect()).unwrap_or(SimdLevel::Portable)
+    }
+
+    /// The level to run at on a CPU that has `detected`, when [`FORCE_ENV`] is `forced`: the
+    /// requested level, capped at `detected` (a CPU cannot run instructions it lacks). An
+    /// unknown name is ignored with a warning on stderr.
+    pub fn choose(detected: SimdLevel, forced: Option<&str>) -> SimdLevel {
+        let Some(name) = forced.map(str::trim).filter(|s| !s.is_empty()) else { return detected };
+        match SimdLevel::parse(name) {
+            Some(want) if want > detected => {
+                eprintln!("{FORCE_ENV}={name}: this CPU has only {}; running at {}", detected.name(), detected.name());
+                detected
+            }
+            Some(want) => want,
+            None => {
+                eprintln!("{FORCE_ENV}={name} is not one of portable, avx2, avx512; ignored");
+                detected
+            }
+        }
+    }
+
+    /// `portable`, `avx2` (or `avx2+fma`) or `avx512`, any case.
+    pub fn parse(name: &str) -> Option<SimdLevel> {
+        match name.to_ascii_lowercase().as_str() {
+            "portable" | "scalar" | "none" => Some(SimdLevel::Portable),
+            "avx2" | "avx2+fma" | "avx2fma" => Some(SimdLevel::Avx2Fma),
+            "avx512" | "avx-512" | "avx512f" => Some(SimdLevel::Avx512),
+            _ => None,
+        }
     }
 
     /// Whether this CPU can run the level (every level up to [`SimdLevel::best`]).
@@ -120,18 +159,34 @@ mod tests {
 
     use super::*;
 
-    /// The cached level is one the CPU has, every level below it is available and none above.
+    /// The cached level is one the CPU has (the detected one, unless `NCF_SIMD` lowers it),
+    /// every level below it is available and none above.
     #[test]
     fn best_level_is_available_and_levels_nest() {
         let best = SimdLevel::best();
         assert!(best.detect());
+        let forced = std::env::var(FORCE_ENV).ok();
+        assert_eq!(best, SimdLevel::choose(SimdLevel::detected(), forced.as_deref()));
         for s in SimdLevel::ALL {
             assert_eq!(s.is_available(), s <= best, "{s}");
-            if s.detect() {
+            if s.detect() && forced.is_none() {
                 assert!(s <= best, "{s} detected above the cached best {best}");
             }
         }
         assert_eq!(SimdLevel::best(), best, "cached");
-        println!("SIMD level: {best}");
+        println!("SIMD level: {best} (detected {}, {FORCE_ENV}={forced:?})", SimdLevel::detected());
+    }
+
+    /// `NCF_SIMD` lowers the level, never raises it above the CPU's, and a bad name is ignored.
+    #[test]
+    fn a_forced_level_is_capped_at_the_cpus() {
+        use SimdLevel::*;
+        assert_eq!(SimdLevel::choose(Avx512, None), Avx512);
+        assert_eq!(SimdLevel::choose(Avx512, Some("avx2")), Avx2Fma);
+        assert_eq!(SimdLevel::choose(Avx512, Some("AVX2+FMA")), Avx2Fma);
+        assert_eq!(SimdLevel::choose(Avx512, Some("portable")), Portable);
+        assert_eq!(SimdLevel::choose(Avx2Fma, Some("avx512")), Avx2Fma);
+        assert_eq!(SimdLevel::choose(Avx2Fma, Some("sse9")), Avx2Fma);
+        assert_eq!(SimdLevel::choose(Avx2Fma, Some("")), Avx2Fma);
     }
 }

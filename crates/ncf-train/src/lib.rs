@@ -207,6 +207,8 @@ pub struct Summary {
     pub seconds_per_epoch: EpochSeconds,
     pub samples_per_second: f64,
     pub threads: usize,
+    /// The CPU kernels' SIMD level (`avx512`, `avx2+fma`, `portable`; `NCF_SIMD` forces a lower one).
+    pub simd: String,
     pub config: TrainConfig,
 }
 
@@ -854,6 +856,7 @@ fn summarize(cfg: &TrainConfig, reports: &[EpochReport], best_valid: Option<usiz
         seconds_per_epoch: EpochSeconds { sampling, training, eval, total: sampling + training + eval },
         samples_per_second: mean(|r| r.samples_per_second),
         threads: rayon::current_num_threads(),
+        simd: ncf_cpu::simd::SimdLevel::best().name().to_string(),
         config: cfg.clone(),
     }
 }
