@@ -2,8 +2,14 @@
 """ncf-rs vs PyTorch, side by side, on the same data, model, hyper-parameters and thread count.
 
 Runs, one after the other (never at the same time):
-  1. `ncf train`, then benches/reference/torch_ncf.py, for --epochs epochs at batch 256;
-  2. both again for one epoch at each other batch size of --batches (256 reuses run 1).
+  1. `ncf train`, then benches/reference/torch_ncf.py in each of its configurations
+     (--torch-configs: `dense`, one fused dense Adam, what a PyTorch user writes; `sparse`,
+     SparseAdam on the embeddings + Adam, ncf-rs's lazy rule), for --epochs epochs at batch 256;
+  2. all again for one epoch at each other batch size of --batches (256 reuses run 1).
+The torch column and every ratio use the faster torch configuration (by samples/s at batch
+256); the other one is listed below it. The table names the CPU and each side's SIMD level
+(ncf-rs's, which NCF_SIMD can force lower, and torch's), and refuses runs whose ncf-rs SIMD
+levels differ.
 Each child's peak RSS comes from os.wait4. Writes results.json, table.md and plot.svg to --out
 and prints the table. Standard library only; `benches/compare.sh` sets up torch and calls this.
 
@@ -26,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TORCH_SCRIPT = ROOT / "benches" / "reference" / "torch_ncf.py"
 MAIN_BATCH = 256
 TOOLS = ("ncf-rs", "torch")
+TORCH_CONFIGS = {"dense": "dense fused Adam", "sparse": "SparseAdam on embeddings + Adam"}
 
 
 class Fail(Exception):
@@ -48,9 +55,13 @@ def parse_args():
     ap.add_argument("--model", default="neumf", choices=["gmf", "mlp", "neumf"])
     ap.add_argument("--factors", type=int, default=8)
     ap.add_argument("--layers", default="64,32,16,8")
-    ap.add_argument("--torch-dense-adam", action="store_true",
-                    help="torch: dense Adam on the embeddings (faster in torch, but not ncf-rs's lazy rule)")
+    ap.add_argument("--torch-configs", default="dense,sparse",
+                    help="torch optimizer configurations to run: dense (one fused dense Adam, what PyTorch users "
+                         "write), sparse (SparseAdam on embeddings, ncf-rs's lazy rule); the faster is compared")
     a = ap.parse_args()
+    a.torch_configs = [c.strip() for c in a.torch_configs.split(",") if c.strip()]
+    if not a.torch_configs or any(c not in TORCH_CONFIGS for c in a.torch_configs):
+        raise Fail(f"--torch-configs: expected a list of {', '.join(TORCH_CONFIGS)}")
     if a.epochs < 1 or a.threads < 1:
         raise Fail("--epochs and --threads must be at least 1")
     try:
@@ -115,7 +126,7 @@ def train_cmd(a, tool, batch, epochs, jsonl, summary):
               "--metrics-jsonl", jsonl, "--summary-json", summary]
     if tool == "ncf-rs":
         return [a.ncf, "train", *common, "--force"]
-    return [a.torch_python, TORCH_SCRIPT, *common] + (["--dense-adam"] if a.torch_dense_adam else [])
+    return [a.torch_python, TORCH_SCRIPT, *common] + (["--dense-adam"] if tool == "torch-dense" else [])
 
 
 def train_run(a, tool, batch, epochs):
@@ -136,13 +147,16 @@ def train_run(a, tool, batch, epochs):
 
 def torch_import_rss(a):
     """Peak RSS of a python that only imports torch (the floor under torch's number)."""
-    cmd = [a.torch_python, "-c", "import torch; print('torch', torch.__version__)"]
+    cmd = [a.torch_python, "-c",
+           "import torch; print('simd', torch.backends.cpu.get_cpu_capability()); print('torch', torch.__version__)"]
     try:
         res = run_child("`import torch`", cmd, a.out / "torch-import.log")
     except Fail as e:
         raise Fail(f"--torch-python {a.torch_python} cannot import torch (run benches/compare.sh, which sets up a "
                    f"venv, or pass a python with torch)\n{e}")
-    res["version"] = (a.out / "torch-import.log").read_text().split("torch ")[-1].strip()
+    log = (a.out / "torch-import.log").read_text()
+    res["version"] = log.split("torch ")[-1].strip()
+    res["simd"] = next((l.split(" ", 1)[1] for l in log.splitlines() if l.startswith("simd ")), "unknown")
     return res
 
 
@@ -154,9 +168,10 @@ def mean(xs):
 
 
 def summarize(a, main, by_batch):
-    """The numbers the table and plot show, per tool."""
+    """The numbers the table and plot show, per run name (`ncf-rs`, `torch-dense`, `torch-sparse`),
+    then `torch` = the faster torch configuration (samples/s at batch 256) and `torch-other`."""
     s = {}
-    for tool in TOOLS:
+    for tool in main:
         ep = main[tool]["epochs"]
         best_hr = max(reversed(ep), key=lambda r: r["test_hr"])  # the last best, like ncf-rs
         best_ndcg = max(reversed(ep), key=lambda r: r["test_ndcg"])
@@ -171,6 +186,11 @@ def summarize(a, main, by_batch):
             "in_process_rss_mb": main[tool]["summary"].get("peak_rss_mb"),  # torch reports it
         }
         s[tool]["seconds"]["total"] = sum(s[tool]["seconds"].values())
+    torches = sorted((t for t in main if t.startswith("torch-")),
+                     key=lambda t: -s[t]["samples_per_second"][MAIN_BATCH])
+    s["torch"] = dict(s[torches[0]], config=torches[0].split("-", 1)[1])
+    if len(torches) > 1:
+        s["torch-other"] = dict(s[torches[1]], config=torches[1].split("-", 1)[1])
     return s
 
 
@@ -201,6 +221,15 @@ def table_md(a, s, env, commands):
         note = f" (mean of {a.epochs} epochs)" if b == MAIN_BATCH else " (1 epoch)"
         x, y = r["samples_per_second"][b], t["samples_per_second"][b]
         rows.append((f"batch {b}{note}", fmt_rate(x), fmt_rate(y), ratio(x, y)))
+    if "torch-other" in s:
+        o = s["torch-other"]
+        rows.append((f"**torch, {TORCH_CONFIGS[o['config']]}** (the slower torch configuration; not in the ratios)",
+                     "", "", ""))
+        for b in a.batches:
+            x, y = r["samples_per_second"][b], o["samples_per_second"][b]
+            rows.append((f"batch {b} samples/s", fmt_rate(x), fmt_rate(y), ratio(x, y)))
+        rows.append(("epoch total at batch 256 (s)", fmt_s(r["seconds"]["total"]), fmt_s(o["seconds"]["total"]),
+                     ratio(r["seconds"]["total"], o["seconds"]["total"])))
     rows.append(("**peak memory** (RSS, MB)", "", "", ""))
     for b in a.batches:
         x, y = r["peak_rss_mb"][b], t["peak_rss_mb"][b]
@@ -224,16 +253,16 @@ def table_md(a, s, env, commands):
     lines = [
         f"# ncf-rs vs PyTorch: {a.model.upper()} (factors {a.factors}, layers {a.layers}), 4 negatives, Adam lr 0.001",
         "",
-        f"Data `{a.data}`; {env['cpu']} ({env['cores']} cores), {a.threads} threads each; ncf-rs {env['git']}; "
-        f"torch {env['torch_version']} ({'dense' if a.torch_dense_adam else 'sparse'} Adam on embeddings); "
-        f"Python {env['python']}; {env['date']}.",
+        f"Data `{a.data}`; {env['cpu']} ({env['cores']} cores), {a.threads} threads each; ncf-rs {env['git']}, "
+        f"SIMD {env['ncf_simd']}; torch {env['torch_version']}, SIMD {env['torch_simd']}, the torch column is its "
+        f"faster configuration here: **{TORCH_CONFIGS[t['config']]}**; Python {env['python']}; {env['date']}.",
         "",
         "| | ncf-rs | torch | ratio ncf-rs/torch |",
         "|---|---:|---:|---:|",
         *[f"| {c0} | {c1} | {c2} | {c3} |" for c0, c1, c2, c3 in rows],
         "",
         f"ncf-rs trains {r['samples_per_second'][MAIN_BATCH] / t['samples_per_second'][MAIN_BATCH]:.1f}× as many "
-        f"samples per second as torch at batch {MAIN_BATCH}; a whole epoch takes torch "
+        f"samples per second as torch ({TORCH_CONFIGS[t['config']]}) at batch {MAIN_BATCH}; a whole epoch takes torch "
         f"{t['seconds']['total'] / r['seconds']['total']:.1f}× as long.",
         "",
         "Commands, in the order they ran:",
@@ -368,6 +397,7 @@ def environment(a, torch_info):
         rev = "unknown commit"
     return {"cpu": cpu, "cores": os.cpu_count(), "git": rev, "python": platform.python_version(),
             "torch_version": torch_info["version"], "torch_import_rss_mb": torch_info["peak_rss_mb"],
+            "torch_simd": torch_info["simd"], "ncf_simd_env": os.environ.get("NCF_SIMD", ""),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
 
 
@@ -384,10 +414,15 @@ def main():
     torch_info = torch_import_rss(a)
     env = environment(a, torch_info)
 
-    main_runs = {tool: train_run(a, tool, MAIN_BATCH, a.epochs) for tool in TOOLS}
-    by_batch = {b: {tool: train_run(a, tool, b, 1) for tool in TOOLS} for b in a.batches if b != MAIN_BATCH}
+    runs = ["ncf-rs"] + [f"torch-{c}" for c in a.torch_configs]
+    main_runs = {tool: train_run(a, tool, MAIN_BATCH, a.epochs) for tool in runs}
+    by_batch = {b: {tool: train_run(a, tool, b, 1) for tool in runs} for b in a.batches if b != MAIN_BATCH}
+    levels = {r["summary"].get("simd", "unknown") for r in [main_runs["ncf-rs"]] + [by_batch[b]["ncf-rs"] for b in by_batch]}
+    if len(levels) != 1:
+        raise Fail(f"the ncf-rs runs report different SIMD levels {sorted(levels)}: one table holds one CPU and level")
+    env["ncf_simd"] = levels.pop() + (f" (NCF_SIMD={env['ncf_simd_env']})" if env["ncf_simd_env"] else "")
     s = summarize(a, main_runs, by_batch)
-    commands = [main_runs[t]["cmd"] for t in TOOLS] + [by_batch[b][t]["cmd"] for b in by_batch for t in TOOLS]
+    commands = [main_runs[t]["cmd"] for t in runs] + [by_batch[b][t]["cmd"] for b in by_batch for t in runs]
 
     table = table_md(a, s, env, commands)
     (a.out / "table.md").write_text(table)
@@ -396,8 +431,8 @@ def main():
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
         "environment": env,
         "summary": {t: {**s[t], "samples_per_second": {str(b): v for b, v in s[t]["samples_per_second"].items()},
-                        "peak_rss_mb": {str(b): v for b, v in s[t]["peak_rss_mb"].items()}} for t in TOOLS},
-        "runs": [main_runs[t] for t in TOOLS] + [by_batch[b][t] for b in by_batch for t in TOOLS],
+                        "peak_rss_mb": {str(b): v for b, v in s[t]["peak_rss_mb"].items()}} for t in s},
+        "runs": [main_runs[t] for t in runs] + [by_batch[b][t] for b in by_batch for t in runs],
         "torch_import": torch_info,
     }
     (a.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
