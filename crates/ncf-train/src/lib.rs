@@ -45,7 +45,7 @@ pub mod ratings;
 pub mod source;
 pub use checkpoint::{Checkpoint, ModelSpec};
 pub use config::{
-    Device, Gemm, LrScaling, LrSchedule, LrScheduler, Model as ModelChoice, OptimChoice, SamplerChoice, Step,
+    Device, Gemm, LrScaling, LrSchedule, LrScheduler, Model as ModelChoice, OptimChoice, Preset, SamplerChoice, Step,
     TrainConfig,
 };
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Time to test HR@10 >= TARGET (default 0.68) on the NCF ML-1M split, side by side in one run,
+# one tool after the other (never at the same time):
+#   1. ncf-rs:   ncf train --preset fast --stop-at-hr TARGET   (its own wall clock, data loading
+#                included; the test data decides the stop: a benchmark mode, not a held-out score)
+#   2. discorec: implicit ALS, factors 32, 20 iterations (benches/discorec_ttq.rs; load + fit +
+#                evaluation). ALS has no epochs to stop between: it is timed once, and its HR
+#                is reported beside the time.
+#   3. PyTorch:  the reference trainer (benches/reference/torch_ncf.py, dense fused Adam) with the
+#                preset's settings, when a python with torch is found (TORCH_PYTHON, else the venv of
+#                benches/compare.sh); its time is load + the seconds of its epochs up to the first
+#                whose test HR@10 reaches TARGET.
+# Usage: NCF_DATA=../shared/data benches/time_to_quality.sh [OUT_DIR]
+# Environment: TARGET (0.68), THREADS (all cores), NCF_NO_BUILD=1, NO_TORCH=1.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+data="${NCF_DATA:-$root/../shared/data}/ncf-ml-1m"
+target="${TARGET:-0.68}"
+threads="${THREADS:-$(nproc)}"
+out="${1:-$root/bench-results/ttq-$(date +%Y%m%d-%H%M%S)}"
+[[ -d "$data" ]] || { echo "time_to_quality.sh: no NCF split at $data (set NCF_DATA)" >&2; exit 1; }
+mkdir -p "$out"
+if [[ "${NCF_NO_BUILD:-0}" != 1 ]]; then
+    (cd "$root" && cargo build --release --bin ncf && cargo bench --no-run --bench discorec_ttq) >&2
+fi
+ncf="$root/target/release/ncf"
+peer="$(ls -t "$root"/target/release/deps/discorec_ttq-* 2>/dev/null | grep -v '\.d$' | head -1)"
+[[ -x "$peer" ]] || { echo "time_to_quality.sh: the discorec_ttq bench binary is missing (cargo bench --no-run --bench discorec_ttq)" >&2; exit 1; }
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+{
+    echo "cpu: $cpu ($(nproc) cores), $threads threads; ncf-rs $(git -C "$root" describe --always --dirty); target test HR@10 >= $target"
+    echo "data: $data"
+} | tee "$out/env.txt"
+
+echo "== ncf-rs: ncf train --preset fast --stop-at-hr $target" | tee "$out/ncf.log"
+"$ncf" train --data "$data" --preset fast --stop-at-hr "$target" --threads "$threads" \
+    --summary-json "$out/ncf.summary.json" --force 2>&1 | tee -a "$out/ncf.log"
+ncf_s="$(grep -o 'time to test HR@10 >= [0-9.]*: [0-9.]* s' "$out/ncf.log" | awk '{print $(NF-1)}')"
+ncf_hr="$(grep -o 'reached at epoch [0-9]* with [0-9.]*' "$out/ncf.log" | awk '{print $NF}')"
+ncf_simd="$(grep -o 'SIMD [^,]*' "$out/ncf.log" | head -1)"
+
+echo "== discorec: implicit ALS, factors 32, 20 iterations" | tee "$out/discorec.log"
+"$peer" --data "$data" --factors 32 --iterations 20 | tee -a "$out/discorec.log"
+disco_json="$(grep '^{' "$out/discorec.log")"
+disco_s="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$disco_json")"
+disco_hr="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["test_hr"])' "$disco_json")"
+
+torch_py="${TORCH_PYTHON:-$HOME/.cache/ncf-rs/torch-venv/bin/python}"
+torch_row=""
+if [[ "${NO_TORCH:-0}" != 1 ]] && "$torch_py" -c 'import torch' >/dev/null 2>&1; then
+    echo "== PyTorch reference, the preset's settings, dense fused Adam" | tee "$out/torch.log"
+    "$torch_py" "$here/reference/torch_ncf.py" --data "$data" --model gmf --factors 32 --batch 4096 --lr 0.008 \
+        --epochs 3 --threads "$threads" --dense-adam --metrics-jsonl "$out/torch.jsonl" 2>&1 | tee -a "$out/torch.log"
+    torch_row="$(python3 - "$out/torch.log" "$out/torch.jsonl" "$target" <<'PY'
+import json, re, sys
+log, jsonl, target = sys.argv[1], sys.argv[2], float(sys.argv[3])
+load = float(re.search(r"loaded in ([0-9.]+) s", open(log).read()).group(1))
+t, hit = load, None
+for line in open(jsonl):
+    r = json.loads(line)
+    t += r["sampling_s"] + r["training_s"] + r["eval_s"]
+    if r["test_hr"] >= target:
+        hit = (r["epoch"], r["test_hr"], t)
+        break
+print(f"| PyTorch reference (GMF-32, batch 4096, lr 0.008, dense fused Adam) | "
+      + (f"{hit[2]:.2f} | epoch {hit[0]}: {hit[1]:.4f} |" if hit else f"not reached in 3 epochs ({t:.2f} s) | |"))
+PY
+)"
+fi
+
+{
+    echo
+    echo "| tool | seconds to test HR@10 >= $target (wall) | test HR@10 |"
+    echo "|---|---:|---:|"
+    echo "| ncf-rs \`--preset fast\` ($ncf_simd) | ${ncf_s:-not reached} | ${ncf_hr:-} |"
+    echo "| discorec 0.3 implicit ALS (factors 32, 20 iterations, 1 thread) | $disco_s | $disco_hr |"
+    [[ -n "$torch_row" ]] && echo "$torch_row"
+    if [[ -n "$ncf_s" ]]; then
+        python3 -c 'import sys; a,b=map(float,sys.argv[1:]); print(f"\nncf-rs takes {a/b:.2f}x discorec'"'"'s wall time")' "$ncf_s" "$disco_s"
+    fi
+} | tee "$out/table.md"
+echo "wrote $out"
