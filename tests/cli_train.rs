@@ -527,3 +527,35 @@ fn the_implicit_hybrid_trains_on_synthetic_side_features() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("MLP tower"), "{err}");
 }
+
+/// `NCF_SIMD=avx2` runs the AVX2 kernels (the direct GEMM among them) on an AVX-512 CPU, and
+/// training gives the same bits as at the CPU's own level: every fast kernel's AVX2 and AVX-512
+/// copies compute each element in the same order. On a CPU without AVX-512 both runs are AVX2.
+#[test]
+fn forcing_avx2_trains_bit_for_bit_like_the_native_level() {
+    let run = |simd: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ncf"));
+        c.args(["train", "--epochs", "2", "--model", "neumf", "--threads", "2"]);
+        match simd {
+            Some(s) => c.env("NCF_SIMD", s),
+            None => c.env_remove("NCF_SIMD"),
+        };
+        let o = c.output().unwrap();
+        let (out, err) =
+            (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+        assert!(o.status.success(), "{out}\n{err}");
+        // The numbers, without the timings.
+        let lines: Vec<String> =
+            out.lines().filter(|l| l.starts_with("epoch")).map(|l| l.split('[').next().unwrap().to_string()).collect();
+        let level = err.lines().find(|l| l.starts_with("cpu:")).unwrap_or_default().to_string();
+        (lines, level)
+    };
+    let (native, native_level) = run(None);
+    let (avx2, avx2_level) = run(Some("avx2"));
+    assert_eq!(native.len(), 2, "{native:?}");
+    println!("{native_level}\n{avx2_level}");
+    if ncf_cpu::simd::SimdLevel::detected() >= ncf_cpu::simd::SimdLevel::Avx2Fma {
+        assert!(avx2_level.contains("SIMD avx2+fma"), "{avx2_level}");
+    }
+    assert_eq!(native, avx2, "the AVX2 and the native kernels trained different numbers");
+}

@@ -1,4 +1,5 @@
-//! The skinny-product kernel: f32 on AVX-512, with no packing of A.
+//! The skinny-product kernel: f32 on AVX-512 (16 lanes) or AVX2 + FMA (8 lanes), with no
+//! packing of A.
 //!
 //! NCF's dense layers multiply a tall matrix by a small one. At batch 256, split into two lanes
 //! of 128 rows, the NeuMF-8 MLP runs `(128, 64)·(64, 32)` forward, `(128, 32)·(32, 64)` for
@@ -27,6 +28,11 @@
 //! outside C's view is read or written; the last row tile is split into tiles of 8, 4, 2 and 1
 //! rows. With β = 0, C is never read.
 //!
+//! AVX2 runs the same loop with 8-float vectors and the 16 ymm registers: column blocks of up to
+//! 2 vectors (16 floats) in row tiles of 6 (8 for one vector), so the 12 accumulators, B's two
+//! vectors and the broadcast fit; masks are `vmaskmovps` lane masks. (Blocks of 4 vectors in
+//! tiles of 2 rows were slower at `dW`'s 32×256×64: 8 FMAs per 6 loads.)
+//!
 //! Determinism: every element of C is one accumulator that runs `p` in order from zero, then
 //! `α·acc + β·c` with the same two roundings as the blocked kernel's store. So for `k ≤ KC` the
 //! result equals the blocked AVX2 kernel's bit for bit (tested), and it never depends on the
@@ -51,9 +57,10 @@ const MAX_B_COPY: usize = 1 << 18;
 /// from cache, not memory. (At batch 4096 the largest, `dW`'s `inp`, is 2048 × 64.)
 const MAX_B: usize = 1 << 20;
 
-/// Whether this CPU can run the kernel: it has [`SimdLevel::Avx512`] (AVX-512 Foundation).
-pub fn is_available() -> bool {
-    SimdLevel::Avx512.is_available()
+/// Whether this CPU can run the kernel at `simd`: AVX-512F or AVX2 + FMA (x86-64 only), and the
+/// CPU has the level.
+pub fn is_available(simd: SimdLevel) -> bool {
+    cfg!(target_arch = "x86_64") && simd >= SimdLevel::Avx2Fma && simd.is_available()
 }
 
 /// Whether a `(k, n)` B with column stride `b_cs`, into a C with column stride `c_cs`, suits the
@@ -67,15 +74,15 @@ pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
 /// `C ← α·A·B + β·C` with this kernel.
 ///
 /// Preconditions (established by the caller, `dispatch.rs`'s `scratch`): the views were
-/// validated, `m, k, n > 0`, [`is_available`] and [`suits`] hold.
-pub(super) fn gemm_direct(alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32, c: MatMut<f32>) {
+/// validated, `m, k, n > 0`, [`is_available`]`(simd)` and [`suits`] hold.
+pub(super) fn gemm_direct(simd: SimdLevel, alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32, c: MatMut<f32>) {
     let (k, n) = (a.cols, b.cols);
     if b.cs == 1 {
-        rows_parallel(alpha, a, b.data, b.rs, n, beta, c);
+        rows_parallel(simd, alpha, a, b.data, b.rs, n, beta, c);
     } else {
         with_pack_buffer(<f32 as super::CpuFloat>::b_pack_buffer(), k * n, |buf| {
-            copy_b(b, buf);
-            rows_parallel(alpha, a, buf, n, n, beta, c);
+            copy_b(simd, b, buf);
+            rows_parallel(simd, alpha, a, buf, n, n, beta, c);
         });
     }
 }
@@ -85,10 +92,10 @@ pub(super) fn gemm_direct(alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32,
 /// element by element is one scalar load and store per weight, and since it runs before every
 /// forward product it showed up in profiles of a training epoch; the gathers make the forward
 /// products faster (BENCHMARKS.md, `GEMM_TABLE=1 cargo bench --bench gemm`).
-fn copy_b(b: MatRef<f32>, buf: &mut [f32]) {
+fn copy_b(simd: SimdLevel, b: MatRef<f32>, buf: &mut [f32]) {
     let (k, n) = (b.rows, b.cols);
     #[cfg(target_arch = "x86_64")]
-    if b.cs <= (i32::MAX as usize) / 16 && is_available() {
+    if b.cs <= (i32::MAX as usize) / 16 && simd == SimdLevel::Avx512 && is_available(simd) {
         // Bounds, for the raw reads below: every element of the view is in `b.data`.
         let last = (k - 1) * b.rs + (n - 1) * b.cs;
         assert!(last < b.data.len() && buf.len() >= k * n, "gemm direct: B view out of bounds");
@@ -135,7 +142,17 @@ const ROWS_PER_TASK: usize = 48;
 
 /// Splits C's rows across the rayon pool when the product is big enough ([`PAR_MIN_FLOPS`]) and
 /// runs [`block`] on each part. `b` holds B row-major with row stride `b_rs`.
-fn rows_parallel(alpha: f32, a: MatRef<f32>, b: &[f32], b_rs: usize, n: usize, beta: f32, c: MatMut<f32>) {
+#[allow(clippy::too_many_arguments)]
+fn rows_parallel(
+    simd: SimdLevel,
+    alpha: f32,
+    a: MatRef<f32>,
+    b: &[f32],
+    b_rs: usize,
+    n: usize,
+    beta: f32,
+    c: MatMut<f32>,
+) {
     let (m, k) = (a.rows, a.cols);
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     // With one row, rs is never used; the chunking below needs "row = run of rs slots".
@@ -144,17 +161,18 @@ fn rows_parallel(alpha: f32, a: MatRef<f32>, b: &[f32], b_rs: usize, n: usize, b
         c.data.par_chunks_mut(ROWS_PER_TASK * c_rs).take(m.div_ceil(ROWS_PER_TASK)).enumerate().for_each(
             |(t, rows)| {
                 let r0 = t * ROWS_PER_TASK;
-                block(alpha, a, r0, ROWS_PER_TASK.min(m - r0), b, b_rs, n, beta, rows, c_rs);
+                block(simd, alpha, a, r0, ROWS_PER_TASK.min(m - r0), b, b_rs, n, beta, rows, c_rs);
             },
         );
     } else {
-        block(alpha, a, 0, m, b, b_rs, n, beta, c.data, c_rs);
+        block(simd, alpha, a, 0, m, b, b_rs, n, beta, c.data, c_rs);
     }
 }
 
 /// Rows `r0 .. r0 + rows` of C (`c` starts at row `r0`), every column.
 #[allow(clippy::too_many_arguments)]
 fn block(
+    simd: SimdLevel,
     alpha: f32,
     a: MatRef<f32>,
     r0: usize,
@@ -175,17 +193,25 @@ fn block(
     assert!(a_last < a.data.len() && b_last < b.len() && c_last < c.len(), "gemm direct: view out of bounds");
     #[cfg(target_arch = "x86_64")]
     {
-        assert!(is_available(), "gemm direct: called without AVX-512");
+        assert!(is_available(simd), "gemm direct: called without AVX2 + FMA or AVX-512 ({simd})");
         let a_ptr = a.data[r0 * a.rs..].as_ptr();
-        // SAFETY: the CPU has AVX-512F (just asserted). Every address the kernel forms is an
-        // element of the A rows `r0..r0+rows` (all in `a.data`, asserted above), of B (rows
-        // `0..k`, columns `0..n`: in `b`), or of C's rows `0..rows`, columns `0..n` (in `c`, which
-        // we borrow mutably); lanes past column `n` are masked off and never touched.
-        unsafe { block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b.as_ptr(), b_rs, n, beta, c.as_mut_ptr(), c_rs) }
+        let (b_ptr, c_ptr) = (b.as_ptr(), c.as_mut_ptr());
+        // SAFETY: the CPU has the level (just asserted: AVX-512F, or AVX2 + FMA). Every address
+        // the kernel forms is an element of the A rows `r0..r0+rows` (all in `a.data`, asserted
+        // above), of B (rows `0..k`, columns `0..n`: in `b`), or of C's rows `0..rows`, columns
+        // `0..n` (in `c`, which we borrow mutably); lanes past column `n` are masked off and
+        // never touched.
+        unsafe {
+            if simd == SimdLevel::Avx512 {
+                block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs)
+            } else {
+                avx2::block(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs)
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (alpha, beta, c);
+        let _ = (simd, alpha, beta, c);
         unreachable!("gemm direct: only built for x86-64");
     }
 }
@@ -344,6 +370,162 @@ unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
                     let dst = row(r).add(16 * v);
                     let c = if s.beta != 0.0 { _mm512_maskz_loadu_ps(last(v), dst) } else { x };
                     _mm512_mask_storeu_ps(dst, last(v), out(x, c));
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 + FMA twin of the AVX-512 kernel above: the same loop over 8-float vectors.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// One column block of C, as [`super::Strip`] with an AVX2 lane mask (lanes set to −1 are
+    /// inside C).
+    struct Strip {
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        k: usize,
+        b: *const f32,
+        b_rs: usize,
+        mask: __m256i,
+        full: bool,
+        c: *mut f32,
+        c_rs: usize,
+        alpha: f32,
+        beta: f32,
+    }
+
+    /// The column blocks of 16 floats, each through [`rows_v`] with its number of vectors.
+    ///
+    /// # Safety
+    /// As in `super::block`: AVX2 + FMA, and every element of the described views in bounds.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        alpha: f32,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        k: usize,
+        m: usize,
+        b: *const f32,
+        b_rs: usize,
+        n: usize,
+        beta: f32,
+        c: *mut f32,
+        c_rs: usize,
+    ) {
+        for j0 in (0..n).step_by(16) {
+            let w = 16.min(n - j0);
+            let v = w.div_ceil(8);
+            let tail = (w - 8 * (v - 1)) as i32;
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            // Lane l is inside C when l < tail: (tail > l) gives −1 there, 0 elsewhere.
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), lanes);
+            let s = Strip {
+                a,
+                a_rs,
+                a_cs,
+                k,
+                b: b.wrapping_add(j0),
+                b_rs,
+                mask,
+                full: tail == 8,
+                c: c.wrapping_add(j0),
+                c_rs,
+                alpha,
+                beta,
+            };
+            // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
+            unsafe {
+                match v {
+                    1 => rows_v::<1, 8>(&s, m),
+                    _ => rows_v::<2, 6>(&s, m),
+                }
+            }
+        }
+    }
+
+    /// `m` rows in tiles of `R` rows of `V` vectors, then the rest in tiles of 4, 2 and 1 rows.
+    ///
+    /// # Safety
+    /// As in [`block`], for the strip's rows `0..m`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
+        let mut i = 0;
+        // SAFETY: every tile below covers rows i..i+rows of the strip, with i + rows ≤ m.
+        unsafe {
+            while i + R <= m {
+                tile::<R, V>(s, i);
+                i += R;
+            }
+            let rest = m - i;
+            if rest & 4 != 0 {
+                tile::<4, V>(s, i);
+                i += 4;
+            }
+            if rest & 2 != 0 {
+                tile::<2, V>(s, i);
+                i += 2;
+            }
+            if rest & 1 != 0 {
+                tile::<1, V>(s, i);
+            }
+        }
+    }
+
+    /// Rows `i0 .. i0 + R` of the strip, `V` vectors wide: `acc[r][v] += A[i0+r, p]·B[p, v]`
+    /// over `p` in order from zero, then `α·acc + β·C` with two roundings, as the AVX-512 tile
+    /// and the blocked kernel do.
+    ///
+    /// # Safety
+    /// As in [`block`], for the strip's rows `i0..i0+R`.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
+        // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
+        // 0..k or C rows i0..i0+R; the last vector's lanes past C's edge are masked off (a masked
+        // load reads nothing there, a masked store writes nothing).
+        unsafe {
+            let all = _mm256_set1_epi32(-1);
+            let last = |v: usize| if v + 1 == V { s.mask } else { all };
+            let load = |p: *const f32, v: usize| {
+                if v + 1 == V && !s.full { _mm256_maskload_ps(p, s.mask) } else { _mm256_loadu_ps(p) }
+            };
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let a0 = s.a.add(i0 * s.a_rs);
+            for p in 0..s.k {
+                let bp = s.b.add(p * s.b_rs);
+                let mut bv = [_mm256_setzero_ps(); V];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = load(bp.add(8 * v), v);
+                }
+                let ap = a0.add(p * s.a_cs);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*ap.add(r * s.a_rs));
+                    for (acc_rv, &b) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rv = _mm256_fmadd_ps(x, b, *acc_rv);
+                    }
+                }
+            }
+            let alpha = _mm256_set1_ps(s.alpha);
+            let beta = _mm256_set1_ps(s.beta);
+            let row = |r: usize| s.c.add((i0 + r) * s.c_rs);
+            let out = |x: __m256, c: __m256| {
+                let ax = _mm256_mul_ps(alpha, x);
+                if s.beta != 0.0 { _mm256_add_ps(ax, _mm256_mul_ps(beta, c)) } else { ax }
+            };
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (v, &x) in acc_r.iter().enumerate() {
+                    let dst = row(r).add(8 * v);
+                    let c = if s.beta != 0.0 { load(dst, v) } else { x };
+                    if v + 1 == V && !s.full {
+                        _mm256_maskstore_ps(dst, last(v), out(x, c));
+                    } else {
+                        _mm256_storeu_ps(dst, out(x, c));
+                    }
                 }
             }
         }

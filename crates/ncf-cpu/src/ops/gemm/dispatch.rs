@@ -156,7 +156,7 @@ pub(crate) fn scratch<T: CpuFloat>(
     let (a, b, mut c) =
         if rows_are_disjoint_runs(c.rows, c.cols, c.rs, c.cs) { (a, b, c) } else { (b.t(), a.t(), c.t()) };
     // A forced tile (tests, benches) means the blocked kernel.
-    if tile.is_none() && simd == SimdLevel::Avx512 && T::direct_gemm(alpha, a, b, beta, c.rb_mut()) {
+    if tile.is_none() && T::direct_gemm(simd, alpha, a, b, beta, c.rb_mut()) {
         return Ok(());
     }
     let simd = blocked_level(simd);

@@ -50,7 +50,8 @@ pub trait CpuFloat: Float + sealed::Sealed {
     /// (f32 only; f64 returns `false`). Call only on validated, non-empty inputs, on a CPU with
     /// [`SimdLevel::Avx512`].
     #[doc(hidden)]
-    fn direct_gemm(alpha: Self, a: MatRef<Self>, b: MatRef<Self>, beta: Self, c: MatMut<Self>) -> bool;
+    fn direct_gemm(simd: SimdLevel, alpha: Self, a: MatRef<Self>, b: MatRef<Self>, beta: Self, c: MatMut<Self>)
+    -> bool;
 
     /// This thread's packing buffer for A blocks.
     #[doc(hidden)]
@@ -164,8 +165,8 @@ macro_rules! impl_cpu_float {
                 let _ = i;
             }
 
-            fn direct_gemm(alpha: $t, a: MatRef<$t>, b: MatRef<$t>, beta: $t, c: MatMut<$t>) -> bool {
-                $direct(alpha, a, b, beta, c)
+            fn direct_gemm(simd: SimdLevel, alpha: $t, a: MatRef<$t>, b: MatRef<$t>, beta: $t, c: MatMut<$t>) -> bool {
+                $direct(simd, alpha, a, b, beta, c)
             }
 
             fn a_pack_buffer() -> &'static LocalKey<Cell<Vec<$t>>> {
@@ -201,16 +202,16 @@ macro_rules! impl_cpu_float {
 }
 
 impl_cpu_float!(f32, matrixmultiply::sgemm, blocking: Blocking { mc: 120, kc: 256, nc: 1024 },
-    direct: |alpha, a: MatRef<f32>, b: MatRef<f32>, beta, c: MatMut<f32>| {
-        let ok = direct::suits(a.cols, b.cols, b.cs, c.cs);
+    direct: |simd, alpha, a: MatRef<f32>, b: MatRef<f32>, beta, c: MatMut<f32>| {
+        let ok = direct::is_available(simd) && direct::suits(a.cols, b.cols, b.cs, c.cs);
         if ok {
-            direct::gemm_direct(alpha, a, b, beta, c);
+            direct::gemm_direct(simd, alpha, a, b, beta, c);
         }
         ok
     },
     portable: [(4, 8, 1.0)],
     avx2: [(6, 16, 1.0), (4, 16, 0.93), (8, 8, 0.85)]);
 impl_cpu_float!(f64, matrixmultiply::dgemm, blocking: Blocking { mc: 96, kc: 256, nc: 512 },
-    direct: |_, _, _, _, _| false,
+    direct: |_, _, _, _, _, _| false,
     portable: [(4, 4, 1.0)],
     avx2: [(6, 8, 1.0), (4, 8, 0.93), (8, 4, 0.75)]);

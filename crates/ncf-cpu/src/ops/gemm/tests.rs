@@ -455,22 +455,38 @@ fn impl_names_round_trip() {
     assert!(e.to_string().contains("blas"));
 }
 
-/// The AVX-512 level routes every product that suits it to the direct kernel: the full sweep,
-/// then shapes around its tiles (row tiles of 12, 8 and 6 rows and the 8-4-2-1 remainders;
-/// 1 to 4 vectors per column block with masked tails; several column blocks), with A and B in
-/// all four transpose combinations.
+/// The AVX-512 and AVX2 levels route every product that suits it to the direct kernel: the
+/// full sweep, then shapes around its tiles (row tiles of 12, 8, 6, 4 and 2 rows and the 8-4-2-1
+/// remainders; 1 to 4 vectors per column block with masked tails; several column blocks), with
+/// A and B in all four transpose combinations. Each level the CPU has is tested.
 #[test]
 fn direct_kernel_matches_naive() {
-    if !SimdLevel::Avx512.is_available() {
-        eprintln!("skipped: this CPU has no AVX-512, so the direct kernel was not tested");
+    if !SimdLevel::Avx2Fma.is_available() {
+        eprintln!("skipped: this CPU has neither AVX2 + FMA nor AVX-512, so the direct kernel was not tested");
         return;
     }
-    fn f(al: f32, a: MatRef<f32>, b: MatRef<f32>, be: f32, c: MatMut<f32>) -> Result<()> {
+    fn f512(al: f32, a: MatRef<f32>, b: MatRef<f32>, be: f32, c: MatMut<f32>) -> Result<()> {
         scratch(SimdLevel::Avx512, None, f32::BLOCKING, al, a, b, be, c)
     }
-    sweep::<f32>("direct", F32_REL, F32_ABS, false, f);
+    fn f256(al: f32, a: MatRef<f32>, b: MatRef<f32>, be: f32, c: MatMut<f32>) -> Result<()> {
+        scratch(SimdLevel::Avx2Fma, None, f32::BLOCKING, al, a, b, be, c)
+    }
+    let levels: Vec<(SimdLevel, Check<f32>)> = [(SimdLevel::Avx2Fma, f256 as Check<f32>), (SimdLevel::Avx512, f512)]
+        .into_iter()
+        .filter(|(s, _)| s.is_available())
+        .collect();
+    for &(level, f) in &levels {
+        println!("direct kernel at {level}");
+        sweep::<f32>("direct", F32_REL, F32_ABS, false, f);
+        direct_shapes(f);
+    }
+}
+
+type Check<T> = fn(T, MatRef<T>, MatRef<T>, T, MatMut<T>) -> Result<()>;
+
+fn direct_shapes(f: Check<f32>) {
     let mut seed = 5000u64;
-    for n in [1, 8, 15, 16, 17, 31, 33, 48, 49, 63, 64, 65, 100, 128, 129, 200, 511, 512] {
+    for n in [1, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32, 33, 48, 49, 63, 64, 65, 100, 128, 129, 200, 511, 512] {
         for m in [1, 2, 3, 5, 6, 7, 11, 12, 13, 23, 25, 47, 49, 97] {
             for (la, lb) in [(RowMajor, RowMajor), (ColMajor, ColMajor), (RowMajor, ColMajor), (ColMajor, RowMajor)] {
                 seed += 1;
@@ -506,8 +522,8 @@ fn direct_kernel_takes_skinny_products_only() {
 
 #[test]
 fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
-    if !SimdLevel::Avx512.is_available() {
-        eprintln!("skipped: this CPU has no AVX-512, so the direct kernel was not tested");
+    if !SimdLevel::Avx2Fma.is_available() {
+        eprintln!("skipped: this CPU has no AVX2 + FMA, so the direct kernel was not tested");
         return;
     }
     let mut rng = StdRng::seed_from_u64(11);
@@ -529,11 +545,12 @@ fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
         let c0: Vec<f32> = rand_vec(m * n, &mut rng);
         let bv = if bt { MatRef::transposed_of_row_major(&b, n, k) } else { MatRef::row_major(&b, k, n) };
         let (alpha, beta) = ([1.0, 0.75][s % 2], [1.0, 0.0, 0.5][s % 3]);
-        let run = |simd| {
+        // `tile: Some(_)` forces the blocked kernel; None lets the level's direct kernel take it.
+        let run = |simd, tile| {
             let mut c = c0.clone();
             scratch(
                 simd,
-                None,
+                tile,
                 f32::BLOCKING,
                 alpha,
                 MatRef::row_major(&a, m, k),
@@ -544,19 +561,22 @@ fn direct_kernel_equals_the_blocked_kernel_bit_for_bit() {
             .unwrap();
             c
         };
-        let (direct, blocked) = (run(SimdLevel::Avx512), run(SimdLevel::Avx2Fma));
-        let diff: Vec<(usize, f32, f32)> = direct
-            .iter()
-            .zip(&blocked)
-            .enumerate()
-            .filter(|(_, (x, y))| x.to_bits() != y.to_bits())
-            .map(|(i, (x, y))| (i, *x, *y))
-            .collect();
-        assert!(
-            diff.is_empty(),
-            "({m}, {k}, {n}): {} elements differ; first (index, direct, blocked): {:?}",
-            diff.len(),
-            &diff[..diff.len().min(5)]
-        );
+        let blocked = run(SimdLevel::Avx2Fma, Some(0));
+        for level in [SimdLevel::Avx2Fma, SimdLevel::Avx512].into_iter().filter(|s| s.is_available()) {
+            let direct = run(level, None);
+            let diff: Vec<(usize, f32, f32)> = direct
+                .iter()
+                .zip(&blocked)
+                .enumerate()
+                .filter(|(_, (x, y))| x.to_bits() != y.to_bits())
+                .map(|(i, (x, y))| (i, *x, *y))
+                .collect();
+            assert!(
+                diff.is_empty(),
+                "({m}, {k}, {n}) at {level}: {} elements differ; first (index, direct, blocked): {:?}",
+                diff.len(),
+                &diff[..diff.len().min(5)]
+            );
+        }
     }
 }
