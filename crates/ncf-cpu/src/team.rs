@@ -15,13 +15,22 @@
 //! helper yields its core to the OS scheduler between polls every so often, so a rayon job
 //! that needs the core still gets it.
 //!
+//! Spin, then park: after [`PARK_AFTER`] without a job (far longer than any gap inside a
+//! training step, shorter than sampling or evaluation) the helper parks its thread, and the next
+//! [`join`] unparks it. A long serial phase then leaves the core free, and on a VM whose two
+//! vCPUs are not scheduled together the spinning helper does not hold a vCPU the other thread
+//! could use. (The wake-up costs an OS call once per phase, not per join.)
+//!
 //! Outside [`with_helper`], and on the helper itself, [`join`] runs both closures on the
 //! calling thread: kernels that split their work with it stay correct (and bit-identical,
 //! since every split here divides independent work, never a reduction) on any thread.
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 const IDLE: u8 = 0;
 const POSTED: u8 = 1;
@@ -35,6 +44,33 @@ struct Job(*mut (dyn FnMut() + Send));
 struct Slot {
     state: AtomicU8,
     job: UnsafeCell<Option<Job>>,
+    /// Set by the helper just before it parks, cleared when it wakes.
+    sleeping: AtomicBool,
+    /// The helper's thread, to unpark it.
+    helper: OnceLock<Thread>,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            state: AtomicU8::new(IDLE),
+            job: UnsafeCell::new(None),
+            sleeping: AtomicBool::new(false),
+            helper: OnceLock::new(),
+        }
+    }
+
+    /// Sets the state, then wakes the helper if it parked. The two sequentially consistent
+    /// accesses pair with the helper's (`sleeping` stored, then `state` loaded, both SeqCst):
+    /// either the helper sees the new state before parking, or this sees `sleeping` and unparks.
+    fn post(&self, state: u8) {
+        self.state.store(state, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst)
+            && let Some(t) = self.helper.get()
+        {
+            t.unpark();
+        }
+    }
 }
 
 // SAFETY: `job` is written only by the posting thread while `state` is IDLE (the helper does
@@ -58,17 +94,27 @@ pub fn rayon_ok() -> bool {
     !PAIRED.with(Cell::get)
 }
 
-/// Polls between yields of the helper's core.
+/// Polls between yields of the helper's core (and between its looks at the clock).
 const SPINS_PER_YIELD: u32 = 256;
+
+/// How long the helper spins without a job before it parks.
+pub const PARK_AFTER: Duration = Duration::from_micros(200);
+
+/// A parked helper also wakes by itself this often (a bound on any wake-up it might miss).
+const PARK_TIMEOUT: Duration = Duration::from_millis(2);
+
+/// How many times any helper has parked (for tests and diagnostics).
+pub static PARKS: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on this thread with a helper thread spinning beside it, ready to take the second
 /// closure of every [`join`] that `f` makes on this thread. The helper stops when `f` returns
 /// (or panics).
 pub fn with_helper<R>(f: impl FnOnce() -> R) -> R {
-    let slot = Slot { state: AtomicU8::new(IDLE), job: UnsafeCell::new(None) };
+    let slot = Slot::new();
     std::thread::scope(|s| {
         s.spawn(|| {
             PAIRED.with(|c| c.set(true));
+            let _ = slot.helper.set(std::thread::current());
             serve(&slot)
         });
         /// Tells the helper to stop and unregisters the slot, also when `f` panics (else the
@@ -78,7 +124,7 @@ pub fn with_helper<R>(f: impl FnOnce() -> R) -> R {
             fn drop(&mut self) {
                 SLOT.with(|c| c.set(self.1));
                 PAIRED.with(|c| c.set(self.2));
-                self.0.state.store(QUIT, Ordering::Release);
+                self.0.post(QUIT);
             }
         }
         let _stop = Stop(&slot, SLOT.with(|c| c.replace(&slot)), PAIRED.with(|c| c.replace(true)));
@@ -86,9 +132,11 @@ pub fn with_helper<R>(f: impl FnOnce() -> R) -> R {
     })
 }
 
-/// The helper's loop: run each posted job, mark it done, until told to quit.
+/// The helper's loop: run each posted job, mark it done, until told to quit; park after
+/// [`PARK_AFTER`] without a job.
 fn serve(slot: &Slot) {
     let mut spins = 0u32;
+    let mut idle_since = Instant::now();
     loop {
         match slot.state.load(Ordering::Acquire) {
             POSTED => {
@@ -102,14 +150,25 @@ fn serve(slot: &Slot) {
                 }
                 slot.state.store(DONE, Ordering::Release);
                 spins = 0;
+                idle_since = Instant::now();
             }
             QUIT => return,
             _ => {
                 spins += 1;
-                if spins.is_multiple_of(SPINS_PER_YIELD) {
+                if !spins.is_multiple_of(SPINS_PER_YIELD) {
+                    std::hint::spin_loop();
+                } else if idle_since.elapsed() < PARK_AFTER {
                     std::thread::yield_now();
                 } else {
-                    std::hint::spin_loop();
+                    slot.sleeping.store(true, Ordering::SeqCst);
+                    let s = slot.state.load(Ordering::SeqCst);
+                    if s != POSTED && s != QUIT {
+                        PARKS.fetch_add(1, Ordering::Relaxed);
+                        std::thread::park_timeout(PARK_TIMEOUT);
+                    }
+                    slot.sleeping.store(false, Ordering::SeqCst);
+                    spins = 0;
+                    idle_since = Instant::now();
                 }
             }
         }
@@ -144,7 +203,7 @@ pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() 
         let ptr: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(ptr) };
         // SAFETY: the state is IDLE, so the helper is not reading the job slot.
         unsafe { *slot.job.get() = Some(Job(ptr)) };
-        slot.state.store(POSTED, Ordering::Release);
+        slot.post(POSTED);
         let ra = catch_unwind(AssertUnwindSafe(a));
         while slot.state.load(Ordering::Acquire) != DONE {
             std::hint::spin_loop();
@@ -199,6 +258,31 @@ mod tests {
                 assert_eq!((buf[0], buf[63]), (round + 1, 2 * (round + 1)));
             }
         });
+    }
+
+    /// After a pause long enough for the helper to park, the next join still runs its second
+    /// closure on the helper (the post wakes it), and the halves are right.
+    #[test]
+    fn a_parked_helper_wakes_for_the_next_join() {
+        let before = PARKS.load(Ordering::Relaxed);
+        with_helper(|| {
+            let me = std::thread::current().id();
+            let mut buf = vec![0u32; 64];
+            for round in 1..=5u32 {
+                std::thread::sleep(PARK_AFTER * 20);
+                let (x, y) = buf.split_at_mut(32);
+                let (_, other) = join(
+                    || x.iter_mut().for_each(|v| *v += 1),
+                    || {
+                        y.iter_mut().for_each(|v| *v += 2);
+                        std::thread::current().id()
+                    },
+                );
+                assert_ne!(other, me, "the second closure ran on the helper");
+                assert_eq!((buf[0], buf[63]), (round, 2 * round));
+            }
+        });
+        assert!(PARKS.load(Ordering::Relaxed) > before, "the helper parked during the pauses");
     }
 
     #[test]
