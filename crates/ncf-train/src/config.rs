@@ -359,10 +359,11 @@ pub struct TrainConfig {
     #[arg(long, conflicts_with = "resume", default_value_t = 256, help_heading = TRAINING)]
     #[serde(alias = "lr-base-batch")]
     pub lr_base_batch: usize,
-    /// How the learning rate changes from epoch to epoch (the rating model; the implicit
-    /// trainer runs constant only): constant; step (× --lr-gamma every --lr-step epochs);
+    /// How the learning rate changes from epoch to epoch (on the CPU; the GPU trainer runs
+    /// constant only): constant; step (× --lr-gamma every --lr-step epochs);
     /// cosine (from --lr down to --lr-min over --epochs); plateau (× --lr-gamma after
-    /// --lr-plateau epochs without a better validation score).
+    /// --lr-plateau epochs without a better validation score: RMSE for ratings, HR@K for
+    /// implicit models).
     #[arg(long, conflicts_with = "resume", value_enum, default_value_t = LrSchedule::Constant, help_heading = TRAINING)]
     #[serde(alias = "lr-schedule")]
     pub lr_schedule: LrSchedule,

@@ -161,6 +161,9 @@ pub struct EpochReport {
     pub training_s: f64,
     pub eval_s: f64,
     pub samples_per_second: f64,
+    /// The learning rate the epoch ran at (`--lr-schedule`).
+    #[serde(default)]
+    pub lr: f64,
     /// Test HR@K and NDCG@K of the users with fewer than [`LOW_ACTIVITY`] training
     /// interactions (the cold-ish users side features should help), and how many there are.
     #[serde(default)]
@@ -259,8 +262,8 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if cfg.batch_norm || cfg.dropout != 0.0 {
         return bad("batch_norm/dropout", "are offered for the rating model's tower (--model rating)");
     }
-    if cfg.lr_schedule != LrSchedule::Constant {
-        return bad("lr_schedule", "the implicit trainer runs a constant rate so far (schedules: --model rating)");
+    if cfg.lr_schedule != LrSchedule::Constant && cfg.device != Device::Cpu {
+        return bad("lr_schedule", "the GPU trainer runs a constant rate so far (its recorded steps hold the rate)");
     }
     if cfg.batch == 0 {
         return bad("batch", "must be at least 1");
@@ -755,10 +758,16 @@ fn train_on<B: FastStep<T = f32>>(
         }
     }
     let mut tr = Trainer::new(be, cfg, data, model, opt)?;
+    // The rate of each epoch (`--lr-schedule`); a resumed run replays its epochs' validation
+    // scores, so a plateau schedule resumes where it was.
+    let mut schedule = LrScheduler::new(cfg, cfg.effective_lr());
+    best.reports.iter().for_each(|r| schedule.observe(-r.valid_hr));
     for epoch in best.reports.len() + 1..=cfg.epochs {
         if best.stalled(cfg.patience) {
             break;
         }
+        let lr = schedule.lr(epoch);
+        tr.opt.set_lr(lr);
         let trained = tr.epoch(epoch)?;
         let (v, t, (low, low_users), eval_s) = tr.evaluate()?;
         let report = EpochReport {
@@ -772,12 +781,14 @@ fn train_on<B: FastStep<T = f32>>(
             training_s: trained.training_s,
             eval_s,
             samples_per_second: trained.rows as f64 / trained.training_s.max(1e-9),
+            lr,
             low_test_hr: low.hr,
             low_test_ndcg: low.ndcg,
             low_users,
         };
         on_epoch(&report);
         let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);
+        schedule.observe(-report.valid_hr);
         best.record(be, report, &tr.model)?;
         if let Some(path) = &cfg.save {
             tr.checkpoint(path, &mcfg, &best)?;
