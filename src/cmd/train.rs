@@ -238,35 +238,9 @@ fn train_ratings(mut cfg: TrainConfig, resume: bool) -> Result<bool> {
     );
     let mut jsonl = String::new();
     let (users, items) = if cfg.features {
-        let meta = match &cfg.features_from {
-            Some(d) => ncf_data::MovieLensFiles::find_meta(d)?,
-            None => files.clone(),
-        };
-        let items = match &meta.movies {
-            Some(p) => Some(ncf_data::item_features(&ncf_data::load_item_meta(p)?, &data.items, |r| r)),
-            None => None,
-        };
-        let users = match &meta.users {
-            Some(p) => Some(ncf_data::user_features(&ncf_data::load_users(p)?, &data.users, |r| r)),
-            None => None,
-        };
-        if users.is_none() && items.is_none() {
-            bail!(
-                "--features: no movies (movies.dat, u.item, movies.csv) or users (users.dat, u.user) file in {}",
-                dir.display()
-            );
-        }
-        for (what, f, file) in [("item", &items, &meta.movies), ("user", &users, &meta.users)] {
-            match (f, file) {
-                (Some(f), Some(p)) => eprintln!(
-                    "features: {} {what} columns from {} ({} {what}s of the ratings not listed there)",
-                    f.width(),
-                    p.display(),
-                    f.missing
-                ),
-                _ => eprintln!("features: no {what} file, no {what} features"),
-            }
-        }
+        let meta_dir = cfg.features_from.as_deref().unwrap_or(&dir);
+        let (users, items, lines) = ncf_train::load_side_features(meta_dir, &data.users, Some(&data.items))?;
+        lines.iter().for_each(|l| eprintln!("{l}"));
         (users, items)
     } else {
         (None, None)

@@ -377,11 +377,7 @@ pub fn load_users(path: &Path) -> Result<Vec<User>> {
     }
     let names = ["UserID", "Gender", "Age", "Occupation", "Zip-code"];
     load_dat_records(path, &names, "user", |line, id, f| {
-        let gender = match f[1] {
-            b"M" => 'M',
-            b"F" => 'F',
-            g => return Err(DataError::parse(path, line, "Gender", format!("`{}` is not M or F", show(g)))),
-        };
+        let gender = gender(path, line, "Gender", f[1])?;
         let age = parse_u64(f[2]).and_then(|a| u8::try_from(a).ok()).filter(|a| AGE_BRACKETS.contains(a)).ok_or_else(
             || DataError::parse(path, line, "Age", format!("`{}` is not one of {AGE_BRACKETS:?}", show(f[2]))),
         )?;
@@ -390,6 +386,15 @@ pub fn load_users(path: &Path) -> Result<Vec<User>> {
         })? as u8;
         Ok(User { id, gender, age, occupation, zip: latin1(f[4]) })
     })
+}
+
+/// `M` or `F`, else an error naming the file, line and field.
+fn gender(path: &Path, line: usize, field: &'static str, f: &[u8]) -> Result<char> {
+    match f {
+        b"M" => Ok('M'),
+        b"F" => Ok('F'),
+        g => Err(DataError::parse(path, line, field, format!("`{}` is not M or F", show(g)))),
+    }
 }
 
 fn load_u_user(path: &Path) -> Result<Vec<User>> {
@@ -415,11 +420,7 @@ fn load_u_user(path: &Path) -> Result<Vec<User>> {
         let age = parse_u64(f[1])
             .filter(|&a| a <= 150)
             .ok_or_else(|| DataError::parse(path, line, "age", format!("`{}` is not an age in years", show(f[1]))))?;
-        let gender = match f[2] {
-            b"M" => 'M',
-            b"F" => 'F',
-            g => return Err(DataError::parse(path, line, "gender", format!("`{}` is not M or F", show(g)))),
-        };
+        let gender = gender(path, line, "gender", f[2])?;
         let occupation = ML100K_OCCUPATIONS.iter().position(|o| o.as_bytes() == f[3]).ok_or_else(|| {
             DataError::parse(
                 path,

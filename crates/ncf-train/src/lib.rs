@@ -58,6 +58,8 @@ pub struct Prepared {
     pub train: UserItems,
     pub valid: Vec<RankCase>,
     pub test: Vec<RankCase>,
+    /// The test cases of the users with fewer than [`LOW_ACTIVITY`] training interactions.
+    pub low_test: Vec<RankCase>,
     /// Raw ids of the dense ids, when the data has them; saved in checkpoints.
     pub user_ids: Option<IdMap>,
     pub item_ids: Option<IdMap>,
@@ -84,12 +86,15 @@ impl Prepared {
                 Some(RankCase::new(u as u32, target, &negs))
             })
             .collect();
-        let test = split.test.iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
+        let test: Vec<RankCase> =
+            split.test.iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
+        let low_test = test.iter().filter(|c| known.of(c.user as usize).len() < LOW_ACTIVITY).cloned().collect();
         Prepared {
             known,
             train,
             valid,
             test,
+            low_test,
             user_ids: split.user_ids.clone(),
             item_ids: split.item_ids.clone(),
             user_features: None,
@@ -97,55 +102,67 @@ impl Prepared {
         }
     }
 
-    /// Adds the side features of the MovieLens metadata files in `dir` (movies and users;
-    /// either may be absent). Items are matched by their raw ids (for the canonical ML-1M
-    /// split, `item_id_map.tsv`'s MovieIDs); users by their raw ids, or, when the data has no
-    /// user id map (an NCF split), by the NCF convention `MovieLens UserID = dense id + 1`.
-    /// Returns lines describing what was read.
+    /// Adds the side features of the MovieLens metadata files in `dir` ([`load_side_features`]).
+    /// Users without a raw id map (an NCF split) are matched by the NCF convention
+    /// `MovieLens UserID = dense id + 1`. Returns lines describing what was read.
     pub fn with_features(&mut self, dir: &std::path::Path) -> Result<Vec<String>> {
-        let meta = ncf_data::MovieLensFiles::find_meta(dir)?;
-        let mut lines = Vec::new();
-        if let Some(p) = &meta.movies {
-            let Some(items) = &self.item_ids else {
-                return Err(TrainError::Config(
-                    "features",
-                    "the data has no item id map (NAME.item_ids.tsv or item_id_map.tsv) to match movies by".into(),
-                ));
-            };
-            let f = ncf_data::item_features(&ncf_data::load_item_meta(p)?, items, |r| r);
-            lines.push(format!(
-                "features: {} item columns from {} ({} items not listed there)",
-                f.width(),
-                p.display(),
-                f.missing
-            ));
-            self.item_features = Some(f);
-        }
-        if let Some(p) = &meta.users {
-            let users = match &self.user_ids {
-                Some(m) => m.clone(),
-                None => IdMap::from_raw((1..=self.known.n_users as u64).collect::<Vec<_>>()),
-            };
-            let f = ncf_data::user_features(&ncf_data::load_users(p)?, &users, |r| r);
-            lines.push(format!(
-                "features: {} user columns from {} ({} users not listed there)",
-                f.width(),
-                p.display(),
-                f.missing
-            ));
-            self.user_features = Some(f);
-        }
-        if lines.is_empty() {
-            return Err(TrainError::Config(
-                "features",
-                format!(
-                    "no movies (movies.dat, u.item, movies.csv) or users (users.dat, u.user) file in {}",
-                    dir.display()
-                ),
-            ));
-        }
+        let users = match &self.user_ids {
+            Some(m) => m.clone(),
+            None => IdMap::from_raw((1..=self.known.n_users as u64).collect::<Vec<_>>()),
+        };
+        let (u, i, lines) = load_side_features(dir, &users, self.item_ids.as_ref())?;
+        (self.user_features, self.item_features) = (u, i);
         Ok(lines)
     }
+}
+
+/// The side features of the MovieLens metadata files in `dir` (movies: `movies.dat`, `u.item`
+/// or `movies.csv`; users: `users.dat` or `u.user`; either may be absent, not both), one row
+/// per dense id of `users` and `items` (their raw ids are the metadata's MovieIDs/UserIDs).
+/// Returns the users' and the items' tables and lines describing them. Movies with no `items`
+/// map to match them by is an error.
+pub fn load_side_features(
+    dir: &std::path::Path,
+    users: &IdMap,
+    items: Option<&IdMap>,
+) -> Result<(Option<SideFeatures>, Option<SideFeatures>, Vec<String>)> {
+    let meta = ncf_data::MovieLensFiles::find_meta(dir)?;
+    let item_f = match (&meta.movies, items) {
+        (Some(p), Some(items)) => Some(ncf_data::item_features(&ncf_data::load_item_meta(p)?, items, |r| r)),
+        (Some(_), None) => {
+            return Err(TrainError::Config(
+                "features",
+                "the data has no item id map (NAME.item_ids.tsv or item_id_map.tsv) to match movies by".into(),
+            ));
+        }
+        (None, _) => None,
+    };
+    let user_f = match &meta.users {
+        Some(p) => Some(ncf_data::user_features(&ncf_data::load_users(p)?, users, |r| r)),
+        None => None,
+    };
+    if user_f.is_none() && item_f.is_none() {
+        return Err(TrainError::Config(
+            "features",
+            format!(
+                "no movies (movies.dat, u.item, movies.csv) or users (users.dat, u.user) file in {}",
+                dir.display()
+            ),
+        ));
+    }
+    let lines = [("item", &item_f, &meta.movies), ("user", &user_f, &meta.users)]
+        .into_iter()
+        .map(|(what, f, file)| match (f, file) {
+            (Some(f), Some(p)) => format!(
+                "features: {} {what} columns from {} ({} {what}s of the data not listed there)",
+                f.width(),
+                p.display(),
+                f.missing
+            ),
+            _ => format!("features: no {what} file in {}, no {what} features", dir.display()),
+        })
+        .collect();
+    Ok((user_f, item_f, lines))
 }
 
 /// What one epoch did.
@@ -680,13 +697,11 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
         let t = Instant::now();
         let valid = evaluate(self.be, &mut self.model, &self.data.valid, self.cfg.k)?;
         let test = evaluate(self.be, &mut self.model, &self.data.test, self.cfg.k)?;
-        let known = &self.data.known;
-        let low: Vec<RankCase> =
-            self.data.test.iter().filter(|c| known.of(c.user as usize).len() < LOW_ACTIVITY).cloned().collect();
+        let low = &self.data.low_test;
         let low_m = if low.is_empty() {
             HitMetrics { hr: 0.0, ndcg: 0.0, ..test }
         } else {
-            evaluate(self.be, &mut self.model, &low, self.cfg.k)?
+            evaluate(self.be, &mut self.model, low, self.cfg.k)?
         };
         Ok((valid, test, (low_m, low.len()), t.elapsed().as_secs_f64()))
     }
