@@ -138,9 +138,10 @@ fn device_sampler_is_deterministic_and_learns() {
     assert!(a.0 > 0.43, "test HR@10 {} should beat popularity (0.391) clearly", a.0);
 }
 
-/// `--step reference` runs the plain op-by-op step. GMF never splits its batch, so both steps
-/// give the same numbers bit for bit; NeuMF's two-lane step sums its dense gradients per half,
-/// so its metrics may differ only by that rounding (here: the loss within 1e-4 relative).
+/// `--step reference` runs the plain op-by-op step. MF never splits its batch, so both steps
+/// give the same numbers bit for bit; the two-lane step of GMF and NeuMF sums their dense
+/// gradients per half, so their metrics may differ only by that rounding (here: the loss
+/// within 1e-4 relative).
 #[test]
 fn step_reference_and_fast_agree() {
     let d = tempfile::tempdir().unwrap();
@@ -172,17 +173,24 @@ fn step_reference_and_fast_agree() {
         std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     };
     let keys = ["loss", "valid_hr", "valid_ndcg", "test_hr", "test_ndcg"];
-    let (fast, reference) = (run("gmf", "fast"), run("gmf", "reference"));
+    let (fast, reference) = (run("mf", "fast"), run("mf", "reference"));
     assert_eq!(fast.len(), 3);
     for (f, r) in fast.iter().zip(&reference) {
         for k in keys {
-            assert_eq!(f[k], r[k], "gmf epoch {}: {k}", f["epoch"]);
+            assert_eq!(f[k], r[k], "mf epoch {}: {k}", f["epoch"]);
         }
     }
-    let (fast, reference) = (run("neumf", "fast"), run("neumf", "reference"));
-    for (f, r) in fast.iter().zip(&reference) {
-        let (a, b) = (f["loss"].as_f64().unwrap(), r["loss"].as_f64().unwrap());
-        assert!((a - b).abs() <= 1e-4 * a.abs(), "neumf epoch {}: loss {a} (fast) vs {b} (reference)", f["epoch"]);
+    for model in ["gmf", "neumf"] {
+        let (fast, reference) = (run(model, "fast"), run(model, "reference"));
+        assert_eq!(fast.len(), 3);
+        for (f, r) in fast.iter().zip(&reference) {
+            let (a, b) = (f["loss"].as_f64().unwrap(), r["loss"].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs(),
+                "{model} epoch {}: loss {a} (fast) vs {b} (reference)",
+                f["epoch"]
+            );
+        }
     }
     let bad = ncf(&["train", "--data", &data, "--step", "fused"]);
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));

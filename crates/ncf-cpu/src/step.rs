@@ -18,8 +18,8 @@
 //! 0's rows are scattered first, then lane 1's: the batch's row order), and every optimizer
 //! update. Only the dense weights' and biases' gradients differ in rounding: they are summed
 //! per half, then added. The split depends on the batch alone, never on the thread count.
-//! GMF and MF (no dense layers: too little work per row to share), odd batches and batches
-//! under [`MIN_LANE_BATCH`] rows run the reference forward and backward.
+//! MF (no head: too little work per row to share), odd batches and batches under
+//! [`MIN_LANE_BATCH`] rows run the reference forward and backward.
 //! `tests` below hold the step to the reference.
 
 use crate::backend::CpuBackend;
@@ -28,7 +28,7 @@ use crate::team;
 use ncf_core::{Backend, Result};
 use ncf_model::split::{LaneActs, LaneParts, lane_parts};
 use ncf_model::{
-    AnyModel, Batch, FastStep, Fork, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, Role, StepScratch,
+    AnyModel, Batch, FastStep, Fork, GmfActs, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, Role, StepScratch,
 };
 
 /// Below this many rows a batch is not split into lanes: each half would be too small to pay
@@ -50,6 +50,7 @@ struct Lane<T> {
 #[allow(clippy::large_enum_variant)]
 enum Second<T: CpuFloat> {
     None,
+    Gmf(GmfActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
     Mlp(MlpActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
     NeuMf(NeuMfActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
 }
@@ -103,6 +104,13 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             lane.labels[..h].copy_from_slice(&batch.labels[r]);
         }
         match parts {
+            LaneParts::Gmf(p, g, acts) => {
+                if !matches!(&self.second, Second::Gmf(a, _) if a.head.logits.len() >= h) {
+                    self.second = Second::Gmf(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
+                }
+                let Second::Gmf(acts1, g1) = &mut self.second else { unreachable!("set above") };
+                two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
+            }
             LaneParts::Mlp(p, g, acts) => {
                 if !matches!(&self.second, Second::Mlp(a, _) if a.head.logits.len() >= h) {
                     self.second = Second::Mlp(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
@@ -290,7 +298,7 @@ mod tests {
     /// on whether the second lane runs on a helper thread.
     #[test]
     fn two_lanes_match_the_reference_on_any_thread_count() {
-        for kind in [ModelKind::NeuMf, ModelKind::Mlp] {
+        for kind in [ModelKind::NeuMf, ModelKind::Mlp, ModelKind::Gmf] {
             let b = 128;
             let (reference, loss_ref, _) = gradients(kind, b, None);
             let one_thread = gradients(kind, b, Some(1));
@@ -311,9 +319,9 @@ mod tests {
         }
     }
 
-    /// Odd batches, small batches and GMF/MF take the reference path.
+    /// Odd batches, small batches and MF take the reference path.
     #[test]
-    fn lanes_only_for_even_batches_of_dense_models() {
+    fn lanes_only_for_even_batches_of_models_with_a_head() {
         let be = Be::default();
         let b = 130;
         let mut batch = Batch::with_capacity(&be, b).unwrap();
@@ -323,7 +331,7 @@ mod tests {
             (ModelKind::NeuMf, 62, false),
             (ModelKind::NeuMf, 64, true),
             (ModelKind::Mlp, 130, true),
-            (ModelKind::Gmf, 128, false),
+            (ModelKind::Gmf, 128, true),
             (ModelKind::Mf, 128, false),
         ] {
             let cfg = ModelConfig::new(kind, 40, 30);
@@ -335,9 +343,9 @@ mod tests {
     }
 
     /// Whole training steps (forward, loss, backward, optimizer) for every model: the fast step
-    /// against the reference step over several batches, odd tail included. GMF and MF (which
-    /// never split) and every embedding table match bit for bit after one step; the dense
-    /// weights of MLP and NeuMF stay within rel 1e-9 (f64) after several Adam steps.
+    /// against the reference step over several batches, odd tail included. MF (which never
+    /// splits) and every embedding table match bit for bit after one step; the dense weights
+    /// of GMF, MLP and NeuMF stay within rel 1e-9 (f64) after several Adam steps.
     #[test]
     fn fast_step_matches_reference_step_for_every_model() {
         let be = Be::default();
@@ -374,13 +382,13 @@ mod tests {
             }
             for ((name, emb, a), (_, _, b)) in ref1.iter().zip(fast1) {
                 let (worst, first) = evidence(a, b);
-                if *emb || matches!(kind, ModelKind::Gmf | ModelKind::Mf) {
+                if *emb || kind == ModelKind::Mf {
                     assert_eq!(a, b, "{kind}: {name} after one step; max_rel {worst:e}, first {first:?}");
                 }
             }
             for ((name, _, a), (_, _, b)) in ref_end.iter().zip(fast_end) {
                 let (worst, first) = evidence(a, b);
-                if matches!(kind, ModelKind::Gmf | ModelKind::Mf) {
+                if kind == ModelKind::Mf {
                     assert_eq!(a, b, "{kind}: {name}; max_rel {worst:e}, first {first:?}");
                 } else {
                     assert!(worst < 1e-9, "{kind}: {name} max_rel {worst:e}, first {first:?}");

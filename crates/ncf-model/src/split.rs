@@ -9,9 +9,13 @@
 //! backward up to each row's embedding gradients ([`LaneActs::backward_rows`]: the model's
 //! `backward` without its last lines, the scatter-adds), and the scatter of one id side
 //! ([`LaneActs::scatter_side`]). Tests in `ncf-cpu` hold the fast step to the reference.
+//!
+//! GMF splits too, though its rows are cheap (a product of two rows and a dot product): at
+//! the large batches it trains best with, each half still has thousands of rows. MF (no head)
+//! and the rating model do not.
 
 use crate::layers::check_batch;
-use crate::models::{AnyModel, MlpActs, Model, NeuMfActs};
+use crate::models::{AnyModel, GmfActs, MlpActs, Model, NeuMfActs};
 use crate::params::{IdSource, ParamSet, SideTables};
 use ncf_core::{Backend, Result};
 
@@ -29,6 +33,33 @@ pub trait LaneActs<B: Backend>: Send + Sync + Sized {
     /// Adds the rows' embedding gradients of one id side into that side's tables, in row order
     /// (`ids` = the batch's users or items).
     fn scatter_side(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()>;
+}
+
+impl<B: Backend> LaneActs<B> for GmfActs<B> {
+    fn like(&self, be: &B, rows: usize) -> Result<Self> {
+        Ok(GmfActs { gmf: self.gmf.like(be, rows)?, head: self.head.like(be, rows)? })
+    }
+    fn forward(&mut self, be: &B, p: &ParamSet<B>, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
+        GmfActs::forward(self, be, p, users, items, b)
+    }
+    fn logits(&self) -> &B::Buf {
+        &self.head.logits
+    }
+    fn backward_rows(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        dlogits: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        // = GmfActs::backward without the scatter-add.
+        self.head.backward(be, p, g, &self.gmf.h, dlogits, b)?;
+        self.gmf.backward(be, &self.head.dinp, b)
+    }
+    fn scatter_side(&self, be: &B, side: IdSource, t: &mut SideTables<'_, B>, ids: &B::Ids, b: usize) -> Result<()> {
+        self.gmf.emb.backward_side(be, side, t, ids, b)
+    }
 }
 
 impl<B: Backend> LaneActs<B> for MlpActs<B> {
@@ -90,16 +121,21 @@ impl<B: Backend> LaneActs<B> for NeuMfActs<B> {
 }
 
 /// A model's parameters, gradients and activations, borrowed apart, for the models a batch
-/// split pays for (MLP and NeuMF; GMF and MF have too little work per row to share).
+/// split pays for (GMF, MLP and NeuMF; MF has too little work per row to share).
 pub enum LaneParts<'a, B: Backend> {
+    Gmf(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut GmfActs<B>),
     Mlp(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut MlpActs<B>),
     NeuMf(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut NeuMfActs<B>),
 }
 
-/// The parts of `model` for a batch of `b` rows, or `None` for GMF and MF (and the rating
-/// model, whose bias tables the split does not cover: it trains by the reference step).
+/// The parts of `model` for a batch of `b` rows, or `None` for MF (and the rating model,
+/// whose bias tables the split does not cover: it trains by the reference step).
 pub fn lane_parts<B: Backend>(model: &mut AnyModel<B>, b: usize) -> Result<Option<LaneParts<'_, B>>> {
     Ok(match model {
+        AnyModel::Gmf(m) => {
+            check_batch("gmf.lanes", b, Model::max_batch(m))?;
+            Some(LaneParts::Gmf(&m.params, &mut m.grads, &mut m.acts))
+        }
         AnyModel::Mlp(m) => {
             check_batch("mlp.lanes", b, Model::max_batch(m))?;
             Some(LaneParts::Mlp(&m.params, &mut m.grads, &mut m.acts))
@@ -108,6 +144,6 @@ pub fn lane_parts<B: Backend>(model: &mut AnyModel<B>, b: usize) -> Result<Optio
             check_batch("neumf.lanes", b, Model::max_batch(m))?;
             Some(LaneParts::NeuMf(&m.params, &mut m.grads, &mut m.acts))
         }
-        AnyModel::Gmf(_) | AnyModel::Mf(_) | AnyModel::Rating(_) => None,
+        AnyModel::Mf(_) | AnyModel::Rating(_) => None,
     })
 }

@@ -33,8 +33,9 @@ pub fn gmf_backward<T: Float>(dout: &[T], u: &[T], v: &[T], du: &mut [T], dv: &m
 pub fn concat_cols<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [T]) {
     let w = da + dc;
     for (r, row) in out.chunks_exact_mut(w).enumerate() {
-        row[..da].copy_from_slice(&a[r * da..(r + 1) * da]);
-        row[da..].copy_from_slice(&c[r * dc..(r + 1) * dc]);
+        let (ra, rc) = row.split_at_mut(da);
+        super::copy_row(ra, &a[r * da..(r + 1) * da]);
+        super::copy_row(rc, &c[r * dc..(r + 1) * dc]);
     }
 }
 
@@ -42,8 +43,8 @@ pub fn concat_cols<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [
 pub fn split_cols<T: Float>(dout: &[T], da: usize, dc: usize, grad_a: &mut [T], grad_c: &mut [T]) {
     let w = da + dc;
     for (r, row) in dout.chunks_exact(w).enumerate() {
-        grad_a[r * da..(r + 1) * da].copy_from_slice(&row[..da]);
-        grad_c[r * dc..(r + 1) * dc].copy_from_slice(&row[da..]);
+        super::copy_row(&mut grad_a[r * da..(r + 1) * da], &row[..da]);
+        super::copy_row(&mut grad_c[r * dc..(r + 1) * dc], &row[da..]);
     }
 }
 

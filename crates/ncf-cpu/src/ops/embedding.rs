@@ -19,12 +19,12 @@ pub fn embedding_forward_naive<T: Float>(table: &[T], d: usize, ids: &[u32], out
     }
 }
 
-/// Gather, fast version: one `memcpy` per row, rows split across threads for large batches.
+/// Gather, fast version: one short copy per row, rows split across threads for large batches.
 pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T]) {
     let out = &mut out[..ids.len() * d];
     let copy_row = |(row, &id): (&mut [T], &u32)| {
         let start = id as usize * d;
-        copy_into(row, &table[start..start + d]);
+        super::copy_row(row, &table[start..start + d]);
     };
     if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
@@ -33,20 +33,7 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
     }
 }
 
-/// `dst = src` for one embedding row. The model's widths (8, 16, 32, 64) get a copy of known
-/// length (a few vector moves); a `memcpy` call costs more than moving 32 bytes.
-#[inline(always)]
-fn copy_into<T: Float>(dst: &mut [T], src: &[T]) {
-    match dst.len() {
-        8 => dst.copy_from_slice(&src[..8]),
-        16 => dst.copy_from_slice(&src[..16]),
-        32 => dst.copy_from_slice(&src[..32]),
-        64 => dst.copy_from_slice(&src[..64]),
-        _ => dst.copy_from_slice(src),
-    }
-}
-
-/// `dst += src` for one embedding row (widths specialised as in [`copy_into`]).
+/// `dst += src` for one embedding row (widths specialised as in [`copy_row`](super::copy_row)).
 #[inline(always)]
 fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
     #[inline(always)]

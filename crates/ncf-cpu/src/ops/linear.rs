@@ -40,7 +40,7 @@ pub fn linear_forward<T: CpuFloat>(
         matvec_bias(inp, &w[..i], bias[0], &mut out[..b], i);
         return Ok(());
     }
-    let fill = |row: &mut [T]| row.copy_from_slice(&bias[..o]);
+    let fill = |row: &mut [T]| super::copy_row(row, &bias[..o]);
     if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
         out[..b * o].par_chunks_exact_mut(o.max(1)).for_each(fill);
     } else {

@@ -23,9 +23,9 @@ pub enum GemmImpl {
     /// For the dense layers, the fastest measured at NCF's shapes on the CPUs we benchmark:
     /// the scratch kernel for the forward products; for the two backward ones (`dinp = dout·w`
     /// with a short inner dimension, `dw += doutᵀ·inp`) the scratch kernel too on a CPU with
-    /// AVX-512 (its [`direct`](super::direct) kernel), matrixmultiply otherwise; see BENCHMARKS.md.
-    /// Any other product runs on the scratch kernel. [`GemmImpl::forward`] and
-    /// [`GemmImpl::backward`] resolve it.
+    /// AVX2 or AVX-512 (its [`direct`](super::direct) kernels), matrixmultiply without them;
+    /// see BENCHMARKS.md. Any other product runs on the scratch kernel. [`GemmImpl::forward`]
+    /// and [`GemmImpl::backward`] resolve it.
     Auto,
 }
 
@@ -52,9 +52,10 @@ impl GemmImpl {
     /// The implementation a dense layer's backward products use.
     pub fn backward(self) -> GemmImpl {
         match self {
-            // With AVX-512 the scratch GEMM's direct kernel beats matrixmultiply at every
-            // backward shape of NCF; with AVX2 only, matrixmultiply wins them.
-            GemmImpl::Auto if SimdLevel::best() == SimdLevel::Avx512 => GemmImpl::Scratch,
+            // With AVX2 or AVX-512 the scratch GEMM's direct kernel beats matrixmultiply's
+            // kernel for the same instruction set at every backward shape of NCF (1.16–3.6× on
+            // AVX2); without them, matrixmultiply's packed kernel is the faster.
+            GemmImpl::Auto if SimdLevel::best() >= SimdLevel::Avx2Fma => GemmImpl::Scratch,
             GemmImpl::Auto => GemmImpl::Library,
             other => other,
         }
