@@ -38,9 +38,12 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
 fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
     #[inline(always)]
     fn add<T: Float, const W: usize>(dst: &mut [T], src: &[T]) {
-        let (dst, src) = (&mut dst[..W], &src[..W]);
-        for j in 0..W {
-            dst[j] += src[j];
+        // As fixed-size arrays, so the compiler sees whole vectors (with slices it emitted one
+        // scalar load-add-store per element).
+        let dst: &mut [T; W] = (&mut dst[..W]).try_into().expect("W elements");
+        let src: &[T; W] = src[..W].try_into().expect("W elements");
+        for (x, &g) in dst.iter_mut().zip(src) {
+            *x += g;
         }
     }
     match dst.len() {
@@ -111,7 +114,11 @@ pub fn embedding_backward<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &
     if b * d < PAR_MIN_ELEMS || n < 2 || !crate::team::rayon_ok() {
         // One row at a time, in batch order: the naive loop's sums, with whole-row slices
         // (no per-element bounds checks, so the adds vectorize).
-        for (g, &id) in dout[..b * d].chunks_exact(d).zip(ids) {
+        // The table's rows arrive in no order the hardware can guess: ask for a few ahead.
+        for (k, (g, &id)) in dout[..b * d].chunks_exact(d).zip(ids).enumerate() {
+            if let Some(&next) = ids.get(k + super::PREFETCH_ROWS) {
+                super::prefetch(dtable, next as usize * d, d);
+            }
             add_into(&mut dtable[id as usize * d..(id as usize + 1) * d], g);
         }
         return;

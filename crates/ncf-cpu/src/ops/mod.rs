@@ -9,6 +9,10 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 
+/// How many rows ahead the kernels that walk a list of table rows (the scatter-add, lazy Adam)
+/// prefetch them with [`prefetch`].
+pub(crate) const PREFETCH_ROWS: usize = 4;
+
 /// Asks the CPU to start loading `data[start .. start + len]` into its caches: a hint with no
 /// effect on any result, and a no-op for a range outside `data` or off x86-64.
 ///
@@ -31,17 +35,24 @@ pub(crate) fn prefetch<T>(data: &[T], start: usize, len: usize) {
 }
 
 /// `dst = src` for one short row (an embedding row, one side of a concatenation, a bias).
-/// The model's widths (8, 16, 32, 64) get a copy of known length, a few vector moves; a
-/// `memcpy` call for 32 bytes costs more than the move, and the two-lane step makes tens of
-/// millions of them per epoch.
+/// A `memcpy` call for 32–256 bytes costs more than the move, and the two-lane step makes tens
+/// of millions of them per epoch; so rows up to 64 elements are copied in pieces of 8, each a
+/// copy of known length that the compiler turns into a couple of vector moves. (A single
+/// `copy_from_slice` of 32 floats still compiled to a `memcpy` call.)
 #[inline(always)]
 pub(crate) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
-    match dst.len() {
-        8 => dst.copy_from_slice(&src[..8]),
-        16 => dst.copy_from_slice(&src[..16]),
-        32 => dst.copy_from_slice(&src[..32]),
-        64 => dst.copy_from_slice(&src[..64]),
-        n if n < 8 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s),
-        _ => dst.copy_from_slice(src),
+    let n = dst.len();
+    if n > 64 {
+        return dst.copy_from_slice(src);
+    }
+    let src = &src[..n];
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let d: &mut [T; 8] = d.try_into().expect("8 elements");
+        *d = *<&[T; 8]>::try_from(s).expect("8 elements");
+    }
+    for (d, &s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = s;
     }
 }

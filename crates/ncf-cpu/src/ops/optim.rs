@@ -140,7 +140,7 @@ fn adam_rows<T: Float>(
         None => adam_run(p, g, m, v, s),
         Some((rows, base)) => {
             for (i, &r) in rows.iter().enumerate() {
-                if let Some(&next) = rows.get(i + PREFETCH_ROWS) {
+                if let Some(&next) = rows.get(i + super::PREFETCH_ROWS) {
                     let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
                     for t in [&*p, &*g, &*m, &*v] {
                         super::prefetch(t, start, d);
@@ -228,9 +228,6 @@ pub fn adam_step_rows<T: Float>(
         adam_rows_best(p, g, m, v, Some((rows, 0)), d, &s);
     }
 }
-
-/// How many rows ahead [`adam_rows`] prefetches the four tables' rows.
-const PREFETCH_ROWS: usize = 4;
 
 /// Fewest rows per thread for which [`adam_step_rows`] splits its rows.
 const ROWS_PER_LANE: usize = 32;
