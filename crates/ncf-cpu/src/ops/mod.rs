@@ -56,3 +56,19 @@ pub(crate) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
         *d = s;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every width from 0 to 70 (pieces of 8, a remainder, both, and the long-row path) copies
+    /// exactly its row and nothing past it.
+    #[test]
+    fn copy_row_copies_every_width_exactly() {
+        for n in 0..=70usize {
+            let src: Vec<f32> = (0..n + 3).map(|k| k as f32 + 0.5).collect();
+            let mut dst = vec![-1.0f32; n + 3];
+            super::copy_row(&mut dst[..n], &src[..n]);
+            assert_eq!(&dst[..n], &src[..n], "width {n}");
+            assert_eq!(&dst[n..], &[-1.0; 3], "width {n}: wrote past the row");
+        }
+    }
+}
