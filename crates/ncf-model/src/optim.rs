@@ -236,9 +236,11 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// [`Optimizer::step`] in two independent halves, run by `fork` (side by side, on a fast
-    /// step's two threads): the tables indexed by users, and the tables indexed by items plus
-    /// the dense tensors. Each half finds its batch's distinct rows once. Every tensor is
-    /// updated exactly as by [`Optimizer::step`], so the split changes no number.
+    /// step's two threads): the tables indexed by users, and the tables indexed by items; each
+    /// dense tensor joins the half that has fewer dense elements so far (ties: the items'), so
+    /// NeuMF-8's big first-layer weight and its other dense tensors land on different threads.
+    /// Each half finds its batch's distinct rows once. Every tensor is updated exactly as by
+    /// [`Optimizer::step`], so the split changes no number.
     #[allow(clippy::too_many_arguments)]
     pub fn step_halves(
         &mut self,
@@ -275,8 +277,17 @@ impl<B: Backend> Optimizer<B> {
             .iter_mut()
             .zip(grads.tensors.iter_mut())
             .zip(self.state1.iter_mut().zip(self.state2.iter_mut()));
+        let mut dense = [0usize; 2];
         for ((p, g), (s1, s2)) in jobs {
-            let side = usize::from(!matches!(p.role, Role::Embedding(IdSource::User)));
+            let side = match p.role {
+                Role::Embedding(IdSource::User) => 0,
+                Role::Embedding(IdSource::Item) | Role::Stat => 1,
+                _ => {
+                    let side = usize::from(dense[1] <= dense[0]);
+                    dense[side] += p.numel();
+                    side
+                }
+            };
             if counts[side] == MAX {
                 round(&mut halves, &mut counts)?;
             }
@@ -357,7 +368,7 @@ mod tests {
     use ncf_cpu::CpuBackend;
 
     /// A model with more tensors than one round of the two-half step holds (an MLP of 19
-    /// dense layers: 40 dense tensors on one side) still updates every tensor and zeroes every
+    /// dense layers: 40 dense tensors, about 20 per side) still updates every tensor and zeroes every
     /// gradient, exactly as one tensor at a time would; and the two-half step gives the plain
     /// step's weights bit for bit.
     #[test]
