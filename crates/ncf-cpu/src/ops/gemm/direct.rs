@@ -88,7 +88,8 @@ pub(super) fn gemm_direct(simd: SimdLevel, alpha: f32, a: MatRef<f32>, b: MatRef
 }
 
 /// `buf (k, n) ← B`, row-major. For `B = wᵀ` (the forward) this is a transpose of the small
-/// weight matrix, done on every call: 16 columns of a row of `buf` per AVX-512 gather. A copy
+/// weight matrix, done on every call: 16 columns of a row of `buf` per AVX-512 gather, or on
+/// AVX2 8 × 8 blocks transposed in registers ([`transpose_b_avx2`]). A copy
 /// element by element is one scalar load and store per weight, and since it runs before every
 /// forward product it showed up in profiles of a training epoch; the gathers make the forward
 /// products faster (BENCHMARKS.md, `GEMM_TABLE=1 cargo bench --bench gemm`).
@@ -103,6 +104,18 @@ fn copy_b(simd: SimdLevel, b: MatRef<f32>, buf: &mut [f32]) {
         // view (lanes past column n are masked off), all inside `b.data` (asserted); the stores
         // write row p of `buf`, inside its k·n elements (asserted).
         unsafe { copy_b_avx512(b.data.as_ptr(), b.rs, b.cs, k, n, buf.as_mut_ptr()) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b.rs == 1 && simd == SimdLevel::Avx2Fma && is_available(simd) {
+        // B = wᵀ: each column of B is a run of `k` floats (a row of w), so `buf` is w
+        // transposed, done 8 × 8 in registers.
+        let last = (k - 1) + (n - 1) * b.cs;
+        assert!(last < b.data.len() && buf.len() >= k * n, "gemm direct: B view out of bounds");
+        // SAFETY: AVX2 is present (checked above); every read is `b[p + j·cs]` with `p < k`,
+        // `j < n`, inside `b.data` (asserted); every write is `buf[p·n + j]`, inside its `k·n`
+        // elements (asserted).
+        unsafe { transpose_b_avx2(b.data.as_ptr(), b.cs, k, n, buf.as_mut_ptr()) };
         return;
     }
     for (p, row) in buf[..k * n].chunks_exact_mut(n).enumerate() {
@@ -133,6 +146,64 @@ unsafe fn copy_b_avx512(b: *const f32, rs: usize, cs: usize, k: usize, n: usize,
                 let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, src);
                 _mm512_mask_storeu_ps(dst.add(p * n + j0), mask, v);
             }
+        }
+    }
+}
+
+/// `dst[p·n + j] = b[p + j·cs]` for `p < k`, `j < n`: [`copy_b`] for a B whose columns are
+/// contiguous (`rs = 1`), with AVX2. Whole 8 × 8 blocks are transposed in registers (8 loads,
+/// 24 shuffles, 8 stores, against 64 scalar loads and stores); the edges of `k` and `n` that
+/// do not fill a block are copied element by element.
+///
+/// # Safety
+/// AVX2; `b[p + j·cs]` in bounds for `p < k, j < n`; `dst` valid for `k·n` writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_b_avx2(b: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+    let (k8, n8) = (k - k % 8, n - n % 8);
+    for j0 in (0..n8).step_by(8) {
+        for p0 in (0..k8).step_by(8) {
+            // SAFETY: rows j0..j0+8 of w, columns p0..p0+8: b[p0 + (j0 + r)·cs ..][..8], all
+            // with p < k and j < n, so in bounds by the contract.
+            let r: [__m256; 8] = std::array::from_fn(|x| unsafe { _mm256_loadu_ps(b.add(p0 + (j0 + x) * cs)) });
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (x, v) in out.into_iter().enumerate() {
+                // SAFETY: row p0 + x of dst, columns j0..j0+8: inside its k·n elements.
+                unsafe { _mm256_storeu_ps(dst.add((p0 + x) * n + j0), v) };
+            }
+        }
+    }
+    // The edges: the columns past n8 for every row, and the rows past k8 for the first n8.
+    for p in 0..k {
+        let js = if p < k8 { n8..n } else { 0..n };
+        for j in js {
+            // SAFETY: p < k and j < n: in bounds by the contract.
+            unsafe { *dst.add(p * n + j) = *b.add(p + j * cs) };
         }
     }
 }
@@ -526,6 +597,34 @@ mod avx2 {
                     } else {
                         _mm256_storeu_ps(dst, out(x, c));
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 register transpose of [`copy_b`] against the element-by-element copy: k and n
+    /// below, at and past multiples of 8, with `w`'s rows packed (`cs = k`) and padded.
+    #[test]
+    fn transposed_copy_of_b_matches_the_scalar_copy() {
+        if !SimdLevel::Avx2Fma.is_available() {
+            eprintln!("skipped: this CPU has no AVX2, so the AVX2 transpose was not tested");
+            return;
+        }
+        for k in [1usize, 7, 8, 9, 16, 17, 64] {
+            for n in [1usize, 7, 8, 9, 16, 33] {
+                for pad in [0usize, 3] {
+                    let cs = k + pad;
+                    let data: Vec<f32> = (0..n * cs).map(|x| x as f32 * 0.5 - 7.0).collect();
+                    let b = MatRef::new(&data, k, n, 1, cs);
+                    let want: Vec<f32> = (0..k * n).map(|x| data[x / n + (x % n) * cs]).collect();
+                    let mut got = vec![f32::NAN; k * n];
+                    copy_b(SimdLevel::Avx2Fma, b, &mut got);
+                    assert_eq!(got, want, "k {k}, n {n}, cs {cs}");
                 }
             }
         }
