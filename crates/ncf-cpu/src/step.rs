@@ -103,28 +103,21 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             lane.items[..h].copy_from_slice(&batch.items[r.clone()]);
             lane.labels[..h].copy_from_slice(&batch.labels[r]);
         }
+        // Lane 1's activations and gradients live in `self.second`, in the variant of the
+        // model's kind; made (or remade, for a larger batch) on first use.
+        macro_rules! run_lanes {
+            ($kind:ident, $p:ident, $g:ident, $acts:ident) => {{
+                if !matches!(&self.second, Second::$kind(a, _) if a.head.logits.len() >= h) {
+                    self.second = Second::$kind(LaneActs::like($acts, be, h)?, $p.zeros_like(be)?);
+                }
+                let Second::$kind(acts1, g1) = &mut self.second else { unreachable!("set above") };
+                two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, h)?;
+            }};
+        }
         match parts {
-            LaneParts::Gmf(p, g, acts) => {
-                if !matches!(&self.second, Second::Gmf(a, _) if a.head.logits.len() >= h) {
-                    self.second = Second::Gmf(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
-                }
-                let Second::Gmf(acts1, g1) = &mut self.second else { unreachable!("set above") };
-                two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
-            }
-            LaneParts::Mlp(p, g, acts) => {
-                if !matches!(&self.second, Second::Mlp(a, _) if a.head.logits.len() >= h) {
-                    self.second = Second::Mlp(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
-                }
-                let Second::Mlp(acts1, g1) = &mut self.second else { unreachable!("set above") };
-                two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
-            }
-            LaneParts::NeuMf(p, g, acts) => {
-                if !matches!(&self.second, Second::NeuMf(a, _) if a.head.logits.len() >= h) {
-                    self.second = Second::NeuMf(LaneActs::like(acts, be, h)?, p.zeros_like(be)?);
-                }
-                let Second::NeuMf(acts1, g1) = &mut self.second else { unreachable!("set above") };
-                two_lanes(be, p, g, acts, acts1, g1, &mut self.lanes, h)?;
-            }
+            LaneParts::Gmf(p, g, acts) => run_lanes!(Gmf, p, g, acts),
+            LaneParts::Mlp(p, g, acts) => run_lanes!(Mlp, p, g, acts),
+            LaneParts::NeuMf(p, g, acts) => run_lanes!(NeuMf, p, g, acts),
         }
         Ok(true)
     }
