@@ -1,7 +1,7 @@
 //! One file per command; each `run` returns `Ok(false)` when it ran and found a failure.
 //! What several commands share is here.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ncf_train::Device;
 use std::path::Path;
 
@@ -26,12 +26,7 @@ fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 /// Writes `contents` to `path` atomically (a temporary file, then a rename), refusing to
 /// replace an existing file unless `force`.
 fn write_atomic(path: &Path, contents: &[u8], force: bool) -> Result<()> {
-    if path.exists() && !force {
-        bail!("{} exists; pass --force to overwrite it", path.display());
-    }
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    Ok(ncf_data::write_atomic(path, contents, force)?)
 }
 
 /// `--device`: `cpu`, or `cuda` after probing the driver, NVRTC, cuBLAS and a device (a clean

@@ -2,7 +2,7 @@
 //! users the model does not know get the most popular items, flagged as such.
 
 use super::thread_pool;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ncf::Recommender;
 use ncf_data::movielens::Movie;
 use std::collections::HashMap;
@@ -90,18 +90,19 @@ pub fn run(a: RecommendArgs) -> Result<bool> {
     }
     let raw_users: Vec<u64> = match (&a.users_file, a.user) {
         (Some(f), _) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            // Streamed with the loaders' line limits, so a huge file is refused, not buffered.
             let mut ids = Vec::new();
-            for (n, line) in text.lines().enumerate() {
-                let t = line.trim();
-                if t.is_empty() {
-                    continue;
+            ncf_data::for_each_line(f, |n, line| {
+                let t = String::from_utf8_lossy(line);
+                let t = t.trim();
+                if !t.is_empty() {
+                    let id = t.parse::<u64>().map_err(|_| {
+                        ncf_data::DataError::parse(f, n, "user", format!("`{t}` is not a non-negative integer id"))
+                    })?;
+                    ids.push(id);
                 }
-                match t.parse::<u64>() {
-                    Ok(id) => ids.push(id),
-                    Err(_) => bail!("{}:{}: field `user`: `{t}` is not a non-negative integer id", f.display(), n + 1),
-                }
-            }
+                Ok(())
+            })?;
             ids
         }
         (None, Some(u)) => vec![u],

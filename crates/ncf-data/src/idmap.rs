@@ -27,8 +27,12 @@ impl IdMap {
         Self::from_dense_order(raw).expect("sorted and deduplicated")
     }
 
-    /// The map whose dense id `k` is `raw[k]`; `None` if an id repeats.
+    /// The map whose dense id `k` is `raw[k]`; `None` if an id repeats or there are more ids
+    /// than dense ids (`u32`) can number.
     pub fn from_dense_order(raw: Vec<u64>) -> Option<Self> {
+        if u32::try_from(raw.len()).is_err() {
+            return None;
+        }
         let mut index = HashMap::with_capacity(raw.len());
         for (k, &r) in raw.iter().enumerate() {
             if index.insert(r, k as u32).is_some() {

@@ -15,9 +15,9 @@
 //! A negatives line naming a user or item outside that range is an error: the model would have
 //! no embedding for it.
 
-use crate::error::{DataError, Result, read_file};
+use crate::error::{DataError, Result};
 use crate::idmap::IdMap;
-use crate::parse::{lines, parse_i64, parse_u64, show};
+use crate::parse::{for_each_line, parse_i64, parse_u64, show};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -117,7 +117,6 @@ impl SplitFiles {
     }
 }
 
-/// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then unused).
 /// The largest id a split may hold: ids index embedding tables' rows, and the GPU kernels take
 /// 32-bit signed row counts (a larger id would also ask for a table of that many rows).
 pub const MAX_ID: u64 = i32::MAX as u64;
@@ -126,12 +125,26 @@ fn id_of(v: u64) -> Option<u32> {
     (v <= MAX_ID).then_some(v as u32)
 }
 
-fn parse_rating_file(path: &Path) -> Result<Vec<(u32, u32, f64)>> {
-    let bytes = read_file(path)?;
-    let mut out = Vec::with_capacity(bytes.len() / 16);
-    for (line, text) in lines(&bytes) {
+/// A split's ids are row numbers of its embedding tables, so a sparse id space would allocate
+/// rows that no line uses. Past this many rows, a table may hold at most twice as many rows as
+/// the training and test files have lines (a dense split has at most one row per line).
+pub const MAX_SPARSE_ROWS: usize = 1 << 20;
+
+/// A rating file's rows, and where its largest user and item ids are: `(id, line)`.
+struct RatingRows {
+    rows: Vec<(u32, u32, f64)>,
+    max_user: (u32, usize),
+    max_item: (u32, usize),
+}
+
+/// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then unused).
+fn parse_rating_file(path: &Path) -> Result<RatingRows> {
+    let (mut max_user, mut max_item) = ((0, 0), (0, 0));
+    let size = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
+    let mut out = Vec::with_capacity((size / 16).min(1 << 26) as usize);
+    for_each_line(path, |line, text| {
         if text.is_empty() {
-            continue;
+            return Ok(());
         }
         let mut fields = text.split(|&b| b == b'\t');
         let mut next = |name: &'static str| {
@@ -153,12 +166,19 @@ fn parse_rating_file(path: &Path) -> Result<Vec<(u32, u32, f64)>> {
         if fields.next().is_some() {
             return Err(DataError::parse(path, line, "timestamp", "extra fields after the timestamp"));
         }
+        if user >= max_user.0 {
+            max_user = max_user.max((user, line));
+        }
+        if item >= max_item.0 {
+            max_item = max_item.max((item, line));
+        }
         out.push((user, item, rating));
-    }
+        Ok(())
+    })?;
     if out.is_empty() {
         return Err(DataError::invalid(path, "file is empty"));
     }
-    Ok(out)
+    Ok(RatingRows { rows: out, max_user, max_item })
 }
 
 /// One parsed line of a negatives file.
@@ -171,11 +191,10 @@ struct NegativeLine {
 
 /// Parses `(user,item)\tneg…` lines.
 fn parse_negative_file(path: &Path) -> Result<Vec<NegativeLine>> {
-    let bytes = read_file(path)?;
     let mut out = Vec::new();
-    for (line, text) in lines(&bytes) {
+    for_each_line(path, |line, text| {
         if text.is_empty() {
-            continue;
+            return Ok(());
         }
         let mut fields = text.split(|&b| b == b'\t');
         let head = fields.next().unwrap_or_default();
@@ -204,7 +223,8 @@ fn parse_negative_file(path: &Path) -> Result<Vec<NegativeLine>> {
             })
             .collect::<Result<Vec<u32>>>()?;
         out.push(NegativeLine { line, user: u, item: i, negatives: negs });
-    }
+        Ok(())
+    })?;
     if out.is_empty() {
         return Err(DataError::invalid(path, "file is empty"));
     }
@@ -253,12 +273,34 @@ impl NcfSplit {
     }
 
     pub fn load_files(files: &SplitFiles) -> Result<Self> {
-        let train_rows = parse_rating_file(&files.train)?;
-        let test_rows = parse_rating_file(&files.test)?;
+        let train_file = parse_rating_file(&files.train)?;
+        let test_file = parse_rating_file(&files.test)?;
+        // The tables' sizes, checked before anything of that size is allocated.
+        let lines = train_file.rows.len() + test_file.rows.len();
+        let mut rows = [0usize; 2];
+        for (k, what) in ["user", "item"].into_iter().enumerate() {
+            let max_of = |f: &RatingRows| if k == 0 { f.max_user } else { f.max_item };
+            let (path, (id, line)) = if max_of(&train_file).0 >= max_of(&test_file).0 {
+                (&files.train, max_of(&train_file))
+            } else {
+                (&files.test, max_of(&test_file))
+            };
+            rows[k] = id as usize + 1;
+            if rows[k] > MAX_SPARSE_ROWS && rows[k] > 2 * lines {
+                return Err(DataError::limit(
+                    path,
+                    line,
+                    format!("{what} id {id}, a table of {} rows for {lines} training and test lines,", rows[k]),
+                    format!(
+                        "{MAX_SPARSE_ROWS} rows or 2 per line (MAX_SPARSE_ROWS): a split's ids are row numbers, \
+                         so renumber them densely, or give the raw ratings and let ncf-rs map the ids"
+                    ),
+                ));
+            }
+        }
+        let [n_users, n_items] = rows;
+        let (train_rows, test_rows) = (train_file.rows, test_file.rows);
         let neg_rows = parse_negative_file(&files.negative)?;
-
-        let n_users = train_rows.iter().chain(&test_rows).map(|r| r.0 as usize + 1).max().unwrap_or(0);
-        let n_items = train_rows.iter().chain(&test_rows).map(|r| r.1 as usize + 1).max().unwrap_or(0);
 
         let mut seen = PairSet::new(n_users, n_items, train_rows.len());
         let mut train = Vec::with_capacity(train_rows.len());

@@ -1,15 +1,5 @@
 //! Small, allocation-free field parsers shared by the loaders.
 
-/// Iterates the lines of a file's bytes: 1-based line number and the line without its `\n`
-/// (and without a trailing `\r`, so CRLF files read the same).
-pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    body.split(|&b| b == b'\n')
-        .enumerate()
-        .filter(move |_| !bytes.is_empty())
-        .map(|(k, l)| (k + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-}
-
 /// Parses an unsigned decimal integer; `None` for empty input, a non-digit, or overflow.
 pub fn parse_u64(field: &[u8]) -> Option<u64> {
     if field.is_empty() {
@@ -53,21 +43,63 @@ pub fn for_each_line(path: &std::path::Path, f: impl FnMut(usize, &[u8]) -> crat
     for_each_line_in(std::io::BufReader::with_capacity(1 << 20, file), path, f)
 }
 
-/// [`for_each_line`] over any buffered reader; `path` names the source in errors.
+/// The longest line any loader reads, its newline not counted: 1 MiB. The longest real line is a
+/// negatives file's (999 negatives of 7-digit ids: 8 KB), so this only stops a file that is not
+/// line-oriented text (or a 10 GB line) before it is buffered whole.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The most lines a loader reads from one file unless `NCF_MAX_LINES` says otherwise: 2²⁷
+/// (134 M; MovieLens-32M's ratings file has 32 M). A loader keeps about 32 bytes per line, so
+/// this bounds a file that never ends (or one of 2³¹ distinct ids) at about 4.3 GB instead of an
+/// out-of-memory kill; a machine with the memory can raise it.
+pub const DEFAULT_MAX_LINES: usize = 1 << 27;
+
+/// The line limit in force: `NCF_MAX_LINES` when set to a positive integer, else
+/// [`DEFAULT_MAX_LINES`]; never above 2³¹ − 1, so a file's distinct ids always fit the tables'
+/// 32-bit row numbers.
+pub fn max_lines() -> usize {
+    let set = std::env::var("NCF_MAX_LINES").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0);
+    set.unwrap_or(DEFAULT_MAX_LINES).min(i32::MAX as usize)
+}
+
+/// [`for_each_line`] over any buffered reader; `path` names the source in errors. A line longer
+/// than [`MAX_LINE_BYTES`], or a line past [`max_lines`], is a [`crate::DataError::Limit`]
+/// error naming its number.
 pub fn for_each_line_in(
     mut reader: impl std::io::BufRead,
     path: &std::path::Path,
     mut f: impl FnMut(usize, &[u8]) -> crate::Result<()>,
 ) -> crate::Result<usize> {
+    use std::io::{BufRead, Read};
     let mut buf = Vec::with_capacity(256);
     let mut line = 0;
+    let most = max_lines();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| crate::DataError::io(path, e))?;
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| crate::DataError::io(path, e))?;
         if n == 0 {
             return Ok(line);
         }
         line += 1;
+        if line > most {
+            return Err(crate::DataError::limit(
+                path,
+                line,
+                "the number of lines",
+                format!("{most} lines per file (NCF_MAX_LINES; a loader keeps about 32 bytes per line)"),
+            ));
+        }
+        if n > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            return Err(crate::DataError::limit(
+                path,
+                line,
+                "line length",
+                format!("{MAX_LINE_BYTES} bytes per line (MAX_LINE_BYTES)"),
+            ));
+        }
         let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
         f(line, text.strip_suffix(b"\r").unwrap_or(text))?;
     }
@@ -100,12 +132,37 @@ pub fn latin1(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// Lines end at `\n` or `\r\n`, a last line may lack its newline, and a line one byte
+    /// longer than [`MAX_LINE_BYTES`] is refused with its line number, while one of exactly
+    /// that length is read.
     #[test]
-    fn lines_handle_crlf_missing_final_newline_and_empty_input() {
-        let v: Vec<_> = lines(b"a\r\nb\nc").collect();
-        assert_eq!(v, vec![(1, &b"a"[..]), (2, &b"b"[..]), (3, &b"c"[..])]);
-        assert_eq!(lines(b"x\n").count(), 1);
-        assert_eq!(lines(b"").count(), 0);
+    fn lines_handle_crlf_a_missing_final_newline_and_the_length_limit() {
+        let read = |bytes: &[u8]| {
+            let mut v = Vec::new();
+            let r = for_each_line_in(bytes, std::path::Path::new("f.txt"), |n, l| {
+                v.push((n, l.len()));
+                Ok(())
+            });
+            r.map(|count| (count, v))
+        };
+        assert_eq!(read(b"a\r\nbb\nc").unwrap(), (3, vec![(1, 1), (2, 2), (3, 1)]));
+        assert_eq!(read(b"").unwrap(), (0, vec![]));
+        let mut long = b"x\n".to_vec();
+        long.extend(std::iter::repeat_n(b'y', MAX_LINE_BYTES));
+        long.push(b'\n');
+        assert_eq!(read(&long).unwrap(), (2, vec![(1, 1), (2, MAX_LINE_BYTES)]));
+        let at_eof = &long[..long.len() - 1];
+        assert_eq!(read(at_eof).unwrap(), (2, vec![(1, 1), (2, MAX_LINE_BYTES)]));
+        for end in [&b""[..], b"\n", b"z\n"] {
+            let mut over = long[..long.len() - 1].to_vec();
+            over.push(b'y');
+            over.extend_from_slice(end);
+            let e = read(&over).unwrap_err().to_string();
+            assert_eq!(
+                e, "f.txt:2: line length exceeds the limit of 1048576 bytes per line (MAX_LINE_BYTES)",
+                "ending {end:?}"
+            );
+        }
     }
 
     #[test]

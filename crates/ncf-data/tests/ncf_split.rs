@@ -84,3 +84,39 @@ fn a_missing_test_rating_is_named() {
 fn a_missing_test_negative_is_named() {
     one_file_missing("toy.test.negative");
 }
+
+/// An id that would make a table far larger than the data (ids are row numbers) is refused
+/// before any table is allocated, naming the file, the line, the id and the limit; the same
+/// id is accepted when the split is big enough to be dense.
+#[test]
+fn a_sparse_id_that_would_allocate_a_huge_table_is_refused() {
+    let e = err(TRAIN, "0\t3\t4\t200\n1\t2147483647\t5\t210\n", NEG);
+    let head = e.split(" exceeds").next().unwrap();
+    assert!(
+        head.ends_with(
+            "/toy.test.rating:2: item id 2147483647, a table of 2147483648 rows for 5 training and test lines,"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("the limit of 1048576 rows or 2 per line (MAX_SPARSE_ROWS)"), "{e}");
+    let e = err("0\t1\t5\t100\n2000000\t2\t3\t90\n", TEST, NEG);
+    assert!(e.contains("/toy.train.rating:2: user id 2000000, a table of 2000001 rows"), "{e}");
+    // Up to MAX_SPARSE_ROWS rows, any id is fine: user 1048575 is the last row allowed.
+    let d = tempfile::tempdir().unwrap();
+    write_split(d.path(), &format!("{TRAIN}1048575\t1\t5\t100\n"), TEST, NEG);
+    assert_eq!(NcfSplit::load(d.path()).unwrap().n_users, 1 << 20);
+}
+
+/// A 10 GB line is refused at the line-length limit, never read whole: a file of one line of
+/// 2 MiB without a newline stands in for it.
+#[test]
+fn a_huge_line_is_refused_at_the_line_limit() {
+    let long = "1".repeat(2 << 20);
+    let e = err(&format!("0\t1\t5\t100\n{long}"), TEST, NEG);
+    assert!(
+        e.ends_with("/toy.train.rating:2: line length exceeds the limit of 1048576 bytes per line (MAX_LINE_BYTES)"),
+        "{e}"
+    );
+    let e = err(TRAIN, TEST, &format!("(0,3)\t{long}\n"));
+    assert!(e.contains("/toy.test.negative:1: line length exceeds the limit"), "{e}");
+}

@@ -162,6 +162,49 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// How many weights (every parameter's elements, batch-norm statistics and side-feature
+    /// tables included) a model of this configuration holds, computed without allocating
+    /// anything; `None` if the count overflows `usize`. A checkpoint loader compares it with
+    /// what a file holds before building the model, so a spec declaring a huge table cannot
+    /// make it allocate one. It mirrors the builders (`add_gmf`, `add_mlp`, `add_head`, `Mf::new`,
+    /// `Rating::new`); a test checks it against the models they build.
+    pub fn weight_count(&self) -> Option<usize> {
+        let (u, i) = (self.users, self.items);
+        let tables = |width: usize| u.checked_add(i)?.checked_mul(width);
+        let head = |width: usize| width.checked_add(1);
+        let mlp = || -> Option<(usize, usize)> {
+            let mut n = tables(*self.layers.first()? / 2)?;
+            for (l, win) in self.layers.windows(2).enumerate() {
+                let inputs = if l == 0 { win[0] + self.user_features + self.item_features } else { win[0] };
+                let o = win[1];
+                n = n.checked_add(o.checked_mul(inputs)?)?.checked_add(o)?;
+                if self.batch_norm {
+                    n = n.checked_add(o.checked_mul(4)?)?;
+                }
+            }
+            let features = u.checked_mul(self.user_features)?.checked_add(i.checked_mul(self.item_features)?)?;
+            Some((n.checked_add(features)?, *self.layers.last()?))
+        };
+        match self.kind {
+            ModelKind::Gmf => tables(self.factors)?.checked_add(head(self.factors)?),
+            ModelKind::Mlp => {
+                let (n, out) = mlp()?;
+                n.checked_add(head(out)?)
+            }
+            ModelKind::NeuMf => {
+                let (n, out) = mlp()?;
+                tables(self.factors)?.checked_add(n)?.checked_add(head(self.factors.checked_add(out)?)?)
+            }
+            ModelKind::Mf => tables(self.factors)?.checked_add(tables(1)?)?.checked_add(1),
+            ModelKind::Rating => {
+                let (n, out) = mlp()?;
+                n.checked_add(head(out)?)?.checked_add(tables(1)?)
+            }
+        }
+    }
+}
+
 /// What the trainer and the gradient check need from a model.
 pub trait Model<B: Backend> {
     fn kind(&self) -> ModelKind;
@@ -864,5 +907,39 @@ impl<B: Backend> Model<B> for AnyModel<B> {
     }
     fn score(&mut self, be: &B, users: &B::Ids, items: &B::Ids, b: usize) -> Result<()> {
         each!(self, m => m.score(be, users, items, b))
+    }
+}
+
+#[cfg(test)]
+mod weight_count_tests {
+    use super::*;
+    use ncf_cpu::CpuBackend;
+
+    /// `weight_count` equals the elements of the parameters each model really builds, for
+    /// every kind, with batch norm and side features where the kind takes them; a count that
+    /// overflows is `None`.
+    #[test]
+    fn weight_count_matches_the_built_models() {
+        let be = CpuBackend::<f32>::default();
+        let mut cases = Vec::new();
+        for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::NeuMf, ModelKind::Mf, ModelKind::Rating] {
+            cases.push(ModelConfig { factors: 5, layers: vec![12, 7, 3], ..ModelConfig::new(kind, 11, 13) });
+        }
+        for kind in [ModelKind::Mlp, ModelKind::NeuMf, ModelKind::Rating] {
+            cases.push(ModelConfig {
+                user_features: 4,
+                item_features: 9,
+                layers: vec![6, 5],
+                ..ModelConfig::new(kind, 3, 17)
+            });
+        }
+        cases.push(ModelConfig { batch_norm: true, dropout: 0.1, ..ModelConfig::new(ModelKind::Rating, 9, 4) });
+        for cfg in &cases {
+            let m = AnyModel::new(&be, cfg, 4, &mut ncf_core::rng::seeded(0, 0)).unwrap();
+            let built: usize = m.params().tensors.iter().map(|t| t.numel()).sum();
+            assert_eq!(cfg.weight_count(), Some(built), "{cfg:?}");
+        }
+        let huge = ModelConfig { factors: usize::MAX / 2, ..ModelConfig::new(ModelKind::Gmf, 3, 3) };
+        assert_eq!(huge.weight_count(), None);
     }
 }

@@ -109,9 +109,9 @@ impl Checkpoint {
         meta.insert("model".into(), serde_json::to_string(&self.spec).map_err(|e| ckpt_err(path, e.to_string()))?);
         meta.entry("id_map".into()).or_insert_with(|| "identity".into());
         let out = safetensors::serialize(views, Some(meta)).map_err(|e| ckpt_err(path, e.to_string()))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, out).map_err(|e| ckpt_err(&tmp, e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e.to_string()))
+        // A temporary file beside it, flushed, then renamed over it: a kill at any moment leaves
+        // the previous checkpoint or the new one, and a full disk leaves the previous one.
+        ncf_data::write_atomic(path, &out, true).map_err(|e| ckpt_err(path, e.to_string()))
     }
 
     /// Reads a checkpoint written by [`Checkpoint::save`].
@@ -139,7 +139,42 @@ impl Checkpoint {
             };
             tensors.push(HostTensor { name, shape: view.shape().to_vec(), data });
         }
-        Ok(Checkpoint { spec, tensors, metadata })
+        let ckpt = Checkpoint { spec, tensors, metadata };
+        ckpt.check(path)?;
+        Ok(ckpt)
+    }
+
+    /// What [`Checkpoint::load`] checks before anything trusts the file (it may come from
+    /// anyone): the model spec is one a model can be built from, the weights it needs are no
+    /// more than the file holds (so a spec declaring a huge table is refused before a table is
+    /// allocated), and every stored value is finite.
+    fn check(&self, path: &Path) -> Result<()> {
+        let cfg = self.spec.config().map_err(|e| ckpt_err(path, format!("bad `model` metadata: {e}")))?;
+        cfg.validate().map_err(|e| ckpt_err(path, format!("bad `model` metadata: {e}")))?;
+        let stored: usize = self.tensors.iter().filter(|t| !t.name.contains('/')).map(|t| t.data.len()).sum();
+        let describe = || {
+            let s = &self.spec;
+            format!(
+                "{} with {} users, {} items, factors {}, layers {:?}",
+                s.kind, s.users, s.items, s.factors, s.layers
+            )
+        };
+        match cfg.weight_count() {
+            Some(need) if need <= stored => {}
+            need => {
+                let need = need.map_or("more than 2^64".to_string(), |n| n.to_string());
+                return Err(ckpt_err(
+                    path,
+                    format!("its model spec ({}) needs {need} weights, but the file holds {stored}", describe()),
+                ));
+            }
+        }
+        for t in &self.tensors {
+            if let Some(k) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(ckpt_err(path, format!("tensor `{}` holds {} at element {k}", t.name, t.data[k])));
+            }
+        }
+        Ok(())
     }
 
     /// The saved id maps (users, items); `None` where the checkpoint has none.
@@ -187,13 +222,20 @@ impl Checkpoint {
         let cfg = self.spec.config()?;
         let mut m = AnyModel::new(be, &cfg, max_batch, &mut ncf_core::rng::seeded(0, 0))?;
         let (params, _) = m.params_and_grads();
-        let want: Vec<String> = params.tensors.iter().map(|t| t.name.clone()).collect();
-        for name in &want {
+        let want: Vec<(String, Vec<usize>)> =
+            params.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+        for (name, want) in &want {
             let t = self
                 .tensors
                 .iter()
                 .find(|t| &t.name == name)
                 .ok_or_else(|| ckpt_err(path, format!("missing tensor `{name}` for a {} model", self.spec.kind)))?;
+            if &t.shape != want {
+                return Err(ckpt_err(
+                    path,
+                    format!("tensor `{name}` has shape {:?}, but its model spec needs {want:?}", t.shape),
+                ));
+            }
             params.load(be, name, &t.data).map_err(|e| ckpt_err(path, e.to_string()))?;
         }
         Ok(m)

@@ -567,8 +567,24 @@ impl TrainConfig {
     /// the file, the line and the field.
     pub fn from_toml_file(path: &Path) -> Result<(TrainConfig, Vec<String>)> {
         let file = path.display();
+        let size = std::fs::metadata(path).map_err(|e| TrainError::File(format!("reading {file}: {e}")))?.len();
+        if size > Self::MAX_TOML_BYTES {
+            return Err(TrainError::File(format!(
+                "{file}: {size} bytes exceeds the limit of {} bytes for a config file (MAX_TOML_BYTES)",
+                Self::MAX_TOML_BYTES
+            )));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::File(format!("reading {file}: {e}")))?;
-        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
+        Self::from_toml_str(&text, path)
+    }
+
+    /// The largest config file read: 1 MiB (a full config is about 1 KB).
+    pub const MAX_TOML_BYTES: u64 = 1 << 20;
+
+    /// [`Self::from_toml_file`] on text already read; `path` names it in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<(TrainConfig, Vec<String>)> {
+        let file = path.display();
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let msg = e.message();
             if let Some(key) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
