@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 secs="${1:?usage: fuzz/run.sh SECONDS [TARGET ...]}"
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ratings item_meta users ncf_split id_map config checkpoint)
+[ ${#targets[@]} -gt 0 ] || targets=(ratings item_meta users ncf_split id_map config checkpoint serve)
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   case "$t" in checkpoint) max_len=65536 ;; *) max_len=16384 ;; esac

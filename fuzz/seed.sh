@@ -10,7 +10,7 @@ NCF="${1:-target/release/ncf}"
 [ -x "$NCF" ] || cargo build --release --quiet
 C=fuzz/corpus
 rm -rf "$C"
-mkdir -p "$C"/{ratings,item_meta,users,ncf_split,id_map,config,checkpoint}
+mkdir -p "$C"/{ratings,item_meta,users,ncf_split,id_map,config,checkpoint,serve}
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -50,6 +50,18 @@ done
 printf 'model = "gmf"\nfactors = 16\nlr = 0.01\nbatch = 512\nepochs = 3\n' > "$C/config/basic"
 printf 'preset = "fast"\nepochs = 5\nseed = 7\n' > "$C/config/preset"
 printf 'model = "neumf"\nlayers = [64, 32, 16, 8]\noptimizer = "sgd"\nlr-schedule = "plateau"\nneg = 4\nstep = "reference"\ngraph = false\npretrain-gmf = "g.st"\n' > "$C/config/neumf"
+
+# HTTP requests to `ncf serve` (users 1..=20, items 100..=114 in the target's model).
+req() { printf '%s' "$2" > "$C/serve/$1"; }
+req health $'GET /health HTTP/1.1\r\nHost: x\r\n\r\n'
+req recs $'GET /users/3/recommendations?k=5 HTTP/1.1\r\nHost: x\r\n\r\n'
+req unknown-user $'GET /users/99999/recommendations HTTP/1.1\r\nHost: x\r\n\r\n'
+req similar $'GET /items/104/similar?k=3 HTTP/1.1\r\nHost: x\r\n\r\n'
+post() { printf 'POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' "$2" "${#3}" "$3" > "$C/serve/$1"; }
+post score /score '{"pairs":[[1,100],[2,101]]}'
+post fold-in /users/recommendations '{"items":[100,105],"k":3}'
+req chunked $'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{"pairs"\r\n9\r\n:[[1,100]\r\n2\r\n]}\r\n0\r\n\r\n'
+req two $'GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n'
 
 # Real data, when present: the first lines of each file.
 if [ -n "${NCF_DATA:-}" ] && [ -d "$NCF_DATA" ]; then

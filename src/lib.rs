@@ -53,6 +53,8 @@ use std::path::Path;
 
 pub use ncf_train::EpochReport;
 
+pub mod serve;
+
 /// What can go wrong, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum RecError {

@@ -152,3 +152,66 @@ fn resume_continues_bit_for_bit() {
     };
     assert_eq!(epochs(&a), epochs(&b));
 }
+
+/// Pathological inputs get an error naming the limit they pass and exit non-zero, never an
+/// out-of-memory kill: a file with more lines than `NCF_MAX_LINES` (standing in for 2³¹
+/// distinct ids: the default limit, 2²⁷ lines, is reached long before), a 2 MiB line
+/// (standing in for a 10 GB one), and split ids that would make a table of 2³¹ rows. A raw
+/// MovieLens id of 10¹⁸ is only a name (ids are mapped to rows), so it trains; one past
+/// 2⁶⁴ is an error naming the file, line and field.
+#[test]
+fn pathological_inputs_name_the_limit_they_pass() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |f: &str| d.path().join(f);
+    let ml = p("ml");
+    std::fs::create_dir_all(&ml).unwrap();
+    let ratings: String = (0..150).map(|k| format!("{}::{}::4::{}\n", k % 20 + 1, k % 30 + 1, 978300000 + k)).collect();
+    std::fs::write(ml.join("ratings.dat"), &ratings).unwrap();
+    let run = |env: Option<(&str, &str)>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ncf"));
+        c.args(["train", "--data", ml.to_str().unwrap(), "--epochs", "1", "--factors", "4", "--layers", "8,4"]);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let fails_with = |out: Output, want: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+        assert!(err.contains(want), "expected `{want}` in:\n{err}");
+    };
+    ok(&run(None));
+    fails_with(
+        run(Some(("NCF_MAX_LINES", "100"))),
+        "ratings.dat:101: the number of lines exceeds the limit of 100 lines per file (NCF_MAX_LINES",
+    );
+
+    let long = format!("{ratings}1::2::3::{}\n", "9".repeat(2 << 20));
+    std::fs::write(ml.join("ratings.dat"), long).unwrap();
+    fails_with(run(None), "ratings.dat:151: line length exceeds the limit of 1048576 bytes per line (MAX_LINE_BYTES)");
+
+    std::fs::write(ml.join("ratings.dat"), format!("{ratings}1::1000000000000000000::5::978400000\n")).unwrap();
+    ok(&run(None));
+    std::fs::write(ml.join("ratings.dat"), format!("{ratings}1::100000000000000000000::5::978400000\n")).unwrap();
+    fails_with(run(None), "ratings.dat:151: field `MovieID`");
+
+    ok(&ncf(&["data", "synth", "--out", &p("syn").display().to_string(), "--users", "30", "--items", "20"]));
+    ok(&ncf(&[
+        "data",
+        "split",
+        "--input",
+        &p("syn").display().to_string(),
+        "--out",
+        &p("split").display().to_string(),
+    ]));
+    let train = std::fs::read_dir(p("split"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| f.to_string_lossy().ends_with(".train.rating"))
+        .unwrap();
+    let mut text = std::fs::read_to_string(&train).unwrap();
+    text.push_str("0\t2147483647\t5\t978300760\n");
+    std::fs::write(&train, &text).unwrap();
+    let out = ncf(&["train", "--data", &p("split").display().to_string(), "--epochs", "1"]);
+    fails_with(out, "item id 2147483647, a table of 2147483648 rows");
+}

@@ -4,9 +4,10 @@
 use super::thread_pool;
 use anyhow::{Result, bail};
 use ncf::Recommender;
+use ncf::serve::{item_json, load_meta};
 use ncf_data::movielens::Movie;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct RecommendArgs {
@@ -36,30 +37,6 @@ pub struct RecommendArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-}
-
-/// Movie metadata by raw id.
-pub fn load_meta(path: Option<&Path>) -> Result<HashMap<u64, Movie>> {
-    let Some(p) = path else { return Ok(HashMap::new()) };
-    Ok(ncf_data::load_item_meta(p)?.into_iter().map(|m| (m.id, m)).collect())
-}
-
-/// One item as JSON: its raw id, and the metadata when there is some.
-pub fn meta_json(raw: u64, meta: &HashMap<u64, Movie>) -> serde_json::Value {
-    let mut v = serde_json::json!({ "item": raw });
-    if let Some(m) = meta.get(&raw) {
-        v["title"] = m.title.clone().into();
-        v["year"] = m.year.into();
-        v["genres"] = m.genres.clone().into();
-    }
-    v
-}
-
-/// A scored item as JSON: [`meta_json`] and its score.
-pub fn item_json(&(raw, score): &(u64, f32), meta: &HashMap<u64, Movie>) -> serde_json::Value {
-    let mut v = meta_json(raw, meta);
-    v["score"] = score.into();
-    v
 }
 
 /// One item as a text line: rank, raw id, score, title, genres.

@@ -1,8 +1,9 @@
 //! `ncf similar`: the items nearest one item by cosine similarity of their embeddings (exact,
 //! over all items).
 
-use super::recommend::{item_json, item_line, load_meta};
+use super::recommend::item_line;
 use anyhow::{Result, bail};
+use ncf::serve::{item_json, load_meta};
 use ncf::{EmbeddingChoice, Recommender};
 use std::path::PathBuf;
 
