@@ -166,11 +166,12 @@ fn parse_rating_file(path: &Path) -> Result<RatingRows> {
         if fields.next().is_some() {
             return Err(DataError::parse(path, line, "timestamp", "extra fields after the timestamp"));
         }
-        if user >= max_user.0 {
-            max_user = max_user.max((user, line));
+        // The first line holding the largest id so far (line 0: none yet).
+        if user > max_user.0 || max_user.1 == 0 {
+            max_user = (user, line);
         }
-        if item >= max_item.0 {
-            max_item = max_item.max((item, line));
+        if item > max_item.0 || max_item.1 == 0 {
+            max_item = (item, line);
         }
         out.push((user, item, rating));
         Ok(())
