@@ -21,6 +21,15 @@
 //! vCPUs are not scheduled together the spinning helper does not hold a vCPU the other thread
 //! could use. (The wake-up costs an OS call once per phase, not per join.)
 //!
+//! Claim, or take it back: the helper must *claim* a posted job (a compare-and-swap) before it
+//! runs it, and the posting thread, once its own closure is done, takes back a job nobody has
+//! claimed yet and runs it itself. When the helper's vCPU is not running (a busy machine, a VM
+//! whose vCPUs are not scheduled together, a helper still waking from its park), the step then
+//! runs at one thread's speed instead of waiting a scheduler time slice for the helper. Before
+//! this, with another process busy on one of two cores, an ML-1M epoch took 24.5 s on two
+//! threads against 3.4 s on one (BENCHMARKS.md). Which thread runs a closure never changes
+//! what it computes, so results stay bit-identical.
+//!
 //! Outside [`with_helper`], and on the helper itself, [`join`] runs both closures on the
 //! calling thread: kernels that split their work with it stay correct (and bit-identical,
 //! since every split here divides independent work, never a reduction) on any thread.
@@ -33,9 +42,12 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 const IDLE: u8 = 0;
+/// A job is in the slot, claimed by nobody yet.
 const POSTED: u8 = 1;
 const DONE: u8 = 2;
 const QUIT: u8 = 3;
+/// The helper has claimed the posted job and is running it.
+const RUNNING: u8 = 4;
 
 /// A type-erased pointer to the closure a [`join`] posted; it lives on the poster's stack.
 struct Job(*mut (dyn FnMut() + Send));
@@ -106,6 +118,10 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(2);
 /// How many times any helper has parked (for tests and diagnostics).
 pub static PARKS: AtomicUsize = AtomicUsize::new(0);
 
+/// How many posted jobs the posting thread took back and ran itself (for tests and
+/// diagnostics).
+pub static TAKEN_BACK: AtomicUsize = AtomicUsize::new(0);
+
 /// Runs `f` on this thread with a helper thread spinning beside it, ready to take the second
 /// closure of every [`join`] that `f` makes on this thread. The helper stops when `f` returns
 /// (or panics).
@@ -140,8 +156,12 @@ fn serve(slot: &Slot) {
     loop {
         match slot.state.load(Ordering::Acquire) {
             POSTED => {
-                // SAFETY: POSTED means the poster has stored the job and will not touch the
-                // slot again until it sees DONE.
+                // Claim it; the poster may have taken it back first.
+                if slot.state.compare_exchange(POSTED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    continue;
+                }
+                // SAFETY: winning POSTED → RUNNING means the poster has stored the job and will
+                // not touch the slot again until it sees DONE.
                 let job = unsafe { (*slot.job.get()).take() };
                 if let Some(Job(f)) = job {
                     // SAFETY: the closure lives on the poster's stack, and the poster waits for
@@ -176,8 +196,8 @@ fn serve(slot: &Slot) {
 }
 
 /// Runs `a` and `b` and returns both results: `b` on the helper thread when this thread is
-/// inside [`with_helper`] and the helper is free, otherwise on this thread after `a`. A panic
-/// in either is re-raised here after both have finished.
+/// inside [`with_helper`] and the helper is free and claims it while `a` runs, otherwise on
+/// this thread after `a`. A panic in either is re-raised here after both have finished.
 pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
     let slot = SLOT.with(Cell::get);
     // SAFETY: a non-null SLOT points at the `Slot` of the `with_helper` call this thread is
@@ -205,10 +225,30 @@ pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() 
         unsafe { *slot.job.get() = Some(Job(ptr)) };
         slot.post(POSTED);
         let ra = catch_unwind(AssertUnwindSafe(a));
-        while slot.state.load(Ordering::Acquire) != DONE {
-            std::hint::spin_loop();
+        if slot.state.compare_exchange(POSTED, IDLE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // Nobody claimed it: take the job back and run it here.
+            TAKEN_BACK.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: winning POSTED → IDLE means the helper never claimed the job, and it
+            // reads the slot only after winning POSTED → RUNNING, which can no longer happen.
+            let job = unsafe { (*slot.job.get()).take() };
+            if let Some(Job(f)) = job {
+                // SAFETY: `f` points at `run_b`, alive in this frame and used by no one else.
+                unsafe { (*f)() };
+            }
+        } else {
+            // The helper claimed it: wait for it, yielding now and then in case it shares
+            // this core.
+            let mut spins = 0u32;
+            while slot.state.load(Ordering::Acquire) != DONE {
+                spins += 1;
+                if spins.is_multiple_of(SPINS_PER_YIELD) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            slot.state.store(IDLE, Ordering::Release);
         }
-        slot.state.store(IDLE, Ordering::Release);
         ra
     };
     match (ra, rb) {
@@ -227,6 +267,15 @@ pub fn helper_active() -> bool {
 mod tests {
     use super::*;
 
+    /// Spins until `flag` is set (at most a second): a first closure that waits for the second
+    /// to start, so the helper surely claims it (else the caller may take it back).
+    fn wait_for(flag: &AtomicBool) {
+        let t = Instant::now();
+        while !flag.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(1) {
+            std::hint::spin_loop();
+        }
+    }
+
     #[test]
     fn join_runs_both_sides_with_and_without_a_helper() {
         let run = || {
@@ -240,7 +289,17 @@ mod tests {
             assert!(helper_active() && !rayon_ok());
             assert!(!join(|| 0, rayon_ok).1, "no rayon on the helper either");
             let me = std::thread::current().id();
-            let (r, other) = join(run, || std::thread::current().id());
+            let started = AtomicBool::new(false);
+            let (r, other) = join(
+                || {
+                    wait_for(&started);
+                    run()
+                },
+                || {
+                    started.store(true, Ordering::Release);
+                    std::thread::current().id()
+                },
+            );
             assert_eq!(r, (124_750, 374_750), "a nested join runs on the caller");
             other != me
         });
@@ -271,9 +330,14 @@ mod tests {
             for round in 1..=5u32 {
                 std::thread::sleep(PARK_AFTER * 20);
                 let (x, y) = buf.split_at_mut(32);
+                let started = AtomicBool::new(false);
                 let (_, other) = join(
-                    || x.iter_mut().for_each(|v| *v += 1),
                     || {
+                        wait_for(&started);
+                        x.iter_mut().for_each(|v| *v += 1)
+                    },
+                    || {
+                        started.store(true, Ordering::Release);
                         y.iter_mut().for_each(|v| *v += 2);
                         std::thread::current().id()
                     },
@@ -283,6 +347,38 @@ mod tests {
             }
         });
         assert!(PARKS.load(Ordering::Relaxed) > before, "the helper parked during the pauses");
+    }
+
+    /// A job the helper has not claimed by the time the caller's own closure is done (here: the
+    /// helper is parked and the caller's closure is empty) is taken back and run by the caller,
+    /// with the same result; the helper still serves later joins.
+    #[test]
+    fn a_job_nobody_claimed_is_taken_back_by_the_caller() {
+        with_helper(|| {
+            let me = std::thread::current().id();
+            let mut taken_back = false;
+            for _ in 0..50 {
+                std::thread::sleep(PARK_AFTER * 20);
+                let before = TAKEN_BACK.load(Ordering::Relaxed);
+                let (a, (sum, who)) = join(|| 1u32, || ((1..=100u32).sum::<u32>(), std::thread::current().id()));
+                assert_eq!((a, sum), (1, 5050));
+                if who == me {
+                    assert!(TAKEN_BACK.load(Ordering::Relaxed) > before, "counted");
+                    taken_back = true;
+                    break;
+                }
+            }
+            assert!(taken_back, "a parked helper is slower to wake than an empty closure: some job was taken back");
+            let started = AtomicBool::new(false);
+            let (_, who) = join(
+                || wait_for(&started),
+                || {
+                    started.store(true, Ordering::Release);
+                    std::thread::current().id()
+                },
+            );
+            assert_ne!(who, me, "the helper still takes jobs afterwards");
+        });
     }
 
     #[test]
