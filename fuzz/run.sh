@@ -15,8 +15,15 @@ for t in "${targets[@]}"; do
   case "$t" in checkpoint) max_len=65536 ;; *) max_len=16384 ;; esac
   mkdir -p "corpus/$t" "artifacts/$t"
   echo "== $t: ${secs}s"
+  set +e
   cargo fuzz run -O -a "$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
     -max_len="$max_len" -print_final_stats=1 -artifact_prefix="artifacts/$t/" 2>&1 \
-    | grep -E --line-buffered '^(#[0-9]+ *(DONE|INITED)|stat::|==[0-9]+==|SUMMARY|thread .* panicked|.*panicked at|Done [0-9]+ runs|artifact_prefix|Test unit written|INFO: seed corpus)' || true
-  test "${PIPESTATUS[0]}" -eq 0
+    | grep -E --line-buffered '^(#[0-9]+ *(DONE|INITED)|stat::|==[0-9]+==|SUMMARY|thread .* panicked|.*panicked at|Done [0-9]+ runs|artifact_prefix|Test unit written|INFO: seed corpus)'
+  status=${PIPESTATUS[0]}
+  set -e
+  echo "corpus/$t: $(find "corpus/$t" -type f | wc -l) files, $(du -sk "corpus/$t" | cut -f1) KB"
+  if [ "$status" -ne 0 ]; then
+    echo "FAILED: $t (exit $status); the input is in fuzz/artifacts/$t/" >&2
+    exit 1
+  fi
 done
