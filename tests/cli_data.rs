@@ -181,6 +181,11 @@ fn pathological_inputs_name_the_limit_they_pass() {
         assert!(err.contains(want), "expected `{want}` in:\n{err}");
     };
     ok(&run(None));
+    let zero = Command::new(env!("CARGO_BIN_EXE_ncf"))
+        .args(["train", "--data", ml.to_str().unwrap(), "--epochs", "0"])
+        .output()
+        .unwrap();
+    fails_with(zero, "epochs");
     fails_with(
         run(Some(("NCF_MAX_LINES", "100"))),
         "ratings.dat:101: the number of lines exceeds the limit of 100 lines per file (NCF_MAX_LINES",

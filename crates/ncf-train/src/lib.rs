@@ -285,6 +285,9 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if cfg.batch == 0 {
         return bad("batch", "must be at least 1");
     }
+    if cfg.epochs == 0 {
+        return bad("epochs", "must be at least 1 (with --resume: the total, epochs already run included)");
+    }
     if cfg.k == 0 {
         return bad("k", "must be at least 1");
     }
