@@ -910,6 +910,21 @@ impl<B: Backend> Model<B> for AnyModel<B> {
     }
 }
 
+impl ModelConfig {
+    /// A budget estimate of the activation and gradient floats a model of this configuration
+    /// keeps per batch row: four buffers as wide as every embedding, feature column and layer
+    /// of its towers, plus the head's. `None` on overflow. Loaders of untrusted checkpoints
+    /// multiply it by the rows they ask for, to refuse a spec whose towers are wide enough to
+    /// exhaust memory before they allocate anything.
+    pub fn floats_per_row(&self) -> Option<usize> {
+        let mut w = self.factors.checked_add(self.user_features)?.checked_add(self.item_features)?.checked_add(2)?;
+        for &l in &self.layers {
+            w = w.checked_add(l)?;
+        }
+        w.checked_mul(4)
+    }
+}
+
 #[cfg(test)]
 mod weight_count_tests {
     use super::*;

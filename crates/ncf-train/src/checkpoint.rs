@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The most activation floats (f32: 1 GiB) a model built from a checkpoint may ask for; see
+/// [`Checkpoint::model`].
+pub const MAX_WORKSPACE_FLOATS: usize = 1 << 28;
+
 /// What a checkpoint needs to rebuild its model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -217,9 +221,27 @@ impl Checkpoint {
         Ok(Some(UserItems { n_users: users, n_items, offsets, items }))
     }
 
-    /// Builds the model the checkpoint describes, with its weights, on `be`.
+    /// Builds the model the checkpoint describes, with its weights, on `be`, with workspaces for
+    /// `max_batch` rows. A spec whose towers would need more than [`MAX_WORKSPACE_FLOATS`] of
+    /// activations for that many rows is refused first ([`ModelConfig::floats_per_row`]): the
+    /// weight check bounds the tables by the file's size, not the workspaces, which grow with
+    /// the rows.
     pub fn model<B: Backend>(&self, be: &B, max_batch: usize, path: &Path) -> Result<AnyModel<B>> {
         let cfg = self.spec.config()?;
+        let need = cfg.floats_per_row().and_then(|f| f.checked_mul(max_batch));
+        if need.is_none_or(|n| n > MAX_WORKSPACE_FLOATS) {
+            let mb = need.map_or("more than 2^64 bytes".to_string(), |n| format!("about {} MB", n / (1 << 18)));
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "its model spec (layers {:?}, factors {}) needs {mb} of activations for {max_batch} rows, past the \
+                     limit of {} MB (MAX_WORKSPACE_FLOATS)",
+                    self.spec.layers,
+                    self.spec.factors,
+                    MAX_WORKSPACE_FLOATS / (1 << 18)
+                ),
+            ));
+        }
         let mut m = AnyModel::new(be, &cfg, max_batch, &mut ncf_core::rng::seeded(0, 0))?;
         let (params, _) = m.params_and_grads();
         let want: Vec<(String, Vec<usize>)> =

@@ -91,9 +91,12 @@ pub fn nearest(vectors: &(Vec<f32>, usize), i: u32, k: usize) -> Vec<(u32, f32)>
     top_k(cand, k)
 }
 
-/// Users scored per forward call: about 25,600 rows (the trainer's evaluation default).
-fn users_per_call(n_items: usize) -> usize {
-    (25_600 / n_items.max(1)).max(1)
+/// Users scored per forward call: about 25,600 rows (the trainer's evaluation default), fewer
+/// for a model whose towers are so wide that those rows would hold more than 2²⁴ activation
+/// floats ([`ncf_model::ModelConfig::floats_per_row`]).
+fn users_per_call(n_items: usize, floats_per_row: usize) -> usize {
+    let n = n_items.max(1);
+    (25_600 / n).min((1 << 24) / n.saturating_mul(floats_per_row.max(1))).max(1)
 }
 
 /// The `k` best of `(item, score)` by descending score, ties by ascending item.
@@ -134,7 +137,8 @@ impl Scorer {
             ));
         }
         let be = CpuBackend::<f32>::default();
-        let model = ckpt.model(&be, n_items.max(1) * users_per_call(n_items), path)?;
+        let per_row = ckpt.spec.config()?.floats_per_row().unwrap_or(usize::MAX);
+        let model = ckpt.model(&be, n_items.max(1) * users_per_call(n_items, per_row), path)?;
         let (user_ids, item_ids) = ckpt.id_maps(path)?;
         let mut count = vec![0u32; n_items];
         for &i in &seen.items {
@@ -218,7 +222,7 @@ impl Scorer {
         let n = self.n_items;
         let (be, model) = (&self.be, &mut self.model);
         model.prepare_scoring(be)?;
-        let per_call = users_per_call(n).min(users.len().max(1));
+        let per_call = (model.max_batch() / n.max(1)).max(1).min(users.len().max(1)); // as built
         let items: Vec<u32> = (0..per_call).flat_map(|_| 0..n as u32).collect();
         let mut us = Vec::with_capacity(per_call * n);
         let mut out = Vec::with_capacity(users.len() * n);

@@ -91,6 +91,35 @@ fn a_spec_declaring_huge_tables_is_refused_before_allocating() {
     expect(&load(d.path(), &ck), "weights, but the file holds 473");
 }
 
+/// Towers so wide that a batch of rows would need gigabytes of activations: the weights fit
+/// the file (the tables are small), so the workspace limit is what refuses them, before any
+/// workspace is allocated. A wide but modest model still loads, scoring fewer users per call.
+#[test]
+fn towers_too_wide_for_the_workspace_limit_are_refused() {
+    let be = CpuBackend::<f32>::default();
+    let build = |items: usize, factors: usize, layers: Vec<usize>| {
+        let cfg = ModelConfig { factors, layers, ..ModelConfig::new(ModelKind::NeuMf, 7, items) };
+        let m = AnyModel::new(&be, &cfg, 1, &mut ncf_core::rng::seeded(3, 0)).unwrap();
+        let mut ck = Checkpoint {
+            spec: ModelSpec::of(&cfg),
+            tensors: m.params().to_host(&be).unwrap(),
+            metadata: Default::default(),
+        };
+        let pairs: Vec<(u32, u32)> = (0..7).map(|u| (u, u % items as u32)).collect();
+        ck.put_seen(&ncf_data::UserItems::from_pairs(7, items, &pairs));
+        ck
+    };
+    let d = tempfile::tempdir().unwrap();
+    // 30,000 items and a 30,000-wide layer: 0.2 M weights, but 30,000 rows of 120,000 floats.
+    let wide = build(30_000, 1, vec![2, 30_000, 1]);
+    expect(
+        &load(d.path(), &wide),
+        "needs about 13735 MB of activations for 30000 rows, past the limit of 1024 MB (MAX_WORKSPACE_FLOATS)",
+    );
+    // 11 items and a 4,096-wide layer: one user per call (11 rows) fits.
+    assert_eq!(load(d.path(), &build(11, 8, vec![16, 4096, 4])), "ok");
+}
+
 #[test]
 fn a_changed_model_spec_is_refused() {
     let d = tempfile::tempdir().unwrap();
