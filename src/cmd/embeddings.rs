@@ -1,9 +1,9 @@
 //! `ncf embeddings`: a trained model's user and item embedding tables, with their raw ids, as
 //! CSV and as `.npy` files that `numpy.load` reads.
 
-use super::write_atomic;
 use anyhow::{Result, bail};
 use ncf::{Recommender, Side};
+use ncf_data::write_atomic;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use ncf_train::Device;
-use std::path::Path;
 
 pub mod data;
 pub mod embeddings;
@@ -21,12 +20,6 @@ fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
         builder = builder.num_threads(t);
     }
     builder.build().context("building the thread pool")
-}
-
-/// Writes `contents` to `path` atomically (a temporary file, then a rename), refusing to
-/// replace an existing file unless `force`.
-fn write_atomic(path: &Path, contents: &[u8], force: bool) -> Result<()> {
-    Ok(ncf_data::write_atomic(path, contents, force)?)
 }
 
 /// `--device`: `cpu`, or `cuda` after probing the driver, NVRTC, cuBLAS and a device (a clean

@@ -1,8 +1,9 @@
 //! `ncf train`: its flags are [`ncf_train::TrainConfig`]'s, plus `--config`.
 
-use super::{check_device, source_options, thread_pool, write_atomic};
+use super::{check_device, source_options, thread_pool};
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
+use ncf_data::write_atomic;
 use ncf_train::TrainConfig;
 use std::path::PathBuf;
 

@@ -43,16 +43,17 @@ pub fn for_each_line(path: &std::path::Path, f: impl FnMut(usize, &[u8]) -> crat
     for_each_line_in(std::io::BufReader::with_capacity(1 << 20, file), path, f)
 }
 
-/// The longest line any loader reads, its newline not counted: 1 MiB. The longest real line is a
-/// negatives file's (999 negatives of 7-digit ids: 8 KB), so this only stops a file that is not
+/// The longest line any loader reads, its newline not counted: 1 MiB. A negatives line of 999
+/// negatives with 7-digit ids is under 8 KB, so this only stops a file that is not
 /// line-oriented text (or a 10 GB line) before it is buffered whole.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// The most lines a loader reads from one file unless `NCF_MAX_LINES` says otherwise: 2²⁷
-/// (134 M; MovieLens-32M's ratings file has 32 M). A loader keeps about 32 bytes per line, so
-/// this bounds a file that never ends (or one of 2³¹ distinct ids) at about 4.3 GB instead of an
-/// out-of-memory kill; a machine with the memory can raise it.
+/// (134 M; MovieLens-32M's ratings file has 32 M). A loaded MovieLens rating (`RawRating`) is
+/// 32 bytes, so this bounds a file that never ends (or one of 2³¹ distinct ids) at 2²⁷ × 32 B =
+/// 4.3 GB of ratings instead of an out-of-memory kill; a machine with the memory can raise it.
 pub const DEFAULT_MAX_LINES: usize = 1 << 27;
+const _: () = assert!(std::mem::size_of::<crate::RawRating>() == 32, "the size the docs above quote");
 
 /// The line limit in force: `NCF_MAX_LINES` when set to a positive integer, else
 /// [`DEFAULT_MAX_LINES`]; never above 2³¹ − 1, so a file's distinct ids always fit the tables'
@@ -89,7 +90,7 @@ pub fn for_each_line_in(
                 path,
                 line,
                 "the number of lines",
-                format!("{most} lines per file (NCF_MAX_LINES; a loader keeps about 32 bytes per line)"),
+                format!("{most} lines per file (NCF_MAX_LINES; a loaded rating takes 32 bytes)"),
             ));
         }
         if n > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
