@@ -4,7 +4,7 @@
 //! NDCG@10, ties counted against the target as `ncf_eval` does). Prints one JSON line.
 //!
 //! ```sh
-//! cargo bench --bench discorec_ttq -- --data ../shared/data/ncf-ml-1m [--factors 32] [--iterations 20]
+//! cargo bench --bench discorec_ttq -- --data ../shared/data/ncf-ml-1m [--factors 32] [--iterations 20] [--alpha 40] [--regularization 0.01]
 //! ```
 //!
 //! The wall time counts loading the split, the fit and the evaluation, as `ncf train
@@ -33,13 +33,22 @@ fn main() -> anyhow::Result<()> {
     let data: PathBuf = arg(&args, "--data", PathBuf::new())?;
     let factors: u32 = arg(&args, "--factors", 32)?;
     let iterations: u32 = arg(&args, "--iterations", 20)?;
+    // discorec's own defaults: alpha 40, regularization 0.01.
+    let alpha: f32 = arg(&args, "--alpha", 40.0)?;
+    let regularization: f32 = arg(&args, "--regularization", 0.01)?;
     let k: usize = arg(&args, "--k", 10)?;
     let t = Instant::now();
     let split = ncf_data::NcfSplit::load(&data)?;
     let train: Vec<(u32, u32, f32)> = split.train.iter().map(|&(u, i)| (u, i, 1.0)).collect();
     let loaded = t.elapsed().as_secs_f64();
     let fit_t = Instant::now();
-    let rec = discorec::RecommenderBuilder::new().factors(factors).iterations(iterations).seed(42).fit_implicit(&train);
+    let rec = discorec::RecommenderBuilder::new()
+        .factors(factors)
+        .iterations(iterations)
+        .alpha(alpha)
+        .regularization(regularization)
+        .seed(42)
+        .fit_implicit(&train);
     let fit_s = fit_t.elapsed().as_secs_f64();
     let (mut hr, mut ndcg) = (0.0, 0.0);
     for (&(u, target), negs) in split.test.iter().zip(&split.negatives) {
@@ -51,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     }
     let n = split.test.len().max(1) as f64;
     println!(
-        "{{\"tool\":\"discorec\",\"version\":\"0.3\",\"factors\":{factors},\"iterations\":{iterations},\"k\":{k},\"test_hr\":{:.4},\"test_ndcg\":{:.4},\"load_s\":{loaded:.3},\"fit_s\":{fit_s:.3},\"wall_s\":{:.3}}}",
+        "{{\"tool\":\"discorec\",\"version\":\"0.3\",\"factors\":{factors},\"iterations\":{iterations},\"alpha\":{alpha},\"regularization\":{regularization},\"k\":{k},\"test_hr\":{:.4},\"test_ndcg\":{:.4},\"load_s\":{loaded:.3},\"fit_s\":{fit_s:.3},\"wall_s\":{:.3}}}",
         hr / n,
         ndcg / n,
         t.elapsed().as_secs_f64()

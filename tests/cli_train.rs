@@ -576,3 +576,32 @@ fn forcing_avx2_trains_bit_for_bit_like_the_native_level() {
     }
     assert_eq!(native, avx2, "the AVX2 and the native kernels trained different numbers");
 }
+
+/// `--preset fast` trains MF by implicit ALS: it prints interactions per second (no sampling),
+/// saves an MF checkpoint that `ncf eval` scores to the run's own test HR@10, and `--model
+/// gmf --optimizer als` is refused with what to change.
+#[test]
+fn the_als_preset_trains_saves_and_evaluates() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |f: &str| d.path().join(f).display().to_string();
+    let out = ncf(&["train", "--preset", "fast", "--summary-json", &p("s.json"), "--save", &p("m.st")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let epochs: Vec<&str> = text.lines().filter(|l| l.starts_with("epoch")).collect();
+    assert_eq!(epochs.len(), 4, "{text}");
+    assert!(epochs.iter().all(|l| l.contains("0.00s sample") && l.contains("interactions/s]")), "{text}");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("s.json")).unwrap()).unwrap();
+    assert_eq!((s["model"].as_str(), s["config"]["optimizer"].as_str()), (Some("mf"), Some("als")), "{s}");
+    let ev = ncf(&["eval", "--model", &p("m.st")]);
+    let line = String::from_utf8_lossy(&ev.stdout).to_string();
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    assert!(line.contains(&format!("test HR@10 {:.4}", s["test_hr"].as_f64().unwrap())), "{line} vs {s}");
+
+    let bad = ncf(&["train", "--model", "gmf", "--optimizer", "als", "--epochs", "1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("add --model mf"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

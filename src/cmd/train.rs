@@ -118,11 +118,14 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
     let mut jsonl = String::new();
     let k = cfg.k;
     let mut reached: Option<(usize, f64, f64)> = None;
+    // ALS samples nothing: its rate is training interactions per second of the sweep, and its
+    // loss is the iALS objective per (user, item) cell.
+    let rate = if cfg.optimizer == ncf_train::OptimChoice::Als { "interactions/s" } else { "samples/s" };
     let outcome = pool.install(|| {
         let from = resume.map(|(c, p)| ncf_train::ResumeFrom { checkpoint: c, path: p });
         ncf_train::train(&cfg, &data, from, |r| {
             println!(
-                "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} samples/s]",
+                "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} {rate}]",
                 r.epoch, r.loss, r.valid_hr, r.valid_ndcg, r.test_hr, r.test_ndcg, r.sampling_s, r.training_s, r.eval_s, r.samples_per_second
             );
             jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());

@@ -19,6 +19,7 @@
 //! ([`step`]) splits a batch by its size alone, never by the thread count, so a training run
 //! gives the same numbers on any number of threads too.
 
+pub mod als;
 pub mod backend;
 pub mod ops;
 pub mod rank;

@@ -101,23 +101,49 @@ pub fn hold_out_one_per_user(all: &UserItems, seed: u64) -> (UserItems, Vec<Opti
 /// not `also_exclude`. Fewer if the user has fewer unseen items.
 pub fn sample_unseen(known: &UserItems, u: usize, also_exclude: &[u32], n: usize, seed: u64) -> Vec<u32> {
     let mut rng = seeded(seed, u as u64);
-    // Walk the user's sorted items alongside 0..n_items (linear, no per-item search).
-    let seen = known.of(u);
-    let mut pool: Vec<u32> = Vec::with_capacity(known.n_items - seen.len());
-    let mut next = seen.iter().peekable();
-    for i in 0..known.n_items as u32 {
-        if next.next_if_eq(&&i).is_none() && !also_exclude.contains(&i) {
-            pool.push(i);
-        }
-    }
+    let mut pool = unseen_pool(known, u, also_exclude);
     let n = n.min(pool.len());
     let (chosen, _) = pool.partial_shuffle(&mut rng, n);
     chosen.to_vec()
 }
 
+/// The items `0..n_items` that user `u` does not have in `known` and that are not
+/// `also_exclude`, ascending: the runs between the excluded items, filled whole (the user's
+/// items are sorted and distinct, so a merge finds the runs).
+fn unseen_pool(known: &UserItems, u: usize, also_exclude: &[u32]) -> Vec<u32> {
+    let n_items = known.n_items as u32;
+    let seen = known.of(u);
+    let mut excluded: Vec<u32> = seen.iter().chain(also_exclude).copied().filter(|&i| i < n_items).collect();
+    if !also_exclude.is_empty() {
+        excluded.sort_unstable();
+        excluded.dedup();
+    }
+    let mut pool: Vec<u32> = Vec::with_capacity(known.n_items - excluded.len());
+    let mut start = 0;
+    for &e in &excluded {
+        pool.extend(start..e);
+        start = e + 1;
+    }
+    pool.extend(start..n_items);
+    pool
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The run-filled pool is the item-by-item walk's: every item in order, less the user's
+    /// and the extra exclusions (repeated, out of range, or among the user's own).
+    #[test]
+    fn unseen_pool_matches_the_item_by_item_walk() {
+        let ui = UserItems::from_pairs(4, 12, &[(0, 0), (0, 5), (0, 11), (1, 3), (1, 4), (3, 7)]);
+        for u in 0..4 {
+            for extra in [&[][..], &[5], &[6, 6], &[u32::MAX, 2], &[11, 0, 1]] {
+                let walk: Vec<u32> = (0..12).filter(|i| !ui.contains(u, *i) && !extra.contains(i)).collect();
+                assert_eq!(unseen_pool(&ui, u, extra), walk, "user {u}, also excluding {extra:?}");
+            }
+        }
+    }
 
     #[test]
     fn csr_sorts_dedups_and_answers_membership() {

@@ -37,6 +37,7 @@ pub enum TrainError {
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
+mod als;
 pub mod checkpoint;
 pub mod config;
 pub mod infer;
@@ -254,7 +255,9 @@ pub(crate) fn optim_config(cfg: &TrainConfig) -> OptimConfig {
             OptimKind::Adam(AdamHp { lr, beta1: cfg.beta1, beta2: cfg.beta2, ..AdamHp::default() }),
             true,
         ),
-        OptimChoice::Sgd => {
+        // ALS takes no gradient steps (`als::train_als` builds no optimizer); the rating
+        // trainer refuses it before it gets here.
+        OptimChoice::Sgd | OptimChoice::Als => {
             OptimConfig::uniform(OptimKind::Sgd(SgdHp { lr, momentum: cfg.momentum, decay: Decay::None }), false)
         }
     };
@@ -364,6 +367,9 @@ pub fn train(
     resume: Option<ResumeFrom<'_>>,
     on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Outcome> {
+    if cfg.optimizer == OptimChoice::Als {
+        return als::train_als(cfg, data, resume, on_epoch);
+    }
     let kind = check(cfg)?;
     match cfg.device {
         Device::Cpu => train_on(&CpuBackend::<f32>::new(cfg.gemm.into()), kind, cfg, data, resume, on_epoch),
@@ -697,16 +703,7 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
     /// Validation and test metrics, the low-activity users' test metrics and their count, and
     /// the seconds it took.
     fn evaluate(&mut self) -> Result<(HitMetrics, HitMetrics, (HitMetrics, usize), f64)> {
-        let t = Instant::now();
-        let valid = evaluate(self.be, &mut self.model, &self.data.valid, self.cfg.k)?;
-        let test = evaluate(self.be, &mut self.model, &self.data.test, self.cfg.k)?;
-        let low = &self.data.low_test;
-        let low_m = if low.is_empty() {
-            HitMetrics { hr: 0.0, ndcg: 0.0, ..test }
-        } else {
-            evaluate(self.be, &mut self.model, low, self.cfg.k)?
-        };
-        Ok((valid, test, (low_m, low.len()), t.elapsed().as_secs_f64()))
+        evaluate_sets(self.be, &mut self.model, self.data, self.cfg.k)
     }
 
     /// Writes `path`: the selected weights and the run so far, with the state to resume from.
@@ -747,6 +744,22 @@ impl Best {
     fn stalled(&self, patience: usize) -> bool {
         patience > 0 && self.valid.is_some_and(|b| self.reports.len() - 1 - b >= patience)
     }
+}
+
+/// HR@K and NDCG@K of `model` on the validation holdout and on the test set, the
+/// low-activity users' test metrics and their count, and the seconds it took.
+fn evaluate_sets<B: Backend<T = f32>>(
+    be: &B,
+    model: &mut AnyModel<B>,
+    data: &Prepared,
+    k: usize,
+) -> Result<(HitMetrics, HitMetrics, (HitMetrics, usize), f64)> {
+    let t = Instant::now();
+    let valid = evaluate(be, model, &data.valid, k)?;
+    let test = evaluate(be, model, &data.test, k)?;
+    let low = &data.low_test;
+    let low_m = if low.is_empty() { HitMetrics { hr: 0.0, ndcg: 0.0, ..test } } else { evaluate(be, model, low, k)? };
+    Ok((valid, test, (low_m, low.len()), t.elapsed().as_secs_f64()))
 }
 
 /// [`train`] on a given backend.

@@ -185,6 +185,12 @@ pub fn train_ratings(
         return Err(TrainError::Config("batch/epochs", "must be at least 1".into()));
     }
     crate::check_decay(cfg)?;
+    if cfg.optimizer == crate::OptimChoice::Als {
+        return Err(TrainError::Config(
+            "optimizer",
+            "als trains the implicit MF model (--model mf), not ratings".into(),
+        ));
+    }
     let start = std::time::Instant::now();
     let be = CpuBackend::<f32>::new(cfg.gemm.into());
     let mut mcfg = ModelConfig::new(ModelKind::Rating, n_users, n_items);
