@@ -21,6 +21,9 @@
 # Usage: NCF_DATA=../shared/data benches/time_to_quality.sh [OUT_DIR]
 # Environment: TARGET (0.68), THREADS (all cores), DISCOREC_FACTORS ("16 24 32 48 64"),
 # DISCOREC_SETTINGS ("40:0.01 10:1", alpha:regularization), NCF_NO_BUILD=1, NO_TORCH=1.
+# To time a CPU without AVX-512 on one that has it, force every tool's level:
+#   NCF_SIMD=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+#       benches/time_to_quality.sh     (discorec is built for baseline x86-64: SSE2 either way)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -92,6 +95,8 @@ torch_py="${TORCH_PYTHON:-$HOME/.cache/ncf-rs/torch-venv/bin/python}"
 torch_row=""
 if [[ "${NO_TORCH:-0}" != 1 ]] && "$torch_py" -c 'import torch' >/dev/null 2>&1; then
     echo "== PyTorch reference, fast-gmf's settings, dense fused Adam" | tee "$out/torch.log"
+    "$torch_py" -c 'import torch; print("torch", torch.__version__, "SIMD", torch.backends.cpu.get_cpu_capability())' \
+        | tee -a "$out/torch.log" "$out/env.txt"
     "$torch_py" "$here/reference/torch_ncf.py" --data "$data" --model gmf --factors 32 --batch 4096 --lr 0.008 \
         --epochs 3 --threads "$threads" --dense-adam --metrics-jsonl "$out/torch.jsonl" 2>&1 | tee -a "$out/torch.log"
     torch_row="$(python3 - "$out/torch.log" "$out/torch.jsonl" "$target" <<'PY'
