@@ -550,9 +550,16 @@ fn the_implicit_hybrid_trains_on_synthetic_side_features() {
 /// copies compute each element in the same order. On a CPU without AVX-512 both runs are AVX2.
 #[test]
 fn forcing_avx2_trains_bit_for_bit_like_the_native_level() {
+    for args in [&["--model", "neumf"][..], &["--preset", "fast"]] {
+        forced_avx2_matches_native(args);
+    }
+}
+
+/// `ncf train ARGS --epochs 2` prints the same numbers at the native level and at forced AVX2.
+fn forced_avx2_matches_native(args: &[&str]) {
     let run = |simd: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ncf"));
-        c.args(["train", "--epochs", "2", "--model", "neumf", "--threads", "2"]);
+        c.args(["train", "--epochs", "2", "--threads", "2"]).args(args);
         match simd {
             Some(s) => c.env("NCF_SIMD", s),
             None => c.env_remove("NCF_SIMD"),
@@ -574,7 +581,7 @@ fn forcing_avx2_trains_bit_for_bit_like_the_native_level() {
     if ncf_cpu::simd::SimdLevel::detected() >= ncf_cpu::simd::SimdLevel::Avx2Fma {
         assert!(avx2_level.contains("SIMD avx2+fma"), "{avx2_level}");
     }
-    assert_eq!(native, avx2, "the AVX2 and the native kernels trained different numbers");
+    assert_eq!(native, avx2, "{args:?}: the AVX2 and the native kernels trained different numbers");
 }
 
 /// `--preset fast` trains MF by implicit ALS: it prints interactions per second (no sampling),

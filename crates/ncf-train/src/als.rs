@@ -35,6 +35,18 @@ fn check(cfg: &TrainConfig) -> Result<AlsHp> {
     if cfg.features {
         return bad("optimizer", "als trains the plain MF model, without --features");
     }
+    if cfg.pretrained.is_some() {
+        return bad("optimizer", "als trains MF from scratch; --pretrain-gmf/--pretrain-mlp are for neumf");
+    }
+    if cfg.lr_schedule != crate::LrSchedule::Constant {
+        return bad("lr_schedule", "als has no learning rate (it solves each row exactly or by --als-cg-steps)");
+    }
+    if cfg.sampler == crate::SamplerChoice::Device || cfg.step == crate::Step::Reference {
+        return bad(
+            "optimizer",
+            "als samples nothing and takes no gradient step (--sampler, --step); --als-cg-steps 0 runs the exact reference solve",
+        );
+    }
     if !(cfg.als_alpha >= 0.0 && cfg.als_alpha.is_finite()) {
         return bad("als_alpha", "must be a non-negative number");
     }

@@ -69,7 +69,8 @@ pub enum OptimChoice {
     Sgd,
     /// Implicit alternating least squares (`--model mf` on the CPU): every user's factors
     /// solved against the items', then every item's, each epoch; no sampled negatives, no
-    /// learning rate (`--als-alpha`, `--als-reg`, `--als-cg-steps`; `ncf_cpu::als`).
+    /// learning rate, so --batch, --neg, --lr and the optimizers' flags do not apply
+    /// (`--als-alpha`, `--als-reg`, `--als-cg-steps`; `ncf_cpu::als`).
     Als,
 }
 

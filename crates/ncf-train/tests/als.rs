@@ -79,4 +79,8 @@ fn als_refuses_what_it_cannot_train() {
     assert!(e.contains("als_alpha"), "{e}");
     let e = err(TrainConfig { epochs: 0, ..als(1) });
     assert!(e.contains("epochs"), "{e}");
+    let e = err(TrainConfig { lr_schedule: ncf_train::LrSchedule::Cosine, ..als(1) });
+    assert!(e.contains("lr_schedule") && e.contains("no learning rate"), "{e}");
+    let e = err(TrainConfig { step: ncf_train::Step::Reference, ..als(1) });
+    assert!(e.contains("--als-cg-steps 0 runs the exact reference solve"), "{e}");
 }
