@@ -15,12 +15,13 @@
 use crate::ModelSpec;
 use crate::checkpoint::ResumeState;
 use crate::{
-    Best, EpochReport, Outcome, Result, ResumeFrom, TrainConfig, TrainError, evaluate_sets, model_config, snapshot,
-    summarize,
+    Best, EpochReport, Outcome, Result, ResumeFrom, TrainConfig, TrainError, model_config, snapshot, summarize,
 };
 use ncf_cpu::CpuBackend;
 use ncf_cpu::als::{AlsHp, half_sweep, loss, transpose};
+use ncf_eval::{HitMetrics, RankCase, hit_ndcg, rank_of_first};
 use ncf_model::{AnyModel, Model, ModelKind};
+use rayon::prelude::*;
 use std::time::Instant;
 
 /// The settings iALS reads, checked: MF on the CPU, `α ≥ 0`, `λ > 0`.
@@ -128,7 +129,7 @@ pub(crate) fn train_als(
         let t1 = Instant::now();
         let l = loss(params.buf(pu), params.buf(qi), d, &tr.offsets, &tr.items, &hp) / cells;
         let loss_s = t1.elapsed().as_secs_f64();
-        let (v, t, (low, low_users), eval_s) = evaluate_sets(&be, &mut model, data, cfg.k)?;
+        let (v, t, (low, low_users), eval_s) = evaluate_mf(&model, data, cfg.k)?;
         let report = EpochReport {
             epoch,
             loss: l,
@@ -166,4 +167,111 @@ pub(crate) fn train_als(
     let summary = summarize(cfg, &best.reports, best.valid);
     let best_ckpt = snapshot(cfg, &mcfg, data, &summary, &best.reports, best.weights, None);
     Ok(Outcome { summary, epochs: best.reports, best: best_ckpt })
+}
+
+/// [`crate::evaluate_sets`] for an MF model on the CPU, scored case by case on both cores: each
+/// candidate's logit is `Mf::score`'s, bit for bit (the same `rowdot_forward`, then `+ b_u[u]`,
+/// `+ b_i[i]`, `+ g` in that order), and the per-case metrics are summed in case order, so the
+/// metrics equal `ncf_eval::evaluate`'s exactly (`tests/als.rs` checks). It reads each user's
+/// row once per case instead of once per candidate, and gathers nothing.
+pub(crate) fn evaluate_mf(
+    model: &AnyModel<CpuBackend<f32>>,
+    data: &crate::Prepared,
+    k: usize,
+) -> Result<(HitMetrics, HitMetrics, (HitMetrics, usize), f64)> {
+    let t = Instant::now();
+    let p = model.params();
+    let tensor = |name: &str| {
+        p.index(name)
+            .map(|i| p.buf(i))
+            .ok_or_else(|| TrainError::Config("model", format!("the MF model has no {name}")))
+    };
+    let (pu, qi, bu, bi, g) = (
+        tensor("mf_user_embedding")?,
+        tensor("mf_item_embedding")?,
+        tensor("user_bias")?,
+        tensor("item_bias")?,
+        tensor("global_bias")?[0],
+    );
+    let d = pu.len() / bu.len().max(1);
+    let metrics = |cases: &[RankCase]| -> HitMetrics {
+        let per_case: Vec<(f64, f64)> = cases
+            .par_iter()
+            .map_init(Vec::new, |scores: &mut Vec<f32>, c| {
+                let u = c.user as usize;
+                let xu = &pu[u * d..(u + 1) * d];
+                scores.clear();
+                scores.extend(c.candidates.iter().map(|&i| {
+                    let i = i as usize;
+                    let mut s = [0f32];
+                    ncf_cpu::ops::elementwise::rowdot_forward(xu, &qi[i * d..(i + 1) * d], d, &mut s);
+                    ((s[0] + bu[u]) + bi[i]) + g
+                }));
+                hit_ndcg(rank_of_first(scores), k)
+            })
+            .collect();
+        let (mut hr, mut ndcg) = (0.0, 0.0);
+        for (h, n) in per_case {
+            hr += h;
+            ndcg += n;
+        }
+        let n = cases.len().max(1) as f64;
+        HitMetrics { hr: hr / n, ndcg: ndcg / n, users: cases.len() }
+    };
+    let (valid, test) = (metrics(&data.valid), metrics(&data.test));
+    let low = &data.low_test;
+    let low_m = if low.is_empty() { HitMetrics { hr: 0.0, ndcg: 0.0, ..test } } else { metrics(low) };
+    Ok((valid, test, (low_m, low.len()), t.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The case-by-case MF scorer gives `ncf_eval::evaluate`'s metrics exactly, on trained
+    /// factors and on factors with non-zero biases: on the embedded sample, and on the NCF
+    /// ML-1M split when `NCF_DATA` has it.
+    #[test]
+    fn evaluate_mf_equals_the_model_s_evaluation_bit_for_bit() {
+        let loaded = crate::source::load(None, &Default::default()).unwrap();
+        same_metrics(&crate::Prepared::from_split(&loaded.split, 42));
+        if let Some(dir) = ncf_core::testenv::data_dir("ncf-ml-1m") {
+            let split = ncf_data::NcfSplit::load(&dir).unwrap();
+            same_metrics(&crate::Prepared::from_split(&split, 42));
+        }
+    }
+
+    fn same_metrics(data: &crate::Prepared) {
+        let cfg = TrainConfig {
+            model: crate::ModelChoice::Mf,
+            optimizer: crate::OptimChoice::Als,
+            factors: 13,
+            epochs: 2,
+            ..TrainConfig::default()
+        };
+        let out = crate::train(&cfg, data, None, |_| {}).unwrap();
+        let be = CpuBackend::<f32>::default();
+        let mut model = out.best.model(&be, cfg.eval_rows, std::path::Path::new("best")).unwrap();
+        for biased in [false, true] {
+            if biased {
+                let mut r = ncf_core::rng::seeded(5, 5);
+                for name in ["user_bias", "item_bias", "global_bias"] {
+                    let k = model.params().index(name).unwrap();
+                    let n = model.params().buf(k).len();
+                    let v: Vec<f64> = (0..n).map(|_| rand::RngExt::random_range(&mut r, -0.5..0.5)).collect();
+                    model.params_and_grads().0.load(&be, name, &v).unwrap();
+                }
+            }
+            let (v, t, (low, n), _) = evaluate_mf(&model, data, 10).unwrap();
+            let (v2, t2, (low2, n2), _) = crate::evaluate_sets(&be, &mut model, data, 10).unwrap();
+            for (what, a, b) in [("valid", v, v2), ("test", t, t2), ("low", low, low2)] {
+                assert_eq!(
+                    (a.hr.to_bits(), a.ndcg.to_bits()),
+                    (b.hr.to_bits(), b.ndcg.to_bits()),
+                    "{what} biased={biased}: {a:?} vs {b:?}"
+                );
+            }
+            assert_eq!(n, n2);
+        }
+    }
 }
