@@ -12,10 +12,10 @@
 //! bits on any number of threads, and `--resume` continues bit for bit (the factors are the
 //! whole state).
 
-use crate::ModelSpec;
 use crate::checkpoint::ResumeState;
 use crate::{
-    Best, EpochReport, Outcome, Result, ResumeFrom, TrainConfig, TrainError, model_config, snapshot, summarize,
+    Best, EpochReport, Outcome, Result, ResumeFrom, TrainConfig, TrainError, model_config, resume_weights, snapshot,
+    summarize,
 };
 use ncf_cpu::CpuBackend;
 use ncf_cpu::als::{AlsHp, half_sweep, loss, transpose};
@@ -86,24 +86,7 @@ pub(crate) fn train_als(
     let mut model = AnyModel::new(&be, &mcfg, cfg.eval_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
     let mut best = match &resume {
         None => Best { reports: Vec::new(), valid: None, weights: model.params().to_host(&be)? },
-        Some(r) => {
-            let st = ResumeState::read(r.checkpoint, r.path)?;
-            if ModelSpec::of(&mcfg) != r.checkpoint.spec {
-                return Err(TrainError::Checkpoint {
-                    path: r.path.display().to_string(),
-                    reason: format!(
-                        "holds a {:?} model, but this run builds {:?}",
-                        r.checkpoint.spec,
-                        ModelSpec::of(&mcfg)
-                    ),
-                });
-            }
-            for t in &st.current {
-                model.params_and_grads().0.load(&be, &t.name, &t.data)?;
-            }
-            let weights = r.checkpoint.tensors.iter().filter(|t| !t.name.starts_with("resume/")).cloned().collect();
-            Best { reports: st.epochs, valid: st.best_valid, weights }
-        }
+        Some(r) => resume_weights(&be, &mcfg, r, &mut model)?.1,
     };
     let index = |name: &str| {
         model.params().index(name).ok_or_else(|| TrainError::Config("model", format!("the MF model has no {name}")))
@@ -120,11 +103,20 @@ pub(crate) fn train_als(
         let params = model.params_and_grads().0;
         // Users against the items, then items against the users' new factors.
         let mut x = std::mem::take(params.buf_mut(pu));
-        half_sweep(&mut x, params.buf(qi), d, &tr.offsets, &tr.items, &hp);
+        let failed_users = half_sweep(&mut x, params.buf(qi), d, &tr.offsets, &tr.items, &hp);
         *params.buf_mut(pu) = x;
         let mut y = std::mem::take(params.buf_mut(qi));
-        half_sweep(&mut y, params.buf(pu), d, &item_offsets, &item_users, &hp);
+        let failed_items = half_sweep(&mut y, params.buf(pu), d, &item_offsets, &item_users, &hp);
         *params.buf_mut(qi) = y;
+        if failed_users + failed_items > 0 {
+            return Err(TrainError::Config(
+                "als_reg",
+                format!(
+                    "epoch {epoch}: {failed_users} users' and {failed_items} items' systems were not positive definite \
+                     (non-finite factors?)"
+                ),
+            ));
+        }
         let training_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let l = loss(params.buf(pu), params.buf(qi), d, &tr.offsets, &tr.items, &hp) / cells;

@@ -854,6 +854,22 @@ fn resume_from<B: Backend<T = f32>>(
     max_rows: usize,
     r: &ResumeFrom<'_>,
 ) -> Result<(AnyModel<B>, Optimizer<B>, Best)> {
+    let mut model = AnyModel::new(be, mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
+    let (st, best) = resume_weights(be, mcfg, r, &mut model)?;
+    let mut opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
+    opt.load_state(be, model.params(), &st.optim, st.t)?;
+    Ok((model, opt, best))
+}
+
+/// A resumed run's weights, loaded into `model` (built for `mcfg`, which must be the
+/// checkpoint's spec), and its epochs and selected weights; the resume state, for the
+/// optimizer's part.
+fn resume_weights<B: Backend<T = f32>>(
+    be: &B,
+    mcfg: &ModelConfig,
+    r: &ResumeFrom<'_>,
+    model: &mut AnyModel<B>,
+) -> Result<(checkpoint::ResumeState, Best)> {
     let st = checkpoint::ResumeState::read(r.checkpoint, r.path)?;
     if ModelSpec::of(mcfg) != r.checkpoint.spec {
         return Err(TrainError::Checkpoint {
@@ -861,14 +877,12 @@ fn resume_from<B: Backend<T = f32>>(
             reason: format!("holds a {:?} model, but this run builds {:?}", r.checkpoint.spec, ModelSpec::of(mcfg)),
         });
     }
-    let mut model = AnyModel::new(be, mcfg, max_rows, &mut ncf_core::rng::seeded(cfg.seed, 1))?;
     for t in &st.current {
         model.params_and_grads().0.load(be, &t.name, &t.data)?;
     }
-    let mut opt = Optimizer::new(be, model.params(), optim_config(cfg), cfg.batch)?;
-    opt.load_state(be, model.params(), &st.optim, st.t)?;
     let weights = r.checkpoint.tensors.iter().filter(|t| !t.name.starts_with("resume/")).cloned().collect();
-    Ok((model, opt, Best { reports: st.epochs, valid: st.best_valid, weights }))
+    let best = Best { reports: st.epochs.clone(), valid: st.best_valid, weights };
+    Ok((st, best))
 }
 
 /// The run's summary so far: test metrics at the validation-selected epoch.
