@@ -29,6 +29,7 @@
 //! Rows are solved in parallel (rayon), each by one thread from the same inputs, so the result
 //! does not depend on the thread count.
 
+use ncf_core::{Error, Result};
 use rayon::prelude::*;
 
 /// iALS's settings.
@@ -239,8 +240,8 @@ pub fn solve_cg(g_reg: &[f32], y: &[f32], items: &[u32], alpha: f32, steps: usiz
 /// One half sweep: every row `u` of `x` (width `d`) solved against `y` (width `d`), where row
 /// `u`'s observed columns are `items[offsets[u]..offsets[u + 1]]`. Returns the rows whose exact
 /// system was not positive definite (left unchanged; only possible with `λ = 0`).
-pub fn half_sweep(x: &mut [f32], y: &[f32], d: usize, offsets: &[usize], items: &[u32], hp: &AlsHp) -> usize {
-    assert!(d > 0 && x.len() == (offsets.len() - 1) * d && y.len().is_multiple_of(d), "half_sweep: shapes");
+pub fn half_sweep(x: &mut [f32], y: &[f32], d: usize, offsets: &[usize], items: &[u32], hp: &AlsHp) -> Result<usize> {
+    check_shapes("als::half_sweep", x, y, d, offsets, items)?;
     let g = gram(y, d);
     let failed = std::sync::atomic::AtomicUsize::new(0);
     if hp.cg_steps == 0 {
@@ -253,7 +254,7 @@ pub fn half_sweep(x: &mut [f32], y: &[f32], d: usize, offsets: &[usize], items: 
                 }
             }
         });
-        return failed.into_inner();
+        return Ok(failed.into_inner());
     }
     let mut g_reg: Vec<f32> = g.iter().map(|&v| v as f32).collect();
     for k in 0..d {
@@ -266,7 +267,36 @@ pub fn half_sweep(x: &mut [f32], y: &[f32], d: usize, offsets: &[usize], items: 
             solve_cg(&g_reg, y, &items[offsets[u]..offsets[u + 1]], hp.alpha, hp.cg_steps, xu, &mut scratch);
         }
     });
-    0
+    Ok(0)
+}
+
+/// `x (n,d)`, `y (m,d)` and a row CSR over `n` rows (`offsets` rising from 0 to `items.len()`)
+/// whose column ids are `< m`: checked before any row is indexed.
+fn check_shapes(op: &'static str, x: &[f32], y: &[f32], d: usize, offsets: &[usize], items: &[u32]) -> Result<()> {
+    if d == 0 || !x.len().is_multiple_of(d) || !y.len().is_multiple_of(d) {
+        return Err(Error::shape(
+            op,
+            "x, y",
+            format!("widths that are multiples of d = {d} > 0"),
+            format!("{} and {}", x.len(), y.len()),
+        ));
+    }
+    let (n, m) = (x.len() / d, y.len() / d);
+    if offsets.len() != n + 1 || offsets.first() != Some(&0) || offsets.last() != Some(&items.len()) {
+        return Err(Error::shape(
+            op,
+            "offsets",
+            format!("{} offsets from 0 to {}", n + 1, items.len()),
+            format!("{} offsets", offsets.len()),
+        ));
+    }
+    if offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::invalid(op, "offsets", "must not decrease"));
+    }
+    if let Some(&bad) = items.iter().find(|&&i| i as usize >= m) {
+        return Err(Error::invalid(op, "items", format!("id {bad} is past the other side's {m} rows")));
+    }
+    Ok(())
 }
 
 /// The column view of a row CSR: for each of `n_cols` columns, the rows that list it (in row
@@ -294,7 +324,8 @@ pub fn transpose(offsets: &[usize], cols: &[u32], n_cols: usize) -> (Vec<usize>,
 /// `Σ_u x_uᵀ G x_u + Σ_observed [(1 + α)(1 − s)² − s²] + λ (‖X‖² + ‖Y‖²)`, with `s = x_u·y_i`
 /// and `G = YᵀY` (the first term is every cell's `s²` at weight 1; the second swaps an observed
 /// cell's weight-1 `s²` for its real term). Products in f32 (the SIMD dot), sums in f64.
-pub fn loss(x: &[f32], y: &[f32], d: usize, offsets: &[usize], items: &[u32], hp: &AlsHp) -> f64 {
+pub fn loss(x: &[f32], y: &[f32], d: usize, offsets: &[usize], items: &[u32], hp: &AlsHp) -> Result<f64> {
+    check_shapes("als::loss", x, y, d, offsets, items)?;
     let g: Vec<f32> = gram(y, d).into_iter().map(|v| v as f32).collect();
     let rows: f64 = x
         .par_chunks(ROWS_PER_TASK * d)
@@ -304,7 +335,7 @@ pub fn loss(x: &[f32], y: &[f32], d: usize, offsets: &[usize], items: &[u32], hp
         .into_iter()
         .sum();
     let sq = |t: &[f32]| t.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
-    rows + f64::from(hp.reg) * (sq(x) + sq(y))
+    Ok(rows + f64::from(hp.reg) * (sq(x) + sq(y)))
 }
 
 /// [`loss`]'s row terms for `rows` (rows `first..`), on the SIMD level the kernels run at.
@@ -396,7 +427,7 @@ mod tests {
     fn loss_matches_the_sum_over_every_cell() {
         let d = 5;
         let (x, y, off, items) = problem(9, 13, d, 1);
-        let (fast, brute) = (loss(&x, &y, d, &off, &items, &HP), loss_brute(&x, &y, d, &off, &items, &HP));
+        let (fast, brute) = (loss(&x, &y, d, &off, &items, &HP).unwrap(), loss_brute(&x, &y, d, &off, &items, &HP));
         assert!((fast - brute).abs() <= 1e-6 * brute.abs(), "loss {fast} against brute force {brute}");
     }
 
@@ -461,12 +492,12 @@ mod tests {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
                     let (mut x, mut y) = (x0.clone(), y0.clone());
-                    let mut losses = vec![loss(&x, &y, d, &off, &items, &hp)];
+                    let mut losses = vec![loss(&x, &y, d, &off, &items, &hp).unwrap()];
                     for _ in 0..4 {
-                        assert_eq!(half_sweep(&mut x, &y, d, &off, &items, &hp), 0);
-                        losses.push(loss(&x, &y, d, &off, &items, &hp));
-                        assert_eq!(half_sweep(&mut y, &x, d, &t_off, &t_rows, &hp), 0);
-                        losses.push(loss(&x, &y, d, &off, &items, &hp));
+                        assert_eq!(half_sweep(&mut x, &y, d, &off, &items, &hp).unwrap(), 0);
+                        losses.push(loss(&x, &y, d, &off, &items, &hp).unwrap());
+                        assert_eq!(half_sweep(&mut y, &x, d, &t_off, &t_rows, &hp).unwrap(), 0);
+                        losses.push(loss(&x, &y, d, &off, &items, &hp).unwrap());
                     }
                     (x, y, losses)
                 })
@@ -521,6 +552,21 @@ mod tests {
                 assert!(bad.is_empty(), "{name} row {u}: (k, {name}, portable) {bad:?}");
             }
         }
+    }
+
+    /// Shapes that do not fit are errors naming the op, not panics.
+    #[test]
+    fn bad_shapes_are_errors() {
+        let hp = AlsHp { cg_steps: 3, ..HP };
+        let (mut x, y) = (vec![0f32; 4], vec![0f32; 6]);
+        let e = |r: Result<usize>| r.unwrap_err().to_string();
+        assert!(
+            e(half_sweep(&mut x, &y, 2, &[0, 1, 2], &[0, 3], &hp)).contains("id 3 is past the other side's 3 rows")
+        );
+        assert!(e(half_sweep(&mut x, &y, 2, &[0, 2], &[0, 1], &hp)).contains("offsets"));
+        assert!(e(half_sweep(&mut x, &y, 2, &[0, 2, 1], &[0], &hp)).contains("offsets"));
+        assert!(e(half_sweep(&mut x, &y, 0, &[0], &[], &hp)).contains("d = 0"));
+        assert!(loss(&x, &y, 3, &[0, 0], &[], &hp).unwrap_err().to_string().contains("als::loss"));
     }
 
     #[test]

@@ -103,10 +103,10 @@ pub(crate) fn train_als(
         let params = model.params_and_grads().0;
         // Users against the items, then items against the users' new factors.
         let mut x = std::mem::take(params.buf_mut(pu));
-        let failed_users = half_sweep(&mut x, params.buf(qi), d, &tr.offsets, &tr.items, &hp);
+        let failed_users = half_sweep(&mut x, params.buf(qi), d, &tr.offsets, &tr.items, &hp)?;
         *params.buf_mut(pu) = x;
         let mut y = std::mem::take(params.buf_mut(qi));
-        let failed_items = half_sweep(&mut y, params.buf(pu), d, &item_offsets, &item_users, &hp);
+        let failed_items = half_sweep(&mut y, params.buf(pu), d, &item_offsets, &item_users, &hp)?;
         *params.buf_mut(qi) = y;
         if failed_users + failed_items > 0 {
             return Err(TrainError::Config(
@@ -119,7 +119,7 @@ pub(crate) fn train_als(
         }
         let training_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let l = loss(params.buf(pu), params.buf(qi), d, &tr.offsets, &tr.items, &hp) / cells;
+        let l = loss(params.buf(pu), params.buf(qi), d, &tr.offsets, &tr.items, &hp)? / cells;
         let loss_s = t1.elapsed().as_secs_f64();
         let (v, t, (low, low_users), eval_s) = evaluate_mf(&model, data, cfg.k)?;
         let report = EpochReport {
