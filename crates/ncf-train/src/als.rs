@@ -12,10 +12,9 @@
 //! bits on any number of threads, and `--resume` continues bit for bit (the factors are the
 //! whole state).
 
-use crate::checkpoint::ResumeState;
 use crate::{
-    Best, EpochReport, Outcome, Result, ResumeFrom, TrainConfig, TrainError, model_config, resume_weights, snapshot,
-    summarize,
+    Best, EpochReport, Outcome, Result, ResumeFrom, TrainConfig, TrainError, model_config, resume_weights, save_run,
+    snapshot, summarize,
 };
 use ncf_cpu::CpuBackend;
 use ncf_cpu::als::{AlsHp, half_sweep, loss, transpose};
@@ -57,18 +56,7 @@ fn check(cfg: &TrainConfig) -> Result<AlsHp> {
     if cfg.als_cg_steps > 1000 {
         return bad("als_cg_steps", "at most 1000 (0 solves each row exactly)");
     }
-    if cfg.epochs == 0 {
-        return bad("epochs", "must be at least 1 (with --resume: the total, epochs already run included)");
-    }
-    if cfg.k == 0 {
-        return bad("k", "must be at least 1");
-    }
-    if cfg.stop_at_hr.is_some_and(|x| !(x > 0.0 && x <= 1.0)) {
-        return bad("stop_at_hr", "must be in (0, 1]");
-    }
-    if cfg.eval_rows < 100 {
-        return bad("eval_rows", "must hold at least one user's 100 candidates");
-    }
+    crate::check_run(cfg)?;
     Ok(AlsHp { alpha: cfg.als_alpha as f32, reg: cfg.als_reg as f32, cg_steps: cfg.als_cg_steps })
 }
 
@@ -142,15 +130,8 @@ pub(crate) fn train_als(
         let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);
         best.record(&be, report, &model)?;
         if let Some(path) = &cfg.save {
-            let resume = ResumeState {
-                epochs: best.reports.clone(),
-                best_valid: best.valid,
-                current: model.params().to_host(&be)?,
-                optim: Vec::new(),
-                t: 0,
-            };
-            let summary = summarize(cfg, &best.reports, best.valid);
-            snapshot(cfg, &mcfg, data, &summary, &best.reports, best.weights.clone(), Some(resume)).save(path, true)?;
+            // The factors are the whole state: no optimizer state, no steps.
+            save_run(path, cfg, &mcfg, data, &best, model.params().to_host(&be)?, Vec::new(), 0)?;
         }
         if reached {
             break;

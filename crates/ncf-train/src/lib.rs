@@ -288,12 +288,7 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if cfg.batch == 0 {
         return bad("batch", "must be at least 1");
     }
-    if cfg.epochs == 0 {
-        return bad("epochs", "must be at least 1 (with --resume: the total, epochs already run included)");
-    }
-    if cfg.k == 0 {
-        return bad("k", "must be at least 1");
-    }
+    check_run(cfg)?;
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return bad("lr", "must be a positive number");
     }
@@ -309,13 +304,26 @@ fn check(cfg: &TrainConfig) -> Result<ModelKind> {
     if !(0.0..1.0).contains(&cfg.beta2) {
         return bad("beta2", "must be in [0, 1)");
     }
+    Ok(cfg.model.into())
+}
+
+/// The settings every implicit run reads, whatever trains it: epochs, K, `--stop-at-hr`, the
+/// evaluation's rows.
+pub(crate) fn check_run(cfg: &TrainConfig) -> Result<()> {
+    let bad = |name: &'static str, why: &str| Err(TrainError::Config(name, why.to_string()));
+    if cfg.epochs == 0 {
+        return bad("epochs", "must be at least 1 (with --resume: the total, epochs already run included)");
+    }
+    if cfg.k == 0 {
+        return bad("k", "must be at least 1");
+    }
     if cfg.stop_at_hr.is_some_and(|x| !(x > 0.0 && x <= 1.0)) {
         return bad("stop_at_hr", "must be in (0, 1]");
     }
     if cfg.eval_rows < 100 {
         return bad("eval_rows", "must hold at least one user's 100 candidates");
     }
-    Ok(cfg.model.into())
+    Ok(())
 }
 
 /// A finished run: its summary, every epoch's report and the weights of the
@@ -708,17 +716,28 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
 
     /// Writes `path`: the selected weights and the run so far, with the state to resume from.
     fn checkpoint(&self, path: &std::path::Path, mcfg: &ModelConfig, best: &Best) -> Result<()> {
-        let resume = checkpoint::ResumeState {
-            epochs: best.reports.clone(),
-            best_valid: best.valid,
-            current: self.model.params().to_host(self.be)?,
-            optim: self.opt.state_to_host(self.be, self.model.params())?,
-            t: self.opt.t,
-        };
-        let summary = summarize(self.cfg, &best.reports, best.valid);
-        snapshot(self.cfg, mcfg, self.data, &summary, &best.reports, best.weights.clone(), Some(resume))
-            .save(path, true)
+        let current = self.model.params().to_host(self.be)?;
+        let optim = self.opt.state_to_host(self.be, self.model.params())?;
+        save_run(path, self.cfg, mcfg, self.data, best, current, optim, self.opt.t)
     }
+}
+
+/// Writes `path` (atomically): the selected weights and the run so far, with the state to
+/// resume from (`current` weights, optimizer state `optim` after `t` steps).
+#[allow(clippy::too_many_arguments)]
+fn save_run(
+    path: &std::path::Path,
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    data: &Prepared,
+    best: &Best,
+    current: Vec<ncf_model::HostTensor>,
+    optim: Vec<ncf_model::HostTensor>,
+    t: u64,
+) -> Result<()> {
+    let resume = checkpoint::ResumeState { epochs: best.reports.clone(), best_valid: best.valid, current, optim, t };
+    let summary = summarize(cfg, &best.reports, best.valid);
+    snapshot(cfg, mcfg, data, &summary, &best.reports, best.weights.clone(), Some(resume)).save(path, true)
 }
 
 /// The epochs so far, and the validation-selected one with its weights.
