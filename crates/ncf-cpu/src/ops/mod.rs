@@ -34,6 +34,52 @@ pub(crate) fn prefetch<T>(data: &[T], start: usize, len: usize) {
     let _ = (data, start, len);
 }
 
+/// [`prefetch`] for lines the caller is about to *write*: PREFETCHW, which fetches each line
+/// ready to be modified, where the CPU has it (AMD's, and Intel's from Broadwell on); a plain
+/// [`prefetch`] elsewhere. Like [`prefetch`], a hint with no effect on any result.
+///
+/// In the two-lane step an embedding row is read on one core (a lane's gather) and written on
+/// the other (that side's optimizer). A read prefetch brings such a line in shared, and the
+/// write then waits for a second trip to invalidate the other core's copy; PREFETCHW makes it
+/// one trip. BENCHMARKS.md has the timings (Zen 4 VM, 2026-12-06, third session).
+#[inline(always)]
+pub(crate) fn prefetch_write<T>(data: &[T], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        if start.checked_add(len).is_some_and(|end| end <= data.len()) {
+            let p = data[start..].as_ptr().cast::<u8>();
+            for off in (0..len * size_of::<T>()).step_by(64) {
+                // SAFETY: PREFETCHW (checked present above) never faults and changes no
+                // memory, only where a line is cached; the address lies inside `data`.
+                unsafe {
+                    std::arch::asm!("prefetchw [{0}]", in(reg) p.wrapping_add(off), options(nostack, preserves_flags, readonly))
+                };
+            }
+        }
+        return;
+    }
+    prefetch(data, start, len);
+}
+
+/// Whether this CPU has PREFETCHW (CPUID leaf 0x8000_0001, ECX bit 8), read once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static HAS: AtomicU8 = AtomicU8::new(2);
+    match HAS.load(Ordering::Relaxed) {
+        2 => {
+            // Leaf 0x8000_0000 reports the highest extended leaf, so 0x8000_0001 is read only
+            // where it exists.
+            use std::arch::x86_64::__cpuid;
+            let has = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            HAS.store(u8::from(has), Ordering::Relaxed);
+            has
+        }
+        h => h == 1,
+    }
+}
+
 /// `dst = src` for one short row (an embedding row, one side of a concatenation, a bias).
 /// A `memcpy` call for 32–256 bytes costs more than the move, and training makes one per row
 /// and op (callgrind counted 5.8 million from `concat_cols`, `split_cols` and the bias rows in
@@ -60,6 +106,19 @@ pub(crate) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
 
 #[cfg(test)]
 mod tests {
+    /// Both prefetches are hints: in range, at the end, past the end, or with a start that
+    /// would overflow, they neither fault nor change anything.
+    #[test]
+    fn prefetches_never_fault_or_write() {
+        let data: Vec<f32> = (0..100).map(|k| k as f32).collect();
+        let copy = data.clone();
+        for (start, len) in [(0, 100), (96, 4), (96, 8), (100, 1), (1000, 8), (usize::MAX, 2), (usize::MAX - 1, 0)] {
+            super::prefetch(&data, start, len);
+            super::prefetch_write(&data, start, len);
+        }
+        assert_eq!(data, copy);
+    }
+
     /// Every width from 0 to 70 (pieces of 8, a remainder, both, and the long-row path) copies
     /// exactly its row and nothing past it.
     #[test]

@@ -136,13 +136,17 @@ fn adam_rows<T: Float>(
     d: usize,
     s: &AdamScalars<T>,
 ) {
+    // A table's rows were last read by the other core's lane (its gather), so they are
+    // prefetched for writing (see `prefetch_write`); the gradient and moments stay with the
+    // core that updates this side of the step, which a plain prefetch suits.
     match rows {
         None => adam_run(p, g, m, v, s),
         Some((rows, base)) => {
             for (i, &r) in rows.iter().enumerate() {
                 if let Some(&next) = rows.get(i + super::PREFETCH_ROWS) {
                     let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
-                    for t in [&*p, &*g, &*m, &*v] {
+                    super::prefetch_write(p, start, d);
+                    for t in [&*g, &*m, &*v] {
                         super::prefetch(t, start, d);
                     }
                 }
