@@ -612,3 +612,37 @@ fn the_als_preset_trains_saves_and_evaluates() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// `NCF_STEP_TIMES=1` prints the two-lane step's phase times after each epoch and writes them
+/// to the metrics; without it there are none, and the numbers are the same either way.
+#[test]
+fn step_times_are_printed_and_recorded_only_when_asked() {
+    let d = tempfile::tempdir().unwrap();
+    toy_split(d.path());
+    let data = d.path().display().to_string();
+    let run = |times: bool| -> (String, serde_json::Value) {
+        let path = d.path().join(format!("m-{times}.jsonl"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ncf"));
+        c.args(["train", "--data", &data, "--model", "neumf", "--epochs", "1", "--batch", "64", "--threads", "2"]);
+        c.args(["--metrics-jsonl", &path.display().to_string()]);
+        if times {
+            c.env("NCF_STEP_TIMES", "1");
+        } else {
+            c.env_remove("NCF_STEP_TIMES");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = std::fs::read_to_string(&path).unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), serde_json::from_str(line.trim()).unwrap())
+    };
+    let (out, m) = run(true);
+    assert!(out.contains("step phases (NCF_STEP_TIMES=1): forward+backward "), "{out}");
+    let phases = m["step_phases_s"].as_array().expect("step_phases_s");
+    let names: Vec<&str> = phases.iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["forward+backward", "scatter", "dense sum", "optimizer"]);
+    let sum: f64 = phases.iter().map(|p| p[1].as_f64().unwrap()).sum();
+    assert!(sum > 0.0 && sum <= m["training_s"].as_f64().unwrap(), "{phases:?} within {}", m["training_s"]);
+    let (plain, m0) = run(false);
+    assert!(!plain.contains("step phases") && m0.get("step_phases_s").is_none(), "{plain}\n{m0}");
+    assert_eq!((&m["loss"], &m["test_hr"]), (&m0["loss"], &m0["test_hr"]), "timing changes no number");
+}

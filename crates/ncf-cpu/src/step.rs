@@ -21,6 +21,13 @@
 //! MF (no head: too little work per row to share), odd batches and batches under
 //! [`MIN_LANE_BATCH`] rows run the reference forward and backward.
 //! `tests` below hold the step to the reference.
+//!
+//! ## Where the time goes
+//!
+//! With `NCF_STEP_TIMES=1` ([`STEP_TIMES_ENV`]) the step sums the wall time of its four phases
+//! (the lanes' forward and backward, the scatter, the dense gradients' sum, the optimizer), and
+//! `ncf train` prints them after each epoch: what a profiler cannot show, since it counts a
+//! thread's wait for the other as time spent.
 
 use crate::backend::CpuBackend;
 use crate::ops::gemm::CpuFloat;
@@ -30,6 +37,7 @@ use ncf_model::split::{LaneActs, LaneParts, lane_parts};
 use ncf_model::{
     AnyModel, Batch, FastStep, Fork, GmfActs, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, Role, StepScratch,
 };
+use std::time::{Duration, Instant};
 
 /// Below this many rows a batch is not split into lanes: each half would be too small to pay
 /// for the hand-off.
@@ -55,10 +63,40 @@ enum Second<T: CpuFloat> {
     NeuMf(NeuMfActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
 }
 
+/// The environment variable that turns on the phase times (`NCF_STEP_TIMES=1`).
+pub const STEP_TIMES_ENV: &str = "NCF_STEP_TIMES";
+
+/// The phases [`Laps`] times, in step order.
+const PHASES: [&str; 4] = ["forward+backward", "scatter", "dense sum", "optimizer"];
+
+/// Wall time per phase, summed over steps: `lap(k)` adds the time since the last lap (or
+/// `start`) to phase `k`. Costs nothing when off.
+struct Laps {
+    on: bool,
+    last: Instant,
+    sum: [Duration; 4],
+}
+
+impl Laps {
+    fn start(&mut self) {
+        if self.on {
+            self.last = Instant::now();
+        }
+    }
+    fn lap(&mut self, phase: usize) {
+        if self.on {
+            let now = Instant::now();
+            self.sum[phase] += now - self.last;
+            self.last = now;
+        }
+    }
+}
+
 /// The two-lane step (see the module docs).
 pub struct TwoLaneStep<T: CpuFloat> {
     lanes: [Lane<T>; 2],
     second: Second<T>,
+    laps: Laps,
 }
 
 /// [`Fork`] on the helper thread of [`team::with_helper`].
@@ -71,7 +109,14 @@ impl Fork for TeamFork {
 }
 
 impl<T: CpuFloat> TwoLaneStep<T> {
+    /// The step for batches of up to `max_batch` rows, timing its phases when
+    /// [`STEP_TIMES_ENV`] is `1`.
     pub fn new(max_batch: usize) -> Self {
+        Self::with_times(max_batch, std::env::var(STEP_TIMES_ENV).is_ok_and(|v| v.trim() == "1"))
+    }
+
+    /// [`TwoLaneStep::new`], with the phase times on or off whatever the environment says.
+    pub fn with_times(max_batch: usize, times: bool) -> Self {
         let h = max_batch / 2;
         let lane = || Lane {
             users: vec![0; h],
@@ -80,7 +125,8 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             dlogits: vec![T::ZERO; h],
             loss: vec![T::ZERO; 1],
         };
-        TwoLaneStep { lanes: [lane(), lane()], second: Second::None }
+        let laps = Laps { on: times, last: Instant::now(), sum: [Duration::ZERO; 4] };
+        TwoLaneStep { lanes: [lane(), lane()], second: Second::None, laps }
     }
 
     /// Forward, loss and backward of `batch` in two lanes, leaving the summed gradients in the
@@ -111,7 +157,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
                     self.second = Second::$kind(LaneActs::like($acts, be, h)?, $p.zeros_like(be)?);
                 }
                 let Second::$kind(acts1, g1) = &mut self.second else { unreachable!("set above") };
-                two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, h)?;
+                two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, h, &mut self.laps)?;
             }};
         }
         match parts {
@@ -125,7 +171,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
 
 /// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
 /// `[h, 2h)` into `acts1` and `g1`; then the embedding scatters by side, then `g += g1` for
-/// the dense tensors (and `g1 = 0`).
+/// the dense tensors (and `g1 = 0`). Each of the three is a lap of `laps`.
 #[allow(clippy::too_many_arguments)]
 fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     be: &CpuBackend<T>,
@@ -136,6 +182,7 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     g1: &mut ParamSet<CpuBackend<T>>,
     lanes: &mut [Lane<T>; 2],
     h: usize,
+    laps: &mut Laps,
 ) -> Result<()> {
     let half = T::from_f64(0.5);
     let run = |acts: &mut A, g: &mut ParamSet<CpuBackend<T>>, lane: &mut Lane<T>| -> Result<()> {
@@ -148,6 +195,7 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     let (r0, r1) = team::join(|| run(acts0, g, l0), || run(acts1, g1, l1));
     r0?;
     r1?;
+    laps.lap(0);
     // The users' tables on one thread, the items' on the other; each table still receives
     // lane 0's rows, then lane 1's.
     let [mut tu, mut ti] = g.side_tables_mut()?;
@@ -163,6 +211,7 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
         },
     );
     ru.and(ri)?;
+    laps.lap(1);
     for (t, t1) in g.tensors.iter_mut().zip(g1.tensors.iter_mut()) {
         if !matches!(t.role, Role::Embedding(_)) {
             let n = t.numel();
@@ -170,6 +219,7 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
             be.fill(&mut t1.buf, n, T::ZERO)?;
         }
     }
+    laps.lap(2);
     Ok(())
 }
 
@@ -194,13 +244,25 @@ impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
     ) -> Result<()> {
         use ncf_model::Model;
         let b = batch.len;
+        self.laps.start();
         if !self.forward_backward_lanes(be, model, batch)? {
             model.forward(be, &batch.users, &batch.items, b)?;
             be.bce_with_logits(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits)?;
             model.backward(be, &batch.users, &batch.items, &scratch.dlogits, b)?;
+            self.laps.lap(0);
         }
         let (params, grads) = model.params_and_grads();
-        opt.step_halves(be, params, grads, &batch.users, &batch.items, b, &TeamFork)
+        opt.step_halves(be, params, grads, &batch.users, &batch.items, b, &TeamFork)?;
+        self.laps.lap(3);
+        Ok(())
+    }
+
+    fn take_phase_times(&mut self) -> Vec<(&'static str, f64)> {
+        if !self.laps.on {
+            return Vec::new();
+        }
+        let sum = std::mem::replace(&mut self.laps.sum, [Duration::ZERO; 4]);
+        PHASES.iter().zip(sum).map(|(&name, d)| (name, d.as_secs_f64())).collect()
     }
 
     /// The reference accumulator, plus half of each lane's (each lane's loss is the mean over
@@ -388,6 +450,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The phase times: four named phases in step order when on, each within the run's wall
+    /// time and the timed phases together too; none when off; reading them resets them; and
+    /// timing changes no number.
+    #[test]
+    fn phase_times_cover_the_steps_and_change_nothing() {
+        let be = Be::default();
+        let cfg = ModelConfig::new(ModelKind::NeuMf, 40, 30);
+        let b = 96;
+        let mut out = Vec::new();
+        for times in [false, true] {
+            let mut model = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+            let mut opt = Optimizer::new(&be, model.params(), OptimConfig::adam(0.01), b).unwrap();
+            let mut step = TwoLaneStep::<f64>::with_times(b, times);
+            let mut batch = Batch::with_capacity(&be, b).unwrap();
+            let mut scratch = StepScratch::new(&be, b).unwrap();
+            let t0 = std::time::Instant::now();
+            TwoLaneStep::<f64>::around_steps(|| {
+                for k in 0..4 {
+                    let (u, i, y) = rows(b, 40, 30, k);
+                    batch.set(&be, &u, &i, &y).unwrap();
+                    step.step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
+                }
+            });
+            let wall = t0.elapsed().as_secs_f64();
+            let phases = step.take_phase_times();
+            if times {
+                let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+                assert_eq!(names, PHASES, "the phases, in step order");
+                let sum: f64 = phases.iter().map(|p| p.1).sum();
+                assert!(phases.iter().all(|p| p.1 >= 0.0) && sum > 0.0 && sum <= wall, "{phases:?} in {wall} s");
+                assert!(step.take_phase_times().iter().all(|p| p.1 == 0.0), "reading resets them");
+            } else {
+                assert!(phases.is_empty(), "{phases:?}");
+            }
+            out.push(tensors(model.params()));
+        }
+        assert_eq!(out[0], out[1], "timing changes no weight");
     }
 
     /// The reference step is what `train_step` does, whatever wraps it.

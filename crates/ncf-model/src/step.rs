@@ -55,6 +55,12 @@ pub trait Step<B: Backend> {
     fn take_loss(&mut self, be: &B, scratch: &mut StepScratch<B>) -> Result<f64> {
         scratch.take_loss(be)
     }
+    /// Reads and resets the wall seconds spent in each phase of the step since the last
+    /// call, by phase name in step order, for a step that keeps them (the CPU's two-lane step
+    /// with `NCF_STEP_TIMES=1`); empty otherwise.
+    fn take_phase_times(&mut self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// [`train_step`] as a [`Step`].
@@ -166,6 +172,14 @@ impl<B: FastStep> AnyStep<B> {
         match self {
             AnyStep::Reference(s) => s.take_loss(be, scratch),
             AnyStep::Fast(s) => s.take_loss(be, scratch),
+        }
+    }
+
+    /// [`Step::take_phase_times`] of the chosen step.
+    pub fn take_phase_times(&mut self) -> Vec<(&'static str, f64)> {
+        match self {
+            AnyStep::Reference(s) => Step::<B>::take_phase_times(s),
+            AnyStep::Fast(s) => s.take_phase_times(),
         }
     }
 }

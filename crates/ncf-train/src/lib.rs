@@ -190,6 +190,10 @@ pub struct EpochReport {
     pub low_test_ndcg: f64,
     #[serde(default)]
     pub low_users: usize,
+    /// Wall seconds per phase of the training step, in step order, when the step keeps them
+    /// (the CPU's two-lane step with `NCF_STEP_TIMES=1`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_phases_s: Vec<(String, f64)>,
 }
 
 /// Users with fewer training interactions than this are reported apart ("low activity").
@@ -486,6 +490,8 @@ struct Trained {
     sampling_s: f64,
     training_s: f64,
     loss: f64,
+    /// The step's phase times ([`ncf_model::Step::take_phase_times`]), if it keeps them.
+    phases: Vec<(String, f64)>,
 }
 
 /// An epoch's progress bar and its running loss: the loss is read back from the device every
@@ -627,7 +633,8 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
         })?;
         let loss = progress.finish(be, stepper, scratch)?;
         let training_s = t1.elapsed().as_secs_f64();
-        Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss })
+        let phases = stepper.take_phase_times().into_iter().map(|(k, s)| (k.to_string(), s)).collect();
+        Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss, phases })
     }
 
     /// One epoch sampled on the device: every batch is drawn where the model lives; the full
@@ -704,7 +711,8 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
         }
         let loss = progress.finish(be, stepper, scratch)?;
         let training_s = t1.elapsed().as_secs_f64();
-        Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss })
+        let phases = stepper.take_phase_times().into_iter().map(|(k, s)| (k.to_string(), s)).collect();
+        Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss, phases })
     }
 
     /// HR@K and NDCG@K on the validation holdout and on the test set; the seconds it took.
@@ -835,6 +843,7 @@ fn train_on<B: FastStep<T = f32>>(
             low_test_hr: low.hr,
             low_test_ndcg: low.ndcg,
             low_users,
+            step_phases_s: trained.phases,
         };
         on_epoch(&report);
         let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);
