@@ -40,11 +40,10 @@ pub fn linear_forward<T: CpuFloat>(
         matvec_bias(inp, &w[..i], bias[0], &mut out[..b], i);
         return Ok(());
     }
-    let fill = |row: &mut [T]| super::copy_row(row, &bias[..o]);
     if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        out[..b * o].par_chunks_exact_mut(o.max(1)).for_each(fill);
+        out[..b * o].par_chunks_exact_mut(o.max(1)).for_each(|row| super::copy_row(row, &bias[..o]));
     } else {
-        out[..b * o].chunks_exact_mut(o.max(1)).for_each(fill);
+        fill_rows(&mut out[..b * o], &bias[..o]);
     }
     // w is stored (O,I) row-major; wᵀ (I,O) is the same memory read with the strides swapped,
     // so no transpose is ever materialized.
@@ -56,6 +55,23 @@ pub fn linear_forward<T: CpuFloat>(
         T::ONE,
         MatMut::row_major(out, b, o),
     )
+}
+
+/// Every row of `out` (a whole number of rows) set to `row`: the first row copied in, then the
+/// rows written so far doubled by one block copy at a time, so `log₂ B` copies for `B` rows.
+/// (One short copy per row compiled to a `memcpy` call per row, 1.0% of a forced-AVX2 NeuMF-8
+/// epoch's `perf` profile; `memmove` as a whole fell from 1.2% to 0.85% with this.)
+fn fill_rows<T: Copy>(out: &mut [T], row: &[T]) {
+    if row.is_empty() || out.is_empty() {
+        return;
+    }
+    out[..row.len()].copy_from_slice(row);
+    let mut done = row.len();
+    while done < out.len() {
+        let n = done.min(out.len() - done);
+        out.copy_within(..n, done);
+        done += n;
+    }
 }
 
 /// A single output column (the prediction layer, `o = 1`) is a matrix-vector product:
@@ -203,6 +219,23 @@ mod tests {
     use crate::testutil::rand_vec;
     use ncf_core::Tol;
     use ncf_core::tol::assert_close_f32;
+
+    /// The doubling fill writes the row into every row, for any row count (powers of two and
+    /// not, one row) and width, and nothing past the rows.
+    #[test]
+    fn fill_rows_sets_every_row() {
+        for o in [1, 3, 8, 32] {
+            for b in [1, 2, 3, 7, 64, 129] {
+                let row: Vec<f32> = (0..o).map(|k| k as f32 + 0.25).collect();
+                let mut out = vec![-1.0f32; b * o + 5];
+                fill_rows(&mut out[..b * o], &row);
+                for (r, got) in out[..b * o].chunks_exact(o).enumerate() {
+                    assert_eq!(got, &row[..], "o {o}, b {b}: row {r}");
+                }
+                assert_eq!(&out[b * o..], &[-1.0; 5], "o {o}, b {b}: wrote past the rows");
+            }
+        }
+    }
 
     /// The register-held column sums add the rows in the naive loop's order: same bits.
     #[test]
