@@ -637,12 +637,17 @@ fn step_times_are_printed_and_recorded_only_when_asked() {
     };
     let (out, m) = run(true);
     assert!(out.contains("step phases (NCF_STEP_TIMES=1): forward+backward "), "{out}");
-    let phases = m["step_phases_s"].as_array().expect("step_phases_s");
-    let names: Vec<&str> = phases.iter().map(|p| p[0].as_str().unwrap()).collect();
-    assert_eq!(names, ["forward+backward", "scatter", "dense sum", "optimizer"]);
-    let sum: f64 = phases.iter().map(|p| p[1].as_f64().unwrap()).sum();
+    let phases = m["step_phases"].as_array().expect("step_phases");
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["forward+backward", "scatter+dense sums", "optimizer"]);
+    let wall: Vec<f64> = phases.iter().map(|p| p["wall_s"].as_f64().unwrap()).collect();
+    let sum: f64 = wall.iter().sum();
     assert!(sum > 0.0 && sum <= m["training_s"].as_f64().unwrap(), "{phases:?} within {}", m["training_s"]);
+    for (p, w) in phases.iter().zip(&wall) {
+        let busy: Vec<f64> = p["busy_s"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
+        assert!(busy.len() == 2 && busy.iter().all(|b| *b >= 0.0 && b <= w), "a half is busy within its phase: {p}");
+    }
     let (plain, m0) = run(false);
-    assert!(!plain.contains("step phases") && m0.get("step_phases_s").is_none(), "{plain}\n{m0}");
+    assert!(!plain.contains("step phases") && m0.get("step_phases").is_none(), "{plain}\n{m0}");
     assert_eq!((&m["loss"], &m["test_hr"]), (&m0["loss"], &m0["test_hr"]), "timing changes no number");
 }

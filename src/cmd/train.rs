@@ -128,8 +128,16 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
                 "epoch {:>3}  loss {:.4}  valid HR@{k} {:.4} NDCG@{k} {:.4}  test HR@{k} {:.4} NDCG@{k} {:.4}  [{:.2}s sample, {:.2}s train, {:.2}s eval; {:.0} {rate}]",
                 r.epoch, r.loss, r.valid_hr, r.valid_ndcg, r.test_hr, r.test_ndcg, r.sampling_s, r.training_s, r.eval_s, r.samples_per_second
             );
-            if !r.step_phases_s.is_empty() {
-                let phases: Vec<String> = r.step_phases_s.iter().map(|(k, s)| format!("{k} {s:.3} s")).collect();
+            if !r.step_phases.is_empty() {
+                // Wall seconds, then each half's busy seconds where the phase splits.
+                let phases: Vec<String> = r
+                    .step_phases
+                    .iter()
+                    .map(|p| match p.busy_s {
+                        [a, b] if b > 0.0 => format!("{} {:.3} s (halves busy {a:.3} + {b:.3} s)", p.name, p.wall_s),
+                        _ => format!("{} {:.3} s", p.name, p.wall_s),
+                    })
+                    .collect();
                 println!("           step phases ({}=1): {}", ncf_cpu::step::STEP_TIMES_ENV, phases.join(", "));
             }
             jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());

@@ -6,9 +6,10 @@
 //! batch run forward, loss and backward side by side, lane 0 on the calling thread and lane 1
 //! on the spinning helper of [`crate::team`], each with its own activations (and lane 1 with
 //! its own dense gradients). Then the users' embedding tables receive their rows' gradients on
-//! one thread while the items' tables receive theirs on the other, and the optimizer updates
-//! the users' tables on one thread and everything else on the other
-//! ([`ncf_model::Optimizer::step_halves`]).
+//! one thread while the items' tables receive theirs on the other, each thread also adding
+//! lane 1's dense gradients into lane 0's for the tensors it will update; and the optimizer
+//! updates the users' tables on one thread, the items' on the other, and the dense tensors
+//! spread over both ([`ncf_model::Optimizer::step_halves`], [`ncf_model::optim::half_of`]).
 //!
 //! ## What it gives, against the reference
 //!
@@ -24,18 +25,20 @@
 //!
 //! ## Where the time goes
 //!
-//! With `NCF_STEP_TIMES=1` ([`STEP_TIMES_ENV`]) the step sums the wall time of its four phases
-//! (the lanes' forward and backward, the scatter, the dense gradients' sum, the optimizer), and
-//! `ncf train` prints them after each epoch: what a profiler cannot show, since it counts a
-//! thread's wait for the other as time spent.
+//! With `NCF_STEP_TIMES=1` ([`STEP_TIMES_ENV`]) the step sums the wall time of its three
+//! phases (the lanes' forward and backward; the scatter with the dense sums; the optimizer) and
+//! the time each phase's two halves were busy, and `ncf train` prints them after each epoch:
+//! what a profiler cannot show, since it counts a thread's wait for the other as time spent.
 
 use crate::backend::CpuBackend;
 use crate::ops::gemm::CpuFloat;
 use crate::team;
 use ncf_core::{Backend, Result};
+use ncf_model::params::Tensor;
 use ncf_model::split::{LaneActs, LaneParts, lane_parts};
 use ncf_model::{
-    AnyModel, Batch, FastStep, Fork, GmfActs, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, Role, StepScratch,
+    AnyModel, Batch, FastStep, Fork, GmfActs, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, PhaseTime, Role,
+    StepScratch,
 };
 use std::time::{Duration, Instant};
 
@@ -67,14 +70,16 @@ enum Second<T: CpuFloat> {
 pub const STEP_TIMES_ENV: &str = "NCF_STEP_TIMES";
 
 /// The phases [`Laps`] times, in step order.
-const PHASES: [&str; 4] = ["forward+backward", "scatter", "dense sum", "optimizer"];
+const PHASES: [&str; 3] = ["forward+backward", "scatter+dense sums", "optimizer"];
 
-/// Wall time per phase, summed over steps: `lap(k)` adds the time since the last lap (or
-/// `start`) to phase `k`. Costs nothing when off.
+/// Time per phase, summed over steps: `lap(k)` adds the wall time since the last lap (or
+/// `start`) to phase `k`; [`Laps::join`] and [`TeamFork`] add each half's busy time. Costs
+/// nothing when off.
 struct Laps {
     on: bool,
     last: Instant,
-    sum: [Duration; 4],
+    wall: [Duration; 3],
+    busy: [[Duration; 2]; 3],
 }
 
 impl Laps {
@@ -83,13 +88,41 @@ impl Laps {
             self.last = Instant::now();
         }
     }
-    fn lap(&mut self, phase: usize) {
-        if self.on {
-            let now = Instant::now();
-            self.sum[phase] += now - self.last;
-            self.last = now;
+
+    /// Ends phase `k`: adds the wall time since the last lap to it, and returns that time.
+    fn lap(&mut self, phase: usize) -> Duration {
+        if !self.on {
+            return Duration::ZERO;
         }
+        let now = Instant::now();
+        let d = now - self.last;
+        self.wall[phase] += d;
+        self.last = now;
+        d
     }
+
+    /// [`team::join`] of phase `k`'s two halves, timing each when on.
+    fn join<RA: Send, RB: Send>(
+        &mut self,
+        phase: usize,
+        a: impl FnOnce() -> RA + Send,
+        b: impl FnOnce() -> RB + Send,
+    ) -> (RA, RB) {
+        if !self.on {
+            return team::join(a, b);
+        }
+        let ((ra, ta), (rb, tb)) = team::join(|| timed(a), || timed(b));
+        self.busy[phase][0] += ta;
+        self.busy[phase][1] += tb;
+        (ra, rb)
+    }
+}
+
+/// `f()` and how long it took.
+fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
 }
 
 /// The two-lane step (see the module docs).
@@ -99,12 +132,22 @@ pub struct TwoLaneStep<T: CpuFloat> {
     laps: Laps,
 }
 
-/// [`Fork`] on the helper thread of [`team::with_helper`].
-struct TeamFork;
+/// [`Fork`] on the helper thread of [`team::with_helper`], summing each half's busy time into
+/// `busy` when `timed` (the optimizer's halves, for [`Laps`]).
+struct TeamFork {
+    timed: bool,
+    busy: std::cell::Cell<[Duration; 2]>,
+}
 
 impl Fork for TeamFork {
     fn fork<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
-        team::join(a, b)
+        if !self.timed {
+            return team::join(a, b);
+        }
+        let ((ra, ta), (rb, tb)) = team::join(|| timed(a), || timed(b));
+        let [x, y] = self.busy.get();
+        self.busy.set([x + ta, y + tb]);
+        (ra, rb)
     }
 }
 
@@ -125,7 +168,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             dlogits: vec![T::ZERO; h],
             loss: vec![T::ZERO; 1],
         };
-        let laps = Laps { on: times, last: Instant::now(), sum: [Duration::ZERO; 4] };
+        let laps = Laps { on: times, last: Instant::now(), wall: [Duration::ZERO; 3], busy: [[Duration::ZERO; 2]; 3] };
         TwoLaneStep { lanes: [lane(), lane()], second: Second::None, laps }
     }
 
@@ -170,8 +213,9 @@ impl<T: CpuFloat> TwoLaneStep<T> {
 }
 
 /// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
-/// `[h, 2h)` into `acts1` and `g1`; then the embedding scatters by side, then `g += g1` for
-/// the dense tensors (and `g1 = 0`). Each of the three is a lap of `laps`.
+/// `[h, 2h)` into `acts1` and `g1`; then the embedding scatters by side, each thread summing
+/// `g += g1` (and `g1 = 0`) for the dense tensors its optimizer half updates. Each of the two
+/// is a lap of `laps`.
 #[allow(clippy::too_many_arguments)]
 fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     be: &CpuBackend<T>,
@@ -192,36 +236,52 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
         acts.backward_rows(be, p, g, &lane.dlogits, h)
     };
     let [l0, l1] = lanes;
-    let (r0, r1) = team::join(|| run(acts0, g, l0), || run(acts1, g1, l1));
+    let (r0, r1) = laps.join(0, || run(acts0, g, l0), || run(acts1, g1, l1));
     r0?;
     r1?;
     laps.lap(0);
     // The users' tables on one thread, the items' on the other; each table still receives
-    // lane 0's rows, then lane 1's.
-    let [mut tu, mut ti] = g.side_tables_mut()?;
-    let (a0, a1) = (&*acts0, &*acts1);
-    let (ru, ri) = team::join(
-        || {
-            a0.scatter_side(be, IdSource::User, &mut tu, &l0.users, h)?;
-            a1.scatter_side(be, IdSource::User, &mut tu, &l1.users, h)
-        },
-        || {
-            a0.scatter_side(be, IdSource::Item, &mut ti, &l0.items, h)?;
-            a1.scatter_side(be, IdSource::Item, &mut ti, &l1.items, h)
-        },
-    );
-    ru.and(ri)?;
-    laps.lap(1);
-    for (t, t1) in g.tensors.iter_mut().zip(g1.tensors.iter_mut()) {
-        if !matches!(t.role, Role::Embedding(_)) {
+    // lane 0's rows, then lane 1's. Beside its side's scatter, each thread also sums the dense
+    // gradients its half of the optimizer will update (`g += g1`, then `g1 = 0`; `half_of`), so
+    // those lines are already in its cache when the update reads them.
+    let ([mut tu, mut ti], rest) = g.side_tables_and_rest_mut()?;
+    let mut sums: [Vec<DensePair<'_, T>>; 2] = [Vec::new(), Vec::new()];
+    let mut dense = [0usize; 2];
+    let others = g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_)));
+    for ((_, t), t1) in rest.into_iter().zip(others) {
+        let half = ncf_model::optim::half_of(t.role, t.numel(), &mut dense);
+        sums[half].push((t, t1));
+    }
+    let sum = |pairs: &mut Vec<DensePair<'_, T>>| -> Result<()> {
+        for (t, t1) in pairs.iter_mut() {
             let n = t.numel();
             be.add_assign(&mut t.buf, &t1.buf, n)?;
             be.fill(&mut t1.buf, n, T::ZERO)?;
         }
-    }
-    laps.lap(2);
+        Ok(())
+    };
+    let [mut sum_u, mut sum_i] = sums;
+    let (a0, a1) = (&*acts0, &*acts1);
+    let (ru, ri) = laps.join(
+        1,
+        || {
+            a0.scatter_side(be, IdSource::User, &mut tu, &l0.users, h)?;
+            a1.scatter_side(be, IdSource::User, &mut tu, &l1.users, h)?;
+            sum(&mut sum_u)
+        },
+        || {
+            a0.scatter_side(be, IdSource::Item, &mut ti, &l0.items, h)?;
+            a1.scatter_side(be, IdSource::Item, &mut ti, &l1.items, h)?;
+            sum(&mut sum_i)
+        },
+    );
+    ru.and(ri)?;
+    laps.lap(1);
     Ok(())
 }
+
+/// A dense tensor's gradient in lane 0's set and in lane 1's.
+type DensePair<'a, T> = (&'a mut Tensor<CpuBackend<T>>, &'a mut Tensor<CpuBackend<T>>);
 
 impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
     fn name(&self) -> &'static str {
@@ -249,20 +309,34 @@ impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
             model.forward(be, &batch.users, &batch.items, b)?;
             be.bce_with_logits(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits)?;
             model.backward(be, &batch.users, &batch.items, &scratch.dlogits, b)?;
-            self.laps.lap(0);
+            let d = self.laps.lap(0);
+            self.laps.busy[0][0] += d;
         }
         let (params, grads) = model.params_and_grads();
-        opt.step_halves(be, params, grads, &batch.users, &batch.items, b, &TeamFork)?;
-        self.laps.lap(3);
+        let fork = TeamFork { timed: self.laps.on, busy: Default::default() };
+        opt.step_halves(be, params, grads, &batch.users, &batch.items, b, &fork)?;
+        self.laps.lap(2);
+        let [u, i] = fork.busy.get();
+        self.laps.busy[2][0] += u;
+        self.laps.busy[2][1] += i;
         Ok(())
     }
 
-    fn take_phase_times(&mut self) -> Vec<(&'static str, f64)> {
+    fn take_phase_times(&mut self) -> Vec<PhaseTime> {
         if !self.laps.on {
             return Vec::new();
         }
-        let sum = std::mem::replace(&mut self.laps.sum, [Duration::ZERO; 4]);
-        PHASES.iter().zip(sum).map(|(&name, d)| (name, d.as_secs_f64())).collect()
+        let wall = std::mem::replace(&mut self.laps.wall, [Duration::ZERO; 3]);
+        let busy = std::mem::replace(&mut self.laps.busy, [[Duration::ZERO; 2]; 3]);
+        PHASES
+            .iter()
+            .zip(wall.iter().zip(busy))
+            .map(|(&name, (w, [a, b]))| PhaseTime {
+                name: name.to_string(),
+                wall_s: w.as_secs_f64(),
+                busy_s: [a.as_secs_f64(), b.as_secs_f64()],
+            })
+            .collect()
     }
 
     /// The reference accumulator, plus half of each lane's (each lane's loss is the mean over
@@ -468,21 +542,31 @@ mod tests {
             let mut batch = Batch::with_capacity(&be, b).unwrap();
             let mut scratch = StepScratch::new(&be, b).unwrap();
             let t0 = std::time::Instant::now();
-            TwoLaneStep::<f64>::around_steps(|| {
-                for k in 0..4 {
-                    let (u, i, y) = rows(b, 40, 30, k);
-                    batch.set(&be, &u, &i, &y).unwrap();
-                    step.step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
-                }
+            // One thread, so each phase's halves run one after the other inside it.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            pool.install(|| {
+                TwoLaneStep::<f64>::around_steps(|| {
+                    for k in 0..4 {
+                        let (u, i, y) = rows(b, 40, 30, k);
+                        batch.set(&be, &u, &i, &y).unwrap();
+                        step.step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
+                    }
+                })
             });
             let wall = t0.elapsed().as_secs_f64();
             let phases = step.take_phase_times();
             if times {
-                let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+                let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
                 assert_eq!(names, PHASES, "the phases, in step order");
-                let sum: f64 = phases.iter().map(|p| p.1).sum();
-                assert!(phases.iter().all(|p| p.1 >= 0.0) && sum > 0.0 && sum <= wall, "{phases:?} in {wall} s");
-                assert!(step.take_phase_times().iter().all(|p| p.1 == 0.0), "reading resets them");
+                let sum: f64 = phases.iter().map(|p| p.wall_s).sum();
+                assert!(phases.iter().all(|p| p.wall_s >= 0.0) && sum > 0.0 && sum <= wall, "{phases:?} in {wall} s");
+                for p in &phases {
+                    // Each half runs inside its phase, one after the other on one thread.
+                    assert!(p.busy_s.iter().all(|&b| b >= 0.0) && p.busy_s[0] + p.busy_s[1] <= p.wall_s, "{p:?}");
+                    assert!(p.busy_s[0] > 0.0, "{p:?}: the first half ran");
+                }
+                let again = step.take_phase_times();
+                assert!(again.iter().all(|p| p.wall_s == 0.0 && p.busy_s == [0.0; 2]), "reading resets them");
             } else {
                 assert!(phases.is_empty(), "{phases:?}");
             }

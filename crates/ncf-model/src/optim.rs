@@ -279,15 +279,7 @@ impl<B: Backend> Optimizer<B> {
             .zip(self.state1.iter_mut().zip(self.state2.iter_mut()));
         let mut dense = [0usize; 2];
         for ((p, g), (s1, s2)) in jobs {
-            let side = match p.role {
-                Role::Embedding(IdSource::User) => 0,
-                Role::Embedding(IdSource::Item) | Role::Stat => 1,
-                _ => {
-                    let side = usize::from(dense[1] <= dense[0]);
-                    dense[side] += p.numel();
-                    side
-                }
-            };
+            let side = half_of(p.role, p.numel(), &mut dense);
             if counts[side] == MAX {
                 round(&mut halves, &mut counts)?;
             }
@@ -295,6 +287,22 @@ impl<B: Backend> Optimizer<B> {
             counts[side] += 1;
         }
         round(&mut halves, &mut counts)
+    }
+}
+
+/// Which half of [`Optimizer::step_halves`] updates a tensor of this `role` and `numel`
+/// elements, called on the tensors in order with `dense` starting at `[0, 0]`: 0 for the
+/// users' tables, 1 for the items' tables and the running statistics, and for a dense tensor
+/// the half with fewer dense elements so far (ties: the items'), which it then joins.
+pub fn half_of(role: Role, numel: usize, dense: &mut [usize; 2]) -> usize {
+    match role {
+        Role::Embedding(IdSource::User) => 0,
+        Role::Embedding(IdSource::Item) | Role::Stat => 1,
+        _ => {
+            let side = usize::from(dense[1] <= dense[0]);
+            dense[side] += numel;
+            side
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::batch::{Batch, StepScratch};
 use crate::models::{AnyModel, Model};
 use crate::optim::Optimizer;
 use ncf_core::{Backend, Error, Result};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
@@ -28,6 +29,17 @@ pub fn train_step<B: Backend, M: Model<B>>(
     model.backward(be, &batch.users, &batch.items, &scratch.dlogits, b)?;
     let (params, grads) = model.params_and_grads();
     opt.step(be, params, grads, &batch.users, &batch.items, b)
+}
+
+/// One phase of a step, summed over steps: its wall seconds, and the seconds each of its two
+/// halves was busy (the half the calling thread runs, then the half it hands to a helper; for
+/// a phase that does not split, the whole phase and 0). Where the wall time exceeds the longer
+/// half, the difference is the hand-off and the wait for the slower half.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub name: String,
+    pub wall_s: f64,
+    pub busy_s: [f64; 2],
 }
 
 /// A way to run training steps.
@@ -55,10 +67,10 @@ pub trait Step<B: Backend> {
     fn take_loss(&mut self, be: &B, scratch: &mut StepScratch<B>) -> Result<f64> {
         scratch.take_loss(be)
     }
-    /// Reads and resets the wall seconds spent in each phase of the step since the last
-    /// call, by phase name in step order, for a step that keeps them (the CPU's two-lane step
-    /// with `NCF_STEP_TIMES=1`); empty otherwise.
-    fn take_phase_times(&mut self) -> Vec<(&'static str, f64)> {
+    /// Reads and resets the time spent in each phase of the step since the last call, in step
+    /// order, for a step that keeps it (the CPU's two-lane step with `NCF_STEP_TIMES=1`);
+    /// empty otherwise.
+    fn take_phase_times(&mut self) -> Vec<PhaseTime> {
         Vec::new()
     }
 }
@@ -176,7 +188,7 @@ impl<B: FastStep> AnyStep<B> {
     }
 
     /// [`Step::take_phase_times`] of the chosen step.
-    pub fn take_phase_times(&mut self) -> Vec<(&'static str, f64)> {
+    pub fn take_phase_times(&mut self) -> Vec<PhaseTime> {
         match self {
             AnyStep::Reference(s) => Step::<B>::take_phase_times(s),
             AnyStep::Fast(s) => s.take_phase_times(),

@@ -125,7 +125,7 @@ pub(crate) fn train_als(
             low_test_hr: low.hr,
             low_test_ndcg: low.ndcg,
             low_users,
-            step_phases_s: Vec::new(),
+            step_phases: Vec::new(),
         };
         on_epoch(&report);
         let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);

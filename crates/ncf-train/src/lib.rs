@@ -190,10 +190,11 @@ pub struct EpochReport {
     pub low_test_ndcg: f64,
     #[serde(default)]
     pub low_users: usize,
-    /// Wall seconds per phase of the training step, in step order, when the step keeps them
-    /// (the CPU's two-lane step with `NCF_STEP_TIMES=1`); empty otherwise.
+    /// Time per phase of the training step (wall seconds, and each half's busy seconds), in
+    /// step order, when the step keeps it (the CPU's two-lane step with `NCF_STEP_TIMES=1`);
+    /// empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub step_phases_s: Vec<(String, f64)>,
+    pub step_phases: Vec<ncf_model::PhaseTime>,
 }
 
 /// Users with fewer training interactions than this are reported apart ("low activity").
@@ -491,7 +492,7 @@ struct Trained {
     training_s: f64,
     loss: f64,
     /// The step's phase times ([`ncf_model::Step::take_phase_times`]), if it keeps them.
-    phases: Vec<(String, f64)>,
+    phases: Vec<ncf_model::PhaseTime>,
 }
 
 /// An epoch's progress bar and its running loss: the loss is read back from the device every
@@ -633,7 +634,7 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
         })?;
         let loss = progress.finish(be, stepper, scratch)?;
         let training_s = t1.elapsed().as_secs_f64();
-        let phases = stepper.take_phase_times().into_iter().map(|(k, s)| (k.to_string(), s)).collect();
+        let phases = stepper.take_phase_times();
         Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss, phases })
     }
 
@@ -711,7 +712,7 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
         }
         let loss = progress.finish(be, stepper, scratch)?;
         let training_s = t1.elapsed().as_secs_f64();
-        let phases = stepper.take_phase_times().into_iter().map(|(k, s)| (k.to_string(), s)).collect();
+        let phases = stepper.take_phase_times();
         Ok(Trained { rows: n_rows, sampling_s: (t1 - t0).as_secs_f64(), training_s, loss, phases })
     }
 
@@ -843,7 +844,7 @@ fn train_on<B: FastStep<T = f32>>(
             low_test_hr: low.hr,
             low_test_ndcg: low.ndcg,
             low_users,
-            step_phases_s: trained.phases,
+            step_phases: trained.phases,
         };
         on_epoch(&report);
         let reached = cfg.stop_at_hr.is_some_and(|x| report.test_hr >= x);
