@@ -222,7 +222,7 @@ fn solve_cg_avx2(g: &[f32], y: &[f32], items: &[u32], alpha: f32, steps: usize, 
     solve_cg_body(g, y, items, alpha, steps, x, s)
 }
 
-/// [`solve_cg_body`] on the SIMD level the kernels run at ([`crate::simd::SimdLevel::best`]).
+/// `solve_cg_body` on the SIMD level the kernels run at ([`crate::simd::SimdLevel::best`]).
 /// Rust does not fuse a multiply and an add on its own, so every level gives the same bits.
 pub fn solve_cg(g_reg: &[f32], y: &[f32], items: &[u32], alpha: f32, steps: usize, x: &mut [f32], scratch: &mut [f32]) {
     use crate::simd::SimdLevel;

@@ -7,7 +7,7 @@
 //!
 //! Both record into a CUDA graph: the trainer runs the first step eagerly (it allocates the
 //! step's scratch and uploads its table), then records steps and replays them. Allocating or
-//! copying from the host while recording is an error ([`CudaBackend::not_capturing`]).
+//! copying from the host while recording is an error (`CudaBackend::not_capturing`).
 //!
 //! Tested against the reference step on the CPU emulator (`tests/fused_step.rs`: four models,
 //! batches 1, 255, 256 and 4,096, three thread orders) and on a GPU by `tests/parity.rs`.

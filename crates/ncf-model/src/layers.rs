@@ -543,7 +543,7 @@ impl<B: Backend> MlpTower<B> {
         }
     }
 
-    /// Computes the [`FirstLayerTables`] from the current weights (inference only), unless the
+    /// Computes the `FirstLayerTables` from the current weights (inference only), unless the
     /// tables are already current (same [`ParamSet::generation`]): a server calls it per query.
     pub fn prepare_scoring(&mut self, be: &B, p: &ParamSet<B>) -> Result<()> {
         let Some(&l0) = self.dense.first() else { return Ok(()) };

@@ -311,7 +311,7 @@ pub const OUTPUT: &str = "Output";
 /// Every setting of a run: `ncf train`'s flags, the keys of its `--config` TOML file (the field
 /// names; `-` may stand for `_`), and the `config` recorded in summaries and checkpoints.
 /// Defaults are the original code's: batch 256, Adam lr 0.001, 4 negatives, factors 8, layers
-/// [64,32,16,8], K = 10.
+/// `[64,32,16,8]`, K = 10.
 #[derive(Clone, Debug, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -653,7 +653,7 @@ impl TrainConfig {
     }
 
     /// A run's settings from its layers, lowest first: the defaults; with `resume`, the
-    /// checkpoint's settings ([`Self::resumed_layer`]); `file`'s keys (a config read with
+    /// checkpoint's settings (`Self::resumed_layer`); `file`'s keys (a config read with
     /// [`Self::from_toml_file`] and the keys it sets); the `cli` fields named in `explicit`
     /// ([`Self::explicit_keys`]). With `resume`, a file key that `--resume` excludes is an
     /// error, as the flag would be.

@@ -64,8 +64,8 @@ pub fn is_available(simd: SimdLevel) -> bool {
 }
 
 /// Whether a `(k, n)` B with column stride `b_cs`, into a C with column stride `c_cs`, suits the
-/// kernel: C's rows contiguous, C not wider than [`MAX_N`], B not bigger than [`MAX_B`], and a
-/// B that must be copied (column stride ≠ 1) not bigger than [`MAX_B_COPY`].
+/// kernel: C's rows contiguous, C not wider than [`MAX_N`], B not bigger than `MAX_B`, and a
+/// B that must be copied (column stride ≠ 1) not bigger than `MAX_B_COPY`.
 pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
     let b_len = k.saturating_mul(n);
     c_cs == 1 && n <= MAX_N && b_len <= MAX_B && (b_cs == 1 || b_len <= MAX_B_COPY)
