@@ -108,14 +108,24 @@ impl Laps {
         a: impl FnOnce() -> RA + Send,
         b: impl FnOnce() -> RB + Send,
     ) -> (RA, RB) {
-        if !self.on {
-            return team::join(a, b);
-        }
-        let ((ra, ta), (rb, tb)) = team::join(|| timed(a), || timed(b));
-        self.busy[phase][0] += ta;
-        self.busy[phase][1] += tb;
-        (ra, rb)
+        join_timed(self.on, &mut self.busy[phase], a, b)
     }
+}
+
+/// [`team::join`], adding each closure's run time to `busy` when `on`.
+fn join_timed<RA: Send, RB: Send>(
+    on: bool,
+    busy: &mut [Duration; 2],
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    if !on {
+        return team::join(a, b);
+    }
+    let ((ra, ta), (rb, tb)) = team::join(|| timed(a), || timed(b));
+    busy[0] += ta;
+    busy[1] += tb;
+    (ra, rb)
 }
 
 /// `f()` and how long it took.
@@ -141,13 +151,10 @@ struct TeamFork {
 
 impl Fork for TeamFork {
     fn fork<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
-        if !self.timed {
-            return team::join(a, b);
-        }
-        let ((ra, ta), (rb, tb)) = team::join(|| timed(a), || timed(b));
-        let [x, y] = self.busy.get();
-        self.busy.set([x + ta, y + tb]);
-        (ra, rb)
+        let mut busy = self.busy.get();
+        let r = join_timed(self.timed, &mut busy, a, b);
+        self.busy.set(busy);
+        r
     }
 }
 
@@ -244,13 +251,16 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     // lane 0's rows, then lane 1's. Beside its side's scatter, each thread also sums the dense
     // gradients its half of the optimizer will update (`g += g1`, then `g1 = 0`; `half_of`), so
     // those lines are already in its cache when the update reads them.
-    let ([mut tu, mut ti], rest) = g.side_tables_and_rest_mut()?;
     let mut sums: [Vec<DensePair<'_, T>>; 2] = [Vec::new(), Vec::new()];
     let mut dense = [0usize; 2];
-    let others = g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_)));
-    for ((_, t), t1) in rest.into_iter().zip(others) {
-        let half = ncf_model::optim::half_of(t.role, t.numel(), &mut dense);
-        sums[half].push((t, t1));
+    let mut lane1 = g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_)));
+    let mut unpaired = false;
+    let [mut tu, mut ti] = g.side_tables_and_rest_mut(|_, t| match lane1.next() {
+        Some(t1) => sums[ncf_model::optim::half_of(t.role, t.numel(), &mut dense)].push((t, t1)),
+        None => unpaired = true,
+    })?;
+    if unpaired || lane1.next().is_some() {
+        return Err(ncf_core::Error::invalid("two_lanes", "g1", "lane 1's gradients are not laid out like lane 0's"));
     }
     let sum = |pairs: &mut Vec<DensePair<'_, T>>| -> Result<()> {
         for (t, t1) in pairs.iter_mut() {

@@ -92,35 +92,30 @@ impl<B: Backend> ParamSet<B> {
     /// gradients so).
     /// A model has at most [`MAX_SIDE_TABLES`] tables per side.
     pub fn side_tables_mut(&mut self) -> Result<[SideTables<'_, B>; 2]> {
-        Ok(self.side_tables_and_rest_mut()?.0)
+        self.side_tables_and_rest_mut(|_, _| {})
     }
 
-    /// [`ParamSet::side_tables_mut`], and every other tensor (with its index) beside them:
-    /// disjoint borrows, so the CPU's two-lane step can sum a dense gradient on the thread
-    /// that scatters one side.
-    #[allow(clippy::type_complexity)]
-    pub fn side_tables_and_rest_mut(&mut self) -> Result<([SideTables<'_, B>; 2], Vec<(usize, &mut Tensor<B>)>)> {
+    /// [`ParamSet::side_tables_mut`], handing every other tensor (with its index) to `rest`
+    /// as it goes: disjoint borrows, so the CPU's two-lane step can sum a dense gradient on
+    /// the thread that scatters one side.
+    pub fn side_tables_and_rest_mut<'a>(
+        &'a mut self,
+        mut rest: impl FnMut(usize, &'a mut Tensor<B>),
+    ) -> Result<[SideTables<'a, B>; 2]> {
         self.generation += 1;
         let mut sides = [SideTables::default(), SideTables::default()];
-        let mut rest = Vec::new();
         for (k, t) in self.tensors.iter_mut().enumerate() {
-            if !matches!(t.role, Role::Embedding(_)) {
-                rest.push((k, t));
+            let Role::Embedding(src) = t.role else {
+                rest(k, t);
                 continue;
-            }
-            if let Role::Embedding(src) = t.role {
-                let side = &mut sides[usize::from(src == IdSource::Item)];
-                let slot = side.slots.iter_mut().find(|s| s.is_none()).ok_or_else(|| {
-                    Error::invalid(
-                        "params",
-                        "tables",
-                        format!("more than {MAX_SIDE_TABLES} embedding tables per id side"),
-                    )
-                })?;
-                *slot = Some((k, &mut t.buf));
-            }
+            };
+            let side = &mut sides[usize::from(src == IdSource::Item)];
+            let slot = side.slots.iter_mut().find(|s| s.is_none()).ok_or_else(|| {
+                Error::invalid("params", "tables", format!("more than {MAX_SIDE_TABLES} embedding tables per id side"))
+            })?;
+            *slot = Some((k, &mut t.buf));
         }
-        Ok((sides, rest))
+        Ok(sides)
     }
 
     /// Records that the values changed (see [`ParamSet::generation`]).
