@@ -550,12 +550,29 @@ mod avx2 {
 
     /// Rows `i0 .. i0 + R` of the strip, `V` vectors wide: `acc[r][v] += A[i0+r, p]·B[p, v]`
     /// over `p` in order from zero, then `α·acc + β·C` with two roundings, as the AVX-512 tile
-    /// and the blocked kernel do.
+    /// and the blocked kernel do. The strip's last vector is masked or not in a separate copy of
+    /// the loop ([`tile_m`]), so the loop tests nothing but its count.
     ///
     /// # Safety
     /// As in [`block`], for the strip's rows `i0..i0+R`.
     #[inline(always)]
     unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
+        // SAFETY: the same contract, passed on.
+        unsafe {
+            if s.full { tile_m::<R, V, false>(s, i0) } else { tile_m::<R, V, true>(s, i0) }
+        }
+    }
+
+    /// [`tile`], with the last vector masked when `MASKED`. The `R` rows of A are `R` pointers
+    /// held apart and `p` steps two at a time: one counter and one offset per two steps, so
+    /// the integer work does not take the FMA ports' slots (each accumulator still runs `p` in
+    /// order).
+    ///
+    /// # Safety
+    /// As in [`block`], for the strip's rows `i0..i0+R`; `MASKED` only when the strip's last
+    /// vector is partial.
+    #[inline(always)]
+    unsafe fn tile_m<const R: usize, const V: usize, const MASKED: bool>(s: &Strip, i0: usize) {
         // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
         // 0..k or C rows i0..i0+R; the last vector's lanes past C's edge are masked off (a masked
         // load reads nothing there, a masked store writes nothing).
@@ -563,23 +580,32 @@ mod avx2 {
             let all = _mm256_set1_epi32(-1);
             let last = |v: usize| if v + 1 == V { s.mask } else { all };
             let load = |p: *const f32, v: usize| {
-                if v + 1 == V && !s.full { _mm256_maskload_ps(p, s.mask) } else { _mm256_loadu_ps(p) }
+                if MASKED && v + 1 == V { _mm256_maskload_ps(p, s.mask) } else { _mm256_loadu_ps(p) }
             };
             let mut acc = [[_mm256_setzero_ps(); V]; R];
-            let a0 = s.a.add(i0 * s.a_rs);
-            for p in 0..s.k {
-                let bp = s.b.add(p * s.b_rs);
+            let rows: [*const f32; R] = std::array::from_fn(|r| s.a.add((i0 + r) * s.a_rs));
+            let (a_cs, b_rs) = (s.a_cs, s.b_rs);
+            let step = |acc: &mut [[__m256; V]; R], p: usize| {
+                let bp = s.b.add(p * b_rs);
                 let mut bv = [_mm256_setzero_ps(); V];
                 for (v, x) in bv.iter_mut().enumerate() {
                     *x = load(bp.add(8 * v), v);
                 }
-                let ap = a0.add(p * s.a_cs);
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_ps(*ap.add(r * s.a_rs));
+                for (acc_r, &row) in acc.iter_mut().zip(&rows) {
+                    let x = _mm256_set1_ps(*row.add(p * a_cs));
                     for (acc_rv, &b) in acc_r.iter_mut().zip(&bv) {
                         *acc_rv = _mm256_fmadd_ps(x, b, *acc_rv);
                     }
                 }
+            };
+            let mut p = 0;
+            while p + 2 <= s.k {
+                step(&mut acc, p);
+                step(&mut acc, p + 1);
+                p += 2;
+            }
+            if p < s.k {
+                step(&mut acc, p);
             }
             let alpha = _mm256_set1_ps(s.alpha);
             let beta = _mm256_set1_ps(s.beta);
@@ -592,7 +618,7 @@ mod avx2 {
                 for (v, &x) in acc_r.iter().enumerate() {
                     let dst = row(r).add(8 * v);
                     let c = if s.beta != 0.0 { load(dst, v) } else { x };
-                    if v + 1 == V && !s.full {
+                    if MASKED && v + 1 == V {
                         _mm256_maskstore_ps(dst, last(v), out(x, c));
                     } else {
                         _mm256_storeu_ps(dst, out(x, c));
