@@ -5,11 +5,12 @@
 //! to split one by one across cores. So this step splits the *batch*: the halves of an even
 //! batch run forward, loss and backward side by side, lane 0 on the calling thread and lane 1
 //! on the spinning helper of [`crate::team`], each with its own activations (and lane 1 with
-//! its own dense gradients). Then the users' embedding tables receive their rows' gradients on
-//! one thread while the items' tables receive theirs on the other, each thread also adding
-//! lane 1's dense gradients into lane 0's for the tensors it will update; and the optimizer
-//! updates the users' tables on one thread, the items' on the other, and the dense tensors
-//! spread over both ([`ncf_model::Optimizer::step_halves`], [`ncf_model::optim::half_of`]).
+//! its own dense gradients). Then the optimizer's two halves run side by side
+//! ([`ncf_model::Optimizer::step_halves_after`], [`ncf_model::optim::half_of`]): the users'
+//! tables and some dense tensors on one thread, the items' tables and the other dense tensors
+//! on the other. Each half first takes its side's rows' gradients into its tables and adds lane
+//! 1's dense gradients into lane 0's for the tensors it updates, then updates them, with no
+//! join between the scatter and the update (each half only reads what it wrote itself).
 //!
 //! ## What it gives, against the reference
 //!
@@ -25,8 +26,8 @@
 //!
 //! ## Where the time goes
 //!
-//! With `NCF_STEP_TIMES=1` ([`STEP_TIMES_ENV`]) the step sums the wall time of its three
-//! phases (the lanes' forward and backward; the scatter with the dense sums; the optimizer) and
+//! With `NCF_STEP_TIMES=1` ([`STEP_TIMES_ENV`]) the step sums the wall time of its two
+//! phases (the lanes' forward and backward; the scatter with the optimizer) and
 //! the time each phase's two halves were busy, and `ncf train` prints them after each epoch:
 //! what a profiler cannot show, since it counts a thread's wait for the other as time spent.
 
@@ -34,11 +35,11 @@ use crate::backend::CpuBackend;
 use crate::ops::gemm::CpuFloat;
 use crate::team;
 use ncf_core::{Backend, Result};
-use ncf_model::params::Tensor;
+use ncf_model::params::{SideTables, Tensor};
 use ncf_model::split::{LaneActs, LaneParts, lane_parts};
 use ncf_model::{
-    AnyModel, Batch, FastStep, Fork, GmfActs, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, PhaseTime, Role,
-    StepScratch,
+    AnyModel, Batch, FastStep, Fork, GmfActs, HalfGrads, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, PhaseTime,
+    Role, StepScratch,
 };
 use std::time::{Duration, Instant};
 
@@ -70,7 +71,7 @@ enum Second<T: CpuFloat> {
 pub const STEP_TIMES_ENV: &str = "NCF_STEP_TIMES";
 
 /// The phases [`Laps`] times, in step order.
-const PHASES: [&str; 3] = ["forward+backward", "scatter+dense sums", "optimizer"];
+const PHASES: [&str; 2] = ["forward+backward", "scatter+optimizer"];
 
 /// Time per phase, summed over steps: `lap(k)` adds the wall time since the last lap (or
 /// `start`) to phase `k`; [`Laps::join`] and [`TeamFork`] add each half's busy time. Costs
@@ -78,8 +79,8 @@ const PHASES: [&str; 3] = ["forward+backward", "scatter+dense sums", "optimizer"
 struct Laps {
     on: bool,
     last: Instant,
-    wall: [Duration; 3],
-    busy: [[Duration; 2]; 3],
+    wall: [Duration; 2],
+    busy: [[Duration; 2]; 2],
 }
 
 impl Laps {
@@ -175,16 +176,19 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             dlogits: vec![T::ZERO; h],
             loss: vec![T::ZERO; 1],
         };
-        let laps = Laps { on: times, last: Instant::now(), wall: [Duration::ZERO; 3], busy: [[Duration::ZERO; 2]; 3] };
+        let laps = Laps { on: times, last: Instant::now(), wall: [Duration::ZERO; 2], busy: [[Duration::ZERO; 2]; 2] };
         TwoLaneStep { lanes: [lane(), lane()], second: Second::None, laps }
     }
 
-    /// Forward, loss and backward of `batch` in two lanes, leaving the summed gradients in the
-    /// model's grads. Returns `false`, having done nothing, when the batch does not split.
-    fn forward_backward_lanes(
+    /// Forward, loss and backward of `batch` in two lanes, then the scatter and the step of
+    /// `opt` by side; with no `opt`, the scatter alone, leaving the summed gradients in the
+    /// model's grads (what the tests compare with the reference's). Returns `false`, having
+    /// done nothing, when the batch does not split.
+    fn lanes_then(
         &mut self,
         be: &CpuBackend<T>,
         model: &mut AnyModel<CpuBackend<T>>,
+        opt: Option<&mut Optimizer<CpuBackend<T>>>,
         batch: &Batch<CpuBackend<T>>,
     ) -> Result<bool> {
         let n = batch.len;
@@ -208,6 +212,11 @@ impl<T: CpuFloat> TwoLaneStep<T> {
                 }
                 let Second::$kind(acts1, g1) = &mut self.second else { unreachable!("set above") };
                 two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, h, &mut self.laps)?;
+                let acts = [&*$acts, &*acts1];
+                match opt {
+                    Some(opt) => scatter_and_update(be, opt, $p, $g, acts, g1, &self.lanes, batch, &mut self.laps)?,
+                    None => scatter_only(be, $g, acts, g1, &self.lanes, h)?,
+                }
             }};
         }
         match parts {
@@ -220,9 +229,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
 }
 
 /// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
-/// `[h, 2h)` into `acts1` and `g1`; then the embedding scatters by side, each thread summing
-/// `g += g1` (and `g1 = 0`) for the dense tensors its optimizer half updates. Each of the two
-/// is a lap of `laps`.
+/// `[h, 2h)` into `acts1` and `g1`: lap 0 of `laps`.
 #[allow(clippy::too_many_arguments)]
 fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     be: &CpuBackend<T>,
@@ -247,51 +254,114 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     r0?;
     r1?;
     laps.lap(0);
-    // The users' tables on one thread, the items' on the other; each table still receives
-    // lane 0's rows, then lane 1's. Beside its side's scatter, each thread also sums the dense
-    // gradients its half of the optimizer will update (`g += g1`, then `g1 = 0`; `half_of`), so
-    // those lines are already in its cache when the update reads them.
-    let mut sums: [Vec<DensePair<'_, T>>; 2] = [Vec::new(), Vec::new()];
-    let mut dense = [0usize; 2];
-    let mut lane1 = g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_)));
-    let mut unpaired = false;
-    let [mut tu, mut ti] = g.side_tables_and_rest_mut(|_, t| match lane1.next() {
-        Some(t1) => sums[ncf_model::optim::half_of(t.role, t.numel(), &mut dense)].push((t, t1)),
-        None => unpaired = true,
-    })?;
-    if unpaired || lane1.next().is_some() {
-        return Err(ncf_core::Error::invalid("two_lanes", "g1", "lane 1's gradients are not laid out like lane 0's"));
-    }
-    let sum = |pairs: &mut Vec<DensePair<'_, T>>| -> Result<()> {
-        for (t, t1) in pairs.iter_mut() {
-            let n = t.numel();
-            be.add_assign(&mut t.buf, &t1.buf, n)?;
-            be.fill(&mut t1.buf, n, T::ZERO)?;
-        }
-        Ok(())
-    };
-    let [mut sum_u, mut sum_i] = sums;
-    let (a0, a1) = (&*acts0, &*acts1);
-    let (ru, ri) = laps.join(
-        1,
-        || {
-            a0.scatter_side(be, IdSource::User, &mut tu, &l0.users, h)?;
-            a1.scatter_side(be, IdSource::User, &mut tu, &l1.users, h)?;
-            sum(&mut sum_u)
-        },
-        || {
-            a0.scatter_side(be, IdSource::Item, &mut ti, &l0.items, h)?;
-            a1.scatter_side(be, IdSource::Item, &mut ti, &l1.items, h)?;
-            sum(&mut sum_i)
-        },
-    );
-    ru.and(ri)?;
-    laps.lap(1);
     Ok(())
 }
 
-/// A dense tensor's gradient in lane 0's set and in lane 1's.
-type DensePair<'a, T> = (&'a mut Tensor<CpuBackend<T>>, &'a mut Tensor<CpuBackend<T>>);
+/// The optimizer's two halves ([`Optimizer::step_halves_after`]), each first taking its side's
+/// rows into the tables' gradients (lane 0's rows, then lane 1's: the batch's row order) and
+/// summing `g += g1` (then `g1 = 0`) for the dense tensors it updates, so those lines are in
+/// its cache when the update reads them, and no join separates the scatter from the update:
+/// lap 1 of `laps`.
+#[allow(clippy::too_many_arguments)]
+fn scatter_and_update<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+    be: &CpuBackend<T>,
+    opt: &mut Optimizer<CpuBackend<T>>,
+    p: &mut ParamSet<CpuBackend<T>>,
+    g: &mut ParamSet<CpuBackend<T>>,
+    acts: [&A; 2],
+    g1: &mut ParamSet<CpuBackend<T>>,
+    lanes: &[Lane<T>; 2],
+    batch: &Batch<CpuBackend<T>>,
+    laps: &mut Laps,
+) -> Result<()> {
+    let h = batch.len / 2;
+    // Lane 1's dense gradients, by the half that updates them (the optimizer's own rule).
+    let (mut lane1, mut dense) = ([Vec::new(), Vec::new()], [0usize; 2]);
+    for t in g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_))) {
+        lane1[ncf_model::optim::half_of(t.role, t.numel(), &mut dense)].push(t);
+    }
+    let [g1_users, g1_items] = lane1;
+    let [l0, l1] = lanes;
+    let fork = TeamFork { timed: laps.on, busy: Default::default() };
+    let before = (
+        scatter_then(be, IdSource::User, acts, [&l0.users, &l1.users], h, g1_users),
+        scatter_then(be, IdSource::Item, acts, [&l0.items, &l1.items], h, g1_items),
+    );
+    opt.step_halves_after(be, p, g, &batch.users, &batch.items, batch.len, &fork, before)?;
+    laps.lap(1);
+    let [u, i] = fork.busy.get();
+    laps.busy[1][0] += u;
+    laps.busy[1][1] += i;
+    Ok(())
+}
+
+/// One optimizer half's prelude: [`scatter_and_sum`] on the half's gradients.
+fn scatter_then<'x, T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+    be: &'x CpuBackend<T>,
+    side: IdSource,
+    acts: [&'x A; 2],
+    ids: [&'x Vec<u32>; 2],
+    h: usize,
+    mut g1: Vec<&'x mut Tensor<CpuBackend<T>>>,
+) -> impl FnOnce(HalfGrads<'_, '_, CpuBackend<T>>) -> Result<()> + Send + 'x {
+    move |mut half| {
+        let (mut tables, rest) = half.tables_and_rest()?;
+        scatter_and_sum(be, side, acts, ids, h, &mut tables, rest, &mut g1)
+    }
+}
+
+/// The `side` rows of both lanes into that side's `tables`, lane 0's then lane 1's (the
+/// batch's row order), then each of lane 1's dense gradients `g1` added into lane 0's in
+/// `rest` (the same tensors, in the same order) and zeroed.
+#[allow(clippy::too_many_arguments)]
+fn scatter_and_sum<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+    be: &CpuBackend<T>,
+    side: IdSource,
+    acts: [&A; 2],
+    ids: [&Vec<u32>; 2],
+    h: usize,
+    tables: &mut SideTables<'_, CpuBackend<T>>,
+    rest: Vec<&mut Tensor<CpuBackend<T>>>,
+    g1: &mut [&mut Tensor<CpuBackend<T>>],
+) -> Result<()> {
+    for (a, ids) in acts.into_iter().zip(ids) {
+        a.scatter_side(be, side, tables, ids, h)?;
+    }
+    if rest.len() != g1.len() || rest.iter().zip(g1.iter()).any(|(t, t1)| t.numel() != t1.numel()) {
+        return Err(ncf_core::Error::invalid("two_lanes", "g1", "lane 1's gradients are not laid out like lane 0's"));
+    }
+    for (t, t1) in rest.into_iter().zip(g1.iter_mut()) {
+        let n = t.numel();
+        be.add_assign(&mut t.buf, &t1.buf, n)?;
+        be.fill(&mut t1.buf, n, T::ZERO)?;
+    }
+    Ok(())
+}
+
+/// [`scatter_and_sum`] for both sides on this thread, with no optimizer step after it.
+fn scatter_only<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+    be: &CpuBackend<T>,
+    g: &mut ParamSet<CpuBackend<T>>,
+    acts: [&A; 2],
+    g1: &mut ParamSet<CpuBackend<T>>,
+    lanes: &[Lane<T>; 2],
+    h: usize,
+) -> Result<()> {
+    let mut dense = [[0usize; 2]; 2];
+    let mut rest: [Vec<&mut Tensor<CpuBackend<T>>>; 2] = [Vec::new(), Vec::new()];
+    let [tu, ti] =
+        g.side_tables_and_rest_mut(|_, t| rest[ncf_model::optim::half_of(t.role, t.numel(), &mut dense[0])].push(t))?;
+    let mut lane1: [Vec<&mut Tensor<CpuBackend<T>>>; 2] = [Vec::new(), Vec::new()];
+    for t in g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_))) {
+        lane1[ncf_model::optim::half_of(t.role, t.numel(), &mut dense[1])].push(t);
+    }
+    let [l0, l1] = lanes;
+    let sides = [(IdSource::User, [&l0.users, &l1.users], tu), (IdSource::Item, [&l0.items, &l1.items], ti)];
+    for (((side, ids, mut tables), rest), g1) in sides.into_iter().zip(rest).zip(&mut lane1) {
+        scatter_and_sum(be, side, acts, ids, h, &mut tables, rest, g1)?;
+    }
+    Ok(())
+}
 
 impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
     fn name(&self) -> &'static str {
@@ -315,20 +385,21 @@ impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
         use ncf_model::Model;
         let b = batch.len;
         self.laps.start();
-        if !self.forward_backward_lanes(be, model, batch)? {
-            model.forward(be, &batch.users, &batch.items, b)?;
-            be.bce_with_logits(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits)?;
-            model.backward(be, &batch.users, &batch.items, &scratch.dlogits, b)?;
-            let d = self.laps.lap(0);
-            self.laps.busy[0][0] += d;
+        if self.lanes_then(be, model, Some(opt), batch)? {
+            return Ok(());
         }
+        model.forward(be, &batch.users, &batch.items, b)?;
+        be.bce_with_logits(model.logits(), &batch.labels, b, &mut scratch.loss, &mut scratch.dlogits)?;
+        model.backward(be, &batch.users, &batch.items, &scratch.dlogits, b)?;
+        let d = self.laps.lap(0);
+        self.laps.busy[0][0] += d;
         let (params, grads) = model.params_and_grads();
         let fork = TeamFork { timed: self.laps.on, busy: Default::default() };
         opt.step_halves(be, params, grads, &batch.users, &batch.items, b, &fork)?;
-        self.laps.lap(2);
+        self.laps.lap(1);
         let [u, i] = fork.busy.get();
-        self.laps.busy[2][0] += u;
-        self.laps.busy[2][1] += i;
+        self.laps.busy[1][0] += u;
+        self.laps.busy[1][1] += i;
         Ok(())
     }
 
@@ -336,8 +407,8 @@ impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
         if !self.laps.on {
             return Vec::new();
         }
-        let wall = std::mem::replace(&mut self.laps.wall, [Duration::ZERO; 3]);
-        let busy = std::mem::replace(&mut self.laps.busy, [[Duration::ZERO; 2]; 3]);
+        let wall = std::mem::replace(&mut self.laps.wall, [Duration::ZERO; 2]);
+        let busy = std::mem::replace(&mut self.laps.busy, [[Duration::ZERO; 2]; 2]);
         PHASES
             .iter()
             .zip(wall.iter().zip(busy))
@@ -422,7 +493,7 @@ mod tests {
                 pool.install(|| {
                     TwoLaneStep::<f64>::around_steps(|| {
                         assert_eq!(team::helper_active(), threads == 2);
-                        let split = step.forward_backward_lanes(&be, &mut model, &batch).unwrap();
+                        let split = step.lanes_then(&be, &mut model, None, &batch).unwrap();
                         let loss = step.take_loss(&be, &mut scratch).unwrap();
                         (tensors(model.grads()), loss, split)
                     })
@@ -477,7 +548,7 @@ mod tests {
             let mut m = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(9, 1)).unwrap();
             let (u, i, y) = rows(len, 40, 30, 0);
             batch.set(&be, &u, &i, &y).unwrap();
-            assert_eq!(step.forward_backward_lanes(&be, &mut m, &batch).unwrap(), want, "{kind} b={len}");
+            assert_eq!(step.lanes_then(&be, &mut m, None, &batch).unwrap(), want, "{kind} b={len}");
         }
     }
 

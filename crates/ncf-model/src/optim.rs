@@ -4,7 +4,7 @@
 //! A step walks the parameter list once. Each tensor is updated by its group's rule and its
 //! gradient is zeroed, so the next backward starts clean.
 
-use crate::params::{HostTensor, IdSource, ParamSet, Role};
+use crate::params::{HostTensor, IdSource, ParamSet, Role, SideTables, Tensor};
 use ncf_core::Float;
 use ncf_core::{AdamHp, Backend, Decay, Error, OptimKind, Result, SgdHp};
 
@@ -223,14 +223,14 @@ impl<B: Backend> Optimizer<B> {
         params.touch();
         let mut have_rows = [false, false];
         let tensors = params.tensors.iter_mut().zip(grads.tensors.iter_mut());
-        for ((p, g), (s1, s2)) in tensors.zip(self.state1.iter_mut().zip(self.state2.iter_mut())) {
-            let slot = Slot { group: *self.cfg.group(p.role), p, g, s1, s2 };
+        for (idx, ((p, g), (s1, s2))) in tensors.zip(self.state1.iter_mut().zip(self.state2.iter_mut())).enumerate() {
+            let slot = Slot { idx, group: *self.cfg.group(p.role), p, g, s1, s2 };
             let (ids, uniq, have) = if matches!(slot.p.role, Role::Embedding(IdSource::User)) {
                 (users, &mut self.uniq_users, &mut have_rows[0])
             } else {
                 (items, &mut self.uniq_items, &mut have_rows[1])
             };
-            update(be, &mut [Some(slot)], ids, uniq, have, b, &self.t_dev)?;
+            update(be, &mut [slot], ids, uniq, have, b, &self.t_dev)?;
         }
         Ok(())
     }
@@ -252,41 +252,84 @@ impl<B: Backend> Optimizer<B> {
         b: usize,
         fork: &impl Fork,
     ) -> Result<()> {
+        let none = |_: HalfGrads<'_, '_, B>| Ok(());
+        self.step_halves_after(be, params, grads, users, items, b, fork, (none, none))
+    }
+
+    /// [`Optimizer::step_halves`], each half first running its `before` closure (users' half:
+    /// `before.0`, items': `before.1`) on the gradients it is about to consume
+    /// ([`HalfGrads`]), on the same thread, with no join between the two. The CPU's two-lane
+    /// step scatters a side's embedding gradients there, so it needs one fork per step for
+    /// scatter and update instead of two.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_halves_after<PU, PI>(
+        &mut self,
+        be: &B,
+        params: &mut ParamSet<B>,
+        grads: &mut ParamSet<B>,
+        users: &B::Ids,
+        items: &B::Ids,
+        b: usize,
+        fork: &impl Fork,
+        before: (PU, PI),
+    ) -> Result<()>
+    where
+        PU: FnOnce(HalfGrads<'_, '_, B>) -> Result<()> + Send,
+        PI: FnOnce(HalfGrads<'_, '_, B>) -> Result<()> + Send,
+    {
         self.t += 1;
         be.counter_add(&mut self.t_dev, 1)?;
         params.touch();
-        // Up to MAX tensors per half at a time (stack arrays, no allocation); a model with
-        // more runs several rounds.
-        const MAX: usize = 16;
-        let mut halves: [[Option<Slot<'_, B>>; MAX]; 2] =
-            [std::array::from_fn(|_| None), std::array::from_fn(|_| None)];
-        let mut counts = [0usize; 2];
-        let mut have_rows = [false; 2];
-        let (uniq_users, uniq_items, t_dev) = (&mut self.uniq_users, &mut self.uniq_items, &self.t_dev);
-        let mut round = |halves: &mut [[Option<Slot<'_, B>>; MAX]; 2], counts: &mut [usize; 2]| -> Result<()> {
-            let ([user_half, item_half], [have_u, have_i]) = (halves, &mut have_rows);
-            let (ru, ri) = fork.fork(
-                || update(be, &mut user_half[..counts[0]], users, uniq_users, have_u, b, t_dev),
-                || update(be, &mut item_half[..counts[1]], items, uniq_items, have_i, b, t_dev),
-            );
-            *counts = [0, 0];
-            ru.and(ri)
-        };
+        let n = params.tensors.len();
+        let mut halves: [Vec<Slot<'_, B>>; 2] = [Vec::with_capacity(n), Vec::with_capacity(n)];
         let jobs = params
             .tensors
             .iter_mut()
             .zip(grads.tensors.iter_mut())
-            .zip(self.state1.iter_mut().zip(self.state2.iter_mut()));
+            .zip(self.state1.iter_mut().zip(self.state2.iter_mut()))
+            .enumerate();
         let mut dense = [0usize; 2];
-        for ((p, g), (s1, s2)) in jobs {
+        for (idx, ((p, g), (s1, s2))) in jobs {
             let side = half_of(p.role, p.numel(), &mut dense);
-            if counts[side] == MAX {
-                round(&mut halves, &mut counts)?;
-            }
-            halves[side][counts[side]] = Some(Slot { group: *self.cfg.group(p.role), p, g, s1, s2 });
-            counts[side] += 1;
+            halves[side].push(Slot { idx, group: *self.cfg.group(p.role), p, g, s1, s2 });
         }
-        round(&mut halves, &mut counts)
+        let (uniq_users, uniq_items, t_dev) = (&mut self.uniq_users, &mut self.uniq_items, &self.t_dev);
+        let [mut user_half, mut item_half] = halves;
+        let (pu, pi) = before;
+        let (ru, ri) = fork.fork(
+            || {
+                pu(HalfGrads { slots: &mut user_half })?;
+                update(be, &mut user_half, users, uniq_users, &mut false, b, t_dev)
+            },
+            || {
+                pi(HalfGrads { slots: &mut item_half })?;
+                update(be, &mut item_half, items, uniq_items, &mut false, b, t_dev)
+            },
+        );
+        ru.and(ri)
+    }
+}
+
+/// The gradients one half of [`Optimizer::step_halves_after`] will consume, lent to its
+/// `before` closure: the half's embedding tables and its other tensors, in set order.
+pub struct HalfGrads<'s, 'a, B: Backend> {
+    slots: &'s mut [Slot<'a, B>],
+}
+
+impl<B: Backend> HalfGrads<'_, '_, B> {
+    /// This half's embedding tables' gradients (by their index in the set, as the model's
+    /// blocks name them), and its other gradients in set order.
+    pub fn tables_and_rest(&mut self) -> Result<(SideTables<'_, B>, Vec<&mut Tensor<B>>)> {
+        let mut tables = SideTables::default();
+        let mut rest = Vec::with_capacity(self.slots.len());
+        for s in self.slots.iter_mut() {
+            if matches!(s.g.role, Role::Embedding(_)) {
+                tables.insert(s.idx, &mut s.g.buf)?;
+            } else {
+                rest.push(&mut *s.g);
+            }
+        }
+        Ok((tables, rest))
     }
 }
 
@@ -323,6 +366,8 @@ impl Fork for InTurn {
 
 /// One tensor's share of an optimizer step.
 struct Slot<'a, B: Backend> {
+    /// The tensor's index in its set.
+    idx: usize,
     group: GroupConfig,
     p: &'a mut crate::params::Tensor<B>,
     g: &'a mut crate::params::Tensor<B>,
@@ -335,14 +380,14 @@ struct Slot<'a, B: Backend> {
 /// tensor whole.
 fn update<B: Backend>(
     be: &B,
-    slots: &mut [Option<Slot<'_, B>>],
+    slots: &mut [Slot<'_, B>],
     ids: &B::Ids,
     uniq: &mut B::Ids,
     have_rows: &mut bool,
     b: usize,
     t_dev: &B::Ids,
 ) -> Result<()> {
-    for Slot { group, p, g, s1, s2 } in slots.iter_mut().filter_map(Option::take) {
+    for Slot { group, p, g, s1, s2, .. } in slots.iter_mut() {
         let n = p.numel();
         match (p.role, group.lazy) {
             (Role::Stat, _) => continue, // running statistics: the forward pass moves them
@@ -375,10 +420,9 @@ mod tests {
     use ncf_core::Float;
     use ncf_cpu::CpuBackend;
 
-    /// A model with more tensors than one round of the two-half step holds (an MLP of 19
-    /// dense layers: 40 dense tensors, about 20 per side) still updates every tensor and zeroes every
-    /// gradient, exactly as one tensor at a time would; and the two-half step gives the plain
-    /// step's weights bit for bit.
+    /// A model with many tensors (an MLP of 19 dense layers: 40 dense tensors, about 20 per
+    /// side) updates every tensor and zeroes every gradient, exactly as one tensor at a time
+    /// would; and the two-half step gives the plain step's weights bit for bit.
     #[test]
     fn a_deep_mlp_updates_every_tensor() {
         let be = CpuBackend::<f64>::default();

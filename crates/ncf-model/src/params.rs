@@ -109,11 +109,7 @@ impl<B: Backend> ParamSet<B> {
                 rest(k, t);
                 continue;
             };
-            let side = &mut sides[usize::from(src == IdSource::Item)];
-            let slot = side.slots.iter_mut().find(|s| s.is_none()).ok_or_else(|| {
-                Error::invalid("params", "tables", format!("more than {MAX_SIDE_TABLES} embedding tables per id side"))
-            })?;
-            *slot = Some((k, &mut t.buf));
+            sides[usize::from(src == IdSource::Item)].insert(k, &mut t.buf)?;
         }
         Ok(sides)
     }
@@ -229,7 +225,16 @@ impl<B: Backend> Default for SideTables<'_, B> {
     }
 }
 
-impl<B: Backend> SideTables<'_, B> {
+impl<'a, B: Backend> SideTables<'a, B> {
+    /// Adds tensor `k`'s buffer to the side's tables.
+    pub(crate) fn insert(&mut self, k: usize, buf: &'a mut B::Buf) -> Result<()> {
+        let slot = self.slots.iter_mut().find(|s| s.is_none()).ok_or_else(|| {
+            Error::invalid("params", "tables", format!("more than {MAX_SIDE_TABLES} embedding tables per id side"))
+        })?;
+        *slot = Some((k, buf));
+        Ok(())
+    }
+
     /// The buffer of tensor `k`, which must be one of this side's tables.
     pub fn get(&mut self, k: usize) -> Result<&mut B::Buf> {
         self.slots.iter_mut().flatten().find(|(i, _)| *i == k).map(|(_, buf)| &mut **buf).ok_or_else(|| {

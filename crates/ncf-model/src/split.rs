@@ -121,11 +121,12 @@ impl<B: Backend> LaneActs<B> for NeuMfActs<B> {
 }
 
 /// A model's parameters, gradients and activations, borrowed apart, for the models a batch
-/// split pays for (GMF, MLP and NeuMF; MF has too little work per row to share).
+/// split pays for (GMF, MLP and NeuMF; MF has too little work per row to share). The
+/// parameters are lent mutably so that the step can also update them.
 pub enum LaneParts<'a, B: Backend> {
-    Gmf(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut GmfActs<B>),
-    Mlp(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut MlpActs<B>),
-    NeuMf(&'a ParamSet<B>, &'a mut ParamSet<B>, &'a mut NeuMfActs<B>),
+    Gmf(&'a mut ParamSet<B>, &'a mut ParamSet<B>, &'a mut GmfActs<B>),
+    Mlp(&'a mut ParamSet<B>, &'a mut ParamSet<B>, &'a mut MlpActs<B>),
+    NeuMf(&'a mut ParamSet<B>, &'a mut ParamSet<B>, &'a mut NeuMfActs<B>),
 }
 
 /// The parts of `model` for a batch of `b` rows, or `None` for MF (and the rating model,
@@ -134,15 +135,15 @@ pub fn lane_parts<B: Backend>(model: &mut AnyModel<B>, b: usize) -> Result<Optio
     Ok(match model {
         AnyModel::Gmf(m) => {
             check_batch("gmf.lanes", b, Model::max_batch(m))?;
-            Some(LaneParts::Gmf(&m.params, &mut m.grads, &mut m.acts))
+            Some(LaneParts::Gmf(&mut m.params, &mut m.grads, &mut m.acts))
         }
         AnyModel::Mlp(m) => {
             check_batch("mlp.lanes", b, Model::max_batch(m))?;
-            Some(LaneParts::Mlp(&m.params, &mut m.grads, &mut m.acts))
+            Some(LaneParts::Mlp(&mut m.params, &mut m.grads, &mut m.acts))
         }
         AnyModel::NeuMf(m) => {
             check_batch("neumf.lanes", b, Model::max_batch(m))?;
-            Some(LaneParts::NeuMf(&m.params, &mut m.grads, &mut m.acts))
+            Some(LaneParts::NeuMf(&mut m.params, &mut m.grads, &mut m.acts))
         }
         AnyModel::Mf(_) | AnyModel::Rating(_) => None,
     })

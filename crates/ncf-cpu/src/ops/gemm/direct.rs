@@ -558,9 +558,7 @@ mod avx2 {
     #[inline(always)]
     unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
         // SAFETY: the same contract, passed on.
-        unsafe {
-            if s.full { tile_m::<R, V, false>(s, i0) } else { tile_m::<R, V, true>(s, i0) }
-        }
+        unsafe { if s.full { tile_m::<R, V, false>(s, i0) } else { tile_m::<R, V, true>(s, i0) } }
     }
 
     /// [`tile`], with the last vector masked when `MASKED`. The `R` rows of A are `R` pointers
