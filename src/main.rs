@@ -11,6 +11,10 @@ use std::process::ExitCode;
 
 mod cmd;
 
+/// Every buffer of 1 KiB or more starts on a cache line (see `ncf_cpu::alloc`).
+#[global_allocator]
+static ALLOC: ncf_cpu::LineAligned = ncf_cpu::LineAligned;
+
 #[derive(Parser)]
 #[command(
     name = "ncf",

@@ -19,8 +19,10 @@
 //! ([`step`]) splits a batch by its size alone, never by the thread count, so a training run
 //! gives the same numbers on any number of threads too.
 
+pub mod alloc;
 pub mod als;
 pub mod backend;
+mod lane;
 pub mod ops;
 pub mod rank;
 pub mod simd;
@@ -29,6 +31,7 @@ pub mod team;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use alloc::LineAligned;
 pub use backend::CpuBackend;
 pub use ops::gemm::{CpuFloat, GemmImpl};
 pub use step::{MIN_LANE_BATCH, TwoLaneStep};

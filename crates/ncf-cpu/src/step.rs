@@ -32,6 +32,7 @@
 //! what a profiler cannot show, since it counts a thread's wait for the other as time spent.
 
 use crate::backend::CpuBackend;
+use crate::lane::CpuLane;
 use crate::ops::gemm::CpuFloat;
 use crate::team;
 use ncf_core::{Backend, Result};
@@ -231,7 +232,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
 /// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
 /// `[h, 2h)` into `acts1` and `g1`: lap 0 of `laps`.
 #[allow(clippy::too_many_arguments)]
-fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+fn two_lanes<T: CpuFloat, A: CpuLane<T>>(
     be: &CpuBackend<T>,
     p: &ParamSet<CpuBackend<T>>,
     g: &mut ParamSet<CpuBackend<T>>,
@@ -244,10 +245,10 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
 ) -> Result<()> {
     let half = T::from_f64(0.5);
     let run = |acts: &mut A, g: &mut ParamSet<CpuBackend<T>>, lane: &mut Lane<T>| -> Result<()> {
-        acts.forward(be, p, &lane.users, &lane.items, h)?;
+        acts.lane_forward(be, p, &lane.users, &lane.items, h)?;
         be.bce_with_logits(acts.logits(), &lane.labels, h, &mut lane.loss, &mut lane.dlogits)?;
         be.scale(&mut lane.dlogits, h, half)?;
-        acts.backward_rows(be, p, g, &lane.dlogits, h)
+        acts.lane_backward_rows(be, p, g, &lane.dlogits, h)
     };
     let [l0, l1] = lanes;
     let (r0, r1) = laps.join(0, || run(acts0, g, l0), || run(acts1, g1, l1));
@@ -263,7 +264,7 @@ fn two_lanes<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
 /// its cache when the update reads them, and no join separates the scatter from the update:
 /// lap 1 of `laps`.
 #[allow(clippy::too_many_arguments)]
-fn scatter_and_update<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+fn scatter_and_update<T: CpuFloat, A: CpuLane<T>>(
     be: &CpuBackend<T>,
     opt: &mut Optimizer<CpuBackend<T>>,
     p: &mut ParamSet<CpuBackend<T>>,
@@ -296,7 +297,7 @@ fn scatter_and_update<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
 }
 
 /// One optimizer half's prelude: [`scatter_and_sum`] on the half's gradients.
-fn scatter_then<'x, T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+fn scatter_then<'x, T: CpuFloat, A: CpuLane<T>>(
     be: &'x CpuBackend<T>,
     side: IdSource,
     acts: [&'x A; 2],
@@ -314,7 +315,7 @@ fn scatter_then<'x, T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
 /// batch's row order), then each of lane 1's dense gradients `g1` added into lane 0's in
 /// `rest` (the same tensors, in the same order) and zeroed.
 #[allow(clippy::too_many_arguments)]
-fn scatter_and_sum<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+fn scatter_and_sum<T: CpuFloat, A: CpuLane<T>>(
     be: &CpuBackend<T>,
     side: IdSource,
     acts: [&A; 2],
@@ -325,7 +326,7 @@ fn scatter_and_sum<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
     g1: &mut [&mut Tensor<CpuBackend<T>>],
 ) -> Result<()> {
     for (a, ids) in acts.into_iter().zip(ids) {
-        a.scatter_side(be, side, tables, ids, h)?;
+        a.lane_scatter_side(be, side, tables, ids, h)?;
     }
     if rest.len() != g1.len() || rest.iter().zip(g1.iter()).any(|(t, t1)| t.numel() != t1.numel()) {
         return Err(ncf_core::Error::invalid("two_lanes", "g1", "lane 1's gradients are not laid out like lane 0's"));
@@ -339,7 +340,7 @@ fn scatter_and_sum<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
 }
 
 /// [`scatter_and_sum`] for both sides on this thread, with no optimizer step after it.
-fn scatter_only<T: CpuFloat, A: LaneActs<CpuBackend<T>>>(
+fn scatter_only<T: CpuFloat, A: CpuLane<T>>(
     be: &CpuBackend<T>,
     g: &mut ParamSet<CpuBackend<T>>,
     acts: [&A; 2],
@@ -469,12 +470,20 @@ mod tests {
     }
 
     /// One forward/loss/backward, by the reference path or by the two lanes (in a pool of
-    /// `threads` threads, inside the step's `around_steps`); returns the grads and the loss.
-    fn gradients(kind: ModelKind, b: usize, lanes: Option<usize>) -> (Named, f64, bool) {
+    /// `threads` threads, inside the step's `around_steps`), of a model with `feats` side
+    /// features per side (0: none; a hybrid's multi-hot tables get a pattern of zeros and
+    /// ones); returns the grads and the loss.
+    fn gradients_with(kind: ModelKind, feats: usize, b: usize, lanes: Option<usize>) -> (Named, f64, bool) {
         let be = Be::default();
         let mut cfg = ModelConfig::new(kind, 40, 30);
         cfg.init = InitConfig::for_gradcheck();
+        (cfg.user_features, cfg.item_features) = (feats, feats);
         let mut model = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(9, 1)).unwrap();
+        for t in &mut model.params_and_grads().0.tensors {
+            if t.name.ends_with("features") {
+                t.buf.iter_mut().enumerate().for_each(|(k, x)| *x = f64::from(u8::from(k % 3 == 1)));
+            }
+        }
         let (u, i, y) = rows(b, 40, 30, 0);
         let mut batch = Batch::with_capacity(&be, b).unwrap();
         batch.set(&be, &u, &i, &y).unwrap();
@@ -508,18 +517,27 @@ mod tests {
     /// on whether the second lane runs on a helper thread.
     #[test]
     fn two_lanes_match_the_reference_on_any_thread_count() {
-        for kind in [ModelKind::NeuMf, ModelKind::Mlp, ModelKind::Gmf] {
+        // NeuMF and MLP with side features take the model's own lane (no x₀ columns).
+        let models = [
+            (ModelKind::NeuMf, 0),
+            (ModelKind::Mlp, 0),
+            (ModelKind::Gmf, 0),
+            (ModelKind::NeuMf, 3),
+            (ModelKind::Mlp, 2),
+        ];
+        for (kind, feats) in models {
             let b = 128;
-            let (reference, loss_ref, _) = gradients(kind, b, None);
-            let one_thread = gradients(kind, b, Some(1));
-            let two_threads = gradients(kind, b, Some(2));
+            let (reference, loss_ref, _) = gradients_with(kind, feats, b, None);
+            let one_thread = gradients_with(kind, feats, b, Some(1));
+            let two_threads = gradients_with(kind, feats, b, Some(2));
             assert!(one_thread.2, "{kind}: an even batch of {b} rows splits into lanes");
             assert_eq!(one_thread, two_threads, "{kind}: one thread and two threads give identical results");
             let (lanes, loss_lanes, _) = one_thread;
             assert!((loss_ref - loss_lanes).abs() <= 1e-12 * loss_ref.abs(), "{kind}: loss {loss_ref} vs {loss_lanes}");
             for ((name, emb, g1), (_, _, g2)) in reference.iter().zip(&lanes) {
                 let (worst, first) = evidence(g1, g2);
-                if *emb {
+                if *emb || name.ends_with("features") {
+                    // The tables; the side features' are data, with no gradient on either path.
                     assert_eq!(g1, g2, "{kind}: {name} must match bit for bit; max_rel {worst:e}, first {first:?}");
                 } else {
                     let max = g1.iter().map(|a| a.abs()).fold(0.0, f64::max);

@@ -417,8 +417,21 @@ impl<B: Backend> MlpTower<B> {
                 "a tower with batch norm or dropout runs forward_train (training) or forward_eval",
             ));
         }
-        self.dropped = false;
         self.embed(be, p, users, items, b)?;
+        self.forward_layers(be, p, b)
+    }
+
+    /// The plain tower's dense layers, from an `x₀` already in place: [`MlpTower::forward`]
+    /// without the embedding, for a fast path that fills `x₀` itself ([`MlpTower::x0_mut`]).
+    pub fn forward_layers(&mut self, be: &B, p: &ParamSet<B>, b: usize) -> Result<()> {
+        if self.is_regularized() {
+            return Err(Error::invalid(
+                "mlp.forward",
+                "tower",
+                "a tower with batch norm or dropout runs forward_train (training) or forward_eval",
+            ));
+        }
+        self.dropped = false;
         for (l, layer) in self.dense.iter().enumerate() {
             // zₗ = xₗ₋₁·Wₗᵀ + bₗ and xₗ = relu(zₗ), fused (one pass on the GPU).
             let (prev, cur) = self.x.split_at_mut(l);
@@ -435,6 +448,17 @@ impl<B: Backend> MlpTower<B> {
             )?;
         }
         Ok(())
+    }
+
+    /// `x₀ (B, in_width)`, for a fast path that gathers the embeddings into it before
+    /// [`MlpTower::forward_layers`].
+    pub fn x0_mut(&mut self) -> &mut B::Buf {
+        &mut self.x0
+    }
+
+    /// `∂L/∂x₀ (B, in_width)` after [`MlpTower::backward_layers`] (or a plain backward).
+    pub fn dx0(&self) -> &B::Buf {
+        &self.dx0
     }
 
     /// The training forward of any tower: batch norm with the batch's statistics (moving the
@@ -617,6 +641,33 @@ impl<B: Backend> MlpTower<B> {
         if self.is_regularized() {
             return self.backward_regularized(be, p, g, dout, b);
         }
+        if self.dense.is_empty() {
+            // Only the plain tower can be empty; x₀ is then the output.
+            let e = &mut self.emb;
+            return be.split_cols(dout, e.d, e.d, b, &mut e.dpu, &mut e.dqi);
+        }
+        self.backward_layers(be, p, g, dout, b)?;
+        self.unembed(be, b)
+    }
+
+    /// The plain tower's dense layers in reverse, down to `∂L/∂x₀` ([`MlpTower::dx0`]), which
+    /// it leaves unsplit: [`MlpTower::backward`] without the split into `dP[u]`, `dQ[i]`, for a
+    /// fast path that scatters from `dx₀`'s columns itself.
+    pub fn backward_layers(
+        &mut self,
+        be: &B,
+        p: &ParamSet<B>,
+        g: &mut ParamSet<B>,
+        dout: &B::Buf,
+        b: usize,
+    ) -> Result<()> {
+        if self.is_regularized() {
+            return Err(Error::invalid(
+                "mlp.backward",
+                "tower",
+                "a tower with batch norm or dropout has no plain backward",
+            ));
+        }
         for l in (0..self.dense.len()).rev() {
             let layer = self.dense[l];
             let (dx_lo, dx_hi) = self.dx.split_at_mut(l);
@@ -639,12 +690,7 @@ impl<B: Backend> MlpTower<B> {
                 layer.o,
             )?;
         }
-        if self.dense.is_empty() {
-            // Only the plain tower can be empty; x₀ is then the output.
-            let e = &mut self.emb;
-            return be.split_cols(dout, e.d, e.d, b, &mut e.dpu, &mut e.dqi);
-        }
-        self.unembed(be, b)
+        Ok(())
     }
 
     /// [`MlpTower::backward`] after [`MlpTower::forward_train`] of a regularized tower. `dxₗ`

@@ -138,6 +138,77 @@ pub fn embedding_backward<T: Float>(dout: &[T], d: usize, ids: &[u32], dtable: &
     });
 }
 
+/// Gather into columns, reference version: `out[b, col0..col0+D] = table[ids[b], :]` for
+/// `table (N,D)  ids (B)  out (B,C)`, `col0 + D ≤ C`; `out`'s other columns are left alone.
+/// The CPU's two-lane step gathers the MLP tower's `P[u]` and `Q[i]` straight into `x₀ =
+/// [P[u], Q[i]]` with it, where the reference gathers each and then concatenates.
+pub fn embedding_forward_cols_naive<T: Float>(
+    table: &[T],
+    d: usize,
+    ids: &[u32],
+    out: &mut [T],
+    cols: usize,
+    col0: usize,
+) {
+    for (b, &id) in ids.iter().enumerate() {
+        for j in 0..d {
+            out[b * cols + col0 + j] = table[id as usize * d + j];
+        }
+    }
+}
+
+/// Gather into columns, fast version: one short copy per row (a lane's few hundred rows: no
+/// threads).
+pub fn embedding_forward_cols<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T], cols: usize, col0: usize) {
+    if d == 0 {
+        return;
+    }
+    for (row, &id) in out.chunks_mut(cols).zip(ids) {
+        let start = id as usize * d;
+        super::copy_row(&mut row[col0..col0 + d], &table[start..start + d]);
+    }
+}
+
+/// Scatter-add from columns, reference version: `dtable[ids[b], :] += dout[b, col0..col0+D]`
+/// for `dout (B,C)`, in batch order. The two-lane step scatters the MLP tower's `dP[u]` and
+/// `dQ[i]` straight from `∂L/∂x₀`'s columns with it, where the reference splits `dx₀` first.
+pub fn embedding_backward_cols_naive<T: Float>(
+    dout: &[T],
+    cols: usize,
+    col0: usize,
+    d: usize,
+    ids: &[u32],
+    dtable: &mut [T],
+) {
+    for (b, &id) in ids.iter().enumerate() {
+        for j in 0..d {
+            dtable[id as usize * d + j] += dout[b * cols + col0 + j];
+        }
+    }
+}
+
+/// Scatter-add from columns, fast version: whole-row adds in batch order, the table's rows
+/// asked for a few ahead (as the serial [`embedding_backward`]), so the sums are the naive
+/// loop's bit for bit.
+pub fn embedding_backward_cols<T: Float>(
+    dout: &[T],
+    cols: usize,
+    col0: usize,
+    d: usize,
+    ids: &[u32],
+    dtable: &mut [T],
+) {
+    if d == 0 {
+        return;
+    }
+    for (k, (g, &id)) in dout.chunks(cols).zip(ids).enumerate() {
+        if let Some(&next) = ids.get(k + super::PREFETCH_ROWS) {
+            super::prefetch(dtable, next as usize * d, d);
+        }
+        add_into(&mut dtable[id as usize * d..(id as usize + 1) * d], &g[col0..col0 + d]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +257,38 @@ mod tests {
                 pool.install(|| embedding_backward(&dout, d, &ids, &mut got));
                 assert_close_f32(
                     &format!("scatter n={n} d={d} b={b} threads={threads}"),
+                    &got,
+                    &want,
+                    ncf_core::Tol { abs: 0.0, rel: 0.0 },
+                );
+            }
+        }
+    }
+
+    /// The column gather and scatter against their naive twins, bit for bit: both halves of a
+    /// `[P[u], Q[i]]` row (col0 0 and D), a row wider than the two (features' columns), repeated
+    /// ids; the gather leaves the other columns alone.
+    #[test]
+    fn column_gather_and_scatter_match_naive_bitwise() {
+        for &(n, d, b, extra) in &[(7, 3, 5, 0), (100, 8, 128, 0), (100, 32, 128, 5), (9, 32, 200, 0)] {
+            let cols = 2 * d + extra;
+            let table = rand_vec(n * d, 1);
+            let ids = rand_ids(b, n, 2);
+            for col0 in [0, d] {
+                let start = rand_vec(b * cols, 3);
+                let (mut want, mut got) = (start.clone(), start.clone());
+                embedding_forward_cols_naive(&table, d, &ids, &mut want, cols, col0);
+                embedding_forward_cols(&table, d, &ids, &mut got, cols, col0);
+                assert_eq!(got, want, "gather n={n} d={d} b={b} cols={cols} col0={col0}");
+                let untouched = (0..b * cols).filter(|k| !(col0..col0 + d).contains(&(k % cols)));
+                assert!(untouched.into_iter().all(|k| got[k] == start[k]), "other columns kept");
+                let dout = rand_vec(b * cols, 4);
+                let mut want = rand_vec(n * d, 5);
+                let mut got = want.clone();
+                embedding_backward_cols_naive(&dout, cols, col0, d, &ids, &mut want);
+                embedding_backward_cols(&dout, cols, col0, d, &ids, &mut got);
+                assert_close_f32(
+                    &format!("scatter n={n} d={d} b={b} cols={cols} col0={col0}"),
                     &got,
                     &want,
                     ncf_core::Tol { abs: 0.0, rel: 0.0 },
