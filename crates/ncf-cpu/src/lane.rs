@@ -17,7 +17,7 @@ use crate::ops::embedding::{embedding_backward_cols, embedding_forward_cols};
 use crate::ops::gemm::CpuFloat;
 use ncf_core::check::{self, Ids};
 use ncf_core::{Backend, Error, Result};
-use ncf_model::layers::MlpTower;
+use ncf_model::layers::{EmbeddingPair, MlpTower};
 use ncf_model::params::SideTables;
 use ncf_model::split::LaneActs;
 use ncf_model::{GmfActs, IdSource, MlpActs, NeuMfActs, ParamSet};
@@ -57,10 +57,40 @@ pub(crate) trait CpuLane<T: CpuFloat>: LaneActs<Cpu<T>> {
     ) -> Result<()> {
         self.scatter_side(be, side, t, ids, b)
     }
+    /// Where, after [`CpuLane::lane_backward_rows`], each row's gradient for table `k` of the
+    /// `side` tables lies: a buffer of rows of `cols`, the table's `D` columns from `col0`.
+    /// `None` where the lane has no such buffer (then the table's gradient comes from
+    /// [`CpuLane::lane_scatter_side`] only).
+    fn row_grads(&self, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)>;
 }
 
 /// GMF has no MLP tower: its own lane.
-impl<T: CpuFloat> CpuLane<T> for GmfActs<Cpu<T>> {}
+impl<T: CpuFloat> CpuLane<T> for GmfActs<Cpu<T>> {
+    fn row_grads(&self, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)> {
+        pair_grads(&self.gmf.emb, side, k)
+    }
+}
+
+/// The GMF pair's `dP[u]`, `dQ[i]` rows (contiguous, `D` wide) for table `k`.
+fn pair_grads<T: CpuFloat>(e: &EmbeddingPair<Cpu<T>>, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)> {
+    match side {
+        IdSource::User if k == e.user => Some((&e.dpu, e.d, 0)),
+        IdSource::Item if k == e.item => Some((&e.dqi, e.d, 0)),
+        _ => None,
+    }
+}
+
+/// The MLP tower's rows for table `k`: `∂L/∂x₀`'s first `D` columns for the users' table, the
+/// next `D` for the items', where the tower runs the column path.
+fn tower_grads<T: CpuFloat>(m: &MlpTower<Cpu<T>>, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)> {
+    let e = &m.emb;
+    match side {
+        _ if !direct(m) => None,
+        IdSource::User if k == e.user => Some((m.dx0(), 2 * e.d, 0)),
+        IdSource::Item if k == e.item => Some((m.dx0(), 2 * e.d, e.d)),
+        _ => None,
+    }
+}
 
 impl<T: CpuFloat> CpuLane<T> for MlpActs<Cpu<T>> {
     fn lane_forward(
@@ -94,6 +124,9 @@ impl<T: CpuFloat> CpuLane<T> for MlpActs<Cpu<T>> {
         b: usize,
     ) -> Result<()> {
         tower_scatter(be, &self.mlp, side, t, ids, b)
+    }
+    fn row_grads(&self, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)> {
+        tower_grads(&self.mlp, side, k)
     }
 }
 
@@ -136,6 +169,9 @@ impl<T: CpuFloat> CpuLane<T> for NeuMfActs<Cpu<T>> {
     ) -> Result<()> {
         self.gmf.emb.backward_side(be, side, t, ids, b)?;
         tower_scatter(be, &self.mlp, side, t, ids, b)
+    }
+    fn row_grads(&self, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)> {
+        pair_grads(&self.gmf.emb, side, k).or_else(|| tower_grads(&self.mlp, side, k))
     }
 }
 

@@ -33,14 +33,17 @@
 
 use crate::backend::CpuBackend;
 use crate::lane::CpuLane;
+use crate::ops::embedding::{compact_slots, embedding_backward_compact};
 use crate::ops::gemm::CpuFloat;
+use crate::ops::optim::adam_step_rows_compact;
 use crate::team;
+use ncf_core::OptimKind;
 use ncf_core::{Backend, Result};
 use ncf_model::params::{SideTables, Tensor};
 use ncf_model::split::{LaneActs, LaneParts, lane_parts};
 use ncf_model::{
     AnyModel, Batch, FastStep, Fork, GmfActs, HalfGrads, IdSource, MlpActs, NeuMfActs, Optimizer, ParamSet, PhaseTime,
-    Role, StepScratch,
+    Role, StepScratch, TableStep,
 };
 use std::time::{Duration, Instant};
 
@@ -142,6 +145,25 @@ pub struct TwoLaneStep<T: CpuFloat> {
     lanes: [Lane<T>; 2],
     second: Second<T>,
     laps: Laps,
+    /// Each optimizer half's compact gradients ([`compact_tables`]): users', items'.
+    compact: [Compact<T>; 2],
+}
+
+/// One side's scratch for [`compact_tables`]: the batch's ids of the side, their distinct
+/// values, each id's row among them, and a compact gradient `(K, D)`.
+struct Compact<T> {
+    ids: Vec<u32>,
+    uniq: Vec<u32>,
+    slot: Vec<u32>,
+    gc: Vec<T>,
+    /// Steps whose half updated its tables here (what the tests check was taken).
+    steps: u64,
+}
+
+impl<T> Default for Compact<T> {
+    fn default() -> Self {
+        Compact { ids: Vec::new(), uniq: Vec::new(), slot: Vec::new(), gc: Vec::new(), steps: 0 }
+    }
 }
 
 /// [`Fork`] on the helper thread of [`team::with_helper`], summing each half's busy time into
@@ -178,7 +200,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             loss: vec![T::ZERO; 1],
         };
         let laps = Laps { on: times, last: Instant::now(), wall: [Duration::ZERO; 2], busy: [[Duration::ZERO; 2]; 2] };
-        TwoLaneStep { lanes: [lane(), lane()], second: Second::None, laps }
+        TwoLaneStep { lanes: [lane(), lane()], second: Second::None, laps, compact: Default::default() }
     }
 
     /// Forward, loss and backward of `batch` in two lanes, then the scatter and the step of
@@ -215,7 +237,10 @@ impl<T: CpuFloat> TwoLaneStep<T> {
                 two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, h, &mut self.laps)?;
                 let acts = [&*$acts, &*acts1];
                 match opt {
-                    Some(opt) => scatter_and_update(be, opt, $p, $g, acts, g1, &self.lanes, batch, &mut self.laps)?,
+                    Some(opt) => {
+                        let (lanes, compact) = (&self.lanes, &mut self.compact);
+                        scatter_and_update(be, opt, $p, $g, acts, g1, lanes, compact, batch, &mut self.laps)?
+                    }
                     None => scatter_only(be, $g, acts, g1, &self.lanes, h)?,
                 }
             }};
@@ -272,6 +297,7 @@ fn scatter_and_update<T: CpuFloat, A: CpuLane<T>>(
     acts: [&A; 2],
     g1: &mut ParamSet<CpuBackend<T>>,
     lanes: &[Lane<T>; 2],
+    compact: &mut [Compact<T>; 2],
     batch: &Batch<CpuBackend<T>>,
     laps: &mut Laps,
 ) -> Result<()> {
@@ -283,10 +309,11 @@ fn scatter_and_update<T: CpuFloat, A: CpuLane<T>>(
     }
     let [g1_users, g1_items] = lane1;
     let [l0, l1] = lanes;
+    let [cu, ci] = compact;
     let fork = TeamFork { timed: laps.on, busy: Default::default() };
     let before = (
-        scatter_then(be, IdSource::User, acts, [&l0.users, &l1.users], h, g1_users),
-        scatter_then(be, IdSource::Item, acts, [&l0.items, &l1.items], h, g1_items),
+        scatter_then(be, IdSource::User, acts, [&l0.users, &l1.users], h, g1_users, cu),
+        scatter_then(be, IdSource::Item, acts, [&l0.items, &l1.items], h, g1_items, ci),
     );
     opt.step_halves_after(be, p, g, &batch.users, &batch.items, batch.len, &fork, before)?;
     laps.lap(1);
@@ -296,7 +323,10 @@ fn scatter_and_update<T: CpuFloat, A: CpuLane<T>>(
     Ok(())
 }
 
-/// One optimizer half's prelude: [`scatter_and_sum`] on the half's gradients.
+/// One optimizer half's prelude: its side's tables summed compactly and updated
+/// ([`compact_tables`]) where it can, else [`scatter_and_sum`]'s scatter into the tables'
+/// gradients; then the dense sums.
+#[allow(clippy::too_many_arguments)]
 fn scatter_then<'x, T: CpuFloat, A: CpuLane<T>>(
     be: &'x CpuBackend<T>,
     side: IdSource,
@@ -304,16 +334,95 @@ fn scatter_then<'x, T: CpuFloat, A: CpuLane<T>>(
     ids: [&'x Vec<u32>; 2],
     h: usize,
     mut g1: Vec<&'x mut Tensor<CpuBackend<T>>>,
+    compact: &'x mut Compact<T>,
 ) -> impl FnOnce(HalfGrads<'_, '_, CpuBackend<T>>) -> Result<()> + Send + 'x {
     move |mut half| {
+        let done = compact_tables(be, side, acts, ids, h, compact, &mut half)?;
         let (mut tables, rest) = half.tables_and_rest()?;
-        scatter_and_sum(be, side, acts, ids, h, &mut tables, rest, &mut g1)
+        scatter_and_sum(be, side, acts, ids, h, (!done).then_some(&mut tables), rest, &mut g1)
     }
 }
 
-/// The `side` rows of both lanes into that side's `tables`, lane 0's then lane 1's (the
-/// batch's row order), then each of lane 1's dense gradients `g1` added into lane 0's in
-/// `rest` (the same tensors, in the same order) and zeroed.
+/// Lazy Adam on the half's tables with compact gradients: the side's distinct ids `K` of the
+/// batch, each lane's rows summed into a `(K, D)` gradient in row order (lane 0's, then lane
+/// 1's), and [`adam_step_rows_compact`] on it, a table at a time. The sums and the update are
+/// those of the table-gradient path bit for bit; what changes is where the sums live: a few
+/// dozen KiB in this core's cache instead of table rows that come from memory. Returns
+/// `false`, having done nothing, unless every table of the half is lazy Adam and both lanes
+/// hold its rows' gradients ([`CpuLane::row_grads`]).
+#[allow(clippy::too_many_arguments)]
+fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
+    be: &CpuBackend<T>,
+    side: IdSource,
+    acts: [&A; 2],
+    ids: [&Vec<u32>; 2],
+    h: usize,
+    c: &mut Compact<T>,
+    half: &mut HalfGrads<'_, '_, CpuBackend<T>>,
+) -> Result<bool> {
+    let (mut tables, t) = half.tables();
+    let Some(n) = tables.first().map(|ts| ts.p.rows()) else { return Ok(false) };
+    let fits = |ts: &TableStep<'_, CpuBackend<T>>| {
+        ts.group.lazy
+            && matches!(ts.group.rule, OptimKind::Adam(_))
+            && ts.p.rows() == n
+            && acts.iter().all(|a| a.row_grads(side, ts.idx).is_some())
+    };
+    if !tables.iter().all(fits) {
+        return Ok(false);
+    }
+    c.ids.clear();
+    c.ids.extend(ids.iter().flat_map(|v| &v[..h]));
+    be.unique_ids(&c.ids, 2 * h, n, &mut c.uniq)?;
+    c.slot.resize(n, 0);
+    compact_slots(&c.uniq, &mut c.slot);
+    let t = u64::from(t.first().copied().unwrap_or(0));
+    for ts in tables.iter_mut() {
+        let OptimKind::Adam(hp) = ts.group.rule else { unreachable!("checked above") };
+        let d = ts.p.row_width();
+        c.gc.clear();
+        c.gc.resize(c.uniq.len() * d, T::ZERO);
+        for (a, ids) in acts.iter().zip(ids) {
+            let (buf, cols, col0) = a.row_grads(side, ts.idx).expect("checked above");
+            check_rows("compact_tables", buf.len(), h, cols, col0 + d)?;
+            embedding_backward_compact(&buf[..h * cols], cols, col0, d, &ids[..h], &c.slot, &mut c.gc);
+        }
+        for (field, len) in [("p", ts.p.buf.len()), ("s1", ts.s1.len()), ("s2", ts.s2.len())] {
+            check_rows("compact_tables", len, n, d, d).map_err(|_| {
+                ncf_core::Error::invalid("compact_tables", field, format!("{len} elements, fewer than {n} rows of {d}"))
+            })?;
+        }
+        adam_step_rows_compact(
+            &mut ts.p.buf[..n * d],
+            &mut c.gc,
+            &mut ts.s1[..n * d],
+            &mut ts.s2[..n * d],
+            &c.uniq,
+            d,
+            &hp,
+            t,
+        );
+        ts.done();
+    }
+    c.steps += 1;
+    Ok(true)
+}
+
+/// A buffer of `len` elements holds `rows` rows of `cols`, and `width ≤ cols`.
+fn check_rows(op: &'static str, len: usize, rows: usize, cols: usize, width: usize) -> Result<()> {
+    if width <= cols && rows.checked_mul(cols).is_some_and(|need| len >= need) {
+        return Ok(());
+    }
+    Err(ncf_core::Error::invalid(
+        op,
+        "rows",
+        format!("{len} elements, fewer than {rows} rows of {cols} (or {width} > {cols})"),
+    ))
+}
+
+/// With `tables`, the `side` rows of both lanes into that side's tables, lane 0's then lane
+/// 1's (the batch's row order); then each of lane 1's dense gradients `g1` added into lane 0's
+/// in `rest` (the same tensors, in the same order) and zeroed.
 #[allow(clippy::too_many_arguments)]
 fn scatter_and_sum<T: CpuFloat, A: CpuLane<T>>(
     be: &CpuBackend<T>,
@@ -321,12 +430,14 @@ fn scatter_and_sum<T: CpuFloat, A: CpuLane<T>>(
     acts: [&A; 2],
     ids: [&Vec<u32>; 2],
     h: usize,
-    tables: &mut SideTables<'_, CpuBackend<T>>,
+    tables: Option<&mut SideTables<'_, CpuBackend<T>>>,
     rest: Vec<&mut Tensor<CpuBackend<T>>>,
     g1: &mut [&mut Tensor<CpuBackend<T>>],
 ) -> Result<()> {
-    for (a, ids) in acts.into_iter().zip(ids) {
-        a.lane_scatter_side(be, side, tables, ids, h)?;
+    if let Some(tables) = tables {
+        for (a, ids) in acts.into_iter().zip(ids) {
+            a.lane_scatter_side(be, side, tables, ids, h)?;
+        }
     }
     if rest.len() != g1.len() || rest.iter().zip(g1.iter()).any(|(t, t1)| t.numel() != t1.numel()) {
         return Err(ncf_core::Error::invalid("two_lanes", "g1", "lane 1's gradients are not laid out like lane 0's"));
@@ -359,7 +470,7 @@ fn scatter_only<T: CpuFloat, A: CpuLane<T>>(
     let [l0, l1] = lanes;
     let sides = [(IdSource::User, [&l0.users, &l1.users], tu), (IdSource::Item, [&l0.items, &l1.items], ti)];
     for (((side, ids, mut tables), rest), g1) in sides.into_iter().zip(rest).zip(&mut lane1) {
-        scatter_and_sum(be, side, acts, ids, h, &mut tables, rest, g1)?;
+        scatter_and_sum(be, side, acts, ids, h, Some(&mut tables), rest, g1)?;
     }
     Ok(())
 }
@@ -578,12 +689,20 @@ mod tests {
     fn fast_step_matches_reference_step_for_every_model() {
         let be = Be::default();
         let b = 96;
-        for kind in ModelKind::ALL {
+        // A hybrid NeuMF too (side features, filled with a pattern): its tower takes the
+        // model's own path, so its tables take the table-gradient path.
+        for (kind, feats) in ModelKind::ALL.into_iter().map(|k| (k, 0)).chain([(ModelKind::NeuMf, 2)]) {
             let mut cfg = ModelConfig::new(kind, 40, 30);
             cfg.init = InitConfig::for_gradcheck();
+            (cfg.user_features, cfg.item_features) = (feats, feats);
             let mut runs = Vec::new();
             for step_kind in [StepKind::Reference, StepKind::Fast] {
                 let mut model = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+                for t in &mut model.params_and_grads().0.tensors {
+                    if t.name.ends_with("features") {
+                        t.buf.iter_mut().enumerate().for_each(|(k, x)| *x = f64::from(u8::from(k % 3 == 1)));
+                    }
+                }
                 let mut opt = Optimizer::new(&be, model.params(), OptimConfig::adam(0.01), b).unwrap();
                 let mut step = AnyStep::new(&be, step_kind, b).unwrap();
                 let mut batch = Batch::with_capacity(&be, b).unwrap();
@@ -601,6 +720,12 @@ mod tests {
                         }
                     }
                 });
+                if let AnyStep::Fast(s) = &step {
+                    // Every model with a head splits its even batches (3 of the 4) and updates
+                    // both sides' tables with compact gradients; MF never splits.
+                    let want = if kind == ModelKind::Mf || feats > 0 { 0 } else { 3 };
+                    assert_eq!(s.compact.each_ref().map(|c| c.steps), [want; 2], "{kind}: compact halves");
+                }
                 runs.push((after_one, tensors(model.params()), losses));
             }
             let (ref1, ref_end, ref_loss) = &runs[0];

@@ -28,6 +28,6 @@ pub mod step;
 pub use batch::{Batch, StepScratch};
 pub use init::{Init, InitConfig};
 pub use models::{AnyModel, Gmf, GmfActs, Mf, Mlp, MlpActs, Model, ModelConfig, ModelKind, NeuMf, NeuMfActs, Rating};
-pub use optim::{Fork, Group, GroupConfig, HalfGrads, InTurn, OptimConfig, Optimizer};
+pub use optim::{Fork, Group, GroupConfig, HalfGrads, InTurn, OptimConfig, Optimizer, TableStep};
 pub use params::{HostTensor, IdSource, ParamSet, Role};
 pub use step::{AnyStep, FastStep, PhaseTime, ReferenceStep, Step, StepKind, train_step};

@@ -224,7 +224,7 @@ impl<B: Backend> Optimizer<B> {
         let mut have_rows = [false, false];
         let tensors = params.tensors.iter_mut().zip(grads.tensors.iter_mut());
         for (idx, ((p, g), (s1, s2))) in tensors.zip(self.state1.iter_mut().zip(self.state2.iter_mut())).enumerate() {
-            let slot = Slot { idx, group: *self.cfg.group(p.role), p, g, s1, s2 };
+            let slot = Slot { idx, done: false, group: *self.cfg.group(p.role), p, g, s1, s2 };
             let (ids, uniq, have) = if matches!(slot.p.role, Role::Embedding(IdSource::User)) {
                 (users, &mut self.uniq_users, &mut have_rows[0])
             } else {
@@ -291,18 +291,18 @@ impl<B: Backend> Optimizer<B> {
         let mut dense = [0usize; 2];
         for (idx, ((p, g), (s1, s2))) in jobs {
             let side = half_of(p.role, p.numel(), &mut dense);
-            halves[side].push(Slot { idx, group: *self.cfg.group(p.role), p, g, s1, s2 });
+            halves[side].push(Slot { idx, done: false, group: *self.cfg.group(p.role), p, g, s1, s2 });
         }
         let (uniq_users, uniq_items, t_dev) = (&mut self.uniq_users, &mut self.uniq_items, &self.t_dev);
         let [mut user_half, mut item_half] = halves;
         let (pu, pi) = before;
         let (ru, ri) = fork.fork(
             || {
-                pu(HalfGrads { slots: &mut user_half })?;
+                pu(HalfGrads { slots: &mut user_half, t_dev })?;
                 update(be, &mut user_half, users, uniq_users, &mut false, b, t_dev)
             },
             || {
-                pi(HalfGrads { slots: &mut item_half })?;
+                pi(HalfGrads { slots: &mut item_half, t_dev })?;
                 update(be, &mut item_half, items, uniq_items, &mut false, b, t_dev)
             },
         );
@@ -311,9 +311,12 @@ impl<B: Backend> Optimizer<B> {
 }
 
 /// The gradients one half of [`Optimizer::step_halves_after`] will consume, lent to its
-/// `before` closure: the half's embedding tables and its other tensors, in set order.
+/// `before` closure: the half's embedding tables and its other tensors, in set order. The
+/// closure may also update a table itself ([`HalfGrads::tables`], [`TableStep::done`]), which
+/// the half then leaves alone.
 pub struct HalfGrads<'s, 'a, B: Backend> {
     slots: &'s mut [Slot<'a, B>],
+    t_dev: &'s B::Ids,
 }
 
 impl<B: Backend> HalfGrads<'_, '_, B> {
@@ -330,6 +333,48 @@ impl<B: Backend> HalfGrads<'_, '_, B> {
             }
         }
         Ok((tables, rest))
+    }
+
+    /// This half's embedding tables not yet updated, each with what its update needs: the
+    /// table, its gradient, its optimizer state and rule, and the step count (as the backend
+    /// holds it: `t` after this step's increment). A closure that updates a table itself, by
+    /// the same rule, marks it [`TableStep::done`].
+    pub fn tables(&mut self) -> (Vec<TableStep<'_, B>>, &B::Ids) {
+        let steps = self
+            .slots
+            .iter_mut()
+            .filter(|s| matches!(s.p.role, Role::Embedding(_)) && !s.done)
+            .map(|s| TableStep {
+                idx: s.idx,
+                group: s.group,
+                p: &mut *s.p,
+                g: &mut *s.g,
+                s1: &mut *s.s1,
+                s2: &mut *s.s2,
+                done: &mut s.done,
+            })
+            .collect();
+        (steps, self.t_dev)
+    }
+}
+
+/// One embedding table's update, lent by [`HalfGrads::tables`]: Adam's `s1, s2` are its first
+/// and second moments, SGD's `s1` its momentum.
+pub struct TableStep<'s, B: Backend> {
+    /// The table's index in its set.
+    pub idx: usize,
+    pub group: GroupConfig,
+    pub p: &'s mut Tensor<B>,
+    pub g: &'s mut Tensor<B>,
+    pub s1: &'s mut B::Buf,
+    pub s2: &'s mut B::Buf,
+    done: &'s mut bool,
+}
+
+impl<B: Backend> TableStep<'_, B> {
+    /// Records that the caller updated the table (and consumed its gradient) this step.
+    pub fn done(&mut self) {
+        *self.done = true;
     }
 }
 
@@ -368,6 +413,8 @@ impl Fork for InTurn {
 struct Slot<'a, B: Backend> {
     /// The tensor's index in its set.
     idx: usize,
+    /// Updated already, by a fast step's own code ([`TableStep::done`]).
+    done: bool,
     group: GroupConfig,
     p: &'a mut crate::params::Tensor<B>,
     g: &'a mut crate::params::Tensor<B>,
@@ -387,7 +434,7 @@ fn update<B: Backend>(
     b: usize,
     t_dev: &B::Ids,
 ) -> Result<()> {
-    for Slot { group, p, g, s1, s2, .. } in slots.iter_mut() {
+    for Slot { group, p, g, s1, s2, .. } in slots.iter_mut().filter(|s| !s.done) {
         let n = p.numel();
         match (p.role, group.lazy) {
             (Role::Stat, _) => continue, // running statistics: the forward pass moves them

@@ -209,6 +209,59 @@ pub fn embedding_backward_cols<T: Float>(
     }
 }
 
+/// Scatter-add into a compact gradient, reference version: `gc[slot[ids[b]], :] += dout[b,
+/// col0..col0+D]` for `dout (B,C)` and `gc (K,D)`, in batch order, where `slot` maps each id to
+/// its row among the batch's `K` distinct ids ([`compact_slots`]). The two-lane step sums a
+/// side's rows there, and lazy Adam reads them from there
+/// ([`super::optim::adam_step_rows_compact`]), instead of a table-sized gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward_compact_naive<T: Float>(
+    dout: &[T],
+    cols: usize,
+    col0: usize,
+    d: usize,
+    ids: &[u32],
+    slot: &[u32],
+    gc: &mut [T],
+) {
+    for (b, &id) in ids.iter().enumerate() {
+        let k = slot[id as usize] as usize;
+        for j in 0..d {
+            gc[k * d + j] += dout[b * cols + col0 + j];
+        }
+    }
+}
+
+/// Scatter-add into a compact gradient, fast version: whole-row adds, in batch order (the
+/// naive loop's sums, bit for bit). `gc` is a few dozen KiB the core just zeroed, so nothing
+/// is prefetched.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward_compact<T: Float>(
+    dout: &[T],
+    cols: usize,
+    col0: usize,
+    d: usize,
+    ids: &[u32],
+    slot: &[u32],
+    gc: &mut [T],
+) {
+    if d == 0 {
+        return;
+    }
+    for (g, &id) in dout.chunks(cols).zip(ids) {
+        let k = slot[id as usize] as usize;
+        add_into(&mut gc[k * d..(k + 1) * d], &g[col0..col0 + d]);
+    }
+}
+
+/// `slot[uniq[k]] = k`: each of a batch's distinct ids (sorted, from `unique_ids`) mapped to
+/// its row of a compact gradient. Entries of ids not in `uniq` keep whatever they held.
+pub fn compact_slots(uniq: &[u32], slot: &mut [u32]) {
+    for (k, &id) in uniq.iter().enumerate() {
+        slot[id as usize] = k as u32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +347,33 @@ mod tests {
                     ncf_core::Tol { abs: 0.0, rel: 0.0 },
                 );
             }
+        }
+    }
+
+    /// The compact scatter against its naive twin, bit for bit, and against the table scatter:
+    /// row `k` of the compact gradient is the table gradient's row `uniq[k]`.
+    #[test]
+    fn compact_scatter_matches_naive_and_the_table_scatter() {
+        for &(n, d, b, cols, col0) in
+            &[(7, 3, 20, 3, 0), (100, 8, 128, 8, 0), (100, 32, 128, 64, 32), (9, 32, 200, 64, 0)]
+        {
+            let dout = rand_vec(b * cols, 4);
+            let ids = rand_ids(b, n, 2);
+            let mut uniq = ids.clone();
+            uniq.sort_unstable();
+            uniq.dedup();
+            let mut slot = vec![u32::MAX; n];
+            compact_slots(&uniq, &mut slot);
+            let mut want = vec![0.0f32; uniq.len() * d];
+            let mut got = want.clone();
+            embedding_backward_compact_naive(&dout, cols, col0, d, &ids, &slot, &mut want);
+            embedding_backward_compact(&dout, cols, col0, d, &ids, &slot, &mut got);
+            let exact = ncf_core::Tol { abs: 0.0, rel: 0.0 };
+            assert_close_f32(&format!("compact n={n} d={d} b={b} cols={cols}"), &got, &want, exact);
+            let mut table = vec![0.0f32; n * d];
+            embedding_backward_cols_naive(&dout, cols, col0, d, &ids, &mut table);
+            let rows: Vec<f32> = uniq.iter().flat_map(|&r| table[r as usize * d..][..d].to_vec()).collect();
+            assert_close_f32(&format!("compact vs table n={n} d={d}"), &got, &rows, exact);
         }
     }
 }

@@ -124,15 +124,20 @@ pub fn adam_step<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], h
         .for_each(|((p, g), (m, v))| adam_rows_best(p, g, m, v, None, p.len(), &s));
 }
 
-/// Adam on the `rows` of width `d` of an `(N,D)` table whose first row is `base` (or, with
-/// `None`, on all of the slices as one run of width `d`).
+/// Where [`adam_rows`] finds each row: the `rows` of width `d` of an `(N,D)` table whose first
+/// row is `base`, the gradient either in the same row of `g` (`compact: false`) or in row `i`
+/// of a compact `g (len(rows), D)` for the `i`-th listed row; `None`: all of the slices as one
+/// run.
+type Rows<'a> = Option<(&'a [u32], usize, bool)>;
+
+/// Adam on the rows `rows` names (see [`Rows`]).
 #[inline(always)]
 fn adam_rows<T: Float>(
     p: &mut [T],
     g: &mut [T],
     m: &mut [T],
     v: &mut [T],
-    rows: Option<(&[u32], usize)>,
+    rows: Rows<'_>,
     d: usize,
     s: &AdamScalars<T>,
 ) {
@@ -141,17 +146,21 @@ fn adam_rows<T: Float>(
     // core that updates this side of the step, which a plain prefetch suits.
     match rows {
         None => adam_run(p, g, m, v, s),
-        Some((rows, base)) => {
+        Some((rows, base, compact)) => {
             for (i, &r) in rows.iter().enumerate() {
                 if let Some(&next) = rows.get(i + super::PREFETCH_ROWS) {
                     let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
                     super::prefetch_write(p, start, d);
-                    for t in [&*g, &*m, &*v] {
+                    for t in [&*m, &*v] {
                         super::prefetch(t, start, d);
+                    }
+                    if !compact {
+                        super::prefetch(g, start, d);
                     }
                 }
                 let k = (r as usize - base) * d..(r as usize - base + 1) * d;
-                adam_run(&mut p[k.clone()], &mut g[k.clone()], &mut m[k.clone()], &mut v[k], s);
+                let kg = if compact { i * d..(i + 1) * d } else { k.clone() };
+                adam_run(&mut p[k.clone()], &mut g[kg], &mut m[k.clone()], &mut v[k], s);
             }
         }
     }
@@ -167,7 +176,7 @@ fn adam_rows_avx2<T: Float>(
     g: &mut [T],
     m: &mut [T],
     v: &mut [T],
-    rows: Option<(&[u32], usize)>,
+    rows: Rows<'_>,
     d: usize,
     s: &AdamScalars<T>,
 ) {
@@ -180,7 +189,7 @@ fn adam_rows_best<T: Float>(
     g: &mut [T],
     m: &mut [T],
     v: &mut [T],
-    rows: Option<(&[u32], usize)>,
+    rows: Rows<'_>,
     d: usize,
     s: &AdamScalars<T>,
 ) {
@@ -225,12 +234,30 @@ pub fn adam_step_rows<T: Float>(
         let (v0, v1) = v.split_at_mut(cut);
         let (lo, hi) = rows.split_at(h);
         crate::team::join(
-            || adam_rows_best(p0, g0, m0, v0, Some((lo, 0)), d, &s),
-            || adam_rows_best(p1, g1, m1, v1, Some((hi, hi[0] as usize)), d, &s),
+            || adam_rows_best(p0, g0, m0, v0, Some((lo, 0, false)), d, &s),
+            || adam_rows_best(p1, g1, m1, v1, Some((hi, hi[0] as usize, false)), d, &s),
         );
     } else {
-        adam_rows_best(p, g, m, v, Some((rows, 0)), d, &s);
+        adam_rows_best(p, g, m, v, Some((rows, 0, false)), d, &s);
     }
+}
+
+/// [`adam_step_rows`] with a compact gradient: row `i` of `gc (len(rows), D)` is the gradient
+/// of table row `rows[i]`, and is zeroed. The same arithmetic on the same values, so the same
+/// bits as [`adam_step_rows`] on a table holding those rows. The CPU's two-lane step sums a
+/// batch's rows there instead of in a table-sized gradient whose rows would come from memory.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step_rows_compact<T: Float>(
+    p: &mut [T],
+    gc: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    rows: &[u32],
+    d: usize,
+    hp: &AdamHp,
+    t: u64,
+) {
+    adam_rows_best(p, gc, m, v, Some((rows, 0, true)), d, &AdamScalars::new(hp, t));
 }
 
 /// Fewest rows per thread for which [`adam_step_rows`] splits its rows.
@@ -406,6 +433,35 @@ mod tests {
                 assert_ne!(ps[s.clone()], p0[s]);
             } else {
                 assert_eq!(ps[s.clone()], p0[s]);
+            }
+        }
+    }
+
+    /// Lazy Adam with a compact gradient against the table-gradient form: the same bits in
+    /// every table row and moment, over three steps with weight decay, for row widths around
+    /// the vector widths; the compact gradient is consumed.
+    #[test]
+    fn compact_lazy_adam_equals_lazy_adam_bitwise() {
+        for d in [1usize, 8, 13, 32] {
+            let n = 50;
+            let rows = [0u32, 3, 4, 17, 31, 49];
+            let hp = AdamHp { decay: Decay::L2(0.01), ..AdamHp::default() };
+            let (mut pt, mut mt, mut vt) = (rand_vec(n * d, 1), vec![0.0f32; n * d], vec![0.0f32; n * d]);
+            let (mut pc, mut mc, mut vc) = (pt.clone(), mt.clone(), vt.clone());
+            for t in 1..=3u64 {
+                let gc = rand_vec(rows.len() * d, 10 + t);
+                let mut g = vec![0.0f32; n * d];
+                for (i, &r) in rows.iter().enumerate() {
+                    g[r as usize * d..][..d].copy_from_slice(&gc[i * d..][..d]);
+                }
+                let mut gc = gc;
+                adam_step_rows(&mut pt, &mut g, &mut mt, &mut vt, &rows, d, &hp, t);
+                adam_step_rows_compact(&mut pc, &mut gc, &mut mc, &mut vc, &rows, d, &hp, t);
+                let tol = ncf_core::Tol { abs: 0.0, rel: 0.0 };
+                assert_close_f32(&format!("compact p, d={d} t={t}"), &pc, &pt, tol);
+                assert_close_f32(&format!("compact m, d={d} t={t}"), &mc, &mt, tol);
+                assert_close_f32(&format!("compact v, d={d} t={t}"), &vc, &vt, tol);
+                assert!(gc.iter().all(|&x| x == 0.0), "the compact gradient is consumed");
             }
         }
     }
