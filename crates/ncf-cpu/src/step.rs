@@ -8,9 +8,12 @@
 //! its own dense gradients). Then the optimizer's two halves run side by side
 //! ([`ncf_model::Optimizer::step_halves_after`], [`ncf_model::optim::half_of`]): the users'
 //! tables and some dense tensors on one thread, the items' tables and the other dense tensors
-//! on the other. Each half first takes its side's rows' gradients into its tables and adds lane
-//! 1's dense gradients into lane 0's for the tensors it updates, then updates them, with no
-//! join between the scatter and the update (each half only reads what it wrote itself).
+//! on the other. Each half first sums its side's rows' gradients and adds lane 1's dense
+//! gradients into lane 0's for the tensors it updates, then updates them, with no join between
+//! the sums and the update (each half only reads what it wrote itself). Where a side's tables
+//! are all lazy Adam, the rows are summed into a compact `(K, D)` gradient over the batch's `K`
+//! distinct ids, which the update reads (`compact_tables`); otherwise into the tables'
+//! gradients, as the reference does.
 //!
 //! ## What it gives, against the reference
 //!
