@@ -6,8 +6,10 @@
 //! them into `x₀ = [P[u], Q[i]]`; backward, it splits `∂L/∂x₀` back into `dP[u]` and `dQ[i]`,
 //! which the scatter adds into the tables. Here the rows go straight into `x₀`'s columns
 //! ([`embedding_forward_cols`]) and are scattered straight from `∂L/∂x₀`'s columns
-//! ([`embedding_backward_cols`]): two copies of `(B, 2D)` fewer per lane, the same values (a
-//! copy is exact), so the step's bits do not change. Everything else is the model's own code
+//! ([`embedding_backward_cols`]), or, where the step sums a side's rows into a compact
+//! gradient, read from there ([`CpuLane::row_grads`]): two copies of `(B, 2D)` fewer per lane,
+//! the same values (a copy is exact), so the step's bits do not change. Everything else is the
+//! model's own code
 //! ([`MlpTower::forward_layers`], [`MlpTower::backward_layers`], the GMF tower, the head).
 //! A tower with side features, batch norm or dropout, or no dense layer, takes the model's own
 //! path ([`LaneActs`]) whole. `step.rs`'s tests hold the lanes to the reference.
@@ -199,7 +201,7 @@ fn tower_forward<T: CpuFloat>(
     for (k, n, ids, col0) in sides {
         let table = p.buf(k);
         check::embedding_forward(table.len(), n, d, Ids::host(ids), b, b * d)?;
-        check_cols("embedding_forward_cols", "x0", x0.len(), b, 2 * d)?;
+        check_rows("embedding_forward_cols", "x0", x0.len(), b, 2 * d)?;
         embedding_forward_cols(&table[..n * d], d, &ids[..b], &mut x0[..b * 2 * d], 2 * d, col0);
     }
     m.forward_layers(be, p, b)
@@ -238,17 +240,17 @@ fn tower_scatter<T: CpuFloat>(
     let (d, dx0) = (e.d, m.dx0());
     let dtable = t.get(k)?;
     check::embedding_backward(b * d, Ids::host(ids), b, d, dtable.len(), n)?;
-    check_cols("embedding_backward_cols", "dx0", dx0.len(), b, 2 * d)?;
+    check_rows("embedding_backward_cols", "dx0", dx0.len(), b, 2 * d)?;
     embedding_backward_cols(&dx0[..b * 2 * d], 2 * d, col0, d, &ids[..b], &mut dtable[..n * d]);
     Ok(())
 }
 
-/// `x (B, cols)` holds `b` rows.
-fn check_cols(op: &'static str, field: &'static str, len: usize, b: usize, cols: usize) -> Result<()> {
-    if b.checked_mul(cols).is_some_and(|need| len >= need) {
+/// `field`, a buffer of `len` elements, holds `rows` rows of `cols`.
+pub(crate) fn check_rows(op: &'static str, field: &'static str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    if rows.checked_mul(cols).is_some_and(|need| len >= need) {
         return Ok(());
     }
-    Err(Error::invalid(op, field, format!("{len} elements, fewer than {b} rows of {cols}")))
+    Err(Error::invalid(op, field, format!("{len} elements, fewer than {rows} rows of {cols}")))
 }
 
 #[cfg(test)]

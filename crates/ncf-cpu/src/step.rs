@@ -35,7 +35,7 @@
 //! what a profiler cannot show, since it counts a thread's wait for the other as time spent.
 
 use crate::backend::CpuBackend;
-use crate::lane::CpuLane;
+use crate::lane::{CpuLane, check_rows};
 use crate::ops::embedding::{compact_slots, embedding_backward_compact};
 use crate::ops::gemm::CpuFloat;
 use crate::ops::optim::adam_step_rows_compact;
@@ -152,10 +152,9 @@ pub struct TwoLaneStep<T: CpuFloat> {
     compact: [Compact<T>; 2],
 }
 
-/// One side's scratch for [`compact_tables`]: the batch's ids of the side, their distinct
-/// values, each id's row among them, and a compact gradient `(K, D)`.
+/// One side's scratch for [`compact_tables`]: the batch's distinct ids of the side, each id's
+/// row among them, and a compact gradient `(K, D)`.
 struct Compact<T> {
-    ids: Vec<u32>,
     uniq: Vec<u32>,
     slot: Vec<u32>,
     gc: Vec<T>,
@@ -165,7 +164,7 @@ struct Compact<T> {
 
 impl<T> Default for Compact<T> {
     fn default() -> Self {
-        Compact { ids: Vec::new(), uniq: Vec::new(), slot: Vec::new(), gc: Vec::new(), steps: 0 }
+        Compact { uniq: Vec::new(), slot: Vec::new(), gc: Vec::new(), steps: 0 }
     }
 }
 
@@ -315,8 +314,8 @@ fn scatter_and_update<T: CpuFloat, A: CpuLane<T>>(
     let [cu, ci] = compact;
     let fork = TeamFork { timed: laps.on, busy: Default::default() };
     let before = (
-        scatter_then(be, IdSource::User, acts, [&l0.users, &l1.users], h, g1_users, cu),
-        scatter_then(be, IdSource::Item, acts, [&l0.items, &l1.items], h, g1_items, ci),
+        scatter_then(be, IdSource::User, acts, [&l0.users, &l1.users], &batch.users, h, g1_users, cu),
+        scatter_then(be, IdSource::Item, acts, [&l0.items, &l1.items], &batch.items, h, g1_items, ci),
     );
     opt.step_halves_after(be, p, g, &batch.users, &batch.items, batch.len, &fork, before)?;
     laps.lap(1);
@@ -335,12 +334,13 @@ fn scatter_then<'x, T: CpuFloat, A: CpuLane<T>>(
     side: IdSource,
     acts: [&'x A; 2],
     ids: [&'x Vec<u32>; 2],
+    batch_ids: &'x Vec<u32>,
     h: usize,
     mut g1: Vec<&'x mut Tensor<CpuBackend<T>>>,
     compact: &'x mut Compact<T>,
 ) -> impl FnOnce(HalfGrads<'_, '_, CpuBackend<T>>) -> Result<()> + Send + 'x {
     move |mut half| {
-        let done = compact_tables(be, side, acts, ids, h, compact, &mut half)?;
+        let done = compact_tables(be, side, acts, ids, batch_ids, h, compact, &mut half)?;
         let (mut tables, rest) = half.tables_and_rest()?;
         scatter_and_sum(be, side, acts, ids, h, (!done).then_some(&mut tables), rest, &mut g1)
     }
@@ -359,6 +359,7 @@ fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
     side: IdSource,
     acts: [&A; 2],
     ids: [&Vec<u32>; 2],
+    batch_ids: &Vec<u32>,
     h: usize,
     c: &mut Compact<T>,
     half: &mut HalfGrads<'_, '_, CpuBackend<T>>,
@@ -374,9 +375,8 @@ fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
     if !tables.iter().all(fits) {
         return Ok(false);
     }
-    c.ids.clear();
-    c.ids.extend(ids.iter().flat_map(|v| &v[..h]));
-    be.unique_ids(&c.ids, 2 * h, n, &mut c.uniq)?;
+    // The batch's ids of the side are lane 0's then lane 1's: the lanes' rows, unsplit.
+    be.unique_ids(batch_ids, 2 * h, n, &mut c.uniq)?;
     c.slot.resize(n, 0);
     compact_slots(&c.uniq, &mut c.slot);
     let t = u64::from(t.first().copied().unwrap_or(0));
@@ -387,13 +387,18 @@ fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
         c.gc.resize(c.uniq.len() * d, T::ZERO);
         for (a, ids) in acts.iter().zip(ids) {
             let (buf, cols, col0) = a.row_grads(side, ts.idx).expect("checked above");
-            check_rows("compact_tables", buf.len(), h, cols, col0 + d)?;
+            if col0 + d > cols {
+                return Err(ncf_core::Error::invalid(
+                    "compact_tables",
+                    "row grads",
+                    format!("columns {col0}+{d} of {cols}"),
+                ));
+            }
+            check_rows("compact_tables", "row grads", buf.len(), h, cols)?;
             embedding_backward_compact(&buf[..h * cols], cols, col0, d, &ids[..h], &c.slot, &mut c.gc);
         }
         for (field, len) in [("p", ts.p.buf.len()), ("s1", ts.s1.len()), ("s2", ts.s2.len())] {
-            check_rows("compact_tables", len, n, d, d).map_err(|_| {
-                ncf_core::Error::invalid("compact_tables", field, format!("{len} elements, fewer than {n} rows of {d}"))
-            })?;
+            check_rows("compact_tables", field, len, n, d)?;
         }
         adam_step_rows_compact(
             &mut ts.p.buf[..n * d],
@@ -409,18 +414,6 @@ fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
     }
     c.steps += 1;
     Ok(true)
-}
-
-/// A buffer of `len` elements holds `rows` rows of `cols`, and `width ≤ cols`.
-fn check_rows(op: &'static str, len: usize, rows: usize, cols: usize, width: usize) -> Result<()> {
-    if width <= cols && rows.checked_mul(cols).is_some_and(|need| len >= need) {
-        return Ok(());
-    }
-    Err(ncf_core::Error::invalid(
-        op,
-        "rows",
-        format!("{len} elements, fewer than {rows} rows of {cols} (or {width} > {cols})"),
-    ))
 }
 
 /// With `tables`, the `side` rows of both lanes into that side's tables, lane 0's then lane
