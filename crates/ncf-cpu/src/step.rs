@@ -157,6 +157,8 @@ pub struct TwoLaneStep<T: CpuFloat> {
 struct Compact<T> {
     uniq: Vec<u32>,
     slot: Vec<u32>,
+    /// The compact gradient's storage, as long as the largest `K·D` so far and all zeros
+    /// between steps (the update zeroes what it reads).
     gc: Vec<T>,
     /// Steps whose half updated its tables here (what the tests check was taken).
     steps: u64,
@@ -383,9 +385,13 @@ fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
     for ts in tables.iter_mut() {
         let OptimKind::Adam(hp) = ts.group.rule else { unreachable!("checked above") };
         let d = ts.p.row_width();
-        c.gc.clear();
-        c.gc.resize(c.uniq.len() * d, T::ZERO);
-        for (a, ids) in acts.iter().zip(ids) {
+        // Every check before the first sum: `c.gc` is all zeros between calls (the update
+        // zeroes the rows it reads), so it is never zeroed here, and no error may leave sums
+        // behind in it.
+        for (field, len) in [("p", ts.p.buf.len()), ("s1", ts.s1.len()), ("s2", ts.s2.len())] {
+            check_rows("compact_tables", field, len, n, d)?;
+        }
+        for a in acts {
             let (buf, cols, col0) = a.row_grads(side, ts.idx).expect("checked above");
             if col0 + d > cols {
                 return Err(ncf_core::Error::invalid(
@@ -395,14 +401,19 @@ fn compact_tables<T: CpuFloat, A: CpuLane<T>>(
                 ));
             }
             check_rows("compact_tables", "row grads", buf.len(), h, cols)?;
-            embedding_backward_compact(&buf[..h * cols], cols, col0, d, &ids[..h], &c.slot, &mut c.gc);
         }
-        for (field, len) in [("p", ts.p.buf.len()), ("s1", ts.s1.len()), ("s2", ts.s2.len())] {
-            check_rows("compact_tables", field, len, n, d)?;
+        let kd = c.uniq.len() * d;
+        if c.gc.len() < kd {
+            c.gc.resize(kd, T::ZERO);
+        }
+        let gc = &mut c.gc[..kd];
+        for (a, ids) in acts.iter().zip(ids) {
+            let (buf, cols, col0) = a.row_grads(side, ts.idx).expect("checked above");
+            embedding_backward_compact(&buf[..h * cols], cols, col0, d, &ids[..h], &c.slot, gc);
         }
         adam_step_rows_compact(
             &mut ts.p.buf[..n * d],
-            &mut c.gc,
+            gc,
             &mut ts.s1[..n * d],
             &mut ts.s2[..n * d],
             &c.uniq,
