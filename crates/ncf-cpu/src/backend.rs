@@ -132,6 +132,67 @@ impl<T: CpuFloat> Backend for CpuBackend<T> {
         linear::linear_forward(self.gemm, &inp[..b * i], &w[..o * i], &bias[..o], &mut out[..b * o], b, i, o)
     }
 
+    fn linear_relu_forward(
+        &self,
+        inp: &Vec<T>,
+        w: &Vec<T>,
+        bias: &Vec<T>,
+        z: &mut Vec<T>,
+        x: &mut Vec<T>,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        check::linear_relu_forward(inp.len(), w.len(), bias.len(), z.len(), x.len(), b, i, o)?;
+        let (inp, w, bias) = (&inp[..b * i], &w[..o * i], &bias[..o]);
+        linear::linear_relu_forward(self.gemm, inp, w, bias, &mut z[..b * o], &mut x[..b * o], b, i, o)
+    }
+
+    fn linear_relu_backward(
+        &self,
+        x: &Vec<T>,
+        dx: &Vec<T>,
+        dz: &mut Vec<T>,
+        inp: &Vec<T>,
+        w: &Vec<T>,
+        dinp: Option<&mut Vec<T>>,
+        dw: &mut Vec<T>,
+        dbias: &mut Vec<T>,
+        b: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        check::linear_relu_backward(
+            x.len(),
+            dx.len(),
+            dz.len(),
+            inp.len(),
+            w.len(),
+            dinp.as_ref().map(|d| d.len()),
+            dw.len(),
+            dbias.len(),
+            b,
+            i,
+            o,
+        )?;
+        let dinp = dinp.map(|d| &mut d[..b * i]);
+        let (x, dx, inp, w) = (&x[..b * o], &dx[..b * o], &inp[..b * i], &w[..o * i]);
+        linear::linear_relu_backward(
+            self.gemm,
+            x,
+            dx,
+            &mut dz[..b * o],
+            inp,
+            w,
+            dinp,
+            &mut dw[..o * i],
+            &mut dbias[..o],
+            b,
+            i,
+            o,
+        )
+    }
+
     fn linear_backward(
         &self,
         dout: &Vec<T>,

@@ -57,6 +57,41 @@ pub fn linear_forward<T: CpuFloat>(
     )
 }
 
+/// A dense layer and its ReLU: `z = inp · wᵀ + bias`, `x = max(z, 0)`; `inp (B,I)`, `w (O,I)`,
+/// `bias (O)`, `z, x (B,O)`. Where the scratch GEMM would run the product on its direct kernel
+/// on this thread (f32 on AVX2 or AVX-512, a layer of the model's size), the bias and the ReLU
+/// ride in that kernel's store of `z` ([`CpuFloat::direct_bias_relu`]); elsewhere
+/// [`linear_forward`] then `relu_forward`. The same bits either way (tested).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_relu_forward<T: CpuFloat>(
+    imp: GemmImpl,
+    inp: &[T],
+    w: &[T],
+    bias: &[T],
+    z: &mut [T],
+    x: &mut [T],
+    b: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    if imp.forward() == GemmImpl::Scratch
+        && o > 1
+        && T::direct_bias_relu(
+            crate::simd::SimdLevel::best(),
+            MatRef::row_major(inp, b, i),
+            MatRef::transposed_of_row_major(w, o, i),
+            &bias[..o],
+            MatMut::row_major(z, b, o),
+            &mut x[..b * o],
+        )
+    {
+        return Ok(());
+    }
+    linear_forward(imp, inp, w, bias, z, b, i, o)?;
+    super::activation::relu_forward(&z[..b * o], &mut x[..b * o]);
+    Ok(())
+}
+
 /// Every row of `out` (a whole number of rows) set to `row`: the first row copied in, then the
 /// rows written so far doubled by one block copy at a time, so `log₂ B` copies for `B` rows.
 /// (One short copy per row compiled to a `memcpy` call per row. In `perf record` of a
@@ -154,6 +189,25 @@ pub fn linear_backward<T: CpuFloat>(
     i: usize,
     o: usize,
 ) -> Result<()> {
+    linear_backward_products(imp, dout, inp, w, dinp, dw, b, i, o)?;
+    // dbias (O) += Σ_b dout[b,:]: rows in order, so the sum is deterministic.
+    column_sums_into(&dout[..b * o], &mut dbias[..o]);
+    Ok(())
+}
+
+/// The two products of [`linear_backward`]: `dinp = dout · w` (when asked) and `dw += doutᵀ · inp`.
+#[allow(clippy::too_many_arguments)]
+fn linear_backward_products<T: CpuFloat>(
+    imp: GemmImpl,
+    dout: &[T],
+    inp: &[T],
+    w: &[T],
+    dinp: Option<&mut [T]>,
+    dw: &mut [T],
+    b: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
     let imp = imp.backward();
     if let Some(dinp) = dinp {
         // dinp (B,I) = dout (B,O) · w (O,I), overwriting (β = 0).
@@ -174,10 +228,64 @@ pub fn linear_backward<T: CpuFloat>(
         MatRef::row_major(inp, b, i),
         T::ONE,
         MatMut::row_major(dw, o, i),
-    )?;
-    // dbias (O) += Σ_b dout[b,:]: rows in order, so the sum is deterministic.
-    column_sums_into(&dout[..b * o], &mut dbias[..o]);
-    Ok(())
+    )
+}
+
+/// Backward of [`linear_relu_forward`]: `dz = dx · 1[x > 0]` and `dbias += Σ_b dz` in one pass
+/// over the rows ([`relu_mask_and_column_sums`]), then the two products of
+/// [`linear_backward`]. The same bits as `relu_backward` then [`linear_backward`] (tested).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_relu_backward<T: CpuFloat>(
+    imp: GemmImpl,
+    x: &[T],
+    dx: &[T],
+    dz: &mut [T],
+    inp: &[T],
+    w: &[T],
+    dinp: Option<&mut [T]>,
+    dw: &mut [T],
+    dbias: &mut [T],
+    b: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
+        // Large enough for the mask to run on the rayon pool: the two passes, same sums.
+        super::activation::relu_backward(&x[..b * o], &dx[..b * o], &mut dz[..b * o]);
+        column_sums_into(&dz[..b * o], &mut dbias[..o]);
+    } else {
+        relu_mask_and_column_sums(&x[..b * o], &dx[..b * o], &mut dz[..b * o], &mut dbias[..o]);
+    }
+    linear_backward_products(imp, dz, inp, w, dinp, dw, b, i, o)
+}
+
+/// `dz = dx · 1[x > 0]` row by row, each row added into `acc` as it is written: the sums of
+/// [`column_sums_into`] over the `dz` that `relu_backward` writes, in the same order, without
+/// reading `dz` back. `x, dx, dz (B, W)`, `acc (W)`.
+fn relu_mask_and_column_sums<T: Float>(x: &[T], dx: &[T], dz: &mut [T], acc: &mut [T]) {
+    #[inline(always)]
+    fn fixed<T: Float, const W: usize>(x: &[T], dx: &[T], dz: &mut [T], acc: &mut [T]) {
+        let mut sum: [T; W] = acc[..W].try_into().expect("acc has W elements");
+        for ((xr, dr), zr) in x.chunks_exact(W).zip(dx.chunks_exact(W)).zip(dz.chunks_exact_mut(W)) {
+            for j in 0..W {
+                let g = if xr[j] > T::ZERO { dr[j] } else { T::ZERO };
+                zr[j] = g;
+                sum[j] += g;
+            }
+        }
+        acc[..W].copy_from_slice(&sum);
+    }
+    match acc.len() {
+        0 => {}
+        8 => fixed::<T, 8>(x, dx, dz, acc),
+        16 => fixed::<T, 16>(x, dx, dz, acc),
+        32 => fixed::<T, 32>(x, dx, dz, acc),
+        64 => fixed::<T, 64>(x, dx, dz, acc),
+        w => {
+            super::activation::relu_backward(x, dx, dz);
+            column_sums_into(dz, &mut acc[..w]);
+        }
+    }
 }
 
 /// `acc[j] += Σ_r rows[r, j]`, adding the rows in order (the naive loop's sums, bit for bit).
@@ -253,6 +361,82 @@ mod tests {
             column_sums_into(&rows, &mut got);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "o = {o}: got {got:?}, want {want:?}");
+        }
+    }
+
+    /// The fused layer against `linear_forward` then `relu_forward`, bit for bit, for every
+    /// GEMM choice and the model's layer shapes (the fused store runs for the scratch ones on a
+    /// CPU with AVX2 or AVX-512, the plain ops elsewhere), in f32 and f64.
+    #[test]
+    fn fused_linear_relu_equals_the_two_ops() {
+        fn check<T: CpuFloat>(imp: GemmImpl, b: usize, i: usize, o: usize) {
+            let f = |v: Vec<f32>| v.into_iter().map(|x| T::from_f64(f64::from(x))).collect::<Vec<T>>();
+            let (inp, w, bias) = (f(rand_vec(b * i, 1)), f(rand_vec(o * i, 2)), f(rand_vec(o, 3)));
+            let (mut z0, mut x0) = (vec![T::ZERO; b * o], vec![T::ZERO; b * o]);
+            linear_forward(imp, &inp, &w, &bias, &mut z0, b, i, o).unwrap();
+            crate::ops::activation::relu_forward(&z0, &mut x0);
+            let (mut z1, mut x1) = (vec![T::ONE; b * o], vec![T::ONE; b * o]);
+            linear_relu_forward(imp, &inp, &w, &bias, &mut z1, &mut x1, b, i, o).unwrap();
+            let same = |p: &[T], q: &[T]| p.iter().zip(q).all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits());
+            assert!(
+                same(&z1, &z0) && same(&x1, &x0),
+                "{imp} {} b {b} i {i} o {o}: z {:?} vs {:?}",
+                T::NAME,
+                &z1[..4.min(b * o)],
+                &z0[..4.min(b * o)]
+            );
+        }
+        for imp in [GemmImpl::Naive, GemmImpl::Scratch, GemmImpl::Library, GemmImpl::Auto] {
+            for (b, i, o) in [(128, 64, 32), (256, 32, 16), (128, 16, 8), (3, 16, 1), (7, 10, 5)] {
+                check::<f32>(imp, b, i, o);
+                check::<f64>(imp, b, i, o);
+            }
+        }
+    }
+
+    /// The fused backward (mask and bias sums in one pass) against `relu_backward` then
+    /// `linear_backward`: the same bits in `dz`, `dinp`, `dw` and `dbias`, for the widths with
+    /// a register path and one without, in f32 and f64, with exact zeros in the layer's output.
+    #[test]
+    fn fused_linear_relu_backward_equals_the_two_ops() {
+        fn check<T: CpuFloat>(b: usize, i: usize, o: usize) {
+            let f = |v: Vec<f32>| v.into_iter().map(|x| T::from_f64(f64::from(x))).collect::<Vec<T>>();
+            let mut x = f(rand_vec(b * o, 1));
+            x.iter_mut().step_by(3).for_each(|v| *v = T::ZERO);
+            let (dx, inp, w) = (f(rand_vec(b * o, 2)), f(rand_vec(b * i, 3)), f(rand_vec(o * i, 4)));
+            let (dw0, db0) = (f(rand_vec(o * i, 5)), f(rand_vec(o, 6)));
+            let mut dz0 = vec![T::ZERO; b * o];
+            let (mut dinp0, mut dw0m, mut db0m) = (vec![T::ZERO; b * i], dw0.clone(), db0.clone());
+            crate::ops::activation::relu_backward(&x, &dx, &mut dz0);
+            linear_backward(GemmImpl::Scratch, &dz0, &inp, &w, Some(&mut dinp0), &mut dw0m, &mut db0m, b, i, o)
+                .unwrap();
+            let mut dz1 = vec![T::ONE; b * o];
+            let (mut dinp1, mut dw1, mut db1) = (vec![T::ONE; b * i], dw0.clone(), db0.clone());
+            linear_relu_backward(
+                GemmImpl::Scratch,
+                &x,
+                &dx,
+                &mut dz1,
+                &inp,
+                &w,
+                Some(&mut dinp1),
+                &mut dw1,
+                &mut db1,
+                b,
+                i,
+                o,
+            )
+            .unwrap();
+            let bits = |p: &[T]| p.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+            for (name, got, want) in
+                [("dz", &dz1, &dz0), ("dinp", &dinp1, &dinp0), ("dw", &dw1, &dw0m), ("dbias", &db1, &db0m)]
+            {
+                assert_eq!(bits(got), bits(want), "{name}, {} b {b} i {i} o {o}", T::NAME);
+            }
+        }
+        for (b, i, o) in [(128, 64, 32), (128, 32, 16), (128, 16, 8), (5, 8, 64), (9, 7, 5)] {
+            check::<f32>(b, i, o);
+            check::<f64>(b, i, o);
         }
     }
 

@@ -87,6 +87,70 @@ pub(super) fn gemm_direct(simd: SimdLevel, alpha: f32, a: MatRef<f32>, b: MatRef
     }
 }
 
+/// What the kernel does to C's tile after the product, besides `α·acc + β·C`: add a bias row
+/// (`bias[j]` to column `j` of every row), and write `max(C, 0)` to `x`, a matrix laid out
+/// like C. Null pointers: not that step.
+#[derive(Clone, Copy)]
+struct Epilogue {
+    bias: *const f32,
+    relu: *mut f32,
+}
+
+impl Epilogue {
+    const NONE: Epilogue = Epilogue { bias: std::ptr::null(), relu: std::ptr::null_mut() };
+}
+
+/// A dense layer and its ReLU in one pass over C: `C ← A·B + bias` (the bias added to every
+/// row) and `X ← max(C, 0)`, with X laid out like C. The sum is the one [`gemm_direct`] gives
+/// for `α = β = 1` over a C filled with the bias rows (`1·acc + 1·bias`), so the same bits,
+/// and X is `relu_forward` of it; what it saves is the pass that fills C with the bias, C's
+/// reads in the product, and the ReLU's pass over C. Returns `false`, having done nothing,
+/// unless this kernel would run the product on this thread alone: the level is available,
+/// the product [`suits`] it, `m, k, n > 0`, C's rows are contiguous, and it is too small to
+/// split across threads (or splitting is off).
+pub(super) fn gemm_direct_bias_relu(
+    simd: SimdLevel,
+    a: MatRef<f32>,
+    b: MatRef<f32>,
+    bias: &[f32],
+    c: MatMut<f32>,
+    x: &mut [f32],
+) -> bool {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
+    let split =
+        flops >= PAR_MIN_FLOPS && m > ROWS_PER_TASK && crate::team::rayon_ok() && rayon::current_num_threads() > 1;
+    if !is_available(simd)
+        || m == 0
+        || k == 0
+        || n == 0
+        || c.cs != 1
+        || c.rows != m
+        || c.cols != n
+        || b.rows != k
+        || !suits(k, n, b.cs, c.cs)
+        || split
+        || super::view::validate(&a, &b, &c).is_err()
+    {
+        return false;
+    }
+    let c_rs = if m == 1 { n } else { c.rs };
+    let c_last = (m - 1) * c_rs + n - 1;
+    if bias.len() < n || x.len() <= c_last {
+        return false;
+    }
+    let epi = Epilogue { bias: bias.as_ptr(), relu: x.as_mut_ptr() };
+    if b.cs == 1 {
+        block(simd, 1.0, a, 0, m, b.data, b.rs, n, 0.0, c.data, c_rs, epi);
+    } else {
+        with_pack_buffer(<f32 as super::CpuFloat>::b_pack_buffer(), k * n, |buf| {
+            copy_b(simd, b, buf);
+            block(simd, 1.0, a, 0, m, buf, n, n, 0.0, c.data, c_rs, epi);
+        });
+    }
+    true
+}
+
 /// `buf (k, n) ← B`, row-major. For `B = wᵀ` (the forward) this is a transpose of the small
 /// weight matrix, done on every call: 16 columns of a row of `buf` per AVX-512 gather, or on
 /// AVX2 8 × 8 blocks transposed in registers ([`transpose_b_avx2`]). A copy
@@ -232,15 +296,18 @@ fn rows_parallel(
         c.data.par_chunks_mut(ROWS_PER_TASK * c_rs).take(m.div_ceil(ROWS_PER_TASK)).enumerate().for_each(
             |(t, rows)| {
                 let r0 = t * ROWS_PER_TASK;
-                block(simd, alpha, a, r0, ROWS_PER_TASK.min(m - r0), b, b_rs, n, beta, rows, c_rs);
+                block(simd, alpha, a, r0, ROWS_PER_TASK.min(m - r0), b, b_rs, n, beta, rows, c_rs, Epilogue::NONE);
             },
         );
     } else {
-        block(simd, alpha, a, 0, m, b, b_rs, n, beta, c.data, c_rs);
+        block(simd, alpha, a, 0, m, b, b_rs, n, beta, c.data, c_rs, Epilogue::NONE);
     }
 }
 
-/// Rows `r0 .. r0 + rows` of C (`c` starts at row `r0`), every column.
+/// Rows `r0 .. r0 + rows` of C (`c` starts at row `r0`), every column, then `epi`: a
+/// non-null `epi.bias` must hold `n` floats, and a non-null `epi.relu` must be a matrix laid out
+/// like `c` (starting at the same row), valid for writes wherever `c` is (callers make both
+/// from slices they checked).
 #[allow(clippy::too_many_arguments)]
 fn block(
     simd: SimdLevel,
@@ -254,6 +321,7 @@ fn block(
     beta: f32,
     c: &mut [f32],
     c_rs: usize,
+    epi: Epilogue,
 ) {
     let k = a.cols;
     // Bounds, checked once so the kernel can use raw pointers: every A element of these rows,
@@ -262,6 +330,8 @@ fn block(
     let b_last = (k - 1) * b_rs + n - 1;
     let c_last = (rows - 1) * c_rs + n - 1;
     assert!(a_last < a.data.len() && b_last < b.len() && c_last < c.len(), "gemm direct: view out of bounds");
+    let plain = epi.bias.is_null() && epi.relu.is_null();
+    assert!(plain || beta == 0.0, "gemm direct: the epilogue runs with β = 0 only");
     #[cfg(target_arch = "x86_64")]
     {
         assert!(is_available(simd), "gemm direct: called without AVX2 + FMA or AVX-512 ({simd})");
@@ -270,19 +340,20 @@ fn block(
         // SAFETY: the CPU has the level (just asserted: AVX-512F, or AVX2 + FMA). Every address
         // the kernel forms is an element of the A rows `r0..r0+rows` (all in `a.data`, asserted
         // above), of B (rows `0..k`, columns `0..n`: in `b`), or of C's rows `0..rows`, columns
-        // `0..n` (in `c`, which we borrow mutably); lanes past column `n` are masked off and
-        // never touched.
+        // `0..n` (in `c`, which we borrow mutably), or the same elements of the epilogue's bias
+        // row and ReLU output (valid there by this function's contract); lanes past column `n`
+        // are masked off and never touched.
         unsafe {
             if simd == SimdLevel::Avx512 {
-                block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs)
+                block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs, epi)
             } else {
-                avx2::block(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs)
+                avx2::block(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs, epi)
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (simd, alpha, beta, c);
+        let _ = (simd, alpha, beta, c, epi);
         unreachable!("gemm direct: only built for x86-64");
     }
 }
@@ -307,6 +378,7 @@ unsafe fn block_avx512(
     beta: f32,
     c: *mut f32,
     c_rs: usize,
+    epi: Epilogue,
 ) {
     for j0 in (0..n).step_by(64) {
         let w = 64.min(n - j0);
@@ -314,7 +386,21 @@ unsafe fn block_avx512(
         // Lanes of the last vector that are inside C: the low `w − 16(v−1)` bits.
         let tail = w - 16 * (v - 1);
         let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1u16 << tail) - 1 };
-        let s = Strip { a, a_rs, a_cs, k, b: b.wrapping_add(j0), b_rs, mask, c: c.wrapping_add(j0), c_rs, alpha, beta };
+        let s = Strip {
+            a,
+            a_rs,
+            a_cs,
+            k,
+            b: b.wrapping_add(j0),
+            b_rs,
+            mask,
+            c: c.wrapping_add(j0),
+            c_rs,
+            alpha,
+            beta,
+            bias: if epi.bias.is_null() { epi.bias } else { epi.bias.wrapping_add(j0) },
+            relu: if epi.relu.is_null() { epi.relu } else { epi.relu.wrapping_add(j0) },
+        };
         // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
         unsafe {
             match v {
@@ -343,6 +429,10 @@ struct Strip {
     c_rs: usize,
     alpha: f32,
     beta: f32,
+    /// The bias row at this block's first column, or null ([`Epilogue`]).
+    bias: *const f32,
+    /// The ReLU output at this block's first column, rows `c_rs` apart, or null.
+    relu: *mut f32,
 }
 
 /// `m` rows of a strip in tiles of `R` rows of `V` vectors (24 accumulators for the tiles used),
@@ -436,11 +526,20 @@ unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
                 }
             }
         } else {
+            // The epilogue ([`Epilogue`]): + bias after `α·acc + β·c`, then max(·, 0) to `relu`.
+            let zero = _mm512_setzero_ps();
+            let bias: [__m512; V] = std::array::from_fn(|v| {
+                if s.bias.is_null() { zero } else { _mm512_maskz_loadu_ps(last(v), s.bias.add(16 * v)) }
+            });
             for (r, acc_r) in acc.iter().enumerate() {
                 for (v, &x) in acc_r.iter().enumerate() {
                     let dst = row(r).add(16 * v);
                     let c = if s.beta != 0.0 { _mm512_maskz_loadu_ps(last(v), dst) } else { x };
-                    _mm512_mask_storeu_ps(dst, last(v), out(x, c));
+                    let y = if s.bias.is_null() { out(x, c) } else { _mm512_add_ps(out(x, c), bias[v]) };
+                    _mm512_mask_storeu_ps(dst, last(v), y);
+                    if !s.relu.is_null() {
+                        _mm512_mask_storeu_ps(s.relu.add((i0 + r) * s.c_rs + 16 * v), last(v), _mm512_max_ps(y, zero));
+                    }
                 }
             }
         }
@@ -450,6 +549,7 @@ unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
 /// The AVX2 + FMA twin of the AVX-512 kernel above: the same loop over 8-float vectors.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::Epilogue;
     use std::arch::x86_64::*;
 
     /// One column block of C, as [`super::Strip`] with an AVX2 lane mask (lanes set to −1 are
@@ -467,6 +567,8 @@ mod avx2 {
         c_rs: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
+        relu: *mut f32,
     }
 
     /// The column blocks of 16 floats, each through [`rows_v`] with its number of vectors.
@@ -488,6 +590,7 @@ mod avx2 {
         beta: f32,
         c: *mut f32,
         c_rs: usize,
+        epi: Epilogue,
     ) {
         for j0 in (0..n).step_by(16) {
             let w = 16.min(n - j0);
@@ -509,6 +612,8 @@ mod avx2 {
                 c_rs,
                 alpha,
                 beta,
+                bias: if epi.bias.is_null() { epi.bias } else { epi.bias.wrapping_add(j0) },
+                relu: if epi.relu.is_null() { epi.relu } else { epi.relu.wrapping_add(j0) },
             };
             // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
             unsafe {
@@ -612,14 +717,25 @@ mod avx2 {
                 let ax = _mm256_mul_ps(alpha, x);
                 if s.beta != 0.0 { _mm256_add_ps(ax, _mm256_mul_ps(beta, c)) } else { ax }
             };
+            // The epilogue ([`Epilogue`]): + bias after `α·acc + β·c`, then max(·, 0) to `relu`.
+            let zero = _mm256_setzero_ps();
+            let bias: [__m256; V] =
+                std::array::from_fn(|v| if s.bias.is_null() { zero } else { load(s.bias.add(8 * v), v) });
+            let store = |dst: *mut f32, v: usize, y: __m256| {
+                if MASKED && v + 1 == V {
+                    _mm256_maskstore_ps(dst, last(v), y);
+                } else {
+                    _mm256_storeu_ps(dst, y);
+                }
+            };
             for (r, acc_r) in acc.iter().enumerate() {
                 for (v, &x) in acc_r.iter().enumerate() {
                     let dst = row(r).add(8 * v);
                     let c = if s.beta != 0.0 { load(dst, v) } else { x };
-                    if MASKED && v + 1 == V {
-                        _mm256_maskstore_ps(dst, last(v), out(x, c));
-                    } else {
-                        _mm256_storeu_ps(dst, out(x, c));
+                    let y = if s.bias.is_null() { out(x, c) } else { _mm256_add_ps(out(x, c), bias[v]) };
+                    store(dst, v, y);
+                    if !s.relu.is_null() {
+                        store(s.relu.add((i0 + r) * s.c_rs + 8 * v), v, _mm256_max_ps(y, zero));
                     }
                 }
             }
@@ -630,6 +746,85 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused layer ([`gemm_direct_bias_relu`]) against the plain kernel over a C filled
+    /// with the bias rows, then the ReLU as `relu_forward` writes it: the same bits in C and in
+    /// X, at every level this CPU has, for layer shapes around the tile and vector widths, with
+    /// `wᵀ` read through its copy and a B read in place; the bias holds −0, +0 and a NaN. Also
+    /// checks what the fused call declines: a product large enough to split across threads.
+    #[test]
+    fn fused_bias_and_relu_match_the_plain_kernel_bitwise() {
+        let levels: Vec<SimdLevel> =
+            [SimdLevel::Avx2Fma, SimdLevel::Avx512].into_iter().filter(|&l| is_available(l)).collect();
+        if levels.is_empty() {
+            eprintln!("skipped: this CPU has neither AVX2 + FMA nor AVX-512, so the fused epilogue was not tested");
+            return;
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let val = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len).map(|x| (((x * 7919 + seed * 104_729) % 1000) as f32 - 500.0) / 250.0).collect()
+        };
+        for &simd in &levels {
+            for (m, k, o) in [
+                (1, 8, 8),
+                (5, 16, 8),
+                (7, 64, 32),
+                (128, 64, 32),
+                (128, 32, 16),
+                (128, 16, 8),
+                (13, 9, 33),
+                (6, 5, 70),
+            ] {
+                for transposed in [true, false] {
+                    let a_data = val(1, m * k);
+                    let w = val(2, o * k);
+                    let mut bias = val(3, o);
+                    bias[0] = -0.0;
+                    if o > 2 {
+                        bias[1] = 0.0;
+                        bias[2] = f32::NAN;
+                    }
+                    let a = MatRef::row_major(&a_data, m, k);
+                    let b = if transposed {
+                        MatRef::transposed_of_row_major(&w, o, k)
+                    } else {
+                        MatRef::row_major(&w, k, o)
+                    };
+                    let mut want = vec![0.0f32; m * o];
+                    for row in want.chunks_exact_mut(o) {
+                        row.copy_from_slice(&bias);
+                    }
+                    gemm_direct(simd, 1.0, a, b, 1.0, MatMut::row_major(&mut want, m, o));
+                    let want_x: Vec<f32> = want.iter().map(|&z| if z > 0.0 { z } else { 0.0 }).collect();
+                    let (mut z, mut x) = (vec![f32::NAN; m * o], vec![f32::NAN; m * o]);
+                    assert!(gemm_direct_bias_relu(simd, a, b, &bias, MatMut::row_major(&mut z, m, o), &mut x));
+                    let what = format!("{simd}, m {m} k {k} n {o}, B transposed {transposed}");
+                    for (name, got, want) in [("z", &z, &want), ("x", &x, &want_x)] {
+                        if bits(got) != bits(want) {
+                            let first: Vec<_> = got
+                                .iter()
+                                .zip(want.iter())
+                                .enumerate()
+                                .filter(|(_, (g, w))| g.to_bits() != w.to_bits())
+                                .take(4)
+                                .collect();
+                            panic!("{name}, {what}: first differing (index, (got, want)): {first:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // A product that the plain kernel would split across threads is declined (when the
+        // pool has two threads and splitting is allowed here).
+        if rayon::current_num_threads() > 1 && crate::team::rayon_ok() {
+            let (m, k, o) = (1024, 64, 32);
+            let (a_data, w, bias) = (val(1, m * k), val(2, o * k), val(3, o));
+            let (mut z, mut x) = (vec![0.0f32; m * o], vec![0.0f32; m * o]);
+            let a = MatRef::row_major(&a_data, m, k);
+            let b = MatRef::transposed_of_row_major(&w, o, k);
+            assert!(!gemm_direct_bias_relu(levels[0], a, b, &bias, MatMut::row_major(&mut z, m, o), &mut x));
+        }
+    }
 
     /// The AVX2 register transpose of [`copy_b`] against the element-by-element copy: k and n
     /// below, at and past multiples of 8, with `w`'s rows packed (`cs = k`) and padded.

@@ -53,6 +53,19 @@ pub trait CpuFloat: Float + sealed::Sealed {
     fn direct_gemm(simd: SimdLevel, alpha: Self, a: MatRef<Self>, b: MatRef<Self>, beta: Self, c: MatMut<Self>)
     -> bool;
 
+    /// `C ← A·B + bias` (every row) and `x ← max(C, 0)` in one pass of the [`direct`] kernel
+    /// ([`direct::gemm_direct_bias_relu`]), returning `true` if it ran; f64 and products the
+    /// kernel would not run on this thread alone return `false`, having done nothing.
+    #[doc(hidden)]
+    fn direct_bias_relu(
+        simd: SimdLevel,
+        a: MatRef<Self>,
+        b: MatRef<Self>,
+        bias: &[Self],
+        c: MatMut<Self>,
+        x: &mut [Self],
+    ) -> bool;
+
     /// This thread's packing buffer for A blocks.
     #[doc(hidden)]
     fn a_pack_buffer() -> &'static LocalKey<Cell<Vec<Self>>>;
@@ -105,7 +118,7 @@ pub trait CpuFloat: Float + sealed::Sealed {
 // bytes: B sliver 16 KiB + A sliver 12 KiB in L1, MC = 96 → 192 KiB in L2, NC = 512 → 1 MiB.
 
 macro_rules! impl_cpu_float {
-    ($t:ty, $mm:path, blocking: $blk:expr, direct: $direct:expr,
+    ($t:ty, $mm:path, blocking: $blk:expr, direct: $direct:expr, direct_bias_relu: $dbr:expr,
      portable: [$(($pm:literal, $pn:literal, $ps:literal)),+],
      avx2: [$(($am:literal, $an:literal, $as:literal)),+]) => {
         impl CpuFloat for $t {
@@ -169,6 +182,17 @@ macro_rules! impl_cpu_float {
                 $direct(simd, alpha, a, b, beta, c)
             }
 
+            fn direct_bias_relu(
+                simd: SimdLevel,
+                a: MatRef<$t>,
+                b: MatRef<$t>,
+                bias: &[$t],
+                c: MatMut<$t>,
+                x: &mut [$t],
+            ) -> bool {
+                $dbr(simd, a, b, bias, c, x)
+            }
+
             fn a_pack_buffer() -> &'static LocalKey<Cell<Vec<$t>>> {
                 thread_local!(static BUF: Cell<Vec<$t>> = const { Cell::new(Vec::new()) });
                 &BUF
@@ -209,9 +233,11 @@ impl_cpu_float!(f32, matrixmultiply::sgemm, blocking: Blocking { mc: 120, kc: 25
         }
         ok
     },
+    direct_bias_relu: direct::gemm_direct_bias_relu,
     portable: [(4, 8, 1.0)],
     avx2: [(6, 16, 1.0), (4, 16, 0.93), (8, 8, 0.85)]);
 impl_cpu_float!(f64, matrixmultiply::dgemm, blocking: Blocking { mc: 96, kc: 256, nc: 512 },
     direct: |_, _, _, _, _, _| false,
+    direct_bias_relu: |_, _, _, _: &[f64], _, _: &mut [f64]| false,
     portable: [(4, 4, 1.0)],
     avx2: [(6, 8, 1.0), (4, 8, 0.93), (8, 4, 0.75)]);
