@@ -62,9 +62,7 @@ struct AdamScalars<T> {
 
 impl<T: Float> AdamScalars<T> {
     fn new(hp: &AdamHp, t: u64) -> Self {
-        let t = t.max(1) as i32;
-        let bc1 = 1.0 - hp.beta1.powi(t);
-        let bc2 = 1.0 - hp.beta2.powi(t);
+        let (bc1, bc2) = bias_corrections(hp, t);
         AdamScalars {
             b1: T::from_f64(hp.beta1),
             one_minus_b1: T::from_f64(1.0 - hp.beta1),
@@ -77,6 +75,30 @@ impl<T: Float> AdamScalars<T> {
             shrink: T::from_f64(1.0 - hp.lr * hp.decay.decoupled()),
         }
     }
+}
+
+/// Adam's bias corrections `(1 − β₁ᵗ, 1 − β₂ᵗ)` at step `t` (at least 1). A step updates a
+/// dozen tensors with the same `β`s and `t`, and `powi` at `t` in the tens of thousands takes
+/// about 45 ns (a product per bit of `t`), which was most of the cost of updating a bias
+/// vector; so the last pair is kept per thread and reused when the key matches (the same
+/// values, bit for bit).
+fn bias_corrections(hp: &AdamHp, t: u64) -> (f64, f64) {
+    /// `(β₁ bits, β₂ bits, t)` and the corrections computed for it.
+    type Kept = Option<((u64, u64, u64), (f64, f64))>;
+    thread_local! {
+        static LAST: std::cell::Cell<Kept> = const { std::cell::Cell::new(None) };
+    }
+    let t = t.max(1);
+    let key = (hp.beta1.to_bits(), hp.beta2.to_bits(), t);
+    LAST.with(|last| match last.get() {
+        Some((k, bc)) if k == key => bc,
+        _ => {
+            let ti = t as i32;
+            let bc = (1.0 - hp.beta1.powi(ti), 1.0 - hp.beta2.powi(ti));
+            last.set(Some((key, bc)));
+            bc
+        }
+    })
 }
 
 /// Adam, reference (f64 math, element by element, the formula as written in the paper):
@@ -103,13 +125,19 @@ pub fn adam_step_naive<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut 
 #[inline(always)]
 fn adam_run<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], s: &AdamScalars<T>) {
     for (((w, gr), mk), vk) in p.iter_mut().zip(g.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let grad = *gr + s.l2 * *w;
-        *mk = s.b1 * *mk + s.one_minus_b1 * grad;
-        *vk = s.b2 * *vk + s.one_minus_b2 * grad * grad;
-        let denom = vk.sqrt() * s.inv_sqrt_bc2 + s.eps;
-        *w = *w * s.shrink - s.step * *mk / denom;
-        *gr = T::ZERO;
+        adam_one(w, gr, mk, vk, s);
     }
+}
+
+/// Adam on one element, in `T` (with [`adam_run`]'s hoisted scalars), then `g = 0`.
+#[inline(always)]
+fn adam_one<T: Float>(w: &mut T, gr: &mut T, mk: &mut T, vk: &mut T, s: &AdamScalars<T>) {
+    let grad = *gr + s.l2 * *w;
+    *mk = s.b1 * *mk + s.one_minus_b1 * grad;
+    *vk = s.b2 * *vk + s.one_minus_b2 * grad * grad;
+    let denom = vk.sqrt() * s.inv_sqrt_bc2 + s.eps;
+    *w = *w * s.shrink - s.step * *mk / denom;
+    *gr = T::ZERO;
 }
 
 /// Dense Adam step at step `t ≥ 1`, parallel over chunks for large tensors.
@@ -214,6 +242,13 @@ fn adam_rows_best<T: Float>(
             // every listed row lies inside all four slices (`rows_fit`).
             return unsafe { adam_rows_f32_avx2(p, g, m, v, list, base, compact, d, s) };
         }
+        if rows.is_none()
+            && let (Some(p), Some(g), Some(m), Some(v), Some(s)) =
+                (as_f32(p), as_f32(g), as_f32(m), as_f32(v), scalars_f32(s))
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { adam_dense_f32_avx2(p, g, m, v, s) };
+        }
         // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
         return unsafe { adam_rows_avx2(p, g, m, v, rows, d, s) };
     }
@@ -239,7 +274,11 @@ fn scalars_f32<T: Float>(s: &AdamScalars<T>) -> Option<&AdamScalars<f32>> {
 /// (`lens[0]`, `lens[2]`, `lens[3]`) and its gradient (`lens[1]`: row `i` of a compact gradient
 /// for the `i`-th listed row, else the row itself) inside the gradient.
 fn rows_fit(rows: &[u32], base: usize, compact: bool, d: usize, lens: [usize; 4]) -> bool {
-    let (Some(&lo), Some(&hi)) = (rows.iter().min(), rows.iter().max()) else { return true };
+    if rows.is_empty() {
+        return true;
+    }
+    // One pass for both ends (it vectorizes): this runs once per table and step.
+    let (lo, hi) = rows.iter().fold((u32::MAX, 0u32), |(lo, hi), &r| (lo.min(r), hi.max(r)));
     let end = (hi as usize).checked_sub(base).and_then(|r| r.checked_add(1)).and_then(|r| r.checked_mul(d));
     let g_end = if compact { rows.len().checked_mul(d) } else { end };
     (lo as usize) >= base
@@ -247,11 +286,73 @@ fn rows_fit(rows: &[u32], base: usize, compact: bool, d: usize, lens: [usize; 4]
         && g_end.is_some_and(|e| e <= lens[1])
 }
 
+/// Adam's scalars broadcast to 8 lanes, for the AVX2 kernels below.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Adam8 {
+    l2: std::arch::x86_64::__m256,
+    b1: std::arch::x86_64::__m256,
+    omb1: std::arch::x86_64::__m256,
+    b2: std::arch::x86_64::__m256,
+    omb2: std::arch::x86_64::__m256,
+    step: std::arch::x86_64::__m256,
+    isbc2: std::arch::x86_64::__m256,
+    eps: std::arch::x86_64::__m256,
+    shrink: std::arch::x86_64::__m256,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Adam8 {
+    /// # Safety
+    /// AVX.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn new(s: &AdamScalars<f32>) -> Self {
+        use std::arch::x86_64::_mm256_set1_ps as set;
+        Adam8 {
+            l2: set(s.l2),
+            b1: set(s.b1),
+            omb1: set(s.one_minus_b1),
+            b2: set(s.b2),
+            omb2: set(s.one_minus_b2),
+            step: set(s.step),
+            isbc2: set(s.inv_sqrt_bc2),
+            eps: set(s.eps),
+            shrink: set(s.shrink),
+        }
+    }
+
+    /// The rule on the 8 elements at `p, g, m, v` (then `g = 0`), with [`adam_one`]'s
+    /// operations in its order (no FMA), so the same bits.
+    ///
+    /// # Safety
+    /// AVX2; each pointer valid for 8 reads and writes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run(&self, p: *mut f32, g: *mut f32, m: *mut f32, v: *mut f32) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract: 8 floats at each pointer.
+        unsafe {
+            let w = _mm256_loadu_ps(p);
+            let grad = _mm256_add_ps(_mm256_loadu_ps(g), _mm256_mul_ps(self.l2, w));
+            let mk = _mm256_add_ps(_mm256_mul_ps(self.b1, _mm256_loadu_ps(m)), _mm256_mul_ps(self.omb1, grad));
+            let vk = _mm256_add_ps(
+                _mm256_mul_ps(self.b2, _mm256_loadu_ps(v)),
+                _mm256_mul_ps(_mm256_mul_ps(self.omb2, grad), grad),
+            );
+            let denom = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vk), self.isbc2), self.eps);
+            let w = _mm256_sub_ps(_mm256_mul_ps(w, self.shrink), _mm256_div_ps(_mm256_mul_ps(self.step, mk), denom));
+            _mm256_storeu_ps(m, mk);
+            _mm256_storeu_ps(v, vk);
+            _mm256_storeu_ps(p, w);
+            _mm256_storeu_ps(g, _mm256_setzero_ps());
+        }
+    }
+}
+
 /// [`adam_rows`] for listed f32 rows `d` wide (a multiple of 8), written with AVX2 intrinsics:
-/// per row, one address computation and the prefetches, then `d/8` vectors through the rule
-/// with the same operations in the same order as [`adam_one`] (no FMA), so the same bits. The
-/// compiled generic loop spent about as long on a GMF-8 row (one vector) as on a quarter of an
-/// MLP row of 32, the loop's bookkeeping around the one vector.
+/// per row, one address computation and the prefetches, then `d/8` vectors through
+/// [`Adam8::run`]. The compiled generic loop spent about as long on a GMF-8 row (one vector) as
+/// on a quarter of an MLP row of 32, the loop's bookkeeping around the one vector.
 ///
 /// # Safety
 /// AVX2 and FMA; `d` a multiple of 8; [`rows_fit`] holds for the slices.
@@ -269,11 +370,8 @@ unsafe fn adam_rows_f32_avx2(
     d: usize,
     s: &AdamScalars<f32>,
 ) {
-    use std::arch::x86_64::*;
-    let set = _mm256_set1_ps;
-    let (l2, b1, omb1, b2, omb2) = (set(s.l2), set(s.b1), set(s.one_minus_b1), set(s.b2), set(s.one_minus_b2));
-    let (step, isbc2, eps, shrink, zero) =
-        (set(s.step), set(s.inv_sqrt_bc2), set(s.eps), set(s.shrink), _mm256_setzero_ps());
+    // SAFETY: the caller's contract includes AVX2.
+    let k = unsafe { Adam8::new(s) };
     for (i, &r) in rows.iter().enumerate() {
         if let Some(&next) = rows.get(i + ADAM_PREFETCH_ROWS) {
             let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
@@ -287,26 +385,36 @@ unsafe fn adam_rows_f32_avx2(
         let at = (r as usize - base) * d;
         let at_g = if compact { i * d } else { at };
         // SAFETY: rows [at, at + d) of p, m, v and [at_g, at_g + d) of g are inside the slices
-        // (`rows_fit`, the caller's contract), and j + 8 ≤ d.
+        // (`rows_fit`, the caller's contract), and j + 8 ≤ d; AVX2 by the same contract.
         unsafe {
             let (pr, mr, vr, gr) =
                 (p.as_mut_ptr().add(at), m.as_mut_ptr().add(at), v.as_mut_ptr().add(at), g.as_mut_ptr().add(at_g));
             for j in (0..d).step_by(8) {
-                let w = _mm256_loadu_ps(pr.add(j));
-                let grad = _mm256_add_ps(_mm256_loadu_ps(gr.add(j)), _mm256_mul_ps(l2, w));
-                let mk = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(mr.add(j))), _mm256_mul_ps(omb1, grad));
-                let vk = _mm256_add_ps(
-                    _mm256_mul_ps(b2, _mm256_loadu_ps(vr.add(j))),
-                    _mm256_mul_ps(_mm256_mul_ps(omb2, grad), grad),
-                );
-                let denom = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vk), isbc2), eps);
-                let w = _mm256_sub_ps(_mm256_mul_ps(w, shrink), _mm256_div_ps(_mm256_mul_ps(step, mk), denom));
-                _mm256_storeu_ps(mr.add(j), mk);
-                _mm256_storeu_ps(vr.add(j), vk);
-                _mm256_storeu_ps(pr.add(j), w);
-                _mm256_storeu_ps(gr.add(j), zero);
+                k.run(pr.add(j), gr.add(j), mr.add(j), vr.add(j));
             }
         }
+    }
+}
+
+/// [`adam_run`] for f32 with AVX2 intrinsics: whole vectors through [`Adam8::run`], the last
+/// `n mod 8` elements through [`adam_one`] (the same operations, so the same bits). The dense
+/// layers' biases (8 to 32 elements) fell to the compiled loop's scalar remainder.
+///
+/// # Safety
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_dense_f32_avx2(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars<f32>) {
+    let n = p.len().min(g.len()).min(m.len()).min(v.len());
+    let whole = n - n % 8;
+    // SAFETY: AVX2 by the caller's contract.
+    let k = unsafe { Adam8::new(s) };
+    for j in (0..whole).step_by(8) {
+        // SAFETY: j + 8 ≤ whole ≤ the length of every slice.
+        unsafe { k.run(p.as_mut_ptr().add(j), g.as_mut_ptr().add(j), m.as_mut_ptr().add(j), v.as_mut_ptr().add(j)) };
+    }
+    for j in whole..n {
+        adam_one(&mut p[j], &mut g[j], &mut m[j], &mut v[j], s);
     }
 }
 
@@ -615,9 +723,39 @@ mod tests {
                 }
             }
         }
+        // The dense form: whole vectors and the scalar tail, against the generic run.
+        for n in [1usize, 7, 8, 9, 31, 33, 2048] {
+            let hp = AdamHp { decay: Decay::L2(0.01), ..AdamHp::default() };
+            let (mut pa, mut ma, mut va) = (rand_vec(n, 4), rand_vec(n, 5), rand_vec(n, 6));
+            va.iter_mut().for_each(|x| *x = x.abs());
+            let (mut pb, mut mb, mut vb) = (pa.clone(), ma.clone(), va.clone());
+            for t in 1..=3u64 {
+                let s = AdamScalars::<f32>::new(&hp, t);
+                let mut ga = rand_vec(n, 20 + t);
+                let mut gb = ga.clone();
+                adam_run(&mut pa, &mut ga, &mut ma, &mut va, &s);
+                // SAFETY: AVX2 + FMA checked above.
+                unsafe { adam_dense_f32_avx2(&mut pb, &mut gb, &mut mb, &mut vb, &s) };
+                for (name, got, want) in [("p", &pb, &pa), ("m", &mb, &ma), ("v", &vb, &va), ("g", &gb, &ga)] {
+                    assert_eq!(bits(got), bits(want), "dense {name}, n {n}, t {t}");
+                }
+            }
+        }
         assert!(!rows_fit(&[2, 5], 3, false, 8, [100; 4]), "a row below the base does not fit");
         assert!(!rows_fit(&[2, 12], 0, false, 8, [100; 4]), "a row past the end does not fit");
         assert!(!rows_fit(&[2, 5], 0, true, 8, [48, 15, 48, 48]), "a compact gradient too short");
+    }
+
+    /// The kept bias corrections follow their key: the same step with other betas, and the
+    /// same betas at another step, give what a fresh computation gives.
+    #[test]
+    fn bias_corrections_follow_their_key() {
+        let fresh = |hp: &AdamHp, t: u64| (1.0 - hp.beta1.powi(t as i32), 1.0 - hp.beta2.powi(t as i32));
+        let a = AdamHp::default();
+        let b = AdamHp { beta1: 0.8, beta2: 0.99, ..AdamHp::default() };
+        for (hp, t) in [(&a, 7u64), (&a, 7), (&b, 7), (&a, 7), (&a, 30_000), (&b, 30_000), (&a, 0), (&a, 1)] {
+            assert_eq!(bias_corrections(hp, t), fresh(hp, t.max(1)), "betas {} {}, t {t}", hp.beta1, hp.beta2);
+        }
     }
 
     #[test]
