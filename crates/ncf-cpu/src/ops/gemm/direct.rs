@@ -403,11 +403,17 @@ unsafe fn block_avx512(
         };
         // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
         unsafe {
-            match v {
-                1 => rows_v::<1, 12>(&s, m),
-                2 => rows_v::<2, 12>(&s, m),
-                3 => rows_v::<3, 8>(&s, m),
-                _ => rows_v::<4, 6>(&s, m),
+            // The epilogue is a separate instantiation, so the plain product's loop is the
+            // one it was before the epilogue existed.
+            match (v, s.bias.is_null() && s.relu.is_null()) {
+                (1, true) => rows_v::<1, 12, false>(&s, m),
+                (2, true) => rows_v::<2, 12, false>(&s, m),
+                (3, true) => rows_v::<3, 8, false>(&s, m),
+                (_, true) => rows_v::<4, 6, false>(&s, m),
+                (1, false) => rows_v::<1, 12, true>(&s, m),
+                (2, false) => rows_v::<2, 12, true>(&s, m),
+                (3, false) => rows_v::<3, 8, true>(&s, m),
+                (_, false) => rows_v::<4, 6, true>(&s, m),
             }
         }
     }
@@ -442,30 +448,30 @@ struct Strip {
 /// As in [`block`], for the strip's rows `0..m`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
+unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool>(s: &Strip, m: usize) {
     let mut i = 0;
     // SAFETY: for every call below, rows i..i+R (or the smaller tile) are rows of the strip,
     // with i + rows ≤ m.
     unsafe {
         while i + R <= m {
-            tile::<R, V>(s, i);
+            tile::<R, V, EPI>(s, i);
             i += R;
         }
         let rest = m - i;
         if rest & 8 != 0 {
-            tile::<8, V>(s, i);
+            tile::<8, V, EPI>(s, i);
             i += 8;
         }
         if rest & 4 != 0 {
-            tile::<4, V>(s, i);
+            tile::<4, V, EPI>(s, i);
             i += 4;
         }
         if rest & 2 != 0 {
-            tile::<2, V>(s, i);
+            tile::<2, V, EPI>(s, i);
             i += 2;
         }
         if rest & 1 != 0 {
-            tile::<1, V>(s, i);
+            tile::<1, V, EPI>(s, i);
         }
     }
 }
@@ -478,7 +484,7 @@ unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
 /// As in [`block`], for the strip's rows `i0..i0+R`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
+unsafe fn tile<const R: usize, const V: usize, const EPI: bool>(s: &Strip, i0: usize) {
     // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
     // 0..k or C rows i0..i0+R, within the columns the mask admits (see `block`).
     unsafe {
@@ -525,7 +531,7 @@ unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
                     _mm512_mask_storeu_ps(row(r).add(16 * v), last(v), out(x, c));
                 }
             }
-        } else {
+        } else if EPI {
             // The epilogue ([`Epilogue`]): + bias after `α·acc + β·c`, then max(·, 0) to `relu`.
             let zero = _mm512_setzero_ps();
             let bias: [__m512; V] = std::array::from_fn(|v| {
@@ -540,6 +546,14 @@ unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
                     if !s.relu.is_null() {
                         _mm512_mask_storeu_ps(s.relu.add((i0 + r) * s.c_rs + 16 * v), last(v), _mm512_max_ps(y, zero));
                     }
+                }
+            }
+        } else {
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (v, &x) in acc_r.iter().enumerate() {
+                    let dst = row(r).add(16 * v);
+                    let c = if s.beta != 0.0 { _mm512_maskz_loadu_ps(last(v), dst) } else { x };
+                    _mm512_mask_storeu_ps(dst, last(v), out(x, c));
                 }
             }
         }
@@ -617,9 +631,12 @@ mod avx2 {
             };
             // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
             unsafe {
-                match v {
-                    1 => rows_v::<1, 8>(&s, m),
-                    _ => rows_v::<2, 6>(&s, m),
+                // The epilogue is a separate instantiation (see `block_avx512`).
+                match (v, s.bias.is_null() && s.relu.is_null()) {
+                    (1, true) => rows_v::<1, 8, false>(&s, m),
+                    (_, true) => rows_v::<2, 6, false>(&s, m),
+                    (1, false) => rows_v::<1, 8, true>(&s, m),
+                    (_, false) => rows_v::<2, 6, true>(&s, m),
                 }
             }
         }
@@ -630,25 +647,25 @@ mod avx2 {
     /// # Safety
     /// As in [`block`], for the strip's rows `0..m`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_v<const V: usize, const R: usize>(s: &Strip, m: usize) {
+    unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool>(s: &Strip, m: usize) {
         let mut i = 0;
         // SAFETY: every tile below covers rows i..i+rows of the strip, with i + rows ≤ m.
         unsafe {
             while i + R <= m {
-                tile::<R, V>(s, i);
+                tile::<R, V, EPI>(s, i);
                 i += R;
             }
             let rest = m - i;
             if rest & 4 != 0 {
-                tile::<4, V>(s, i);
+                tile::<4, V, EPI>(s, i);
                 i += 4;
             }
             if rest & 2 != 0 {
-                tile::<2, V>(s, i);
+                tile::<2, V, EPI>(s, i);
                 i += 2;
             }
             if rest & 1 != 0 {
-                tile::<1, V>(s, i);
+                tile::<1, V, EPI>(s, i);
             }
         }
     }
@@ -661,9 +678,9 @@ mod avx2 {
     /// # Safety
     /// As in [`block`], for the strip's rows `i0..i0+R`.
     #[inline(always)]
-    unsafe fn tile<const R: usize, const V: usize>(s: &Strip, i0: usize) {
+    unsafe fn tile<const R: usize, const V: usize, const EPI: bool>(s: &Strip, i0: usize) {
         // SAFETY: the same contract, passed on.
-        unsafe { if s.full { tile_m::<R, V, false>(s, i0) } else { tile_m::<R, V, true>(s, i0) } }
+        unsafe { if s.full { tile_m::<R, V, false, EPI>(s, i0) } else { tile_m::<R, V, true, EPI>(s, i0) } }
     }
 
     /// [`tile`], with the last vector masked when `MASKED`. The `R` rows of A are `R` pointers
@@ -674,70 +691,117 @@ mod avx2 {
     /// # Safety
     /// As in [`block`], for the strip's rows `i0..i0+R`; `MASKED` only when the strip's last
     /// vector is partial.
-    #[inline(always)]
-    unsafe fn tile_m<const R: usize, const V: usize, const MASKED: bool>(s: &Strip, i0: usize) {
+    ///
+    /// The helpers below are functions built for AVX2 rather than closures: a closure is
+    /// compiled without the caller's target features, so when the compiler did not inline one
+    /// (it stopped doing so once the epilogue doubled the instantiations), every intrinsic in it
+    /// became a call and the forward products ran at about half speed.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_m<const R: usize, const V: usize, const MASKED: bool, const EPI: bool>(s: &Strip, i0: usize) {
         // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
-        // 0..k or C rows i0..i0+R; the last vector's lanes past C's edge are masked off (a masked
-        // load reads nothing there, a masked store writes nothing).
+        // 0..k or C rows i0..i0+R (or the epilogue's bias and ReLU output at those columns); the
+        // last vector's lanes past C's edge are masked off (a masked load reads nothing there, a
+        // masked store writes nothing).
         unsafe {
-            let all = _mm256_set1_epi32(-1);
-            let last = |v: usize| if v + 1 == V { s.mask } else { all };
-            let load = |p: *const f32, v: usize| {
-                if MASKED && v + 1 == V { _mm256_maskload_ps(p, s.mask) } else { _mm256_loadu_ps(p) }
-            };
             let mut acc = [[_mm256_setzero_ps(); V]; R];
             let rows: [*const f32; R] = std::array::from_fn(|r| s.a.add((i0 + r) * s.a_rs));
-            let (a_cs, b_rs) = (s.a_cs, s.b_rs);
-            let step = |acc: &mut [[__m256; V]; R], p: usize| {
-                let bp = s.b.add(p * b_rs);
-                let mut bv = [_mm256_setzero_ps(); V];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = load(bp.add(8 * v), v);
-                }
-                for (acc_r, &row) in acc.iter_mut().zip(&rows) {
-                    let x = _mm256_set1_ps(*row.add(p * a_cs));
-                    for (acc_rv, &b) in acc_r.iter_mut().zip(&bv) {
-                        *acc_rv = _mm256_fmadd_ps(x, b, *acc_rv);
-                    }
-                }
-            };
             let mut p = 0;
             while p + 2 <= s.k {
-                step(&mut acc, p);
-                step(&mut acc, p + 1);
+                step::<R, V, MASKED>(s, &rows, &mut acc, p);
+                step::<R, V, MASKED>(s, &rows, &mut acc, p + 1);
                 p += 2;
             }
             if p < s.k {
-                step(&mut acc, p);
+                step::<R, V, MASKED>(s, &rows, &mut acc, p);
             }
             let alpha = _mm256_set1_ps(s.alpha);
             let beta = _mm256_set1_ps(s.beta);
-            let row = |r: usize| s.c.add((i0 + r) * s.c_rs);
-            let out = |x: __m256, c: __m256| {
-                let ax = _mm256_mul_ps(alpha, x);
-                if s.beta != 0.0 { _mm256_add_ps(ax, _mm256_mul_ps(beta, c)) } else { ax }
-            };
-            // The epilogue ([`Epilogue`]): + bias after `α·acc + β·c`, then max(·, 0) to `relu`.
             let zero = _mm256_setzero_ps();
-            let bias: [__m256; V] =
-                std::array::from_fn(|v| if s.bias.is_null() { zero } else { load(s.bias.add(8 * v), v) });
-            let store = |dst: *mut f32, v: usize, y: __m256| {
-                if MASKED && v + 1 == V {
-                    _mm256_maskstore_ps(dst, last(v), y);
-                } else {
-                    _mm256_storeu_ps(dst, y);
+            // The epilogue ([`Epilogue`]): + bias after `α·acc + β·c`, then max(·, 0) to `relu`.
+            let mut bias = [zero; V];
+            if EPI && !s.bias.is_null() {
+                for (v, b) in bias.iter_mut().enumerate() {
+                    *b = load::<V, MASKED>(s.bias.add(8 * v), v, s.mask);
                 }
-            };
+            }
             for (r, acc_r) in acc.iter().enumerate() {
+                let row = s.c.add((i0 + r) * s.c_rs);
                 for (v, &x) in acc_r.iter().enumerate() {
-                    let dst = row(r).add(8 * v);
-                    let c = if s.beta != 0.0 { load(dst, v) } else { x };
-                    let y = if s.bias.is_null() { out(x, c) } else { _mm256_add_ps(out(x, c), bias[v]) };
-                    store(dst, v, y);
-                    if !s.relu.is_null() {
-                        store(s.relu.add((i0 + r) * s.c_rs + 8 * v), v, _mm256_max_ps(y, zero));
+                    let dst = row.add(8 * v);
+                    // α·acc + β·c, rounded after the product and after the sum.
+                    let ax = _mm256_mul_ps(alpha, x);
+                    let mut y = if s.beta != 0.0 {
+                        _mm256_add_ps(ax, _mm256_mul_ps(beta, load::<V, MASKED>(dst, v, s.mask)))
+                    } else {
+                        ax
+                    };
+                    if EPI && !s.bias.is_null() {
+                        y = _mm256_add_ps(y, bias[v]);
+                    }
+                    store::<V, MASKED>(dst, v, s.mask, y);
+                    if EPI && !s.relu.is_null() {
+                        store::<V, MASKED>(s.relu.add((i0 + r) * s.c_rs + 8 * v), v, s.mask, _mm256_max_ps(y, zero));
                     }
                 }
+            }
+        }
+    }
+
+    /// One step `p` of [`tile_m`]'s loop: B's row `p` (V vectors), then for each of the R rows
+    /// of A its element `p` broadcast and multiplied into the row's accumulators.
+    ///
+    /// # Safety
+    /// As in [`tile_m`], for `p < k`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn step<const R: usize, const V: usize, const MASKED: bool>(
+        s: &Strip,
+        rows: &[*const f32; R],
+        acc: &mut [[__m256; V]; R],
+        p: usize,
+    ) {
+        // SAFETY: B's row p and A's element p of each row are inside the views (the caller's
+        // contract); the last vector is masked when partial.
+        unsafe {
+            let bp = s.b.add(p * s.b_rs);
+            let mut bv = [_mm256_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = load::<V, MASKED>(bp.add(8 * v), v, s.mask);
+            }
+            for (acc_r, &row) in acc.iter_mut().zip(rows) {
+                let x = _mm256_set1_ps(*row.add(p * s.a_cs));
+                for (acc_rv, &b) in acc_r.iter_mut().zip(&bv) {
+                    *acc_rv = _mm256_fmadd_ps(x, b, *acc_rv);
+                }
+            }
+        }
+    }
+
+    /// Vector `v` of a strip's row at `p`: under the lane mask when it is the last and partial.
+    ///
+    /// # Safety
+    /// AVX2; the lanes the mask admits (all of them for a full vector) readable at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load<const V: usize, const MASKED: bool>(p: *const f32, v: usize, mask: __m256i) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { if MASKED && v + 1 == V { _mm256_maskload_ps(p, mask) } else { _mm256_loadu_ps(p) } }
+    }
+
+    /// [`load`]'s store.
+    ///
+    /// # Safety
+    /// AVX2; the lanes the mask admits writable at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store<const V: usize, const MASKED: bool>(p: *mut f32, v: usize, mask: __m256i, y: __m256) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if MASKED && v + 1 == V {
+                _mm256_maskstore_ps(p, mask, y);
+            } else {
+                _mm256_storeu_ps(p, y);
             }
         }
     }
