@@ -224,12 +224,6 @@ impl<T: CpuFloat> TwoLaneStep<T> {
         }
         let Some(parts) = lane_parts(model, n)? else { return Ok(false) };
         let h = n / 2;
-        for (k, lane) in self.lanes.iter_mut().enumerate() {
-            let r = k * h..(k + 1) * h;
-            lane.users[..h].copy_from_slice(&batch.users[r.clone()]);
-            lane.items[..h].copy_from_slice(&batch.items[r.clone()]);
-            lane.labels[..h].copy_from_slice(&batch.labels[r]);
-        }
         // Lane 1's activations and gradients live in `self.second`, in the variant of the
         // model's kind; made (or remade, for a larger batch) on first use.
         macro_rules! run_lanes {
@@ -238,7 +232,7 @@ impl<T: CpuFloat> TwoLaneStep<T> {
                     self.second = Second::$kind(LaneActs::like($acts, be, h)?, $p.zeros_like(be)?);
                 }
                 let Second::$kind(acts1, g1) = &mut self.second else { unreachable!("set above") };
-                two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, h, &mut self.laps)?;
+                two_lanes(be, $p, $g, $acts, acts1, g1, &mut self.lanes, batch, &mut self.laps)?;
                 let acts = [&*$acts, &*acts1];
                 match opt {
                     Some(opt) => {
@@ -258,8 +252,9 @@ impl<T: CpuFloat> TwoLaneStep<T> {
     }
 }
 
-/// Lane 0 takes rows `[0, h)` into the model's own activations and gradients `g`, lane 1 rows
-/// `[h, 2h)` into `acts1` and `g1`: lap 0 of `laps`.
+/// Lane 0 takes rows `[0, h)` of the batch into the model's own activations and gradients `g`,
+/// lane 1 rows `[h, 2h)` into `acts1` and `g1`, each first copying its rows into its [`Lane`]
+/// on its own core: lap 0 of `laps`.
 #[allow(clippy::too_many_arguments)]
 fn two_lanes<T: CpuFloat, A: CpuLane<T>>(
     be: &CpuBackend<T>,
@@ -269,18 +264,22 @@ fn two_lanes<T: CpuFloat, A: CpuLane<T>>(
     acts1: &mut A,
     g1: &mut ParamSet<CpuBackend<T>>,
     lanes: &mut [Lane<T>; 2],
-    h: usize,
+    batch: &Batch<CpuBackend<T>>,
     laps: &mut Laps,
 ) -> Result<()> {
-    let half = T::from_f64(0.5);
-    let run = |acts: &mut A, g: &mut ParamSet<CpuBackend<T>>, lane: &mut Lane<T>| -> Result<()> {
+    let (half, h) = (T::from_f64(0.5), batch.len / 2);
+    let run = |acts: &mut A, g: &mut ParamSet<CpuBackend<T>>, lane: &mut Lane<T>, k: usize| -> Result<()> {
+        let r = k * h..(k + 1) * h;
+        lane.users[..h].copy_from_slice(&batch.users[r.clone()]);
+        lane.items[..h].copy_from_slice(&batch.items[r.clone()]);
+        lane.labels[..h].copy_from_slice(&batch.labels[r]);
         acts.lane_forward(be, p, &lane.users, &lane.items, h)?;
         be.bce_with_logits(acts.logits(), &lane.labels, h, &mut lane.loss, &mut lane.dlogits)?;
         be.scale(&mut lane.dlogits, h, half)?;
         acts.lane_backward_rows(be, p, g, &lane.dlogits, h)
     };
     let [l0, l1] = lanes;
-    let (r0, r1) = laps.join(0, || run(acts0, g, l0), || run(acts1, g1, l1));
+    let (r0, r1) = laps.join(0, || run(acts0, g, l0, 0), || run(acts1, g1, l1, 1));
     r0?;
     r1?;
     laps.lap(0);
