@@ -158,10 +158,10 @@ pub fn adam_step<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], h
 /// run.
 type Rows<'a> = Option<(&'a [u32], usize, bool)>;
 
-/// How many rows ahead [`adam_rows`] prefetches a row's weights and moments: twice the
+/// How many rows ahead the lazy Adam kernels prefetch a row's weights and moments: twice the
 /// scatter's distance, since an update spends longer on a row than an add does. (Alternating
-/// forced-AVX2 epochs on the Zen 4 VM: the optimizer phase 0.29 s per epoch at 8 rows
-/// against 0.31 s at 4, BENCHMARKS.md.)
+/// forced-AVX2 runs on the Zen 4 VM, calm epochs: the optimizer halves were busy 0.278–0.314 s
+/// per epoch at 8 rows and 0.290–0.320 s at 4, BENCHMARKS.md: a small gain, inside the spread.)
 const ADAM_PREFETCH_ROWS: usize = 8;
 
 /// Adam on the rows `rows` names (see [`Rows`]).
