@@ -164,6 +164,22 @@ type Rows<'a> = Option<(&'a [u32], usize, bool)>;
 /// per epoch at 8 rows and 0.290–0.320 s at 4, BENCHMARKS.md: a small gain, inside the spread.)
 const ADAM_PREFETCH_ROWS: usize = 8;
 
+/// Prefetches the row [`ADAM_PREFETCH_ROWS`] after the `i`-th listed one (see [`Rows`]), if
+/// any: its weights for writing, its moments, and its gradient unless that is compact.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn prefetch_ahead<T>(p: &[T], g: &[T], m: &[T], v: &[T], rows: &[u32], i: usize, base: usize, d: usize, compact: bool) {
+    if let Some(&next) = rows.get(i + ADAM_PREFETCH_ROWS) {
+        let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
+        super::prefetch_write(p, start, d);
+        super::prefetch(m, start, d);
+        super::prefetch(v, start, d);
+        if !compact {
+            super::prefetch(g, start, d);
+        }
+    }
+}
+
 /// Adam on the rows `rows` names (see [`Rows`]).
 #[inline(always)]
 fn adam_rows<T: Float>(
@@ -182,16 +198,7 @@ fn adam_rows<T: Float>(
         None => adam_run(p, g, m, v, s),
         Some((rows, base, compact)) => {
             for (i, &r) in rows.iter().enumerate() {
-                if let Some(&next) = rows.get(i + ADAM_PREFETCH_ROWS) {
-                    let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
-                    super::prefetch_write(p, start, d);
-                    for t in [&*m, &*v] {
-                        super::prefetch(t, start, d);
-                    }
-                    if !compact {
-                        super::prefetch(g, start, d);
-                    }
-                }
+                prefetch_ahead(p, g, m, v, rows, i, base, d, compact);
                 let k = (r as usize - base) * d..(r as usize - base + 1) * d;
                 let kg = if compact { i * d..(i + 1) * d } else { k.clone() };
                 adam_run(&mut p[k.clone()], &mut g[kg], &mut m[k.clone()], &mut v[k], s);
@@ -304,7 +311,7 @@ struct Adam8 {
 #[cfg(target_arch = "x86_64")]
 impl Adam8 {
     /// # Safety
-    /// AVX.
+    /// AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn new(s: &AdamScalars<f32>) -> Self {
         use std::arch::x86_64::_mm256_set1_ps as set;
@@ -373,15 +380,7 @@ unsafe fn adam_rows_f32_avx2(
     // SAFETY: the caller's contract includes AVX2.
     let k = unsafe { Adam8::new(s) };
     for (i, &r) in rows.iter().enumerate() {
-        if let Some(&next) = rows.get(i + ADAM_PREFETCH_ROWS) {
-            let start = (next as usize).wrapping_sub(base).wrapping_mul(d);
-            super::prefetch_write(p, start, d);
-            super::prefetch(m, start, d);
-            super::prefetch(v, start, d);
-            if !compact {
-                super::prefetch(g, start, d);
-            }
-        }
+        prefetch_ahead(p, g, m, v, rows, i, base, d, compact);
         let at = (r as usize - base) * d;
         let at_g = if compact { i * d } else { at };
         // SAFETY: rows [at, at + d) of p, m, v and [at_g, at_g + d) of g are inside the slices

@@ -76,13 +76,20 @@ pub fn suits(k: usize, n: usize, b_cs: usize, c_cs: usize) -> bool {
 /// Preconditions (established by the caller, `dispatch.rs`'s `scratch`): the views were
 /// validated, `m, k, n > 0`, [`is_available`]`(simd)` and [`suits`] hold.
 pub(super) fn gemm_direct(simd: SimdLevel, alpha: f32, a: MatRef<f32>, b: MatRef<f32>, beta: f32, c: MatMut<f32>) {
-    let (k, n) = (a.cols, b.cols);
+    let n = b.cols;
+    with_b_rows(simd, b, |b_data, b_rs| rows_parallel(simd, alpha, a, b_data, b_rs, n, beta, c));
+}
+
+/// Runs `f` on B's rows as the kernel reads them, `(data, row stride)`: B itself when its rows
+/// are contiguous, else its row-major copy ([`copy_b`]) in this thread's packing buffer.
+fn with_b_rows(simd: SimdLevel, b: MatRef<f32>, f: impl FnOnce(&[f32], usize)) {
+    let (k, n) = (b.rows, b.cols);
     if b.cs == 1 {
-        rows_parallel(simd, alpha, a, b.data, b.rs, n, beta, c);
+        f(b.data, b.rs);
     } else {
         with_pack_buffer(<f32 as super::CpuFloat>::b_pack_buffer(), k * n, |buf| {
             copy_b(simd, b, buf);
-            rows_parallel(simd, alpha, a, buf, n, n, beta, c);
+            f(buf, n);
         });
     }
 }
@@ -140,14 +147,7 @@ pub(super) fn gemm_direct_bias_relu(
         return false;
     }
     let epi = Epilogue { bias: bias.as_ptr(), relu: x.as_mut_ptr() };
-    if b.cs == 1 {
-        block(simd, 1.0, a, 0, m, b.data, b.rs, n, 0.0, c.data, c_rs, epi);
-    } else {
-        with_pack_buffer(<f32 as super::CpuFloat>::b_pack_buffer(), k * n, |buf| {
-            copy_b(simd, b, buf);
-            block(simd, 1.0, a, 0, m, buf, n, n, 0.0, c.data, c_rs, epi);
-        });
-    }
+    with_b_rows(simd, b, |b_data, b_rs| block(simd, 1.0, a, 0, m, b_data, b_rs, n, 0.0, c.data, c_rs, epi));
     true
 }
 
