@@ -16,7 +16,8 @@
 
 use crate::backend::CpuBackend;
 use crate::ops::embedding::{embedding_backward_cols, embedding_forward_cols};
-use crate::ops::gemm::CpuFloat;
+use crate::ops::gemm::{CpuFloat, GemmImpl};
+use crate::ops::linear;
 use ncf_core::check::{self, Ids};
 use ncf_core::{Backend, Error, Result};
 use ncf_model::layers::{EmbeddingPair, MlpTower};
@@ -144,6 +145,15 @@ impl<T: CpuFloat> CpuLane<T> for NeuMfActs<Cpu<T>> {
         self.gmf.forward(be, p, users, items, b)?; // h = P_g[u] ⊙ Q_g[i]            (B,F)
         tower_forward(be, p, &mut self.mlp, users, items, b)?; // x = MLP([P_m[u], Q_m[i]])   (B,H)
         let (f, h) = (self.gmf.f(), self.mlp.out_width());
+        if two_input_head(be, f, h) {
+            // logit = [h, x]·wᵀ + b, reading h and x where they lie            (B)
+            let (w, bias) = (p.buf(self.head.idx.w), p.buf(self.head.idx.bias));
+            check_two_input_head(&self.gmf.h, f, self.mlp.out(), h, w, &self.head.logits, b)?;
+            check_rows("matvec_bias_two", "bias", bias.len(), 1, 1)?;
+            let (hx, x) = (&self.gmf.h[..b * f], &self.mlp.out()[..b * h]);
+            linear::matvec_bias_two(hx, f, x, h, w, bias[0], &mut self.head.logits[..b]);
+            return Ok(());
+        }
         be.concat_cols(&self.gmf.h, f, self.mlp.out(), h, b, &mut self.cat)?; // cat = [h, x]   (B,F+H)
         self.head.forward(be, p, &self.cat, b) // logit = cat·wᵀ + b                   (B)
     }
@@ -156,8 +166,28 @@ impl<T: CpuFloat> CpuLane<T> for NeuMfActs<Cpu<T>> {
         b: usize,
     ) -> Result<()> {
         let (f, h) = (self.gmf.f(), self.mlp.out_width());
-        self.head.backward(be, p, g, &self.cat, dlogits, b)?; // dw, db; dcat = dlogit·w
-        be.split_cols(&self.head.dinp, f, h, b, &mut self.dh_gmf, &mut self.dx_mlp)?; // dcat = [dh, dx]
+        if two_input_head(be, f, h) {
+            // dw, db; dh = dlogit·w[..F], dx = dlogit·w[F..], no dcat to split
+            let (wk, bk) = (self.head.idx.w, self.head.idx.bias);
+            let w = p.buf(wk);
+            check_two_input_head(&self.gmf.h, f, self.mlp.out(), h, w, dlogits, b)?;
+            check_rows("matvec_backward_two", "dh", self.dh_gmf.len(), b, f)?;
+            check_rows("matvec_backward_two", "dx", self.dx_mlp.len(), b, h)?;
+            let (dw, dbias) = two_grads(g, wk, bk, f + h)?;
+            linear::matvec_backward_two(
+                &dlogits[..b],
+                (&self.gmf.h[..b * f], f),
+                (&self.mlp.out()[..b * h], h),
+                w,
+                &mut self.dh_gmf[..b * f],
+                &mut self.dx_mlp[..b * h],
+                dw,
+                dbias,
+            );
+        } else {
+            self.head.backward(be, p, g, &self.cat, dlogits, b)?; // dw, db; dcat = dlogit·w
+            be.split_cols(&self.head.dinp, f, h, b, &mut self.dh_gmf, &mut self.dx_mlp)?; // dcat = [dh, dx]
+        }
         tower_backward(be, p, g, &mut self.mlp, &self.dx_mlp, b)?; // dense layers in reverse, down to dx₀
         self.gmf.backward(be, &self.dh_gmf, b) // rows of dP_g[u] = dh ⊙ Q_g[i], dQ_g[i] = dh ⊙ P_g[u]
     }
@@ -175,6 +205,35 @@ impl<T: CpuFloat> CpuLane<T> for NeuMfActs<Cpu<T>> {
     fn row_grads(&self, side: IdSource, k: usize) -> Option<(&Vec<T>, usize, usize)> {
         pair_grads(&self.gmf.emb, side, k).or_else(|| tower_grads(&self.mlp, side, k))
     }
+}
+
+/// Whether NeuMF's head reads `h` and `x` apart ([`linear::matvec_bias_two`]): where the
+/// reference head would take [`linear::linear_forward`]'s matrix-vector path (the scratch GEMM
+/// both ways), whose bits it keeps, and both widths are whole chunks of 8.
+fn two_input_head<T: CpuFloat>(be: &Cpu<T>, f: usize, h: usize) -> bool {
+    be.gemm.forward() == GemmImpl::Scratch && be.gemm.backward() == GemmImpl::Scratch && linear::two_inputs_fit(f, h)
+}
+
+/// The sizes [`linear::matvec_bias_two`] and [`linear::matvec_backward_two`] read: `hx (B,F)`,
+/// `x (B,H)`, `w (F+H)` and a vector of `B` (the logits or their gradients).
+fn check_two_input_head<T>(hx: &[T], f: usize, x: &[T], h: usize, w: &[T], v: &[T], b: usize) -> Result<()> {
+    check_rows("two_input_head", "h", hx.len(), b, f)?;
+    check_rows("two_input_head", "x", x.len(), b, h)?;
+    check_rows("two_input_head", "w", w.len(), 1, f + h)?;
+    check_rows("two_input_head", "logits", v.len(), b, 1)
+}
+
+/// The head's weight gradient (`i` wide) and its bias gradient, two tensors of `g`.
+fn two_grads<T: CpuFloat>(g: &mut ParamSet<Cpu<T>>, wk: usize, bk: usize, i: usize) -> Result<(&mut [T], &mut T)> {
+    let bad = || Error::invalid("two_input_head", "grads", format!("tensors {wk} and {bk}"));
+    if wk == bk || wk.max(bk) >= g.tensors.len() {
+        return Err(bad());
+    }
+    let (lo, hi) = g.tensors.split_at_mut(wk.max(bk));
+    let (w, b) = if wk < bk { (&mut lo[wk].buf, &mut hi[0].buf) } else { (&mut hi[0].buf, &mut lo[bk].buf) };
+    check_rows("two_input_head", "dw", w.len(), 1, i)?;
+    let b = b.first_mut().ok_or_else(bad)?;
+    Ok((&mut w[..i], b))
 }
 
 /// Whether the tower's embedding goes through `x₀`'s columns here: a plain tower (no side

@@ -137,6 +137,79 @@ fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize
     }
 }
 
+/// The prediction layer over two inputs side by side, their concatenation never formed:
+/// `out[r] = bias + [a[r,:], c[r,:]] · w`, for `a (B,Ia)`, `c (B,Ic)`, `w (Ia+Ic)`, `out (B)`.
+/// NeuMF's head reads the GMF tower's `h` and the MLP tower's `x` where they lie, instead of
+/// copying both into `cat` first. With both widths multiples of 8 ([`two_inputs_fit`]), `cat`'s
+/// chunks of 8 are `a`'s then `c`'s, so these are [`matvec_bias`]'s 8 partial sums on `cat`, in
+/// its order: the same bits (tested).
+pub fn matvec_bias_two<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T], bias: T, out: &mut [T]) {
+    debug_assert!(two_inputs_fit(ia, ic));
+    let (wa, wc) = w[..ia + ic].split_at(ia);
+    for ((ra, rc), o) in a.chunks_exact(ia).zip(c.chunks_exact(ic)).zip(out.iter_mut()) {
+        let mut acc = [T::ZERO; 8];
+        for (x8, w8) in ra.chunks_exact(8).zip(wa.chunks_exact(8)).chain(rc.chunks_exact(8).zip(wc.chunks_exact(8))) {
+            for l in 0..8 {
+                acc[l] += x8[l] * w8[l];
+            }
+        }
+        let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        *o = bias + s;
+    }
+}
+
+/// Whether [`matvec_bias_two`] and [`matvec_backward_two`] take inputs `Ia` and `Ic` wide.
+pub fn two_inputs_fit(ia: usize, ic: usize) -> bool {
+    ia > 0 && ic > 0 && ia.is_multiple_of(8) && ic.is_multiple_of(8)
+}
+
+/// Backward of [`matvec_bias_two`], given `dout (B)`:
+/// * `da = dout ⊗ w[..Ia]`, `dc = dout ⊗ w[Ia..]`  (B,Ia), (B,Ic) — written, no `dcat` to split;
+/// * `dw += Σ_r dout[r]·[a[r,:], c[r,:]]`          (Ia+Ic) — each column summed from zero in
+///   row order, then added (the order of [`linear_backward_naive`]);
+/// * `dbias += Σ_r dout[r]`                        — in row order.
+///
+/// `da` and `dc` are [`linear_backward_naive`]'s `dinp` on `cat`, split, bit for bit (a sum of
+/// one term from zero), and so the products' (tested).
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_backward_two<T: Float>(
+    dout: &[T],
+    (a, ia): (&[T], usize),
+    (c, ic): (&[T], usize),
+    w: &[T],
+    da: &mut [T],
+    dc: &mut [T],
+    dw: &mut [T],
+    dbias: &mut T,
+) {
+    debug_assert!(two_inputs_fit(ia, ic));
+    let (wa, wc) = w[..ia + ic].split_at(ia);
+    let (dwa, dwc) = dw[..ia + ic].split_at_mut(ia);
+    for (inp, width, wv, dinp, dwv) in [(a, ia, wa, da, dwa), (c, ic, wc, dc, dwc)] {
+        for (&g, row) in dout.iter().zip(dinp.chunks_exact_mut(width)) {
+            for (d, &wk) in row.iter_mut().zip(wv) {
+                *d = T::ZERO + g * wk;
+            }
+        }
+        for k0 in (0..width).step_by(8) {
+            let mut s = [T::ZERO; 8];
+            for (&g, row) in dout.iter().zip(inp.chunks_exact(width)) {
+                for l in 0..8 {
+                    s[l] += g * row[k0 + l];
+                }
+            }
+            for l in 0..8 {
+                dwv[k0 + l] += s[l];
+            }
+        }
+    }
+    let mut sum = *dbias;
+    for &g in dout {
+        sum += g;
+    }
+    *dbias = sum;
+}
+
 /// Backward, reference: the three sums written out.
 pub fn linear_backward_naive<T: Float>(
     dout: &[T],
@@ -354,6 +427,50 @@ mod tests {
     use crate::testutil::rand_vec;
     use ncf_core::Tol;
     use ncf_core::tol::assert_close_f32;
+
+    /// The two-input head equals the concatenation through the plain kernels bit for bit:
+    /// forward against `matvec_bias` on `cat`, backward against the naive backward on `cat`
+    /// (then split), for widths of one to three chunks and odd batches.
+    #[test]
+    fn two_input_head_matches_the_concatenated_head_bitwise() {
+        for &(b, ia, ic) in &[(1, 8, 8), (5, 8, 8), (128, 8, 8), (300, 16, 8), (77, 8, 24)] {
+            let (i, seed) = (ia + ic, (b * 31 + ia) as u64);
+            let (a, c) = (rand_vec(b * ia, seed), rand_vec(b * ic, seed + 1));
+            let (w, dout) = (rand_vec(i, seed + 2), rand_vec(b, seed + 3));
+            let mut cat = vec![0.0f32; b * i];
+            for r in 0..b {
+                cat[r * i..r * i + ia].copy_from_slice(&a[r * ia..(r + 1) * ia]);
+                cat[r * i + ia..(r + 1) * i].copy_from_slice(&c[r * ic..(r + 1) * ic]);
+            }
+            let (mut want, mut got) = (vec![0.0f32; b], vec![f32::NAN; b]);
+            matvec_bias(&cat, &w, 0.25, &mut want, i);
+            matvec_bias_two(&a, ia, &c, ic, &w, 0.25, &mut got);
+            assert_close_f32(&format!("forward b={b} {ia}+{ic}"), &got, &want, Tol { abs: 0.0, rel: 0.0 });
+
+            let (mut dcat, mut dw_want, mut db_want) = (vec![0.0f32; b * i], rand_vec(i, seed + 4), vec![0.5f32]);
+            let (mut dw_got, mut db_got) = (dw_want.clone(), 0.5f32);
+            linear_backward_naive(&dout, &cat, &w, Some(&mut dcat), &mut dw_want, &mut db_want, b, i, 1);
+            let (mut da, mut dc) = (vec![f32::NAN; b * ia], vec![f32::NAN; b * ic]);
+            matvec_backward_two(&dout, (&a, ia), (&c, ic), &w, &mut da, &mut dc, &mut dw_got, &mut db_got);
+            let split: (Vec<f32>, Vec<f32>) = (
+                (0..b).flat_map(|r| dcat[r * i..r * i + ia].to_vec()).collect(),
+                (0..b).flat_map(|r| dcat[r * i + ia..(r + 1) * i].to_vec()).collect(),
+            );
+            let exact = Tol { abs: 0.0, rel: 0.0 };
+            assert_close_f32(&format!("da b={b} {ia}+{ic}"), &da, &split.0, exact);
+            assert_close_f32(&format!("dc b={b} {ia}+{ic}"), &dc, &split.1, exact);
+            assert_close_f32(&format!("dw b={b} {ia}+{ic}"), &dw_got, &dw_want, exact);
+            // The naive loop sums the bias gradient from zero; this one onto the running sum,
+            // as `column_sums_into` (the path it replaces) does.
+            let mut db_rows = 0.5f32;
+            for &g in &dout {
+                db_rows += g;
+            }
+            assert_eq!(db_got.to_bits(), db_rows.to_bits(), "dbias b={b}");
+            assert!((db_got - db_want[0]).abs() <= 1e-5, "dbias {db_got} vs {}", db_want[0]);
+        }
+        assert!(!two_inputs_fit(8, 12) && !two_inputs_fit(0, 8) && two_inputs_fit(16, 8));
+    }
 
     /// The doubling fill writes the row into every row, for any row count (powers of two and
     /// not, one row) and width, and nothing past the rows.
