@@ -145,10 +145,30 @@ fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize
 /// its order: the same bits (tested).
 pub fn matvec_bias_two<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T], bias: T, out: &mut [T]) {
     debug_assert!(two_inputs_fit(ia, ic));
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
+        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+        return unsafe { matvec_bias_two_avx2(a, ia, c, ic, w, bias, out) };
+    }
+    matvec_bias_two_in(a, ia, c, ic, w, bias, out)
+}
+
+/// [`matvec_bias_two`] built for AVX2 (no fused multiply-adds: the portable build's bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn matvec_bias_two_avx2<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T], bias: T, out: &mut [T]) {
+    matvec_bias_two_in(a, ia, c, ic, w, bias, out)
+}
+
+/// The body of [`matvec_bias_two`], chunks of 8 read into fixed-size arrays so they compile
+/// to whole vectors.
+#[inline(always)]
+fn matvec_bias_two_in<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T], bias: T, out: &mut [T]) {
     let (wa, wc) = w[..ia + ic].split_at(ia);
     for ((ra, rc), o) in a.chunks_exact(ia).zip(c.chunks_exact(ic)).zip(out.iter_mut()) {
         let mut acc = [T::ZERO; 8];
         for (x8, w8) in ra.chunks_exact(8).zip(wa.chunks_exact(8)).chain(rc.chunks_exact(8).zip(wc.chunks_exact(8))) {
+            let (x8, w8): (&[T; 8], &[T; 8]) = (x8.try_into().expect("8"), w8.try_into().expect("8"));
             for l in 0..8 {
                 acc[l] += x8[l] * w8[l];
             }
@@ -174,6 +194,45 @@ pub fn two_inputs_fit(ia: usize, ic: usize) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_backward_two<T: Float>(
     dout: &[T],
+    a: (&[T], usize),
+    c: (&[T], usize),
+    w: &[T],
+    da: &mut [T],
+    dc: &mut [T],
+    dw: &mut [T],
+    dbias: &mut T,
+) {
+    debug_assert!(two_inputs_fit(a.1, c.1));
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
+        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+        return unsafe { matvec_backward_two_avx2(dout, a, c, w, da, dc, dw, dbias) };
+    }
+    matvec_backward_two_in(dout, a, c, w, da, dc, dw, dbias)
+}
+
+/// [`matvec_backward_two`] built for AVX2 (no fused multiply-adds: the portable build's bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn matvec_backward_two_avx2<T: Float>(
+    dout: &[T],
+    a: (&[T], usize),
+    c: (&[T], usize),
+    w: &[T],
+    da: &mut [T],
+    dc: &mut [T],
+    dw: &mut [T],
+    dbias: &mut T,
+) {
+    matvec_backward_two_in(dout, a, c, w, da, dc, dw, dbias)
+}
+
+/// The body of [`matvec_backward_two`], in chunks of 8 as fixed-size arrays.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn matvec_backward_two_in<T: Float>(
+    dout: &[T],
     (a, ia): (&[T], usize),
     (c, ic): (&[T], usize),
     w: &[T],
@@ -182,24 +241,29 @@ pub fn matvec_backward_two<T: Float>(
     dw: &mut [T],
     dbias: &mut T,
 ) {
-    debug_assert!(two_inputs_fit(ia, ic));
     let (wa, wc) = w[..ia + ic].split_at(ia);
     let (dwa, dwc) = dw[..ia + ic].split_at_mut(ia);
     for (inp, width, wv, dinp, dwv) in [(a, ia, wa, da, dwa), (c, ic, wc, dc, dwc)] {
         for (&g, row) in dout.iter().zip(dinp.chunks_exact_mut(width)) {
-            for (d, &wk) in row.iter_mut().zip(wv) {
-                *d = T::ZERO + g * wk;
+            for (d8, w8) in row.chunks_exact_mut(8).zip(wv.chunks_exact(8)) {
+                let w8: &[T; 8] = w8.try_into().expect("8");
+                let mut o = [T::ZERO; 8];
+                for l in 0..8 {
+                    o[l] = T::ZERO + g * w8[l];
+                }
+                d8.copy_from_slice(&o);
             }
         }
-        for k0 in (0..width).step_by(8) {
+        for (k0, dw8) in (0..width).step_by(8).zip(dwv.chunks_exact_mut(8)) {
             let mut s = [T::ZERO; 8];
             for (&g, row) in dout.iter().zip(inp.chunks_exact(width)) {
+                let x8: &[T; 8] = row[k0..k0 + 8].try_into().expect("8");
                 for l in 0..8 {
-                    s[l] += g * row[k0 + l];
+                    s[l] += g * x8[l];
                 }
             }
             for l in 0..8 {
-                dwv[k0 + l] += s[l];
+                dw8[l] += s[l];
             }
         }
     }
@@ -430,7 +494,8 @@ mod tests {
 
     /// The two-input head equals the concatenation through the plain kernels bit for bit:
     /// forward against `matvec_bias` on `cat`, backward against the naive backward on `cat`
-    /// (then split), for widths of one to three chunks and odd batches.
+    /// (then split), for widths of one to three chunks and odd batches, on the level the
+    /// dispatch picks and on the portable build.
     #[test]
     fn two_input_head_matches_the_concatenated_head_bitwise() {
         for &(b, ia, ic) in &[(1, 8, 8), (5, 8, 8), (128, 8, 8), (300, 16, 8), (77, 8, 24)] {
@@ -446,9 +511,13 @@ mod tests {
             matvec_bias(&cat, &w, 0.25, &mut want, i);
             matvec_bias_two(&a, ia, &c, ic, &w, 0.25, &mut got);
             assert_close_f32(&format!("forward b={b} {ia}+{ic}"), &got, &want, Tol { abs: 0.0, rel: 0.0 });
+            // The portable build of the body, whatever level the dispatch took.
+            let mut portable = vec![f32::NAN; b];
+            matvec_bias_two_in(&a, ia, &c, ic, &w, 0.25, &mut portable);
+            assert_close_f32(&format!("portable forward b={b}"), &portable, &want, Tol { abs: 0.0, rel: 0.0 });
 
             let (mut dcat, mut dw_want, mut db_want) = (vec![0.0f32; b * i], rand_vec(i, seed + 4), vec![0.5f32]);
-            let (mut dw_got, mut db_got) = (dw_want.clone(), 0.5f32);
+            let (mut dw_got, mut db_got, dw_start) = (dw_want.clone(), 0.5f32, dw_want.clone());
             linear_backward_naive(&dout, &cat, &w, Some(&mut dcat), &mut dw_want, &mut db_want, b, i, 1);
             let (mut da, mut dc) = (vec![f32::NAN; b * ia], vec![f32::NAN; b * ic]);
             matvec_backward_two(&dout, (&a, ia), (&c, ic), &w, &mut da, &mut dc, &mut dw_got, &mut db_got);
@@ -457,6 +526,13 @@ mod tests {
                 (0..b).flat_map(|r| dcat[r * i + ia..(r + 1) * i].to_vec()).collect(),
             );
             let exact = Tol { abs: 0.0, rel: 0.0 };
+            let (mut pa, mut pc, mut pw, mut pb) =
+                (vec![f32::NAN; b * ia], vec![f32::NAN; b * ic], dw_start.clone(), 0.5f32);
+            matvec_backward_two_in(&dout, (&a, ia), (&c, ic), &w, &mut pa, &mut pc, &mut pw, &mut pb);
+            assert_close_f32(&format!("portable da b={b}"), &pa, &da, exact);
+            assert_close_f32(&format!("portable dc b={b}"), &pc, &dc, exact);
+            assert_close_f32(&format!("portable dw b={b}"), &pw, &dw_got, exact);
+            assert_eq!(pb.to_bits(), db_got.to_bits(), "portable dbias b={b}");
             assert_close_f32(&format!("da b={b} {ia}+{ic}"), &da, &split.0, exact);
             assert_close_f32(&format!("dc b={b} {ia}+{ic}"), &dc, &split.1, exact);
             assert_close_f32(&format!("dw b={b} {ia}+{ic}"), &dw_got, &dw_want, exact);
