@@ -55,6 +55,10 @@ def parse_args():
     ap.add_argument("--model", default="neumf", choices=["gmf", "mlp", "neumf"])
     ap.add_argument("--factors", type=int, default=8)
     ap.add_argument("--layers", default="64,32,16,8")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each tool at batch 256, interleaved (ncf-rs, then each torch configuration, "
+                         "round after round); each tool's table column is its median run by samples/s, and the "
+                         "table lists every run's rate (default 1)")
     ap.add_argument("--torch-configs", default="dense,sparse",
                     help="torch optimizer configurations to run: dense (one fused dense Adam, what PyTorch users "
                          "write), sparse (SparseAdam on embeddings, ncf-rs's lazy rule); the faster is compared")
@@ -62,8 +66,8 @@ def parse_args():
     a.torch_configs = [c.strip() for c in a.torch_configs.split(",") if c.strip()]
     if not a.torch_configs or any(c not in TORCH_CONFIGS for c in a.torch_configs):
         raise Fail(f"--torch-configs: expected a list of {', '.join(TORCH_CONFIGS)}")
-    if a.epochs < 1 or a.threads < 1:
-        raise Fail("--epochs and --threads must be at least 1")
+    if a.epochs < 1 or a.threads < 1 or a.repeat < 1:
+        raise Fail("--epochs, --threads and --repeat must be at least 1")
     try:
         a.batches = sorted({int(b) for b in a.batches.split(",") if b.strip()} | {MAIN_BATCH})  # run 1 is at 256
     except ValueError:
@@ -129,8 +133,8 @@ def train_cmd(a, tool, batch, epochs, jsonl, summary):
     return [a.torch_python, TORCH_SCRIPT, *common] + (["--dense-adam"] if tool == "torch-dense" else [])
 
 
-def train_run(a, tool, batch, epochs):
-    stem = f"{tool}-b{batch}-e{epochs}"
+def train_run(a, tool, batch, epochs, rep=None):
+    stem = f"{tool}-b{batch}-e{epochs}" + (f"-r{rep}" if rep is not None else "")
     jsonl, summary, log = (a.out / f"{stem}{ext}" for ext in (".jsonl", ".summary.json", ".log"))
     cmd = train_cmd(a, tool, batch, epochs, jsonl, summary)
     res = run_child(f"{tool} (batch {batch}, {epochs} epoch{'s' * (epochs != 1)})", cmd, log)
@@ -142,7 +146,13 @@ def train_run(a, tool, batch, epochs):
     if len(res["epochs"]) != epochs:
         raise Fail(f"{tool} wrote {len(res['epochs'])} epochs to {jsonl}, expected {epochs}")
     res.update(tool=tool, batch=batch, epochs_run=epochs, cmd=shlex.join(map(str, cmd)), log=str(log))
+    res["samples_per_second"] = mean([r["samples_per_second"] for r in res["epochs"]])
     return res
+
+
+def median_run(rs):
+    """The median of a tool's repeated runs by samples/s (of two, the faster)."""
+    return sorted(rs, key=lambda r: r["samples_per_second"])[len(rs) // 2]
 
 
 def torch_import_rss(a):
@@ -184,6 +194,7 @@ def summarize(a, main, by_batch):
             "last": ep[-1], "best_hr": best_hr, "best_ndcg": best_ndcg,
             "threads": main[tool]["summary"].get("threads"),
             "in_process_rss_mb": main[tool]["summary"].get("peak_rss_mb"),  # torch reports it
+            "each_run": [r["samples_per_second"] for r in main[tool].get("repeats", [main[tool]])],
         }
         s[tool]["seconds"]["total"] = sum(s[tool]["seconds"].values())
     torches = sorted((t for t in main if t.startswith("torch-")),
@@ -212,15 +223,21 @@ def ratio(x, y):
 
 def table_md(a, s, env, commands):
     r, t = s["ncf-rs"], s["torch"]
-    rows = [("**epoch time, batch 256** (mean of %d epochs)" % a.epochs, "", "", "")]
+    which = f"mean of {a.epochs} epochs" + (f", the median run of {a.repeat}" if a.repeat > 1 else "")
+    rows = [(f"**epoch time, batch 256** ({which})", "", "", "")]
     for f, label in (("sampling", "sampling (s)"), ("training", "training (s)"), ("eval", "evaluation (s)"),
                      ("total", "**total (s)**")):
         rows.append((label, fmt_s(r["seconds"][f]), fmt_s(t["seconds"][f]), ratio(r["seconds"][f], t["seconds"][f])))
     rows.append(("**throughput** (training samples/s)", "", "", ""))
     for b in a.batches:
         note = f" (mean of {a.epochs} epochs)" if b == MAIN_BATCH else " (1 epoch)"
+        if b == MAIN_BATCH and a.repeat > 1:
+            note = f" (median of {a.repeat} runs, each the mean of {a.epochs} epochs)"
         x, y = r["samples_per_second"][b], t["samples_per_second"][b]
         rows.append((f"batch {b}{note}", fmt_rate(x), fmt_rate(y), ratio(x, y)))
+        if b == MAIN_BATCH and a.repeat > 1:
+            rows.append((f"batch {b}, each run in the order they ran", ", ".join(map(fmt_rate, r["each_run"])),
+                         ", ".join(map(fmt_rate, t["each_run"])), ""))
     if "torch-other" in s:
         o = s["torch-other"]
         rows.append((f"**torch, {TORCH_CONFIGS[o['config']]}** (the slower torch configuration; not in the ratios)",
@@ -228,6 +245,8 @@ def table_md(a, s, env, commands):
         for b in a.batches:
             x, y = r["samples_per_second"][b], o["samples_per_second"][b]
             rows.append((f"batch {b} samples/s", fmt_rate(x), fmt_rate(y), ratio(x, y)))
+            if b == MAIN_BATCH and a.repeat > 1:
+                rows.append((f"batch {b}, each run", "", ", ".join(map(fmt_rate, o["each_run"])), ""))
         rows.append(("epoch total at batch 256 (s)", fmt_s(r["seconds"]["total"]), fmt_s(o["seconds"]["total"]),
                      ratio(r["seconds"]["total"], o["seconds"]["total"])))
     rows.append(("**peak memory** (RSS, MB)", "", "", ""))
@@ -415,14 +434,19 @@ def main():
     env = environment(a, torch_info)
 
     runs = ["ncf-rs"] + [f"torch-{c}" for c in a.torch_configs]
-    main_runs = {tool: train_run(a, tool, MAIN_BATCH, a.epochs) for tool in runs}
+    # Repeated runs interleave the tools, so a slow spell of the machine falls on all of them.
+    reps = {tool: [] for tool in runs}
+    for k in range(a.repeat):
+        for tool in runs:
+            reps[tool].append(train_run(a, tool, MAIN_BATCH, a.epochs, k + 1 if a.repeat > 1 else None))
+    main_runs = {tool: dict(median_run(rs), repeats=rs) for tool, rs in reps.items()}
     by_batch = {b: {tool: train_run(a, tool, b, 1) for tool in runs} for b in a.batches if b != MAIN_BATCH}
-    levels = {r["summary"].get("simd", "unknown") for r in [main_runs["ncf-rs"]] + [by_batch[b]["ncf-rs"] for b in by_batch]}
+    levels = {r["summary"].get("simd", "unknown") for r in reps["ncf-rs"] + [by_batch[b]["ncf-rs"] for b in by_batch]}
     if len(levels) != 1:
         raise Fail(f"the ncf-rs runs report different SIMD levels {sorted(levels)}: one table holds one CPU and level")
     env["ncf_simd"] = levels.pop() + (f" (NCF_SIMD={env['ncf_simd_env']})" if env["ncf_simd_env"] else "")
     s = summarize(a, main_runs, by_batch)
-    commands = [main_runs[t]["cmd"] for t in runs] + [by_batch[b][t]["cmd"] for b in by_batch for t in runs]
+    commands = [reps[t][k]["cmd"] for k in range(a.repeat) for t in runs] + [by_batch[b][t]["cmd"] for b in by_batch for t in runs]
 
     table = table_md(a, s, env, commands)
     (a.out / "table.md").write_text(table)
@@ -432,7 +456,8 @@ def main():
         "environment": env,
         "summary": {t: {**s[t], "samples_per_second": {str(b): v for b, v in s[t]["samples_per_second"].items()},
                         "peak_rss_mb": {str(b): v for b, v in s[t]["peak_rss_mb"].items()}} for t in s},
-        "runs": [main_runs[t] for t in runs] + [by_batch[b][t] for b in by_batch for t in runs],
+        "runs": [reps[t][k] for k in range(a.repeat) for t in runs] + [by_batch[b][t] for b in by_batch for t in runs],
+        "median_runs": {t: main_runs[t]["log"] for t in runs},
         "torch_import": torch_info,
     }
     (a.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
