@@ -19,18 +19,23 @@ pub fn embedding_forward_naive<T: Float>(table: &[T], d: usize, ids: &[u32], out
     }
 }
 
-/// Gather, fast version: one short copy per row, rows split across threads for large batches.
+/// Gather, fast version: one short copy per row, rows split across threads for large batches;
+/// a batch on one thread runs a copy built for AVX2 where the CPU has it (whole 32-byte moves;
+/// a copy is exact, so the same values on every level).
 pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T]) {
     let out = &mut out[..ids.len() * d];
-    let copy_row = |(row, &id): (&mut [T], &u32)| {
-        let start = id as usize * d;
-        super::copy_row(row, &table[start..start + d]);
-    };
-    if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
-    } else {
-        out.chunks_mut(d).zip(ids.iter()).for_each(copy_row);
+    if d == 0 {
+        return;
     }
+    if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
+        let copy_row = |(row, &id): (&mut [T], &u32)| {
+            let start = id as usize * d;
+            super::copy_row(row, &table[start..start + d]);
+        };
+        out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
+        return;
+    }
+    embedding_forward_cols(table, d, ids, out, d, 0);
 }
 
 /// `dst += src` for one embedding row (widths specialised as in [`copy_row`](super::copy_row)).
@@ -158,11 +163,29 @@ pub fn embedding_forward_cols_naive<T: Float>(
 }
 
 /// Gather into columns, fast version: one short copy per row (a lane's few hundred rows: no
-/// threads).
+/// threads), built for AVX2 where the CPU has it.
 pub fn embedding_forward_cols<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T], cols: usize, col0: usize) {
     if d == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
+        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+        return unsafe { embedding_forward_cols_avx2(table, d, ids, out, cols, col0) };
+    }
+    embedding_forward_cols_in(table, d, ids, out, cols, col0)
+}
+
+/// [`embedding_forward_cols`] built for AVX2 (the same copies, in 32-byte moves).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn embedding_forward_cols_avx2<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T], cols: usize, col0: usize) {
+    embedding_forward_cols_in(table, d, ids, out, cols, col0)
+}
+
+/// The body of [`embedding_forward_cols`].
+#[inline(always)]
+fn embedding_forward_cols_in<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T], cols: usize, col0: usize) {
     for (row, &id) in out.chunks_mut(cols).zip(ids) {
         let start = id as usize * d;
         super::copy_row(&mut row[col0..col0 + d], &table[start..start + d]);
@@ -248,6 +271,43 @@ pub fn embedding_backward_compact<T: Float>(
     if d == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
+        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+        return unsafe { embedding_backward_compact_avx2(dout, cols, col0, d, ids, slot, gc) };
+    }
+    embedding_backward_compact_in(dout, cols, col0, d, ids, slot, gc)
+}
+
+/// [`embedding_backward_compact`] built for AVX2: the same adds, 8 lanes wide (the baseline
+/// build ran them 4 wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn embedding_backward_compact_avx2<T: Float>(
+    dout: &[T],
+    cols: usize,
+    col0: usize,
+    d: usize,
+    ids: &[u32],
+    slot: &[u32],
+    gc: &mut [T],
+) {
+    embedding_backward_compact_in(dout, cols, col0, d, ids, slot, gc)
+}
+
+/// The body of [`embedding_backward_compact`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn embedding_backward_compact_in<T: Float>(
+    dout: &[T],
+    cols: usize,
+    col0: usize,
+    d: usize,
+    ids: &[u32],
+    slot: &[u32],
+    gc: &mut [T],
+) {
     for (g, &id) in dout.chunks(cols).zip(ids) {
         let k = slot[id as usize] as usize;
         add_into(&mut gc[k * d..(k + 1) * d], &g[col0..col0 + d]);
@@ -320,7 +380,8 @@ mod tests {
 
     /// The column gather and scatter against their naive twins, bit for bit: both halves of a
     /// `[P[u], Q[i]]` row (col0 0 and D), a row wider than the two (features' columns), repeated
-    /// ids; the gather leaves the other columns alone.
+    /// ids; the gather leaves the other columns alone; the gather on the dispatched level and on
+    /// the portable build.
     #[test]
     fn column_gather_and_scatter_match_naive_bitwise() {
         for &(n, d, b, extra) in &[(7, 3, 5, 0), (100, 8, 128, 0), (100, 32, 128, 5), (9, 32, 200, 0)] {
@@ -333,6 +394,10 @@ mod tests {
                 embedding_forward_cols_naive(&table, d, &ids, &mut want, cols, col0);
                 embedding_forward_cols(&table, d, &ids, &mut got, cols, col0);
                 assert_eq!(got, want, "gather n={n} d={d} b={b} cols={cols} col0={col0}");
+                // The portable build of the body, whatever level the dispatch took.
+                let mut portable = start.clone();
+                embedding_forward_cols_in(&table, d, &ids, &mut portable, cols, col0);
+                assert_eq!(portable, want, "portable gather n={n} d={d} b={b} col0={col0}");
                 let untouched = (0..b * cols).filter(|k| !(col0..col0 + d).contains(&(k % cols)));
                 assert!(untouched.into_iter().all(|k| got[k] == start[k]), "other columns kept");
                 let dout = rand_vec(b * cols, 4);
@@ -350,8 +415,9 @@ mod tests {
         }
     }
 
-    /// The compact scatter against its naive twin, bit for bit, and against the table scatter:
-    /// row `k` of the compact gradient is the table gradient's row `uniq[k]`.
+    /// The compact scatter against its naive twin, bit for bit (the dispatched level and the
+    /// portable build), and against the table scatter: row `k` of the compact gradient is the
+    /// table gradient's row `uniq[k]`.
     #[test]
     fn compact_scatter_matches_naive_and_the_table_scatter() {
         for &(n, d, b, cols, col0) in
@@ -370,6 +436,9 @@ mod tests {
             embedding_backward_compact(&dout, cols, col0, d, &ids, &slot, &mut got);
             let exact = ncf_core::Tol { abs: 0.0, rel: 0.0 };
             assert_close_f32(&format!("compact n={n} d={d} b={b} cols={cols}"), &got, &want, exact);
+            let mut portable = vec![0.0f32; uniq.len() * d];
+            embedding_backward_compact_in(&dout, cols, col0, d, &ids, &slot, &mut portable);
+            assert_close_f32(&format!("portable compact n={n} d={d}"), &portable, &want, exact);
             let mut table = vec![0.0f32; n * d];
             embedding_backward_cols_naive(&dout, cols, col0, d, &ids, &mut table);
             let rows: Vec<f32> = uniq.iter().flat_map(|&r| table[r as usize * d..][..d].to_vec()).collect();
