@@ -83,14 +83,28 @@ fn has_prefetchw() -> bool {
 /// `dst = src` for one short row (an embedding row, one side of a concatenation, a bias).
 /// A `memcpy` call for 32–256 bytes costs more than the move, and training makes one per row
 /// and op (callgrind counted 5.8 million from `concat_cols`, `split_cols` and the bias rows in
-/// one ML-100K epoch); so rows up to 64 elements are copied in pieces of 8, each a
-/// copy of known length that the compiler turns into a couple of vector moves. (A single
-/// `copy_from_slice` of 32 floats still compiled to a `memcpy` call.)
+/// one ML-100K epoch); so rows of 8, 16 and 32 elements are copied as arrays of that constant
+/// size, and other rows up to 64 elements in pieces of 8, each a copy of known length that the
+/// compiler turns into a couple of vector moves. (A single `copy_from_slice` of 32 floats still
+/// compiled to a `memcpy` call, in an AVX2 build the loop over pieces became one too, and a
+/// constant copy of 256 bytes is one in the baseline build; the AVX2 gathers move f32 rows with
+/// intrinsics, `embedding::embedding_forward_cols_avx2`.)
 #[inline(always)]
 pub(crate) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    /// A row of a width known here: a copy of constant size, which the compiler writes out as
+    /// vector moves (a loop of unknown trip count became a `memmove` call in the AVX2 builds).
+    #[inline(always)]
+    fn fixed<T: Copy, const W: usize>(dst: &mut [T], src: &[T]) {
+        let d: &mut [T; W] = (&mut dst[..W]).try_into().expect("W elements");
+        *d = *<&[T; W]>::try_from(&src[..W]).expect("W elements");
+    }
     let n = dst.len();
-    if n > 64 {
-        return dst.copy_from_slice(src);
+    match n {
+        8 => return fixed::<T, 8>(dst, src),
+        16 => return fixed::<T, 16>(dst, src),
+        32 => return fixed::<T, 32>(dst, src),
+        _ if n > 64 => return dst.copy_from_slice(src),
+        _ => {}
     }
     let src = &src[..n];
     let mut d8 = dst.chunks_exact_mut(8);
