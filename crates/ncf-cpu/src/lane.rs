@@ -20,7 +20,7 @@ use crate::ops::gemm::{CpuFloat, GemmImpl};
 use crate::ops::linear;
 use ncf_core::check::{self, Ids};
 use ncf_core::{Backend, Error, Result};
-use ncf_model::layers::{EmbeddingPair, MlpTower};
+use ncf_model::layers::{EmbeddingPair, MlpTower, two_mut};
 use ncf_model::params::SideTables;
 use ncf_model::split::LaneActs;
 use ncf_model::{GmfActs, IdSource, MlpActs, NeuMfActs, ParamSet};
@@ -173,7 +173,9 @@ impl<T: CpuFloat> CpuLane<T> for NeuMfActs<Cpu<T>> {
             check_two_input_head(&self.gmf.h, f, self.mlp.out(), h, w, dlogits, b)?;
             check_rows("matvec_backward_two", "dh", self.dh_gmf.len(), b, f)?;
             check_rows("matvec_backward_two", "dx", self.dx_mlp.len(), b, h)?;
-            let (dw, dbias) = two_grads(g, wk, bk, f + h)?;
+            let (dw, dbias) = two_mut(g, wk, bk);
+            check_rows("two_input_head", "dw", dw.len(), 1, f + h)?;
+            check_rows("two_input_head", "dbias", dbias.len(), 1, 1)?;
             linear::matvec_backward_two(
                 &dlogits[..b],
                 (&self.gmf.h[..b * f], f),
@@ -181,8 +183,8 @@ impl<T: CpuFloat> CpuLane<T> for NeuMfActs<Cpu<T>> {
                 w,
                 &mut self.dh_gmf[..b * f],
                 &mut self.dx_mlp[..b * h],
-                dw,
-                dbias,
+                &mut dw[..f + h],
+                &mut dbias[0],
             );
         } else {
             self.head.backward(be, p, g, &self.cat, dlogits, b)?; // dw, db; dcat = dlogit·w
@@ -221,19 +223,6 @@ fn check_two_input_head<T>(hx: &[T], f: usize, x: &[T], h: usize, w: &[T], v: &[
     check_rows("two_input_head", "x", x.len(), b, h)?;
     check_rows("two_input_head", "w", w.len(), 1, f + h)?;
     check_rows("two_input_head", "logits", v.len(), b, 1)
-}
-
-/// The head's weight gradient (`i` wide) and its bias gradient, two tensors of `g`.
-fn two_grads<T: CpuFloat>(g: &mut ParamSet<Cpu<T>>, wk: usize, bk: usize, i: usize) -> Result<(&mut [T], &mut T)> {
-    let bad = || Error::invalid("two_input_head", "grads", format!("tensors {wk} and {bk}"));
-    if wk == bk || wk.max(bk) >= g.tensors.len() {
-        return Err(bad());
-    }
-    let (lo, hi) = g.tensors.split_at_mut(wk.max(bk));
-    let (w, b) = if wk < bk { (&mut lo[wk].buf, &mut hi[0].buf) } else { (&mut hi[0].buf, &mut lo[bk].buf) };
-    check_rows("two_input_head", "dw", w.len(), 1, i)?;
-    let b = b.first_mut().ok_or_else(bad)?;
-    Ok((&mut w[..i], b))
 }
 
 /// Whether the tower's embedding goes through `x₀`'s columns here: a plain tower (no side

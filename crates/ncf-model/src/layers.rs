@@ -769,7 +769,7 @@ impl<B: Backend> MlpTower<B> {
 }
 
 /// Two distinct mutable buffers out of one parameter set.
-pub(crate) fn two_mut<B: Backend>(g: &mut ParamSet<B>, a: usize, b: usize) -> (&mut B::Buf, &mut B::Buf) {
+pub fn two_mut<B: Backend>(g: &mut ParamSet<B>, a: usize, b: usize) -> (&mut B::Buf, &mut B::Buf) {
     assert_ne!(a, b, "two_mut needs two different tensors");
     if a < b {
         let (lo, hi) = g.tensors.split_at_mut(b);

@@ -267,11 +267,7 @@ fn matvec_backward_two_in<T: Float>(
             }
         }
     }
-    let mut sum = *dbias;
-    for &g in dout {
-        sum += g;
-    }
-    *dbias = sum;
+    column_sums_into(dout, std::slice::from_mut(dbias));
 }
 
 /// Backward, reference: the three sums written out.
