@@ -457,13 +457,19 @@ mod tests {
     }
 
     /// The compact scatter against its naive twin, bit for bit (the dispatched level and the
-    /// portable build), and against the table scatter: row `k` of the compact gradient is the
+    /// portable build; every width `add_into` specialises, and one it does not), and against
+    /// the table scatter: row `k` of the compact gradient is the
     /// table gradient's row `uniq[k]`.
     #[test]
     fn compact_scatter_matches_naive_and_the_table_scatter() {
-        for &(n, d, b, cols, col0) in
-            &[(7, 3, 20, 3, 0), (100, 8, 128, 8, 0), (100, 32, 128, 64, 32), (9, 32, 200, 64, 0)]
-        {
+        for &(n, d, b, cols, col0) in &[
+            (7, 3, 20, 3, 0),
+            (100, 8, 128, 8, 0),
+            (100, 16, 128, 24, 8),
+            (100, 32, 128, 64, 32),
+            (9, 32, 200, 64, 0),
+            (50, 64, 96, 128, 64),
+        ] {
             let dout = rand_vec(b * cols, 4);
             let ids = rand_ids(b, n, 2);
             let mut uniq = ids.clone();
