@@ -28,15 +28,18 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
         return;
     }
     if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        let copy_row = |(row, &id): (&mut [T], &u32)| {
-            let start = id as usize * d;
-            super::copy_row(row, &table[start..start + d]);
-        };
-        out.par_chunks_mut(d).zip(ids.par_iter()).for_each(copy_row);
+        // Blocks of rows, each through the AVX2-dispatched copy (a task per row spent more on
+        // rayon's bookkeeping than on the copy, in the baseline build).
+        out.par_chunks_mut(PAR_ROWS * d)
+            .zip(ids.par_chunks(PAR_ROWS))
+            .for_each(|(o, ids)| embedding_forward_cols(table, d, ids, o, d, 0));
         return;
     }
     embedding_forward_cols(table, d, ids, out, d, 0);
 }
+
+/// Rows per parallel task of the large-batch gathers (scoring's 25,600-row batches).
+const PAR_ROWS: usize = 1024;
 
 /// `dst += src` for one embedding row (widths specialised as in [`copy_row`](super::copy_row)).
 #[inline(always)]
@@ -80,20 +83,71 @@ pub fn gather_add_relu_naive<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32],
 /// results are bit-identical.
 pub fn gather_add_relu<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: usize, out: &mut [T]) {
     let out = &mut out[..ia.len() * d];
-    let row = |(o, (&i, &k)): (&mut [T], (&u32, &u32))| {
-        let (x, y) = (&a[i as usize * d..][..d], &c[k as usize * d..][..d]);
-        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-            let z = x + y;
-            *o = if z > T::ZERO { z } else { T::ZERO };
-        }
-    };
     if d == 0 {
         return;
     }
     if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        out.par_chunks_mut(d).zip(ia.par_iter().zip(ic.par_iter())).for_each(row);
+        out.par_chunks_mut(PAR_ROWS * d)
+            .zip(ia.par_chunks(PAR_ROWS).zip(ic.par_chunks(PAR_ROWS)))
+            .for_each(|(o, (ia, ic))| gather_add_relu_rows(a, ia, c, ic, d, o));
     } else {
-        out.chunks_mut(d).zip(ia.iter().zip(ic)).for_each(row);
+        gather_add_relu_rows(a, ia, c, ic, d, out);
+    }
+}
+
+/// [`gather_add_relu`]'s rows on this thread, on the AVX2 build where the CPU has it (the same
+/// additions and comparisons, so the same values on every level).
+fn gather_add_relu_rows<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: usize, out: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
+        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+        return unsafe { gather_add_relu_rows_avx2(a, ia, c, ic, d, out) };
+    }
+    gather_add_relu_rows_in(a, ia, c, ic, d, out)
+}
+
+/// [`gather_add_relu_rows`] built for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gather_add_relu_rows_avx2<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: usize, out: &mut [T]) {
+    gather_add_relu_rows_in(a, ia, c, ic, d, out)
+}
+
+/// The body of [`gather_add_relu_rows`]: the common widths with rows read into fixed-size
+/// values (whole vectors; see `add_into`), any other width element by element.
+#[inline(always)]
+fn gather_add_relu_rows_in<T: Float>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], d: usize, out: &mut [T]) {
+    #[inline(always)]
+    fn relu_sum<T: Float>(x: T, y: T) -> T {
+        let z = x + y;
+        if z > T::ZERO { z } else { T::ZERO }
+    }
+    #[inline(always)]
+    fn fixed<T: Float, const W: usize>(a: &[T], ia: &[u32], c: &[T], ic: &[u32], out: &mut [T]) {
+        for ((o, &i), &k) in out.chunks_exact_mut(W).zip(ia).zip(ic) {
+            let x: [T; W] = *<&[T; W]>::try_from(&a[i as usize * W..][..W]).expect("a row of W");
+            let y: [T; W] = *<&[T; W]>::try_from(&c[k as usize * W..][..W]).expect("a row of W");
+            let mut z = [T::ZERO; W];
+            for l in 0..W {
+                z[l] = relu_sum(x[l], y[l]);
+            }
+            let o: &mut [T; W] = o.try_into().expect("a row of W");
+            *o = z;
+        }
+    }
+    match d {
+        8 => fixed::<T, 8>(a, ia, c, ic, out),
+        16 => fixed::<T, 16>(a, ia, c, ic, out),
+        32 => fixed::<T, 32>(a, ia, c, ic, out),
+        64 => fixed::<T, 64>(a, ia, c, ic, out),
+        _ => {
+            for ((o, &i), &k) in out.chunks_exact_mut(d).zip(ia).zip(ic) {
+                let (x, y) = (&a[i as usize * d..][..d], &c[k as usize * d..][..d]);
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                    *o = relu_sum(x, y);
+                }
+            }
+        }
     }
 }
 
@@ -371,7 +425,7 @@ mod tests {
 
     #[test]
     fn gather_matches_naive() {
-        for &(n, d, b) in &[(7, 3, 5), (100, 8, 256), (100, 32, 256), (5000, 16, 4096)] {
+        for &(n, d, b) in &[(7, 3, 5), (100, 8, 256), (100, 32, 256), (5000, 16, 4096), (3000, 8, 5000)] {
             let table = rand_vec(n * d, 1);
             let ids = rand_ids(b, n, 2);
             let mut want = vec![0.0f32; b * d];
@@ -384,7 +438,14 @@ mod tests {
 
     #[test]
     fn gather_add_relu_matches_naive_bitwise() {
-        for &(na, nc, d, b) in &[(7, 5, 3, 5), (100, 80, 32, 256), (6040, 3706, 32, 25_600)] {
+        for &(na, nc, d, b) in &[
+            (7, 5, 3, 5),
+            (30, 20, 8, 40),
+            (30, 20, 16, 3000),
+            (100, 80, 32, 256),
+            (6040, 3706, 32, 25_600),
+            (50, 40, 64, 1500),
+        ] {
             let (a, c) = (rand_vec(na * d, 1), rand_vec(nc * d, 2));
             let (ia, ic) = (rand_ids(b, na, 3), rand_ids(b, nc, 4));
             let mut want = vec![0.0f32; b * d];

@@ -40,8 +40,9 @@ pub fn linear_forward<T: CpuFloat>(
         matvec_bias(inp, &w[..i], bias[0], &mut out[..b], i);
         return Ok(());
     }
-    if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        out[..b * o].par_chunks_exact_mut(o.max(1)).for_each(|row| super::copy_row(row, &bias[..o]));
+    if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() && o > 0 {
+        // Blocks of 1,024 rows per task (a task per row cost more in rayon than the copy).
+        out[..b * o].par_chunks_mut(1024 * o).for_each(|rows| fill_rows(rows, &bias[..o]));
     } else {
         fill_rows(&mut out[..b * o], &bias[..o]);
     }
@@ -114,11 +115,51 @@ fn fill_rows<T: Copy>(out: &mut [T], row: &[T]) {
 /// the rest, so this path takes one dot product per row instead, with 8 partial sums so the
 /// compiler can vectorize it. Each row is computed by one thread: deterministic.
 fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
-    let dot = |(row, o): (&[T], &mut T)| {
+    /// Rows per parallel task (a task per row spent more on rayon's bookkeeping than on the
+    /// dot product).
+    const PAR_ROWS: usize = 1024;
+    let inp = &inp[..out.len() * i];
+    if out.len() * i >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() && i > 0 {
+        inp.par_chunks(PAR_ROWS * i)
+            .zip(out.par_chunks_mut(PAR_ROWS))
+            .for_each(|(inp, out)| matvec_bias_rows(inp, w, bias, out, i));
+    } else {
+        matvec_bias_rows(inp, w, bias, out, i);
+    }
+}
+
+/// [`matvec_bias`]'s rows on this thread, on the AVX2 build where the CPU has it (no fused
+/// multiply-adds: the portable build's bits).
+fn matvec_bias_rows<T: Float>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::SimdLevel::Avx2Fma.is_available() {
+        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
+        return unsafe { matvec_bias_rows_avx2(inp, w, bias, out, i) };
+    }
+    matvec_bias_rows_in(inp, w, bias, out, i)
+}
+
+/// [`matvec_bias_rows`] built for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn matvec_bias_rows_avx2<T: Float>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
+    matvec_bias_rows_in(inp, w, bias, out, i)
+}
+
+/// The body of [`matvec_bias_rows`]: one dot product per row with 8 partial sums, chunks of 8
+/// read into fixed-size arrays so they compile to whole vectors.
+#[inline(always)]
+fn matvec_bias_rows_in<T: Float>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
+    if i == 0 {
+        out.iter_mut().for_each(|o| *o = bias + T::ZERO);
+        return;
+    }
+    let (wh, wt) = w[..i].split_at(i - i % 8);
+    for (row, o) in inp.chunks_exact(i).zip(out.iter_mut()) {
         let mut acc = [T::ZERO; 8];
         let (head, tail) = row.split_at(i - i % 8);
-        let (wh, wt) = w.split_at(i - i % 8);
         for (x8, w8) in head.chunks_exact(8).zip(wh.chunks_exact(8)) {
+            let (x8, w8): (&[T; 8], &[T; 8]) = (x8.try_into().expect("8"), w8.try_into().expect("8"));
             for l in 0..8 {
                 acc[l] += x8[l] * w8[l];
             }
@@ -128,12 +169,6 @@ fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize
             s += x * wk;
         }
         *o = bias + s;
-    };
-    let rows = inp[..out.len() * i].chunks_exact(i);
-    if out.len() * i >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        inp[..out.len() * i].par_chunks_exact(i).zip(out.par_iter_mut()).for_each(dot);
-    } else {
-        rows.zip(out.iter_mut()).for_each(dot);
     }
 }
 
@@ -492,6 +527,24 @@ mod tests {
     /// forward against `matvec_bias` on `cat`, backward against the naive backward on `cat`
     /// (then split), for widths of one to three chunks and odd batches, on the level the
     /// dispatch picks and on the portable build.
+    /// The one-output layer (a head): against the naive layer within f32 rounding (8 partial
+    /// sums instead of one), and against its portable body on one thread bit for bit, for
+    /// scoring-sized batches (parallel blocks, the last one partial) and small ones, widths
+    /// with and without a tail.
+    #[test]
+    fn matvec_bias_matches_naive_and_its_portable_body() {
+        for &(b, i) in &[(1, 3), (7, 16), (5000, 16), (3000, 27), (2500, 8)] {
+            let (inp, w) = (rand_vec(b * i, 1), rand_vec(i, 2));
+            let (mut got, mut want) = (vec![f32::NAN; b], vec![0.0f32; b]);
+            matvec_bias(&inp, &w, 0.25, &mut got, i);
+            linear_forward_naive(&inp, &w, &[0.25], &mut want, b, i, 1);
+            assert_close_f32(&format!("matvec b={b} i={i}"), &got, &want, Tol { abs: 1e-5, rel: 1e-5 });
+            let mut portable = vec![f32::NAN; b];
+            matvec_bias_rows_in(&inp, &w, 0.25, &mut portable, i);
+            assert_close_f32(&format!("portable matvec b={b} i={i}"), &got, &portable, Tol { abs: 0.0, rel: 0.0 });
+        }
+    }
+
     #[test]
     fn two_input_head_matches_the_concatenated_head_bitwise() {
         for &(b, ia, ic) in &[(1, 8, 8), (5, 8, 8), (128, 8, 8), (300, 16, 8), (77, 8, 24)] {
