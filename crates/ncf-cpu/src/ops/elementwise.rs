@@ -31,8 +31,9 @@ pub fn gmf_backward<T: Float>(dout: &[T], u: &[T], v: &[T], du: &mut [T], dv: &m
 }
 
 /// `a (B,Da)  c (B,Dc)  out (B,Da+Dc)`: each output row is `[a row, c row]`. Large batches
-/// (scoring's) run in blocks of rows on rayon's threads; each block on the AVX2 build where the
-/// CPU has it (a copy is exact, so the same values on every level).
+/// (scoring's) run in blocks of rows on rayon's threads. The rows are copied in the baseline
+/// build, where [`copy_row`](super::copy_row)'s fixed widths are vector moves; an AVX2 copy of
+/// this loop turned them into a `memcpy` call per row and timed no faster (pipeline bench).
 pub fn concat_cols<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [T]) {
     /// Rows per parallel task.
     const PAR_ROWS: usize = 1024;
@@ -54,24 +55,6 @@ pub fn concat_cols<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [
 
 /// [`concat_cols`]'s rows on this thread.
 fn concat_rows<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::SimdLevel::Avx2Fma.is_available() {
-        // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
-        return unsafe { concat_rows_avx2(a, da, c, dc, out) };
-    }
-    concat_rows_in(a, da, c, dc, out)
-}
-
-/// [`concat_rows`] built for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn concat_rows_avx2<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [T]) {
-    concat_rows_in(a, da, c, dc, out)
-}
-
-/// The body of [`concat_rows`].
-#[inline(always)]
-fn concat_rows_in<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [T]) {
     for (r, row) in out.chunks_exact_mut(da + dc).enumerate() {
         let (ra, rc) = row.split_at_mut(da);
         super::copy_row(ra, &a[r * da..(r + 1) * da]);

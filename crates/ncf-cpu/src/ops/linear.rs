@@ -119,7 +119,8 @@ fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize
     /// dot product).
     const PAR_ROWS: usize = 1024;
     let inp = &inp[..out.len() * i];
-    if out.len() * i >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() && i > 0 {
+    debug_assert!(i > 0, "linear_forward takes the matvec only for inputs of at least one column");
+    if out.len() * i >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
         inp.par_chunks(PAR_ROWS * i)
             .zip(out.par_chunks_mut(PAR_ROWS))
             .for_each(|(inp, out)| matvec_bias_rows(inp, w, bias, out, i));
@@ -150,10 +151,6 @@ fn matvec_bias_rows_avx2<T: Float>(inp: &[T], w: &[T], bias: T, out: &mut [T], i
 /// read into fixed-size arrays so they compile to whole vectors.
 #[inline(always)]
 fn matvec_bias_rows_in<T: Float>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
-    if i == 0 {
-        out.iter_mut().for_each(|o| *o = bias + T::ZERO);
-        return;
-    }
     let (wh, wt) = w[..i].split_at(i - i % 8);
     for (row, o) in inp.chunks_exact(i).zip(out.iter_mut()) {
         let mut acc = [T::ZERO; 8];
