@@ -138,7 +138,16 @@ pub fn run(a: TrainArgs, matches: &ArgMatches) -> Result<bool> {
                         _ => format!("{} {:.3} s", p.name, p.wall_s),
                     })
                     .collect();
-                println!("           step phases ({}=1): {}", ncf_cpu::step::STEP_TIMES_ENV, phases.join(", "));
+                // The CPU step's pace: steps it ran on one thread, and the cores' round trip.
+                let pace = match r.step_phases.first() {
+                    Some(p) if p.solo_steps > 0 || p.round_trip_ns.is_some() => format!(
+                        "; {} steps on one thread, core round trip {}",
+                        p.solo_steps,
+                        p.round_trip_ns.filter(|ns| ns.is_finite()).map_or("not answered".into(), |ns| format!("{ns:.0} ns"))
+                    ),
+                    _ => String::new(),
+                };
+                println!("           step phases ({}=1): {}{pace}", ncf_cpu::step::STEP_TIMES_ENV, phases.join(", "));
             }
             jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
             jsonl.push('\n');

@@ -74,6 +74,164 @@ enum Second<T: CpuFloat> {
     NeuMf(NeuMfActs<CpuBackend<T>>, ParamSet<CpuBackend<T>>),
 }
 
+/// The environment variable that keeps every step on two threads (`NCF_PACE=fixed`), turning
+/// [`Pace`]'s choice off.
+pub const PACE_ENV: &str = "NCF_PACE";
+
+/// Chooses whether a step's halves run on two threads or both on the calling thread
+/// ([`team::set_solo`]). Two threads are the rule; but on a VM whose two vCPUs the host has put
+/// on cores far apart (no shared L3: a cache line's round trip 320–340 ns instead of 53–64 ns
+/// on the Zen 4 VM of BENCHMARKS.md) every step's exchange of weights, gradients and rows
+/// between the cores costs more than the second core gives: two threads ran an ML-1M epoch at
+/// 3.12M samples/s where one ran 3.37M. The results are the same bits either way (the lanes
+/// and the optimizer's halves compute the same on whichever thread runs them), so only the
+/// speed is at stake.
+///
+/// Every [`Pace::PROBE_EVERY`] steps it measures the round trip ([`team::round_trip_ns`]: 64
+/// trips, about 4 µs when near). When it has moved by more than [`Pace::SHIFT`]× either way
+/// since the last choice (and at the first probe), a trial runs [`Pace::WARM`] + [`Pace::TRIAL`]
+/// steps on one thread, then as many on two, timing each of the last `TRIAL` of each (the
+/// first ones move the tables' rows into the caches of the cores that now update them); the
+/// lower median wins (a median, so that an interrupt in one step does not decide). One thread is put to trial again after
+/// [`Pace::RECHECK`] probes even when the trip has not moved. So a steady machine pays one
+/// trial per run (about 1 ms on ML-1M), and a wrong choice in a noisy trial is undone.
+struct Pace {
+    adaptive: bool,
+    /// `NCF_PACE=trace`: each trial's times and choice go to stderr.
+    trace: bool,
+    /// The current step runs on the calling thread alone.
+    solo: bool,
+    /// Steps before the next probe.
+    until_probe: u32,
+    /// The round trip (ns) at the last choice; `None` before the first.
+    chose_at: Option<f64>,
+    /// Probes since the last choice.
+    probes: u32,
+    /// The trial under way: its probe's round trip, its steps so far, and each timed step's
+    /// seconds on one thread, then on two.
+    trial: Option<Trial>,
+    /// The last probe's round trip (ns; infinite when the helper did not answer).
+    last_rt: Option<f64>,
+    step_start: Instant,
+    /// Steps run on one thread by choice since the last [`Pace::take`].
+    solo_steps: u64,
+}
+
+/// A [`Pace`] trial under way.
+struct Trial {
+    rt: f64,
+    steps: usize,
+    one: Vec<f64>,
+    two: Vec<f64>,
+}
+
+impl Pace {
+    const PROBE_EVERY: u32 = 128;
+    /// Steps before the first probe: the first steps fault in their buffers.
+    const FIRST_PROBE: u32 = 64;
+    const SHIFT: f64 = 1.6;
+    const WARM: usize = 32;
+    const TRIAL: usize = 32;
+    const RECHECK: u32 = 16;
+
+    fn new(adaptive: bool) -> Pace {
+        Pace {
+            adaptive,
+            trace: adaptive && std::env::var(PACE_ENV).is_ok_and(|v| v.trim() == "trace"),
+            solo: false,
+            until_probe: Self::FIRST_PROBE,
+            chose_at: None,
+            probes: 0,
+            trial: None,
+            last_rt: None,
+            step_start: Instant::now(),
+            solo_steps: 0,
+        }
+    }
+
+    /// At a step's start: whether it runs on one thread (probing first when due).
+    fn begin(&mut self) -> bool {
+        if !self.adaptive || !team::has_helper() {
+            return false;
+        }
+        if self.trial.is_none() {
+            if self.until_probe > 0 {
+                self.until_probe -= 1;
+            } else {
+                self.until_probe = Self::PROBE_EVERY;
+                let rt = team::round_trip_ns(8, 8).unwrap_or(f64::INFINITY);
+                self.probed(rt);
+            }
+        }
+        if let Some(t) = &self.trial {
+            self.solo = t.steps < Self::WARM + Self::TRIAL;
+            self.step_start = Instant::now();
+        }
+        self.solo
+    }
+
+    /// A probe measured `rt` ns: starts a trial if the choice is due again.
+    fn probed(&mut self, rt: f64) {
+        self.last_rt = Some(rt);
+        self.probes += 1;
+        let moved = self.chose_at.is_none_or(|c| rt > c * Self::SHIFT || rt * Self::SHIFT < c);
+        if moved || (self.solo && self.probes >= Self::RECHECK) {
+            let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
+            self.trial = Some(Trial { rt, steps: 0, one, two });
+        }
+    }
+
+    /// At a step's end.
+    fn end(&mut self) {
+        if !self.adaptive {
+            return;
+        }
+        self.solo_steps += u64::from(self.solo);
+        if self.trial.is_some() {
+            let d = self.step_start.elapsed().as_secs_f64();
+            self.timed(d);
+        }
+    }
+
+    /// A trial's step took `secs`: the choice, once both halves of the trial are in.
+    fn timed(&mut self, secs: f64) {
+        let Some(t) = &mut self.trial else { return };
+        let half = Self::WARM + Self::TRIAL;
+        match t.steps {
+            k if k < Self::WARM || (half..half + Self::WARM).contains(&k) => {}
+            k if k < half => t.one.push(secs),
+            _ => t.two.push(secs),
+        }
+        t.steps += 1;
+        if t.steps == 2 * half {
+            let (one, two) = (median(&mut t.one), median(&mut t.two));
+            self.solo = one < two;
+            if self.trace {
+                eprintln!(
+                    "pace: round trip {:.0} ns; median step {:.1} us on one thread, {:.1} us on two: {}",
+                    t.rt,
+                    one * 1e6,
+                    two * 1e6,
+                    if self.solo { "one" } else { "two" }
+                );
+            }
+            (self.chose_at, self.probes) = (Some(t.rt), 0);
+            self.trial = None;
+        }
+    }
+
+    /// The steps run on one thread since the last call, and the last round trip.
+    fn take(&mut self) -> (u64, Option<f64>) {
+        (std::mem::take(&mut self.solo_steps), self.last_rt)
+    }
+}
+
+/// The median of `v` (sorted in place; the upper one of an even count's two middles).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The environment variable that turns on the phase times (`NCF_STEP_TIMES=1`).
 pub const STEP_TIMES_ENV: &str = "NCF_STEP_TIMES";
 
@@ -148,6 +306,7 @@ pub struct TwoLaneStep<T: CpuFloat> {
     lanes: [Lane<T>; 2],
     second: Second<T>,
     laps: Laps,
+    pace: Pace,
     /// Each optimizer half's compact gradients ([`compact_tables`]): users', items'.
     compact: [Compact<T>; 2],
 }
@@ -204,7 +363,20 @@ impl<T: CpuFloat> TwoLaneStep<T> {
             loss: vec![T::ZERO; 1],
         };
         let laps = Laps { on: times, last: Instant::now(), wall: [Duration::ZERO; 2], busy: [[Duration::ZERO; 2]; 2] };
-        TwoLaneStep { lanes: [lane(), lane()], second: Second::None, laps, compact: Default::default() }
+        let adaptive = std::env::var(PACE_ENV).map_or(true, |v| v.trim() != "fixed");
+        TwoLaneStep {
+            lanes: [lane(), lane()],
+            second: Second::None,
+            laps,
+            pace: Pace::new(adaptive),
+            compact: Default::default(),
+        }
+    }
+
+    /// [`Pace`] on (`true`) or off, whatever the environment says.
+    pub fn with_pace(mut self, adaptive: bool) -> Self {
+        self.pace = Pace::new(adaptive);
+        self
     }
 
     /// Forward, loss and backward of `batch` in two lanes, then the scatter and the step of
@@ -500,6 +672,56 @@ impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
         batch: &Batch<CpuBackend<T>>,
         scratch: &mut StepScratch<CpuBackend<T>>,
     ) -> Result<()> {
+        let solo = self.pace.begin();
+        if self.pace.adaptive {
+            team::set_solo(solo);
+        }
+        let r = self.step_inner(be, model, opt, batch, scratch);
+        self.pace.end();
+        r
+    }
+
+    fn take_phase_times(&mut self) -> Vec<PhaseTime> {
+        if !self.laps.on {
+            return Vec::new();
+        }
+        let wall = std::mem::replace(&mut self.laps.wall, [Duration::ZERO; 2]);
+        let busy = std::mem::replace(&mut self.laps.busy, [[Duration::ZERO; 2]; 2]);
+        let (solo_steps, round_trip_ns) = self.pace.take();
+        PHASES
+            .iter()
+            .zip(wall.iter().zip(busy))
+            .map(|(&name, (w, [a, b]))| PhaseTime {
+                name: name.to_string(),
+                wall_s: w.as_secs_f64(),
+                busy_s: [a.as_secs_f64(), b.as_secs_f64()],
+                solo_steps,
+                round_trip_ns,
+            })
+            .collect()
+    }
+    /// The reference accumulator, plus half of each lane's (each lane's loss is the mean over
+    /// its half of the batch).
+    fn take_loss(&mut self, be: &CpuBackend<T>, scratch: &mut StepScratch<CpuBackend<T>>) -> Result<f64> {
+        let mut l = scratch.take_loss(be)?;
+        for lane in &mut self.lanes {
+            l += 0.5 * lane.loss[0].to_f64();
+            lane.loss[0] = T::ZERO;
+        }
+        Ok(l)
+    }
+}
+
+impl<T: CpuFloat> TwoLaneStep<T> {
+    /// One step, on the threads [`team::set_solo`] leaves this thread.
+    fn step_inner(
+        &mut self,
+        be: &CpuBackend<T>,
+        model: &mut AnyModel<CpuBackend<T>>,
+        opt: &mut Optimizer<CpuBackend<T>>,
+        batch: &Batch<CpuBackend<T>>,
+        scratch: &mut StepScratch<CpuBackend<T>>,
+    ) -> Result<()> {
         use ncf_model::Model;
         let b = batch.len;
         self.laps.start();
@@ -519,34 +741,6 @@ impl<T: CpuFloat> ncf_model::Step<CpuBackend<T>> for TwoLaneStep<T> {
         self.laps.busy[1][0] += u;
         self.laps.busy[1][1] += i;
         Ok(())
-    }
-
-    fn take_phase_times(&mut self) -> Vec<PhaseTime> {
-        if !self.laps.on {
-            return Vec::new();
-        }
-        let wall = std::mem::replace(&mut self.laps.wall, [Duration::ZERO; 2]);
-        let busy = std::mem::replace(&mut self.laps.busy, [[Duration::ZERO; 2]; 2]);
-        PHASES
-            .iter()
-            .zip(wall.iter().zip(busy))
-            .map(|(&name, (w, [a, b]))| PhaseTime {
-                name: name.to_string(),
-                wall_s: w.as_secs_f64(),
-                busy_s: [a.as_secs_f64(), b.as_secs_f64()],
-            })
-            .collect()
-    }
-
-    /// The reference accumulator, plus half of each lane's (each lane's loss is the mean over
-    /// its half of the batch).
-    fn take_loss(&mut self, be: &CpuBackend<T>, scratch: &mut StepScratch<CpuBackend<T>>) -> Result<f64> {
-        let mut l = scratch.take_loss(be)?;
-        for lane in &mut self.lanes {
-            l += 0.5 * lane.loss[0].to_f64();
-            lane.loss[0] = T::ZERO;
-        }
-        Ok(l)
     }
 }
 
@@ -685,6 +879,110 @@ mod tests {
             batch.set(&be, &u, &i, &y).unwrap();
             assert_eq!(step.lanes_then(&be, &mut m, None, &batch).unwrap(), want, "{kind} b={len}");
         }
+    }
+
+    /// Steps run on one thread by choice (`team::set_solo`, which the pace sets) give the bits
+    /// of steps on two threads: some steps solo, the others on two, against two throughout and
+    /// against the pace's own choices (which depend on timing, so only the bits are held).
+    #[test]
+    fn steps_on_one_thread_by_choice_give_the_same_bits() {
+        let be = Be::default();
+        let b = 96;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for kind in [ModelKind::NeuMf, ModelKind::Gmf, ModelKind::Mlp, ModelKind::Mf] {
+            let cfg = ModelConfig::new(kind, 40, 30);
+            // `pattern(k)`: Some(solo) forces step k; None leaves it to the pace.
+            let run = |pattern: &(dyn Fn(usize) -> Option<bool> + Sync), steps: usize| {
+                let mut model = AnyModel::new(&be, &cfg, b, &mut ncf_core::rng::seeded(5, 1)).unwrap();
+                let mut opt = Optimizer::new(&be, model.params(), OptimConfig::adam(0.01), b).unwrap();
+                let paced = pattern(0).is_none();
+                let mut step = TwoLaneStep::<f64>::with_times(b, true).with_pace(paced);
+                let mut batch = Batch::with_capacity(&be, b).unwrap();
+                let mut scratch = StepScratch::new(&be, b).unwrap();
+                let mut losses = Vec::new();
+                pool.install(|| {
+                    TwoLaneStep::<f64>::around_steps(|| {
+                        assert!(team::has_helper());
+                        for k in 0..steps {
+                            let (u, i, y) = rows(b, 40, 30, k as u32);
+                            batch.set(&be, &u, &i, &y).unwrap();
+                            if let Some(solo) = pattern(k) {
+                                team::set_solo(solo);
+                                assert_eq!(team::helper_active(), !solo);
+                            }
+                            step.step(&be, &mut model, &mut opt, &batch, &mut scratch).unwrap();
+                            losses.push(step.take_loss(&be, &mut scratch).unwrap().to_bits());
+                        }
+                    })
+                });
+                let phases = step.take_phase_times();
+                let pace = phases.first().map(|p| (p.solo_steps, p.round_trip_ns));
+                (tensors(model.params()), losses, pace)
+            };
+            let steps = Pace::FIRST_PROBE as usize + 4 * (Pace::WARM + Pace::TRIAL) + 8;
+            let (pair, pair_loss, _) = run(&|_| Some(false), steps);
+            let (mixed, mixed_loss, _) = run(&|k| Some(k % 3 != 1), steps);
+            let (paced, paced_loss, pace) = run(&|_| None, steps);
+            let (solo_steps, rt) = pace.expect("phase times on");
+            assert!(rt.is_some(), "{kind}: the pace probed");
+            assert!(solo_steps >= (Pace::WARM + Pace::TRIAL) as u64, "{kind}: its trial ran {solo_steps} steps solo");
+            for (what, other, other_loss) in [("mixed", &mixed, &mixed_loss), ("paced", &paced, &paced_loss)] {
+                assert_eq!(&pair_loss, other_loss, "{kind}, {what}: losses");
+                for ((name, _, a), (_, _, m)) in pair.iter().zip(other) {
+                    let (worst, first) = evidence(a, m);
+                    assert_eq!(
+                        a, m,
+                        "{kind}, {what}: {name} must match bit for bit; max_rel {worst:e}, first {first:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Feeds a whole trial to `p`: the warm-up steps (which must not count) at 1 s each, then
+    /// `one` seconds per timed step on one thread and `two` on two (the first on two: `spike`);
+    /// returns the choice (`true`: one thread).
+    fn trial(p: &mut Pace, one: f64, two: f64, spike: f64) -> bool {
+        assert!(p.trial.is_some(), "a trial is under way");
+        for (k, secs) in [(Pace::WARM, 1.0), (Pace::TRIAL, one), (Pace::WARM, 1.0), (1, spike), (Pace::TRIAL - 1, two)]
+        {
+            for _ in 0..k {
+                p.timed(secs);
+            }
+        }
+        assert!(p.trial.is_none(), "the trial ended");
+        p.solo
+    }
+
+    /// The pace's choices on made-up round trips (ns) and step times (s): a trial at the first
+    /// probe; none while the round trip stays within SHIFT× of the one at the last choice; one
+    /// when it moves, either way; one thread tried again after RECHECK probes; medians, so one
+    /// slow step decides nothing; an unanswered probe (infinite) moves it too.
+    #[test]
+    fn pace_tries_both_when_the_cores_move_apart_or_together() {
+        let mut p = Pace::new(true);
+        p.probed(60.0);
+        assert!(!trial(&mut p, 70e-6, 40e-6, 1.0), "near: two threads, though one of their steps took 1 s");
+        for rt in [70.0, 90.0, 45.0] {
+            p.probed(rt);
+            assert!(p.trial.is_none(), "{rt} ns is within {}x of 60", Pace::SHIFT);
+        }
+        p.probed(330.0);
+        assert!(trial(&mut p, 75e-6, 81e-6, 81e-6), "far, one thread faster: one");
+        for k in 1..Pace::RECHECK {
+            p.probed(320.0);
+            assert!(p.trial.is_none() && p.solo, "probe {k}: stays on one thread");
+        }
+        p.probed(320.0);
+        assert!(trial(&mut p, 75e-6, 81e-6, 81e-6), "rechecked after {} probes, one again", Pace::RECHECK);
+        p.probed(58.0);
+        assert!(!trial(&mut p, 70e-6, 40e-6, 40e-6), "near again: two at once");
+        p.probed(f64::INFINITY);
+        assert!(trial(&mut p, 75e-6, 75.5e-6, 75.5e-6), "the helper did not answer: tried, one");
+        p.probed(f64::INFINITY);
+        assert!(p.trial.is_none(), "still unanswered: no new trial before the recheck");
+        let mut off = Pace::new(false);
+        assert!(!off.begin(), "off: never one thread");
     }
 
     /// Whole training steps (forward, loss, backward, optimizer) for every model: the fast step

@@ -33,11 +33,19 @@
 //! Outside [`with_helper`], and on the helper itself, [`join`] runs both closures on the
 //! calling thread: kernels that split their work with it stay correct (and bit-identical,
 //! since every split here divides independent work, never a reduction) on any thread.
+//!
+//! Near or far: two vCPUs are not always two cores next to each other. On the Zen 4 VM of
+//! BENCHMARKS.md a cache line goes to the other vCPU and back in 53–64 ns most of the time and
+//! in 320–340 ns in spells that last minutes (the host has put the vCPUs on cores that share no
+//! L3); two threads then ran an ML-1M epoch slower than one (3.12M samples/s against 3.37M),
+//! since every step moves its dense weights, gradients and rows between the cores.
+//! [`round_trip_ns`] measures that trip, [`set_solo`] makes [`join`] run both closures on the
+//! calling thread while the helper parks; the CPU step ([`crate::step`]) chooses between them.
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -95,6 +103,8 @@ thread_local! {
     static SLOT: Cell<*const Slot> = const { Cell::new(std::ptr::null()) };
     /// Whether this thread is one of a [`with_helper`] pair (the caller or the helper).
     static PAIRED: Cell<bool> = const { Cell::new(false) };
+    /// [`set_solo`]: this thread's joins run both closures here, though it has a helper.
+    static SOLO: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether a kernel running on this thread may fan out on the rayon pool. Not inside
@@ -135,15 +145,21 @@ pub fn with_helper<R>(f: impl FnOnce() -> R) -> R {
         });
         /// Tells the helper to stop and unregisters the slot, also when `f` panics (else the
         /// scope would wait for the helper forever).
-        struct Stop<'a>(&'a Slot, *const Slot, bool);
+        struct Stop<'a>(&'a Slot, *const Slot, bool, bool);
         impl Drop for Stop<'_> {
             fn drop(&mut self) {
                 SLOT.with(|c| c.set(self.1));
                 PAIRED.with(|c| c.set(self.2));
+                SOLO.with(|c| c.set(self.3));
                 self.0.post(QUIT);
             }
         }
-        let _stop = Stop(&slot, SLOT.with(|c| c.replace(&slot)), PAIRED.with(|c| c.replace(true)));
+        let _stop = Stop(
+            &slot,
+            SLOT.with(|c| c.replace(&slot)),
+            PAIRED.with(|c| c.replace(true)),
+            SOLO.with(|c| c.replace(false)),
+        );
         f()
     })
 }
@@ -199,7 +215,7 @@ fn serve(slot: &Slot) {
 /// inside [`with_helper`] and the helper is free and claims it while `a` runs, otherwise on
 /// this thread after `a`. A panic in either is re-raised here after both have finished.
 pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
-    let slot = SLOT.with(Cell::get);
+    let slot = if SOLO.with(Cell::get) { std::ptr::null() } else { SLOT.with(Cell::get) };
     // SAFETY: a non-null SLOT points at the `Slot` of the `with_helper` call this thread is
     // inside; it outlives that call, and the pointer is reset before the call returns.
     let slot = match unsafe { slot.as_ref() } {
@@ -258,9 +274,109 @@ pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() 
     }
 }
 
-/// Whether [`join`] on this thread can hand work to a helper right now.
+/// Whether [`join`] on this thread can hand work to a helper right now (inside
+/// [`with_helper`], not [`set_solo`]).
 pub fn helper_active() -> bool {
+    has_helper() && !SOLO.with(Cell::get)
+}
+
+/// Whether this thread is inside [`with_helper`] (solo or not).
+pub fn has_helper() -> bool {
     SLOT.with(|c| !c.get().is_null())
+}
+
+/// With `true`, this thread's [`join`]s run both closures here until `set_solo(false)`; the
+/// helper, given nothing, parks after [`PARK_AFTER`]. Returns the previous setting. What the
+/// closures compute never depends on the thread that runs them, so neither do the results.
+/// [`with_helper`] restores the setting it found when it returns.
+pub fn set_solo(solo: bool) -> bool {
+    SOLO.with(|c| c.replace(solo))
+}
+
+/// A cache line of its own for [`round_trip_ns`]'s ball (128 bytes: the line and the
+/// neighbour the adjacent-line prefetcher pairs it with).
+#[repr(align(128))]
+struct Line<A>(A);
+
+/// How long [`round_trip_ns`] waits for the helper's answers in all (it may be parked: a
+/// parked helper wakes within [`PARK_TIMEOUT`] even without the unpark).
+pub const PROBE_WAIT: Duration = Duration::from_millis(5);
+
+/// Polls between looks at the clock while a probe waits (a look costs about as much as a
+/// near round trip).
+const POLLS_PER_CLOCK: u32 = 1024;
+
+/// Nanoseconds for a cache line to go from this thread's core to the helper's and back: the
+/// least, over `batches` batches of `trips` trips, of a batch's time per trip (the least, so
+/// that an interrupt or the helper's wake-up in one batch does not count). `None` outside
+/// [`with_helper`], on the helper itself, or when the helper did not answer within
+/// [`PROBE_WAIT`] (its vCPU not running). Ignores [`set_solo`]: it is how the CPU step learns
+/// whether to leave it.
+pub fn round_trip_ns(batches: u32, trips: u32) -> Option<f64> {
+    if !has_helper() || batches == 0 || trips == 0 {
+        return None;
+    }
+    let solo = set_solo(false);
+    let ball = Line(AtomicU32::new(0));
+    // Set by the caller when it is done or gives up: the helper's side then stops at once,
+    // also when it runs later (taken back by the caller, or claimed late). A line of its own,
+    // so that the caller's other stores do not take it from the helper's cache.
+    let gone = Line(AtomicBool::new(false));
+    let deadline = Instant::now() + PROBE_WAIT;
+    // Waits until the ball reads `want`; false once past the deadline.
+    let wait = |want: u32| {
+        let mut polls = 0u32;
+        while ball.0.load(Ordering::Acquire) != want {
+            polls += 1;
+            if polls.is_multiple_of(POLLS_PER_CLOCK) && Instant::now() > deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        true
+    };
+    let (best, ()) = join(
+        || {
+            // The helper serves the ball at 1; then each trip sends the next odd number and
+            // waits for the helper's even answer.
+            if !wait(1) {
+                gone.0.store(true, Ordering::Release);
+                return None;
+            }
+            let (mut n, mut best) = (1u32, f64::INFINITY);
+            for _ in 0..batches {
+                let t = Instant::now();
+                for _ in 0..trips {
+                    ball.0.store(n + 1, Ordering::Release);
+                    if !wait(n + 2) {
+                        gone.0.store(true, Ordering::Release);
+                        return None;
+                    }
+                    n += 2;
+                }
+                best = best.min(t.elapsed().as_nanos() as f64 / f64::from(trips));
+            }
+            gone.0.store(true, Ordering::Release);
+            Some(best)
+        },
+        || {
+            if gone.0.load(Ordering::Acquire) {
+                return;
+            }
+            ball.0.store(1, Ordering::Release);
+            let mut n = 1u32;
+            while !gone.0.load(Ordering::Acquire) {
+                if ball.0.load(Ordering::Acquire) == n + 1 {
+                    ball.0.store(n + 2, Ordering::Release);
+                    n += 2;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        },
+    );
+    set_solo(solo);
+    best
 }
 
 #[cfg(test)]
@@ -378,6 +494,64 @@ mod tests {
                 },
             );
             assert_ne!(who, me, "the helper still takes jobs afterwards");
+        });
+    }
+
+    /// `set_solo(true)` runs both closures of a join on the caller, and `helper_active` says
+    /// so; `set_solo(false)` hands the second to the helper again; `with_helper` clears it.
+    #[test]
+    fn solo_runs_both_closures_on_the_caller() {
+        with_helper(|| {
+            let me = std::thread::current().id();
+            assert!(!set_solo(true), "off at the start");
+            assert!(!helper_active() && has_helper());
+            let (a, b) = join(|| std::thread::current().id(), || std::thread::current().id());
+            assert_eq!((a, b), (me, me), "solo: both on the caller");
+            assert!(set_solo(false));
+            assert!(helper_active());
+            let started = AtomicBool::new(false);
+            let (_, who) = join(
+                || wait_for(&started),
+                || {
+                    started.store(true, Ordering::Release);
+                    std::thread::current().id()
+                },
+            );
+            assert_ne!(who, me, "the helper takes jobs again");
+            set_solo(true);
+        });
+        assert!(!set_solo(false), "with_helper restored the setting it found");
+    }
+
+    /// The probe answers inside `with_helper` only, with a time a core-to-core trip can take
+    /// (over 1 ns, under the whole wait), also from a parked helper and in solo mode (which it
+    /// leaves as it found); on the helper itself and outside, `None`. (With other tests'
+    /// threads busy on both cores the helper may not run within the wait: it is asked again.)
+    #[test]
+    fn round_trip_is_measured_only_with_a_helper() {
+        assert_eq!(round_trip_ns(4, 8), None, "no helper");
+        with_helper(|| {
+            for solo in [false, true] {
+                set_solo(solo);
+                let mut answers = Vec::new();
+                for _ in 0..200 {
+                    std::thread::sleep(PARK_AFTER * 20);
+                    let ns = round_trip_ns(4, 8);
+                    assert_eq!(set_solo(solo), solo, "left as found");
+                    answers.extend(ns);
+                    if answers.len() == 3 {
+                        break;
+                    }
+                }
+                assert_eq!(answers.len(), 3, "the parked helper answered (solo {solo})");
+                for ns in answers {
+                    assert!(ns > 1.0 && ns < PROBE_WAIT.as_nanos() as f64, "{ns} ns");
+                }
+            }
+            set_solo(false);
+            assert_eq!(round_trip_ns(0, 8), None);
+            let (_, on_helper) = join(|| std::thread::sleep(Duration::from_millis(5)), || round_trip_ns(2, 2));
+            assert_eq!(on_helper, None, "the helper has no helper");
         });
     }
 

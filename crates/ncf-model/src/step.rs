@@ -40,6 +40,14 @@ pub struct PhaseTime {
     pub name: String,
     pub wall_s: f64,
     pub busy_s: [f64; 2],
+    /// Steps whose halves the calling thread ran both of, by choice (the CPU step's pace, when
+    /// one thread ran faster than two); 0 where the step never chooses.
+    #[serde(default)]
+    pub solo_steps: u64,
+    /// The last measured time for a cache line to go to the helper thread's core and back, in
+    /// nanoseconds (the CPU step's pace); `None` where none was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_trip_ns: Option<f64>,
 }
 
 /// A way to run training steps.
