@@ -90,11 +90,22 @@ pub const PACE_ENV: &str = "NCF_PACE";
 /// Every [`Pace::PROBE_EVERY`] steps it measures the round trip ([`team::round_trip_ns`]: 64
 /// trips, about 4 µs when near). When it has moved by more than [`Pace::SHIFT`]× either way
 /// since the last choice (and at the first probe), a trial runs [`Pace::WARM`] + [`Pace::TRIAL`]
-/// steps on one thread, then as many on two, timing each of the last `TRIAL` of each (the
-/// first ones move the tables' rows into the caches of the cores that now update them); the
-/// lower median wins (a median, so that an interrupt in one step does not decide). One thread is put to trial again after
-/// [`Pace::RECHECK`] probes even when the trip has not moved. So a steady machine pays one
-/// trial per run (about 1 ms on ML-1M), and a wrong choice in a noisy trial is undone.
+/// steps on one thread, then as many on two, timing each of the last `TRIAL` of each. The
+/// first `WARM` move the tables' rows into the caches of the cores that now update them: on
+/// ML-1M a step touches about 4% of the users and 6% of the items, so 96 steps reach about 98%
+/// of the rows; with 32, two threads far apart timed about 6% faster in the trial than over
+/// the epoch that followed (the items still in the caller's cache from the steps on one
+/// thread), and the trial chose them where one thread was faster. The
+/// means over all but the [`Pace::TRIM`] slowest steps of each (so that an interrupt in a step
+/// does not decide) are compared. Two threads far apart (a round trip over
+/// [`Pace::FAR_NS`], or no answer) give way to one unless they were faster by more than
+/// [`Pace::CLOSE`]; near, one thread must be faster by that much to be chosen. The trials'
+/// means alone were not enough: far apart, the two stay within 5–10% of each other, and the
+/// trial's pick of two threads more than once ran its epoch slower than one thread (3.22M
+/// samples/s against 3.37M); every one-thread run with the cores far apart was faster than
+/// the two-thread runs beside it. A close call is put to trial again after [`Pace::RECHECK`]
+/// probes even when the trip has not moved. A clear call (near: 40 µs a step on two threads,
+/// 71 µs on one) is not, so a steady machine pays one trial per run (about 5 ms on ML-1M).
 struct Pace {
     adaptive: bool,
     /// `NCF_PACE=trace`: each trial's times and choice go to stderr.
@@ -107,6 +118,8 @@ struct Pace {
     chose_at: Option<f64>,
     /// Probes since the last choice.
     probes: u32,
+    /// The last choice was a close call ([`Pace::CLOSE`]).
+    close: bool,
     /// The trial under way: its probe's round trip, its steps so far, and each timed step's
     /// seconds on one thread, then on two.
     trial: Option<Trial>,
@@ -130,8 +143,11 @@ impl Pace {
     /// Steps before the first probe: the first steps fault in their buffers.
     const FIRST_PROBE: u32 = 64;
     const SHIFT: f64 = 1.6;
-    const WARM: usize = 32;
-    const TRIAL: usize = 32;
+    const WARM: usize = 96;
+    const TRIAL: usize = 48;
+    const TRIM: usize = 6;
+    const CLOSE: f64 = 0.15;
+    const FAR_NS: f64 = 200.0;
     const RECHECK: u32 = 16;
 
     fn new(adaptive: bool) -> Pace {
@@ -142,6 +158,7 @@ impl Pace {
             until_probe: Self::FIRST_PROBE,
             chose_at: None,
             probes: 0,
+            close: false,
             trial: None,
             last_rt: None,
             step_start: Instant::now(),
@@ -175,7 +192,7 @@ impl Pace {
         self.last_rt = Some(rt);
         self.probes += 1;
         let moved = self.chose_at.is_none_or(|c| rt > c * Self::SHIFT || rt * Self::SHIFT < c);
-        if moved || (self.solo && self.probes >= Self::RECHECK) {
+        if moved || (self.close && self.probes >= Self::RECHECK) {
             let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
             self.trial = Some(Trial { rt, steps: 0, one, two });
         }
@@ -204,11 +221,14 @@ impl Pace {
         }
         t.steps += 1;
         if t.steps == 2 * half {
-            let (one, two) = (median(&mut t.one), median(&mut t.two));
-            self.solo = one < two;
+            let (one, two) = (trimmed_mean(&mut t.one, Self::TRIM), trimmed_mean(&mut t.two, Self::TRIM));
+            // The round trip decides the default; the trial overturns it when clear.
+            self.solo =
+                if t.rt > Self::FAR_NS { two * (1.0 + Self::CLOSE) >= one } else { one * (1.0 + Self::CLOSE) < two };
+            self.close = (one - two).abs() < Self::CLOSE * one.min(two);
             if self.trace {
                 eprintln!(
-                    "pace: round trip {:.0} ns; median step {:.1} us on one thread, {:.1} us on two: {}",
+                    "pace: round trip {:.0} ns; mean step {:.1} us on one thread, {:.1} us on two: {}",
                     t.rt,
                     one * 1e6,
                     two * 1e6,
@@ -226,10 +246,11 @@ impl Pace {
     }
 }
 
-/// The median of `v` (sorted in place; the upper one of an even count's two middles).
-fn median(v: &mut [f64]) -> f64 {
+/// The mean of `v` without its `trim` largest values (`v` sorted in place).
+fn trimmed_mean(v: &mut [f64], trim: usize) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let kept = &v[..v.len().saturating_sub(trim)];
+    kept.iter().sum::<f64>() / kept.len() as f64
 }
 
 /// The environment variable that turns on the phase times (`NCF_STEP_TIMES=1`).
@@ -919,7 +940,7 @@ mod tests {
                 let pace = phases.first().map(|p| (p.solo_steps, p.round_trip_ns));
                 (tensors(model.params()), losses, pace)
             };
-            let steps = Pace::FIRST_PROBE as usize + 4 * (Pace::WARM + Pace::TRIAL) + 8;
+            let steps = Pace::FIRST_PROBE as usize + 2 * (Pace::WARM + Pace::TRIAL) + 8;
             let (pair, pair_loss, _) = run(&|_| Some(false), steps);
             let (mixed, mixed_loss, _) = run(&|k| Some(k % 3 != 1), steps);
             let (paced, paced_loss, pace) = run(&|_| None, steps);
@@ -955,17 +976,18 @@ mod tests {
     }
 
     /// The pace's choices on made-up round trips (ns) and step times (s): a trial at the first
-    /// probe; none while the round trip stays within SHIFT× of the one at the last choice; one
-    /// when it moves, either way; one thread tried again after RECHECK probes; medians, so one
-    /// slow step decides nothing; an unanswered probe (infinite) moves it too.
+    /// probe; none while the round trip stays within SHIFT× of the one at the last choice after
+    /// a clear call; one when it moves, either way; a close call tried again after RECHECK
+    /// probes, whichever won; trimmed means, so one slow step decides nothing; an unanswered
+    /// probe (infinite) moves it too.
     #[test]
     fn pace_tries_both_when_the_cores_move_apart_or_together() {
         let mut p = Pace::new(true);
         p.probed(60.0);
         assert!(!trial(&mut p, 70e-6, 40e-6, 1.0), "near: two threads, though one of their steps took 1 s");
-        for rt in [70.0, 90.0, 45.0] {
+        for rt in [70.0, 90.0, 45.0].into_iter().cycle().take(2 * Pace::RECHECK as usize) {
             p.probed(rt);
-            assert!(p.trial.is_none(), "{rt} ns is within {}x of 60", Pace::SHIFT);
+            assert!(p.trial.is_none(), "{rt} ns is within {}x of 60, and the call was clear", Pace::SHIFT);
         }
         p.probed(330.0);
         assert!(trial(&mut p, 75e-6, 81e-6, 81e-6), "far, one thread faster: one");
@@ -974,11 +996,27 @@ mod tests {
             assert!(p.trial.is_none() && p.solo, "probe {k}: stays on one thread");
         }
         p.probed(320.0);
-        assert!(trial(&mut p, 75e-6, 81e-6, 81e-6), "rechecked after {} probes, one again", Pace::RECHECK);
+        assert!(
+            trial(&mut p, 79e-6, 73e-6, 73e-6),
+            "far, a close call is rechecked after {} probes: one",
+            Pace::RECHECK
+        );
+        for _ in 1..Pace::RECHECK {
+            p.probed(320.0);
+            assert!(p.trial.is_none() && p.solo);
+        }
+        p.probed(320.0);
+        assert!(!trial(&mut p, 80e-6, 60e-6, 60e-6), "far, but two clearly faster: two");
         p.probed(58.0);
         assert!(!trial(&mut p, 70e-6, 40e-6, 40e-6), "near again: two at once");
+        p.probed(200.0);
+        assert!(!trial(&mut p, 41e-6, 42e-6, 42e-6), "not far, a close call: two");
+        for _ in 0..Pace::RECHECK {
+            p.probed(200.0);
+        }
+        assert!(trial(&mut p, 35e-6, 42e-6, 42e-6), "rechecked: one clearly faster, one");
         p.probed(f64::INFINITY);
-        assert!(trial(&mut p, 75e-6, 75.5e-6, 75.5e-6), "the helper did not answer: tried, one");
+        assert!(trial(&mut p, 75e-6, 70e-6, 70e-6), "the helper did not answer: one, unless two are clearly faster");
         p.probed(f64::INFINITY);
         assert!(p.trial.is_none(), "still unanswered: no new trial before the recheck");
         let mut off = Pace::new(false);
