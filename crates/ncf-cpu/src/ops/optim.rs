@@ -395,6 +395,11 @@ unsafe fn adam_rows_f32_avx2(
     }
 }
 
+/// How far ahead (in elements: 8 lines of f32) [`adam_dense_f32_avx2`] fetches its weights and
+/// gradient for writing.
+#[cfg(target_arch = "x86_64")]
+const DENSE_PREFETCH: usize = 128;
+
 /// [`adam_run`] for f32 with AVX2 intrinsics: whole vectors through [`Adam8::run`], the last
 /// `n mod 8` elements through [`adam_one`] (the same operations, so the same bits). The dense
 /// layers' biases (8 to 32 elements) fell to the compiled loop's scalar remainder.
@@ -408,7 +413,16 @@ unsafe fn adam_dense_f32_avx2(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &m
     let whole = n - n % 8;
     // SAFETY: AVX2 by the caller's contract.
     let k = unsafe { Adam8::new(s) };
+    // The weights were read by both lanes and the gradient written by one, maybe on the
+    // other core: their lines are fetched for writing a few lines ahead (PREFETCHW), so the
+    // stores do not each wait for the other core to give its copy up.
+    super::prefetch_write(p, 0, DENSE_PREFETCH.min(n));
+    super::prefetch_write(g, 0, DENSE_PREFETCH.min(n));
     for j in (0..whole).step_by(8) {
+        if j % 16 == 0 && j + DENSE_PREFETCH + 16 <= n {
+            super::prefetch_write(p, j + DENSE_PREFETCH, 16);
+            super::prefetch_write(g, j + DENSE_PREFETCH, 16);
+        }
         // SAFETY: j + 8 ≤ whole ≤ the length of every slice.
         unsafe { k.run(p.as_mut_ptr().add(j), g.as_mut_ptr().add(j), m.as_mut_ptr().add(j), v.as_mut_ptr().add(j)) };
     }
