@@ -7,7 +7,8 @@
 //!   GFLOP/s for BENCHMARKS.md. `GEMM_TABLE=all` adds an f64 table and a table of the scratch
 //!   kernel per instruction set.
 //!
-//! Cases: the dense layers of the NCF MLP at batch B = 256 (`out = inp·Wᵀ`, `dinp = dout·W`,
+//! Cases: the dense layers of the NCF MLP at batch B = 256 (`GEMM_ROWS=128`: a two-lane step's
+//! half of such a batch) (`out = inp·Wᵀ`, `dinp = dout·W`,
 //! `dW += doutᵀ·inp`, all with the same strided views `ops/linear.rs` uses), and squares.
 //! Everything runs single-threaded (inside a 1-thread rayon pool; matrixmultiply is
 //! single-threaded by default), except the `scratch_2t` column for the squares.
@@ -80,16 +81,17 @@ impl<T: CpuFloat> Case<T> {
 
 /// The cases, in table order.
 fn cases<T: CpuFloat>() -> Vec<Case<T>> {
-    const B: usize = 256;
+    // `GEMM_ROWS=128`: the layers at a two-lane step's half of a 256-row batch.
+    let b: usize = std::env::var("GEMM_ROWS").ok().and_then(|v| v.parse().ok()).filter(|&b| b > 0).unwrap_or(256);
     let mut v = Vec::new();
     for (i, o) in [(64, 32), (32, 16), (16, 8), (16, 1)] {
         // out (B,O) = inp (B,I) · Wᵀ, W stored (O,I): the B operand has strides (1, I). β = 1: the
         // bias was broadcast into `out` first.
-        v.push(Case::new(format!("fwd_{i}x{o}_b{B}"), (B, i, o), (i, 1), (1, i), 1.0));
+        v.push(Case::new(format!("fwd_{i}x{o}_b{b}"), (b, i, o), (i, 1), (1, i), 1.0));
         // dinp (B,I) = dout (B,O) · W (O,I), overwritten: β = 0.
-        v.push(Case::new(format!("bwd_data_{i}x{o}_b{B}"), (B, o, i), (o, 1), (i, 1), 0.0));
+        v.push(Case::new(format!("bwd_data_{i}x{o}_b{b}"), (b, o, i), (o, 1), (i, 1), 0.0));
         // dW (O,I) += doutᵀ (O,B) · inp (B,I): A is dout read transposed, strides (1, O). β = 1.
-        v.push(Case::new(format!("bwd_w_{i}x{o}_b{B}"), (o, B, i), (1, o), (i, 1), 1.0));
+        v.push(Case::new(format!("bwd_w_{i}x{o}_b{b}"), (o, b, i), (1, o), (i, 1), 1.0));
     }
     for s in [256, 512, 1024] {
         let mut c = Case::new(format!("square_{s}"), (s, s, s), (s, 1), (s, 1), 0.0);

@@ -642,7 +642,12 @@ mod avx2 {
         }
     }
 
-    /// `m` rows in tiles of `R` rows of `V` vectors, then the rest in tiles of 4, 2 and 1 rows.
+    /// `m` rows in tiles of `R` rows of `V` vectors, then the rest in tiles of 4, 2 and 1 rows;
+    /// with two vectors, a rest of 1 to 3 rows takes the last full tile with it, split into
+    /// tiles of 4 or 5 rows (and 3: `[4, 3]`, `[4, 4]`, `[5, 4]`). A tile of `r` rows keeps
+    /// `r·V` sums in flight, and the FMA units need 8 to stay busy (two a cycle, four cycles
+    /// each): a tile of 2 rows ran at half speed, so `dW`'s 32 rows in tiles of 6, 6, 6, 6, 6, 2
+    /// cost as much as 34.
     ///
     /// # Safety
     /// As in [`block`], for the strip's rows `0..m`.
@@ -651,9 +656,26 @@ mod avx2 {
         let mut i = 0;
         // SAFETY: every tile below covers rows i..i+rows of the strip, with i + rows ≤ m.
         unsafe {
-            while i + R <= m {
+            let short = V == 2 && m > R && (1..4).contains(&(m % R));
+            while i + R <= m && !(short && i + 2 * R > m) {
                 tile::<R, V, EPI>(s, i);
                 i += R;
+            }
+            if short {
+                // R + 1 ..= R + 3 rows left (R = 6: 7, 8 or 9).
+                let first = if m - i > 8 { 5 } else { 4 };
+                if first == 5 {
+                    tile::<5, V, EPI>(s, i);
+                } else {
+                    tile::<4, V, EPI>(s, i);
+                }
+                i += first;
+                match m - i {
+                    4 => tile::<4, V, EPI>(s, i),
+                    3 => tile::<3, V, EPI>(s, i),
+                    r => unreachable!("{r} rows after the first tail tile"),
+                }
+                return;
             }
             let rest = m - i;
             if rest & 4 != 0 {

@@ -457,7 +457,7 @@ fn impl_names_round_trip() {
 
 /// The AVX-512 and AVX2 levels route every product that suits it to the direct kernel: the
 /// full sweep, then shapes around its tiles (row tiles of 12, 8, 6, 4 and 2 rows and the 8-4-2-1
-/// remainders; 1 to 4 vectors per column block with masked tails; several column blocks), with
+/// remainders; AVX2's short rests taken with the last 6-row tile as 4+3, 4+4 and 5+4 rows; 1 to 4 vectors per column block with masked tails; several column blocks), with
 /// A and B in all four transpose combinations. Each level the CPU has is tested.
 #[test]
 fn direct_kernel_matches_naive() {
@@ -487,7 +487,7 @@ type Check<T> = fn(T, MatRef<T>, MatRef<T>, T, MatMut<T>) -> Result<()>;
 fn direct_shapes(f: Check<f32>) {
     let mut seed = 5000u64;
     for n in [1, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32, 33, 48, 49, 63, 64, 65, 100, 128, 129, 200, 511, 512] {
-        for m in [1, 2, 3, 5, 6, 7, 11, 12, 13, 23, 25, 47, 49, 97] {
+        for m in [1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 15, 23, 25, 32, 47, 49, 97] {
             for (la, lb) in [(RowMajor, RowMajor), (ColMajor, ColMajor), (RowMajor, ColMajor), (ColMajor, RowMajor)] {
                 seed += 1;
                 let k = [1, 7, 64, 300][seed as usize % 4];
