@@ -646,6 +646,7 @@ fn step_times_are_printed_and_recorded_only_when_asked() {
     for (p, w) in phases.iter().zip(&wall) {
         let busy: Vec<f64> = p["busy_s"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
         assert!(busy.len() == 2 && busy.iter().all(|b| *b >= 0.0 && b <= w), "a half is busy within its phase: {p}");
+        assert!(p["solo_steps"].as_u64().is_some(), "the pace's count of steps on one thread: {p}");
     }
     let (plain, m0) = run(false);
     assert!(!plain.contains("step phases") && m0.get("step_phases").is_none(), "{plain}\n{m0}");

@@ -88,24 +88,29 @@ pub const PACE_ENV: &str = "NCF_PACE";
 /// speed is at stake.
 ///
 /// Every [`Pace::PROBE_EVERY`] steps it measures the round trip ([`team::round_trip_ns`]: 64
-/// trips, about 4 µs when near). When it has moved by more than [`Pace::SHIFT`]× either way
-/// since the last choice (and at the first probe), a trial runs [`Pace::WARM`] + [`Pace::TRIAL`]
-/// steps on one thread, then as many on two, timing each of the last `TRIAL` of each. The
-/// first `WARM` move the tables' rows into the caches of the cores that now update them: on
-/// ML-1M a step touches about 4% of the users and 6% of the items, so 96 steps reach about 98%
-/// of the rows; with 32, two threads far apart timed about 6% faster in the trial than over
-/// the epoch that followed (the items still in the caller's cache from the steps on one
-/// thread), and the trial chose them where one thread was faster. The
-/// means over all but the [`Pace::TRIM`] slowest steps of each (so that an interrupt in a step
-/// does not decide) are compared. Two threads far apart (a round trip over
-/// [`Pace::FAR_NS`], or no answer) give way to one unless they were faster by more than
-/// [`Pace::CLOSE`]; near, one thread must be faster by that much to be chosen. The trials'
-/// means alone were not enough: far apart, the two stay within 5–10% of each other, and the
-/// trial's pick of two threads more than once ran its epoch slower than one thread (3.22M
-/// samples/s against 3.37M); every one-thread run with the cores far apart was faster than
-/// the two-thread runs beside it. A close call is put to trial again after [`Pace::RECHECK`]
-/// probes even when the trip has not moved. A clear call (near: 40 µs a step on two threads,
-/// 71 µs on one) is not, so a steady machine pays one trial per run (about 5 ms on ML-1M).
+/// trips, about 4 µs when near): *far* when over [`Pace::FAR_NS`] or unanswered within
+/// [`team::PROBE_WAIT`] (the helper's vCPU not running), else *near*. At the first probe, and
+/// when two probes in a row disagree with the last choice's, a trial runs [`Pace::WARM`] +
+/// [`Pace::TRIAL`] steps on one thread, then as many on two, timing each of the last `TRIAL`
+/// of each. The first `WARM` move the tables' rows into the caches of the cores that now
+/// update them: on ML-1M a step touches about 4% of the users and 6% of the items, so 96 steps
+/// reach about 98% of the rows; with 32, two threads far apart timed about 6% faster in the
+/// trial than over the epoch that followed (the items still in the caller's cache from the
+/// steps on one thread), and the trial chose them where one thread was faster. The means over
+/// all but the [`Pace::TRIM`] slowest steps of each (so that an interrupt in a step does not
+/// decide) are compared: far, two threads must be faster by more than [`Pace::CLOSE`] to be
+/// kept; near, one thread must be. The means alone were not enough: far apart the two stay
+/// within 5–10% of each other, the trial's pick of two threads more than once ran its epoch
+/// slower than one thread would have (3.22M samples/s against 3.37M), and every one-thread
+/// run with the cores far apart was faster than the two-thread runs beside it. Two threads
+/// whose steps have taken twice as long as the one-thread half's are cut short (a helper
+/// whose vCPU stops mid-step makes the step wait a scheduler slice: 1–2 ms).
+///
+/// A close call is put to trial again after [`Pace::RECHECK`] probes; a clear one (near: 40 µs
+/// a step on two threads, 71 µs on one) is not, so a steady machine pays one trial per run
+/// (about 5 ms on ML-1M). Asking for two probes in a row keeps a busy machine, whose probes
+/// alternate between answered and not, from running trial after trial (which made an epoch
+/// 1.5M samples/s where two threads throughout ran 2.6M, before it was asked).
 struct Pace {
     adaptive: bool,
     /// `NCF_PACE=trace`: each trial's times and choice go to stderr.
@@ -114,14 +119,15 @@ struct Pace {
     solo: bool,
     /// Steps before the next probe.
     until_probe: u32,
-    /// The round trip (ns) at the last choice; `None` before the first.
-    chose_at: Option<f64>,
+    /// Whether the cores were far apart at the last choice; `None` before the first.
+    far: Option<bool>,
+    /// Probes in a row that disagree with `far`.
+    disagree: u32,
     /// Probes since the last choice.
     probes: u32,
     /// The last choice was a close call ([`Pace::CLOSE`]).
     close: bool,
-    /// The trial under way: its probe's round trip, its steps so far, and each timed step's
-    /// seconds on one thread, then on two.
+    /// The trial under way.
     trial: Option<Trial>,
     /// The last probe's round trip (ns; infinite when the helper did not answer).
     last_rt: Option<f64>,
@@ -130,10 +136,13 @@ struct Pace {
     solo_steps: u64,
 }
 
-/// A [`Pace`] trial under way.
+/// A [`Pace`] trial under way: the round trip that started it, its steps so far, their
+/// seconds on one thread and on two (warm-up included), and each timed step's seconds on one
+/// thread, then on two.
 struct Trial {
     rt: f64,
     steps: usize,
+    total: [f64; 2],
     one: Vec<f64>,
     two: Vec<f64>,
 }
@@ -142,7 +151,6 @@ impl Pace {
     const PROBE_EVERY: u32 = 128;
     /// Steps before the first probe: the first steps fault in their buffers.
     const FIRST_PROBE: u32 = 64;
-    const SHIFT: f64 = 1.6;
     const WARM: usize = 96;
     const TRIAL: usize = 48;
     const TRIM: usize = 6;
@@ -156,7 +164,8 @@ impl Pace {
             trace: adaptive && std::env::var(PACE_ENV).is_ok_and(|v| v.trim() == "trace"),
             solo: false,
             until_probe: Self::FIRST_PROBE,
-            chose_at: None,
+            far: None,
+            disagree: 0,
             probes: 0,
             close: false,
             trial: None,
@@ -187,14 +196,15 @@ impl Pace {
         self.solo
     }
 
-    /// A probe measured `rt` ns: starts a trial if the choice is due again.
+    /// A probe measured `rt` ns (infinite: no answer): starts a trial if the choice is due.
     fn probed(&mut self, rt: f64) {
         self.last_rt = Some(rt);
         self.probes += 1;
-        let moved = self.chose_at.is_none_or(|c| rt > c * Self::SHIFT || rt * Self::SHIFT < c);
-        if moved || (self.close && self.probes >= Self::RECHECK) {
+        let far = rt > Self::FAR_NS;
+        self.disagree = if self.far.is_some_and(|f| f != far) { self.disagree + 1 } else { 0 };
+        if self.far.is_none() || self.disagree >= 2 || (self.close && self.probes >= Self::RECHECK) {
             let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
-            self.trial = Some(Trial { rt, steps: 0, one, two });
+            self.trial = Some(Trial { rt, steps: 0, total: [0.0; 2], one, two });
         }
     }
 
@@ -210,34 +220,45 @@ impl Pace {
         }
     }
 
-    /// A trial's step took `secs`: the choice, once both halves of the trial are in.
+    /// A trial's step took `secs`: the choice, once both halves of the trial are in (or the
+    /// two-thread half has run twice as long as the whole one-thread half).
     fn timed(&mut self, secs: f64) {
         let Some(t) = &mut self.trial else { return };
         let half = Self::WARM + Self::TRIAL;
+        let second = t.steps >= half;
+        t.total[usize::from(second)] += secs;
         match t.steps {
             k if k < Self::WARM || (half..half + Self::WARM).contains(&k) => {}
             k if k < half => t.one.push(secs),
             _ => t.two.push(secs),
         }
         t.steps += 1;
-        if t.steps == 2 * half {
-            let (one, two) = (trimmed_mean(&mut t.one, Self::TRIM), trimmed_mean(&mut t.two, Self::TRIM));
-            // The round trip decides the default; the trial overturns it when clear.
-            self.solo =
-                if t.rt > Self::FAR_NS { two * (1.0 + Self::CLOSE) >= one } else { one * (1.0 + Self::CLOSE) < two };
-            self.close = (one - two).abs() < Self::CLOSE * one.min(two);
-            if self.trace {
-                eprintln!(
-                    "pace: round trip {:.0} ns; mean step {:.1} us on one thread, {:.1} us on two: {}",
-                    t.rt,
-                    one * 1e6,
-                    two * 1e6,
-                    if self.solo { "one" } else { "two" }
-                );
-            }
-            (self.chose_at, self.probes) = (Some(t.rt), 0);
-            self.trial = None;
+        let cut = second && t.total[1] > 2.0 * t.total[0];
+        if t.steps < 2 * half && !cut {
+            return;
         }
+        let far = t.rt > Self::FAR_NS;
+        let (one, two) = (trimmed_mean(&mut t.one, Self::TRIM), trimmed_mean(&mut t.two, Self::TRIM));
+        if cut {
+            (self.solo, self.close) = (true, false);
+        } else {
+            // The round trip sets the default; the trial overturns it when clear.
+            self.solo = if far { two * (1.0 + Self::CLOSE) >= one } else { one * (1.0 + Self::CLOSE) < two };
+            self.close = (one - two).abs() < Self::CLOSE * one.min(two);
+        }
+        if self.trace {
+            eprintln!(
+                "pace: round trip {:.0} ns ({}); mean step {:.1} us on one thread, {:.1} us on two{}: {}",
+                t.rt,
+                if far { "far" } else { "near" },
+                one * 1e6,
+                two * 1e6,
+                if cut { " (cut short)" } else { "" },
+                if self.solo { "one" } else { "two" }
+            );
+        }
+        (self.far, self.disagree, self.probes) = (Some(far), 0, 0);
+        self.trial = None;
     }
 
     /// The steps run on one thread since the last call, and the last round trip.
@@ -976,49 +997,61 @@ mod tests {
     }
 
     /// The pace's choices on made-up round trips (ns) and step times (s): a trial at the first
-    /// probe; none while the round trip stays within SHIFT× of the one at the last choice after
-    /// a clear call; one when it moves, either way; a close call tried again after RECHECK
-    /// probes, whichever won; trimmed means, so one slow step decides nothing; an unanswered
-    /// probe (infinite) moves it too.
+    /// probe; none while the probes agree with the last choice's (near: up to 200 ns; far:
+    /// over it, or no answer), or disagree only once in a row; one when two in a row disagree;
+    /// a close call tried again after RECHECK probes, whichever won, a clear one not; trimmed
+    /// means, so one slow step decides nothing; two threads cut short once they have taken
+    /// twice as long as the one-thread half.
     #[test]
     fn pace_tries_both_when_the_cores_move_apart_or_together() {
         let mut p = Pace::new(true);
         p.probed(60.0);
         assert!(!trial(&mut p, 70e-6, 40e-6, 1.0), "near: two threads, though one of their steps took 1 s");
-        for rt in [70.0, 90.0, 45.0].into_iter().cycle().take(2 * Pace::RECHECK as usize) {
+        for rt in
+            [70.0, 90.0, 45.0, 330.0, 150.0, f64::INFINITY, 60.0].into_iter().cycle().take(5 * Pace::RECHECK as usize)
+        {
             p.probed(rt);
-            assert!(p.trial.is_none(), "{rt} ns is within {}x of 60, and the call was clear", Pace::SHIFT);
+            assert!(p.trial.is_none(), "{rt} ns: near, or far once in a row, after a clear call");
         }
         p.probed(330.0);
-        assert!(trial(&mut p, 75e-6, 81e-6, 81e-6), "far, one thread faster: one");
+        p.probed(320.0);
+        assert!(trial(&mut p, 75e-6, 81e-6, 81e-6), "far twice in a row: tried; one thread faster: one");
         for k in 1..Pace::RECHECK {
-            p.probed(320.0);
-            assert!(p.trial.is_none() && p.solo, "probe {k}: stays on one thread");
+            p.probed([320.0, f64::INFINITY][k as usize % 2]);
+            assert!(p.trial.is_none() && p.solo, "probe {k}: far or unanswered, stays on one thread");
         }
         p.probed(320.0);
-        assert!(
-            trial(&mut p, 79e-6, 73e-6, 73e-6),
-            "far, a close call is rechecked after {} probes: one",
-            Pace::RECHECK
-        );
+        assert!(trial(&mut p, 79e-6, 73e-6, 73e-6), "a close call is rechecked after {} probes: one", Pace::RECHECK);
         for _ in 1..Pace::RECHECK {
             p.probed(320.0);
             assert!(p.trial.is_none() && p.solo);
         }
         p.probed(320.0);
         assert!(!trial(&mut p, 80e-6, 60e-6, 60e-6), "far, but two clearly faster: two");
+        for _ in 0..2 * Pace::RECHECK {
+            p.probed(300.0);
+            assert!(p.trial.is_none() && !p.solo, "a clear call is not rechecked");
+        }
         p.probed(58.0);
-        assert!(!trial(&mut p, 70e-6, 40e-6, 40e-6), "near again: two at once");
-        p.probed(200.0);
-        assert!(!trial(&mut p, 41e-6, 42e-6, 42e-6), "not far, a close call: two");
+        p.probed(58.0);
+        assert!(!trial(&mut p, 41e-6, 42e-6, 42e-6), "near again, a close call: two");
         for _ in 0..Pace::RECHECK {
-            p.probed(200.0);
+            p.probed(60.0);
         }
         assert!(trial(&mut p, 35e-6, 42e-6, 42e-6), "rechecked: one clearly faster, one");
         p.probed(f64::INFINITY);
-        assert!(trial(&mut p, 75e-6, 70e-6, 70e-6), "the helper did not answer: one, unless two are clearly faster");
         p.probed(f64::INFINITY);
-        assert!(p.trial.is_none(), "still unanswered: no new trial before the recheck");
+        assert!(p.trial.is_some(), "unanswered twice: far, tried");
+        let mut two_steps = 0;
+        for k in 0.. {
+            p.timed(if k < Pace::WARM + Pace::TRIAL { 75e-6 } else { 2e-3 });
+            if p.trial.is_none() {
+                break;
+            }
+            two_steps = k + 1 - (Pace::WARM + Pace::TRIAL);
+        }
+        // The one-thread half took 144 × 75 µs = 10.8 ms: two threads stop after 11 steps of 2 ms.
+        assert!(p.solo && two_steps <= 11, "two threads at 2 ms a step cut short after {two_steps} steps: one");
         let mut off = Pace::new(false);
         assert!(!off.begin(), "off: never one thread");
     }

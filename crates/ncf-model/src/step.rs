@@ -45,7 +45,8 @@ pub struct PhaseTime {
     #[serde(default)]
     pub solo_steps: u64,
     /// The last measured time for a cache line to go to the helper thread's core and back, in
-    /// nanoseconds (the CPU step's pace); `None` where none was measured.
+    /// nanoseconds (the CPU step's pace); infinite (`null` in JSON) when the helper did not
+    /// answer; `None` where none was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round_trip_ns: Option<f64>,
 }
