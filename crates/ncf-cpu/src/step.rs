@@ -106,7 +106,10 @@ pub const PACE_ENV: &str = "NCF_PACE";
 /// whose steps have taken twice as long as the one-thread half's are cut short (a helper
 /// whose vCPU stops mid-step makes the step wait a scheduler slice: 1–2 ms).
 ///
-/// A close call is put to trial again after [`Pace::RECHECK`] probes; a clear one (near: 40 µs
+/// A close call is put to trial again after [`Pace::RECHECK`] probes, twice as many after
+/// each recheck that keeps the choice (up to [`Pace::RECHECK_MAX`]: far apart, with every
+/// close call rechecked after 16 probes, the trials and the moves of the tables' rows after
+/// them kept the steps about 7% slower than one thread alone); a clear one (near: 40 µs
 /// a step on two threads, 71 µs on one) is not, so a steady machine pays one trial per run
 /// (about 5 ms on ML-1M). Asking for two probes in a row keeps a busy machine, whose probes
 /// alternate between answered and not, from running trial after trial (which made an epoch
@@ -127,8 +130,13 @@ struct Pace {
     probes: u32,
     /// The last choice was a close call ([`Pace::CLOSE`]).
     close: bool,
+    /// Probes before a close call is tried again: [`Pace::RECHECK`], doubled (up to
+    /// [`Pace::RECHECK_MAX`]) each time a recheck keeps the choice.
+    recheck: u32,
     /// The trial under way.
     trial: Option<Trial>,
+    /// The choice before the trial under way.
+    solo_before: bool,
     /// The last probe's round trip (ns; infinite when the helper did not answer).
     last_rt: Option<f64>,
     step_start: Instant,
@@ -157,6 +165,7 @@ impl Pace {
     const CLOSE: f64 = 0.15;
     const FAR_NS: f64 = 200.0;
     const RECHECK: u32 = 16;
+    const RECHECK_MAX: u32 = 256;
 
     fn new(adaptive: bool) -> Pace {
         Pace {
@@ -168,7 +177,9 @@ impl Pace {
             disagree: 0,
             probes: 0,
             close: false,
+            recheck: Self::RECHECK,
             trial: None,
+            solo_before: false,
             last_rt: None,
             step_start: Instant::now(),
             solo_steps: 0,
@@ -202,9 +213,10 @@ impl Pace {
         self.probes += 1;
         let far = rt > Self::FAR_NS;
         self.disagree = if self.far.is_some_and(|f| f != far) { self.disagree + 1 } else { 0 };
-        if self.far.is_none() || self.disagree >= 2 || (self.close && self.probes >= Self::RECHECK) {
+        if self.far.is_none() || self.disagree >= 2 || (self.close && self.probes >= self.recheck) {
             let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
             self.trial = Some(Trial { rt, steps: 0, total: [0.0; 2], one, two });
+            self.solo_before = self.solo;
         }
     }
 
@@ -238,6 +250,7 @@ impl Pace {
             return;
         }
         let far = t.rt > Self::FAR_NS;
+        let (was, again) = (self.solo_before, self.far == Some(far));
         let (one, two) = (trimmed_mean(&mut t.one, Self::TRIM), trimmed_mean(&mut t.two, Self::TRIM));
         if cut {
             (self.solo, self.close) = (true, false);
@@ -257,6 +270,9 @@ impl Pace {
                 if self.solo { "one" } else { "two" }
             );
         }
+        // A recheck that keeps the choice waits twice as long for the next.
+        self.recheck =
+            if again && was == self.solo { (2 * self.recheck).min(Self::RECHECK_MAX) } else { Self::RECHECK };
         (self.far, self.disagree, self.probes) = (Some(far), 0, 0);
         self.trial = None;
     }
@@ -1022,9 +1038,9 @@ mod tests {
         }
         p.probed(320.0);
         assert!(trial(&mut p, 79e-6, 73e-6, 73e-6), "a close call is rechecked after {} probes: one", Pace::RECHECK);
-        for _ in 1..Pace::RECHECK {
+        for _ in 1..2 * Pace::RECHECK {
             p.probed(320.0);
-            assert!(p.trial.is_none() && p.solo);
+            assert!(p.trial.is_none() && p.solo, "the recheck kept the choice: twice as long to the next");
         }
         p.probed(320.0);
         assert!(!trial(&mut p, 80e-6, 60e-6, 60e-6), "far, but two clearly faster: two");
