@@ -140,6 +140,8 @@ struct Pace {
     /// The last probe's round trip (ns; infinite when the helper did not answer).
     last_rt: Option<f64>,
     step_start: Instant,
+    /// `trace`: probes, unanswered probes, and seconds spent probing since the last report.
+    probe_stats: [f64; 3],
     /// Steps run on one thread by choice since the last [`Pace::take`].
     solo_steps: u64,
 }
@@ -182,6 +184,7 @@ impl Pace {
             solo_before: false,
             last_rt: None,
             step_start: Instant::now(),
+            probe_stats: [0.0; 3],
             solo_steps: 0,
         }
     }
@@ -196,7 +199,13 @@ impl Pace {
                 self.until_probe -= 1;
             } else {
                 self.until_probe = Self::PROBE_EVERY;
+                let t = Instant::now();
                 let rt = team::round_trip_ns(8, 8).unwrap_or(f64::INFINITY);
+                if self.trace {
+                    let s = &mut self.probe_stats;
+                    (s[0], s[1], s[2]) =
+                        (s[0] + 1.0, s[1] + f64::from(u8::from(rt.is_infinite())), s[2] + t.elapsed().as_secs_f64());
+                }
                 self.probed(rt);
             }
         }
@@ -279,6 +288,10 @@ impl Pace {
 
     /// The steps run on one thread since the last call, and the last round trip.
     fn take(&mut self) -> (u64, Option<f64>) {
+        if self.trace {
+            let [n, lost, wait] = std::mem::take(&mut self.probe_stats);
+            eprintln!("pace: {n} probes since the last report, {lost} unanswered, {:.1} ms in probes", wait * 1e3);
+        }
         (std::mem::take(&mut self.solo_steps), self.last_rt)
     }
 }
