@@ -89,8 +89,9 @@ pub const PACE_ENV: &str = "NCF_PACE";
 ///
 /// Every [`Pace::PROBE_EVERY`] steps it measures the round trip ([`team::round_trip_ns`]: 64
 /// trips, about 4 µs when near): *far* when over [`Pace::FAR_NS`] or unanswered within
-/// [`team::PROBE_WAIT`] (the helper's vCPU not running), else *near*. At the first probe, and
-/// when two probes in a row disagree with the last choice's, a trial runs [`Pace::WARM`] +
+/// [`team::PROBE_WAIT`] (the helper's vCPU not running), else *near*. Near at the first probe,
+/// the steps stay on two threads. Far at the first probe, and when two probes in a row
+/// disagree with the last choice's, a trial runs [`Pace::WARM`] +
 /// [`Pace::TRIAL`] steps on one thread, then as many on two, timing each of the last `TRIAL`
 /// of each. The first `WARM` move the tables' rows into the caches of the cores that now
 /// update them: on ML-1M a step touches about 4% of the users and 6% of the items, so 96 steps
@@ -110,8 +111,8 @@ pub const PACE_ENV: &str = "NCF_PACE";
 /// each recheck that keeps the choice (up to [`Pace::RECHECK_MAX`]: far apart, with every
 /// close call rechecked after 16 probes, the trials and the moves of the tables' rows after
 /// them kept the steps about 7% slower than one thread alone); a clear one (near: 40 µs
-/// a step on two threads, 71 µs on one) is not, so a steady machine pays one trial per run
-/// (about 5 ms on ML-1M). Asking for two probes in a row keeps a busy machine, whose probes
+/// a step on two threads, 71 µs on one) is not, so a machine whose cores stay near runs no
+/// trial at all, only the probes (about 1 ms per ML-1M epoch). Asking for two probes in a row keeps a busy machine, whose probes
 /// alternate between answered and not, from running trial after trial (which made an epoch
 /// 1.5M samples/s where two threads throughout ran 2.6M, before it was asked).
 struct Pace {
@@ -221,6 +222,12 @@ impl Pace {
         self.last_rt = Some(rt);
         self.probes += 1;
         let far = rt > Self::FAR_NS;
+        if self.far.is_none() && !far {
+            // Near at the first probe: two threads, with no trial (it costs a calm run about
+            // 1.5% of a one-epoch ML-1M run, for nothing).
+            (self.far, self.probes) = (Some(false), 0);
+            return;
+        }
         self.disagree = if self.far.is_some_and(|f| f != far) { self.disagree + 1 } else { 0 };
         if self.far.is_none() || self.disagree >= 2 || (self.close && self.probes >= self.recheck) {
             let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
@@ -968,6 +975,12 @@ mod tests {
                 let mut opt = Optimizer::new(&be, model.params(), OptimConfig::adam(0.01), b).unwrap();
                 let paced = pattern(0).is_none();
                 let mut step = TwoLaneStep::<f64>::with_times(b, true).with_pace(paced);
+                if paced {
+                    // A trial from the first step, as after two far probes (a near machine
+                    // would run none): its steps on one thread, then on two, then its choice.
+                    step.pace.trial =
+                        Some(Trial { rt: f64::INFINITY, steps: 0, total: [0.0; 2], one: Vec::new(), two: Vec::new() });
+                }
                 let mut batch = Batch::with_capacity(&be, b).unwrap();
                 let mut scratch = StepScratch::new(&be, b).unwrap();
                 let mut losses = Vec::new();
@@ -990,7 +1003,7 @@ mod tests {
                 let pace = phases.first().map(|p| (p.solo_steps, p.round_trip_ns));
                 (tensors(model.params()), losses, pace)
             };
-            let steps = Pace::FIRST_PROBE as usize + 2 * (Pace::WARM + Pace::TRIAL) + 8;
+            let steps = Pace::FIRST_PROBE as usize + 2 * (Pace::WARM + Pace::TRIAL) + 16;
             let (pair, pair_loss, _) = run(&|_| Some(false), steps);
             let (mixed, mixed_loss, _) = run(&|k| Some(k % 3 != 1), steps);
             let (paced, paced_loss, pace) = run(&|_| None, steps);
@@ -1025,8 +1038,8 @@ mod tests {
         p.solo
     }
 
-    /// The pace's choices on made-up round trips (ns) and step times (s): a trial at the first
-    /// probe; none while the probes agree with the last choice's (near: up to 200 ns; far:
+    /// The pace's choices on made-up round trips (ns) and step times (s): no trial at a near
+    /// first probe, one at a far one; none while the probes agree with the last choice's (near: up to 200 ns; far:
     /// over it, or no answer), or disagree only once in a row; one when two in a row disagree;
     /// a close call tried again after RECHECK probes, whichever won, a clear one not; trimmed
     /// means, so one slow step decides nothing; two threads cut short once they have taken
@@ -1035,7 +1048,16 @@ mod tests {
     fn pace_tries_both_when_the_cores_move_apart_or_together() {
         let mut p = Pace::new(true);
         p.probed(60.0);
-        assert!(!trial(&mut p, 70e-6, 40e-6, 1.0), "near: two threads, though one of their steps took 1 s");
+        assert!(p.trial.is_none() && !p.solo, "near at the first probe: two threads, no trial");
+        p.probed(300.0);
+        p.probed(f64::INFINITY);
+        assert!(!trial(&mut p, 70e-6, 40e-6, 1.0), "far twice: tried; two, though one of their steps took 1 s");
+        p.probed(60.0);
+        p.probed(60.0);
+        assert!(!trial(&mut p, 70e-6, 40e-6, 40e-6), "near twice: tried; two");
+        let mut first_far = Pace::new(true);
+        first_far.probed(400.0);
+        assert!(first_far.trial.is_some(), "far at the first probe: a trial");
         for rt in
             [70.0, 90.0, 45.0, 330.0, 150.0, f64::INFINITY, 60.0].into_iter().cycle().take(5 * Pace::RECHECK as usize)
         {

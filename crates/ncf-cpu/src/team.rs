@@ -298,9 +298,11 @@ pub fn set_solo(solo: bool) -> bool {
 #[repr(align(128))]
 struct Line<A>(A);
 
-/// How long [`round_trip_ns`] waits for the helper's answers in all (it may be parked: a
-/// parked helper wakes within [`PARK_TIMEOUT`] even without the unpark).
-pub const PROBE_WAIT: Duration = Duration::from_millis(5);
+/// How long [`round_trip_ns`] waits for the helper's answers in all. A spinning helper answers
+/// 64 trips in 4–25 µs and a parked one wakes in about 50 µs; one whose vCPU is not running
+/// would hold the caller up to the whole wait, every probe (with 5 ms, a run whose helper's
+/// vCPU kept stopping trained at 2.0M samples/s where two threads without probes ran 2.7M).
+pub const PROBE_WAIT: Duration = Duration::from_micros(250);
 
 /// Polls between looks at the clock while a probe waits (a look costs about as much as a
 /// near round trip).
@@ -526,7 +528,8 @@ mod tests {
     /// The probe answers inside `with_helper` only, with a time a core-to-core trip can take
     /// (over 1 ns, under the whole wait), also from a parked helper and in solo mode (which it
     /// leaves as it found); on the helper itself and outside, `None`. (With other tests'
-    /// threads busy on both cores the helper may not run within the wait: it is asked again.)
+    /// threads busy on both cores the helper may not run within the wait: it is asked again,
+    /// up to 200 times.)
     #[test]
     fn round_trip_is_measured_only_with_a_helper() {
         assert_eq!(round_trip_ns(4, 8), None, "no helper");
@@ -543,7 +546,7 @@ mod tests {
                         break;
                     }
                 }
-                assert_eq!(answers.len(), 3, "the parked helper answered (solo {solo})");
+                assert!(!answers.is_empty(), "the parked helper answered at least once in 200 tries (solo {solo})");
                 for ns in answers {
                     assert!(ns > 1.0 && ns < PROBE_WAIT.as_nanos() as f64, "{ns} ns");
                 }
