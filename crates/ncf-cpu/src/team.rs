@@ -394,6 +394,20 @@ mod tests {
         }
     }
 
+    /// The thread that runs the second closure of a join whose first waits for it to start
+    /// (so a free helper surely claims it).
+    fn second_closure_thread() -> std::thread::ThreadId {
+        let started = AtomicBool::new(false);
+        join(
+            || wait_for(&started),
+            || {
+                started.store(true, Ordering::Release);
+                std::thread::current().id()
+            },
+        )
+        .1
+    }
+
     #[test]
     fn join_runs_both_sides_with_and_without_a_helper() {
         let run = || {
@@ -487,14 +501,7 @@ mod tests {
                 }
             }
             assert!(taken_back, "a parked helper is slower to wake than an empty closure: some job was taken back");
-            let started = AtomicBool::new(false);
-            let (_, who) = join(
-                || wait_for(&started),
-                || {
-                    started.store(true, Ordering::Release);
-                    std::thread::current().id()
-                },
-            );
+            let who = second_closure_thread();
             assert_ne!(who, me, "the helper still takes jobs afterwards");
         });
     }
@@ -511,14 +518,7 @@ mod tests {
             assert_eq!((a, b), (me, me), "solo: both on the caller");
             assert!(set_solo(false));
             assert!(helper_active());
-            let started = AtomicBool::new(false);
-            let (_, who) = join(
-                || wait_for(&started),
-                || {
-                    started.store(true, Ordering::Release);
-                    std::thread::current().id()
-                },
-            );
+            let who = second_closure_thread();
             assert_ne!(who, me, "the helper takes jobs again");
             set_solo(true);
         });
