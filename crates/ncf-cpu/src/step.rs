@@ -102,8 +102,9 @@ pub const PACE_ENV: &str = "NCF_PACE";
 /// decide) are compared: far, two threads must be faster by more than [`Pace::CLOSE`] to be
 /// kept; near, one thread must be. The means alone were not enough: far apart the two stay
 /// within 5–10% of each other, the trial's pick of two threads more than once ran its epoch
-/// slower than one thread would have (3.22M samples/s against 3.37M), and every one-thread
-/// run with the cores far apart was faster than the two-thread runs beside it. Two threads
+/// slower than one thread would have (3.22M samples/s against 3.37M), and one-thread runs with
+/// the cores far apart were faster than the two-thread runs beside them or level with them
+/// (3.19–3.30M against 3.16–3.22M), never clearly slower. Two threads
 /// whose steps have taken twice as long as the one-thread half's are cut short (a helper
 /// whose vCPU stops mid-step makes the step wait a scheduler slice: 1–2 ms).
 ///
@@ -112,9 +113,10 @@ pub const PACE_ENV: &str = "NCF_PACE";
 /// close call rechecked after 16 probes, the trials and the moves of the tables' rows after
 /// them kept the steps about 7% slower than one thread alone); a clear one (near: 40 µs
 /// a step on two threads, 71 µs on one) is not, so a machine whose cores stay near runs no
-/// trial at all, only the probes (about 1 ms per ML-1M epoch). Asking for two probes in a row keeps a busy machine, whose probes
-/// alternate between answered and not, from running trial after trial (which made an epoch
-/// 1.5M samples/s where two threads throughout ran 2.6M, before it was asked).
+/// trial at all, only the probes (about 1 ms per ML-1M epoch). Asking for two probes in a row
+/// keeps a busy machine, whose probes alternate between answered and not, from running trial
+/// after trial (which made an epoch 1.5M samples/s where two threads throughout ran 2.6M,
+/// before it was asked).
 struct Pace {
     adaptive: bool,
     /// `NCF_PACE=trace`: each trial's times and choice go to stderr.
