@@ -80,7 +80,7 @@ pub const PACE_ENV: &str = "NCF_PACE";
 
 /// Chooses whether a step's halves run on two threads or both on the calling thread
 /// ([`team::set_solo`]). Two threads are the rule; but on a VM whose two vCPUs the host has put
-/// on cores far apart (no shared L3: a cache line's round trip 320–340 ns instead of 53–64 ns
+/// on cores far apart (no shared L3: a cache line's round trip about 310–340 ns instead of 53–64 ns
 /// on the Zen 4 VM of BENCHMARKS.md) every step's exchange of weights, gradients and rows
 /// between the cores costs more than the second core gives: two threads ran an ML-1M epoch at
 /// 3.12M samples/s where one ran 3.37M. The results are the same bits either way (the lanes
@@ -138,8 +138,6 @@ struct Pace {
     recheck: u32,
     /// The trial under way.
     trial: Option<Trial>,
-    /// The choice before the trial under way.
-    solo_before: bool,
     /// The last probe's round trip (ns; infinite when the helper did not answer).
     last_rt: Option<f64>,
     step_start: Instant,
@@ -149,11 +147,12 @@ struct Pace {
     solo_steps: u64,
 }
 
-/// A [`Pace`] trial under way: the round trip that started it, its steps so far, their
-/// seconds on one thread and on two (warm-up included), and each timed step's seconds on one
-/// thread, then on two.
+/// A [`Pace`] trial under way: the round trip that started it, the choice before it, its
+/// steps so far, their seconds on one thread and on two (warm-up included), and each timed
+/// step's seconds on one thread, then on two.
 struct Trial {
     rt: f64,
+    was_solo: bool,
     steps: usize,
     total: [f64; 2],
     one: Vec<f64>,
@@ -184,7 +183,6 @@ impl Pace {
             close: false,
             recheck: Self::RECHECK,
             trial: None,
-            solo_before: false,
             last_rt: None,
             step_start: Instant::now(),
             probe_stats: [0.0; 3],
@@ -233,8 +231,7 @@ impl Pace {
         self.disagree = if self.far.is_some_and(|f| f != far) { self.disagree + 1 } else { 0 };
         if self.far.is_none() || self.disagree >= 2 || (self.close && self.probes >= self.recheck) {
             let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
-            self.trial = Some(Trial { rt, steps: 0, total: [0.0; 2], one, two });
-            self.solo_before = self.solo;
+            self.trial = Some(Trial { rt, was_solo: self.solo, steps: 0, total: [0.0; 2], one, two });
         }
     }
 
@@ -268,7 +265,7 @@ impl Pace {
             return;
         }
         let far = t.rt > Self::FAR_NS;
-        let (was, again) = (self.solo_before, self.far == Some(far));
+        let (was, again) = (t.was_solo, self.far == Some(far));
         let (one, two) = (trimmed_mean(&mut t.one, Self::TRIM), trimmed_mean(&mut t.two, Self::TRIM));
         if cut {
             (self.solo, self.close) = (true, false);
@@ -980,8 +977,14 @@ mod tests {
                 if paced {
                     // A trial from the first step, as after two far probes (a near machine
                     // would run none): its steps on one thread, then on two, then its choice.
-                    step.pace.trial =
-                        Some(Trial { rt: f64::INFINITY, steps: 0, total: [0.0; 2], one: Vec::new(), two: Vec::new() });
+                    step.pace.trial = Some(Trial {
+                        rt: f64::INFINITY,
+                        was_solo: false,
+                        steps: 0,
+                        total: [0.0; 2],
+                        one: Vec::new(),
+                        two: Vec::new(),
+                    });
                 }
                 let mut batch = Batch::with_capacity(&be, b).unwrap();
                 let mut scratch = StepScratch::new(&be, b).unwrap();

@@ -36,7 +36,7 @@
 //!
 //! Near or far: two vCPUs are not always two cores next to each other. On the Zen 4 VM of
 //! BENCHMARKS.md a cache line goes to the other vCPU and back in 53–64 ns most of the time and
-//! in 320–340 ns in spells that last minutes (the host has put the vCPUs on cores that share no
+//! in about 310–340 ns in spells that last minutes (the host has put the vCPUs on cores that share no
 //! L3); two threads then ran an ML-1M epoch slower than one (3.12M samples/s against 3.37M),
 //! since every step moves its dense weights, gradients and rows between the cores.
 //! [`round_trip_ns`] measures that trip, [`set_solo`] makes [`join`] run both closures on the

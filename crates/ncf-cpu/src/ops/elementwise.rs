@@ -35,8 +35,7 @@ pub fn gmf_backward<T: Float>(dout: &[T], u: &[T], v: &[T], du: &mut [T], dv: &m
 /// build, where [`copy_row`](super::copy_row)'s fixed widths are vector moves; an AVX2 copy of
 /// this loop turned them into a `memcpy` call per row and timed no faster (pipeline bench).
 pub fn concat_cols<T: Float>(a: &[T], da: usize, c: &[T], dc: usize, out: &mut [T]) {
-    /// Rows per parallel task.
-    const PAR_ROWS: usize = 1024;
+    use super::PAR_ROWS;
     let w = da + dc;
     if w == 0 {
         return;

@@ -4,6 +4,7 @@
 //! The backward pass is the transpose of that read: the gradient of row `k` is the sum of the
 //! output-gradient rows of every batch position that looked `k` up.
 
+use super::PAR_ROWS;
 use ncf_core::Float;
 use rayon::prelude::*;
 
@@ -28,8 +29,7 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
         return;
     }
     if out.len() >= PAR_MIN_ELEMS && crate::team::rayon_ok() {
-        // Blocks of rows, each through the AVX2-dispatched copy (a task per row spent more on
-        // rayon's bookkeeping than on the copy, in the baseline build).
+        // Blocks of rows, each through the AVX2-dispatched copy.
         out.par_chunks_mut(PAR_ROWS * d)
             .zip(ids.par_chunks(PAR_ROWS))
             .for_each(|(o, ids)| embedding_forward_cols(table, d, ids, o, d, 0));
@@ -37,9 +37,6 @@ pub fn embedding_forward<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut
     }
     embedding_forward_cols(table, d, ids, out, d, 0);
 }
-
-/// Rows per parallel task of the large-batch gathers (scoring's 25,600-row batches).
-const PAR_ROWS: usize = 1024;
 
 /// `dst += src` for one embedding row (widths specialised as in [`copy_row`](super::copy_row)).
 #[inline(always)]

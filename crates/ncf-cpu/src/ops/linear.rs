@@ -41,8 +41,7 @@ pub fn linear_forward<T: CpuFloat>(
         return Ok(());
     }
     if b * o >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() && o > 0 {
-        // Blocks of 1,024 rows per task (a task per row cost more in rayon than the copy).
-        out[..b * o].par_chunks_mut(1024 * o).for_each(|rows| fill_rows(rows, &bias[..o]));
+        out[..b * o].par_chunks_mut(super::PAR_ROWS * o).for_each(|rows| fill_rows(rows, &bias[..o]));
     } else {
         fill_rows(&mut out[..b * o], &bias[..o]);
     }
@@ -115,9 +114,7 @@ fn fill_rows<T: Copy>(out: &mut [T], row: &[T]) {
 /// the rest, so this path takes one dot product per row instead, with 8 partial sums so the
 /// compiler can vectorize it. Each row is computed by one thread: deterministic.
 fn matvec_bias<T: CpuFloat>(inp: &[T], w: &[T], bias: T, out: &mut [T], i: usize) {
-    /// Rows per parallel task (a task per row spent more on rayon's bookkeeping than on the
-    /// dot product).
-    const PAR_ROWS: usize = 1024;
+    use super::PAR_ROWS;
     let inp = &inp[..out.len() * i];
     debug_assert!(i > 0, "linear_forward takes the matvec only for inputs of at least one column");
     if out.len() * i >= super::activation::PAR_MIN_ELEMS && crate::team::rayon_ok() {
@@ -520,10 +517,6 @@ mod tests {
     use ncf_core::Tol;
     use ncf_core::tol::assert_close_f32;
 
-    /// The two-input head equals the concatenation through the plain kernels bit for bit:
-    /// forward against `matvec_bias` on `cat`, backward against the naive backward on `cat`
-    /// (then split), for widths of one to three chunks and odd batches, on the level the
-    /// dispatch picks and on the portable build.
     /// The one-output layer (a head): against the naive layer within f32 rounding (8 partial
     /// sums instead of one), and against its portable body on one thread bit for bit, for
     /// scoring-sized batches (parallel blocks, the last one partial) and small ones, widths
@@ -542,6 +535,10 @@ mod tests {
         }
     }
 
+    /// The two-input head equals the concatenation through the plain kernels bit for bit:
+    /// forward against `matvec_bias` on `cat`, backward against the naive backward on `cat`
+    /// (then split), for widths of one to three chunks and odd batches, on the level the
+    /// dispatch picks and on the portable build.
     #[test]
     fn two_input_head_matches_the_concatenated_head_bitwise() {
         for &(b, ia, ic) in &[(1, 8, 8), (5, 8, 8), (128, 8, 8), (300, 16, 8), (77, 8, 24)] {

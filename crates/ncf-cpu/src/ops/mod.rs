@@ -13,6 +13,11 @@ pub mod optim;
 /// prefetch them with [`prefetch`].
 pub(crate) const PREFETCH_ROWS: usize = 4;
 
+/// Rows per rayon task of the row-wise ops that scoring's large batches (25,600 rows) split
+/// across threads: the gathers, the bias fill, the one-output head and `concat_cols`. A task
+/// per row spent more on rayon's bookkeeping than on the row.
+pub(crate) const PAR_ROWS: usize = 1024;
+
 /// Asks the CPU to start loading `data[start .. start + len]` into its caches: a hint with no
 /// effect on any result, and a no-op for a range outside `data` or off x86-64.
 ///

@@ -656,25 +656,19 @@ mod avx2 {
         let mut i = 0;
         // SAFETY: every tile below covers rows i..i+rows of the strip, with i + rows ≤ m.
         unsafe {
-            let short = V == 2 && m > R && (1..4).contains(&(m % R));
+            let short = V == 2 && R == 6 && m > R && (1..4).contains(&(m % R));
             while i + R <= m && !(short && i + 2 * R > m) {
                 tile::<R, V, EPI>(s, i);
                 i += R;
             }
             if short {
-                // R + 1 ..= R + 3 rows left (R = 6: 7, 8 or 9).
-                let first = if m - i > 8 { 5 } else { 4 };
-                if first == 5 {
-                    tile::<5, V, EPI>(s, i);
-                } else {
-                    tile::<4, V, EPI>(s, i);
-                }
-                i += first;
+                // The last full tile and the rest: 7, 8 or 9 rows.
                 match m - i {
-                    4 => tile::<4, V, EPI>(s, i),
-                    3 => tile::<3, V, EPI>(s, i),
-                    r => unreachable!("{r} rows after the first tail tile"),
-                }
+                    7 => (tile::<4, V, EPI>(s, i), tile::<3, V, EPI>(s, i + 4)),
+                    8 => (tile::<4, V, EPI>(s, i), tile::<4, V, EPI>(s, i + 4)),
+                    9 => (tile::<5, V, EPI>(s, i), tile::<4, V, EPI>(s, i + 5)),
+                    r => unreachable!("{r} rows for the last two tiles"),
+                };
                 return;
             }
             let rest = m - i;
