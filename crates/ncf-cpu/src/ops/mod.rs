@@ -66,10 +66,32 @@ pub(crate) fn prefetch_write<T>(data: &[T], start: usize, len: usize) {
     prefetch(data, start, len);
 }
 
+/// Prefetches the line at `p` for writing (PREFETCHW) when `write` (the caller's copy of
+/// [`has_prefetchw`], read once per loop), else for reading: the raw-pointer step of
+/// [`prefetch_write`] and [`prefetch`] for a kernel that has already checked its rows lie inside
+/// its slices, so each row costs its prefetches and nothing else.
+///
+/// # Safety
+/// None needed for memory (a prefetch never faults and writes nothing); `write` only where
+/// [`has_prefetchw`] said so.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn prefetch_line(p: *const u8, write: bool) {
+    // SAFETY: a prefetch never faults and changes no memory, only where a line is cached; the
+    // caller passes `write` only where the CPU has PREFETCHW.
+    unsafe {
+        if write {
+            std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+        } else {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+        }
+    }
+}
+
 /// Whether this CPU has PREFETCHW (CPUID leaf 0x8000_0001, ECX bit 8), read once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn has_prefetchw() -> bool {
+pub(crate) fn has_prefetchw() -> bool {
     use std::sync::atomic::{AtomicU8, Ordering};
     static HAS: AtomicU8 = AtomicU8::new(2);
     match HAS.load(Ordering::Relaxed) {
