@@ -58,6 +58,8 @@ struct AdamScalars<T> {
     eps: T,
     l2: T,
     shrink: T,
+    /// Whether either decay applies (`l2 ≠ 0` or `shrink ≠ 1`); see [`adam_one`].
+    decay: bool,
 }
 
 impl<T: Float> AdamScalars<T> {
@@ -73,6 +75,7 @@ impl<T: Float> AdamScalars<T> {
             eps: T::from_f64(hp.eps),
             l2: T::from_f64(hp.decay.l2()),
             shrink: T::from_f64(1.0 - hp.lr * hp.decay.decoupled()),
+            decay: T::from_f64(hp.decay.l2()) != T::ZERO || T::from_f64(1.0 - hp.lr * hp.decay.decoupled()) != T::ONE,
         }
     }
 }
@@ -129,14 +132,19 @@ fn adam_run<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], s: &Ad
     }
 }
 
-/// Adam on one element, in `T` (with [`adam_run`]'s hoisted scalars), then `g = 0`.
+/// Adam on one element, in `T` (with [`adam_run`]'s hoisted scalars), then `g = 0`. Without
+/// weight decay (`l2 = 0`, `shrink = 1`) the gradient is `g` itself and the weight is not
+/// multiplied by 1: the same weights and moments for every finite weight (`g + 0·w` can
+/// differ from `g` only in the sign of a zero, which no weight ever shows), one multiply and
+/// one add fewer on the path the division waits for; the AVX2 kernels make the same choice.
 #[inline(always)]
 fn adam_one<T: Float>(w: &mut T, gr: &mut T, mk: &mut T, vk: &mut T, s: &AdamScalars<T>) {
-    let grad = *gr + s.l2 * *w;
+    let grad = if s.decay { *gr + s.l2 * *w } else { *gr };
     *mk = s.b1 * *mk + s.one_minus_b1 * grad;
     *vk = s.b2 * *vk + s.one_minus_b2 * grad * grad;
     let denom = vk.sqrt() * s.inv_sqrt_bc2 + s.eps;
-    *w = *w * s.shrink - s.step * *mk / denom;
+    let kept = if s.decay { *w * s.shrink } else { *w };
+    *w = kept - s.step * *mk / denom;
     *gr = T::ZERO;
 }
 
@@ -329,25 +337,28 @@ impl Adam8 {
     }
 
     /// The rule on the 8 elements at `p, g, m, v` (then `g = 0`), with [`adam_one`]'s
-    /// operations in its order (no FMA), so the same bits.
+    /// operations in its order (no FMA), so the same bits; `DECAY` is [`AdamScalars`]'s
+    /// `decay`, whose terms [`adam_one`] leaves out the same way when it is false.
     ///
     /// # Safety
     /// AVX2; each pointer valid for 8 reads and writes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run(&self, p: *mut f32, g: *mut f32, m: *mut f32, v: *mut f32) {
+    unsafe fn run<const DECAY: bool>(&self, p: *mut f32, g: *mut f32, m: *mut f32, v: *mut f32) {
         use std::arch::x86_64::*;
         // SAFETY: the caller's contract: 8 floats at each pointer.
         unsafe {
             let w = _mm256_loadu_ps(p);
-            let grad = _mm256_add_ps(_mm256_loadu_ps(g), _mm256_mul_ps(self.l2, w));
+            let grad =
+                if DECAY { _mm256_add_ps(_mm256_loadu_ps(g), _mm256_mul_ps(self.l2, w)) } else { _mm256_loadu_ps(g) };
             let mk = _mm256_add_ps(_mm256_mul_ps(self.b1, _mm256_loadu_ps(m)), _mm256_mul_ps(self.omb1, grad));
             let vk = _mm256_add_ps(
                 _mm256_mul_ps(self.b2, _mm256_loadu_ps(v)),
                 _mm256_mul_ps(_mm256_mul_ps(self.omb2, grad), grad),
             );
             let denom = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vk), self.isbc2), self.eps);
-            let w = _mm256_sub_ps(_mm256_mul_ps(w, self.shrink), _mm256_div_ps(_mm256_mul_ps(self.step, mk), denom));
+            let kept = if DECAY { _mm256_mul_ps(w, self.shrink) } else { w };
+            let w = _mm256_sub_ps(kept, _mm256_div_ps(_mm256_mul_ps(self.step, mk), denom));
             _mm256_storeu_ps(m, mk);
             _mm256_storeu_ps(v, vk);
             _mm256_storeu_ps(p, w);
@@ -367,6 +378,34 @@ impl Adam8 {
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn adam_rows_f32_avx2(
+    p: &mut [f32],
+    g: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    rows: &[u32],
+    base: usize,
+    compact: bool,
+    d: usize,
+    s: &AdamScalars<f32>,
+) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if s.decay {
+            adam_rows_f32_loop::<true>(p, g, m, v, rows, base, compact, d, s)
+        } else {
+            adam_rows_f32_loop::<false>(p, g, m, v, rows, base, compact, d, s)
+        }
+    }
+}
+
+/// [`adam_rows_f32_avx2`]'s loop, with or without the decay terms ([`Adam8::run`]).
+///
+/// # Safety
+/// As [`adam_rows_f32_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn adam_rows_f32_loop<const DECAY: bool>(
     p: &mut [f32],
     g: &mut [f32],
     m: &mut [f32],
@@ -410,7 +449,7 @@ unsafe fn adam_rows_f32_avx2(
             let (pr, mr, vr, gr) =
                 (p.as_mut_ptr().add(at), m.as_mut_ptr().add(at), v.as_mut_ptr().add(at), g.as_mut_ptr().add(at_g));
             for j in (0..d).step_by(8) {
-                k.run(pr.add(j), gr.add(j), mr.add(j), vr.add(j));
+                k.run::<DECAY>(pr.add(j), gr.add(j), mr.add(j), vr.add(j));
             }
         }
     }
@@ -430,6 +469,25 @@ const DENSE_PREFETCH: usize = 128;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn adam_dense_f32_avx2(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars<f32>) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if s.decay { adam_dense_f32_loop::<true>(p, g, m, v, s) } else { adam_dense_f32_loop::<false>(p, g, m, v, s) }
+    }
+}
+
+/// [`adam_dense_f32_avx2`]'s loop, with or without the decay terms ([`Adam8::run`]).
+///
+/// # Safety
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_dense_f32_loop<const DECAY: bool>(
+    p: &mut [f32],
+    g: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &AdamScalars<f32>,
+) {
     let n = p.len().min(g.len()).min(m.len()).min(v.len());
     let whole = n - n % 8;
     // SAFETY: AVX2 by the caller's contract.
@@ -445,7 +503,9 @@ unsafe fn adam_dense_f32_avx2(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &m
             super::prefetch_write(g, j + DENSE_PREFETCH, 16);
         }
         // SAFETY: j + 8 ≤ whole ≤ the length of every slice.
-        unsafe { k.run(p.as_mut_ptr().add(j), g.as_mut_ptr().add(j), m.as_mut_ptr().add(j), v.as_mut_ptr().add(j)) };
+        unsafe {
+            k.run::<DECAY>(p.as_mut_ptr().add(j), g.as_mut_ptr().add(j), m.as_mut_ptr().add(j), v.as_mut_ptr().add(j))
+        };
     }
     for j in whole..n {
         adam_one(&mut p[j], &mut g[j], &mut m[j], &mut v[j], s);
