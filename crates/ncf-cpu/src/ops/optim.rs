@@ -818,8 +818,10 @@ mod tests {
             }
         }
         // The dense form: whole vectors and the scalar tail, against the generic run.
-        for n in [1usize, 7, 8, 9, 31, 33, 2048] {
-            let hp = AdamHp { decay: Decay::L2(0.01), ..AdamHp::default() };
+        for (n, decay) in
+            [1usize, 7, 8, 9, 31, 33, 2048].into_iter().flat_map(|n| [(n, Decay::L2(0.01)), (n, Decay::None)])
+        {
+            let hp = AdamHp { decay, ..AdamHp::default() };
             let (mut pa, mut ma, mut va) = (rand_vec(n, 4), rand_vec(n, 5), rand_vec(n, 6));
             va.iter_mut().for_each(|x| *x = x.abs());
             let (mut pb, mut mb, mut vb) = (pa.clone(), ma.clone(), va.clone());
@@ -831,13 +833,46 @@ mod tests {
                 // SAFETY: AVX2 + FMA checked above.
                 unsafe { adam_dense_f32_avx2(&mut pb, &mut gb, &mut mb, &mut vb, &s) };
                 for (name, got, want) in [("p", &pb, &pa), ("m", &mb, &ma), ("v", &vb, &va), ("g", &gb, &ga)] {
-                    assert_eq!(bits(got), bits(want), "dense {name}, n {n}, t {t}");
+                    assert_eq!(bits(got), bits(want), "dense {name}, n {n}, {decay:?}, t {t}");
                 }
             }
         }
         assert!(!rows_fit(&[2, 5], 3, false, 8, [100; 4]), "a row below the base does not fit");
         assert!(!rows_fit(&[2, 12], 0, false, 8, [100; 4]), "a row past the end does not fit");
         assert!(!rows_fit(&[2, 5], 0, true, 8, [48, 15, 48, 48]), "a compact gradient too short");
+    }
+
+    /// Without decay the rule leaves out `+ 0·w` and `·1`: the weights and moments are those of
+    /// the rule written with both terms, bit for bit, over finite weights of both signs and
+    /// gradients that include zeros of both signs.
+    #[test]
+    fn no_decay_leaves_the_terms_out_without_changing_a_value() {
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let hp = AdamHp::default();
+        let n = 257;
+        let (mut pa, mut ma, mut va) = (rand_vec(n, 7), rand_vec(n, 8), rand_vec(n, 9));
+        va.iter_mut().for_each(|x| *x = x.abs());
+        let (mut pb, mut mb, mut vb) = (pa.clone(), ma.clone(), va.clone());
+        for t in 1..=4u64 {
+            let s = AdamScalars::<f32>::new(&hp, t);
+            assert!(!s.decay && s.l2 == 0.0 && s.shrink == 1.0);
+            let mut ga = rand_vec(n, 30 + t);
+            ga.iter_mut().step_by(5).for_each(|x| *x = 0.0);
+            ga.iter_mut().skip(2).step_by(5).for_each(|x| *x = -0.0);
+            let mut gb = ga.clone();
+            adam_run(&mut pa, &mut ga, &mut ma, &mut va, &s);
+            for k in 0..n {
+                let grad = gb[k] + s.l2 * pb[k];
+                mb[k] = s.b1 * mb[k] + s.one_minus_b1 * grad;
+                vb[k] = s.b2 * vb[k] + s.one_minus_b2 * grad * grad;
+                let denom = vb[k].sqrt() * s.inv_sqrt_bc2 + s.eps;
+                pb[k] = pb[k] * s.shrink - s.step * mb[k] / denom;
+                gb[k] = 0.0;
+            }
+            for (name, got, want) in [("p", &pa, &pb), ("m", &ma, &mb), ("v", &va, &vb), ("g", &ga, &gb)] {
+                assert_eq!(bits(got), bits(want), "{name} at t {t}");
+            }
+        }
     }
 
     /// The kept bias corrections follow their key: the same step with other betas, and the
