@@ -497,10 +497,15 @@ unsafe fn adam_dense_f32_loop<const DECAY: bool>(
     // stores do not each wait for the other core to give its copy up.
     super::prefetch_write(p, 0, DENSE_PREFETCH.min(n));
     super::prefetch_write(g, 0, DENSE_PREFETCH.min(n));
+    let write = super::has_prefetchw();
     for j in (0..whole).step_by(8) {
         if j % 16 == 0 && j + DENSE_PREFETCH + 16 <= n {
-            super::prefetch_write(p, j + DENSE_PREFETCH, 16);
-            super::prefetch_write(g, j + DENSE_PREFETCH, 16);
+            // SAFETY: prefetches of lines inside `p` and `g` (j + DENSE_PREFETCH + 16 ≤ n);
+            // `write` from `has_prefetchw`.
+            unsafe {
+                super::prefetch_line(p.as_ptr().add(j + DENSE_PREFETCH).cast(), write);
+                super::prefetch_line(g.as_ptr().add(j + DENSE_PREFETCH).cast(), write);
+            }
         }
         // SAFETY: j + 8 ≤ whole ≤ the length of every slice.
         unsafe {
