@@ -186,7 +186,63 @@ pub fn matvec_bias_two<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn matvec_bias_two_avx2<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T], bias: T, out: &mut [T]) {
+    if let (Some(a), Some(c), Some(w), Some(out)) = (as_f32(a), as_f32(c), as_f32(w), as_f32_mut(out))
+        && w.len() >= ia + ic
+    {
+        // SAFETY: AVX2 + FMA (this function's features); `w` holds `ia + ic` floats, checked
+        // just above, and `ia`, `ic` are whole chunks of 8 (`two_inputs_fit`, the caller's).
+        return unsafe { matvec_bias_two_f32(a, ia, c, ic, w, bias.to_f64() as f32, out) };
+    }
     matvec_bias_two_in(a, ia, c, ic, w, bias, out)
+}
+
+/// [`matvec_bias_two_in`] for f32 with AVX2 intrinsics, the same operations in the same order:
+/// per row, the 8 lane sums from zero over `a`'s chunks then `c`'s, then
+/// `((s₀+s₄)+(s₁+s₅))+((s₂+s₆)+(s₃+s₇))` (one add of the two halves, two horizontal adds),
+/// then `bias + s`. The compiled body kept the lanes in 128-bit halves with shuffles, and the
+/// chained chunk iterators cost a few branches per row.
+///
+/// # Safety
+/// AVX2; `ia` and `ic` multiples of 8 (`two_inputs_fit`); `w` at least `ia + ic` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matvec_bias_two_f32(a: &[f32], ia: usize, c: &[f32], ic: usize, w: &[f32], bias: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // The rows the generic body's zip visits.
+    let rows = out.len().min(a.len() / ia).min(c.len() / ic);
+    for (r, o) in out[..rows].iter_mut().enumerate() {
+        // SAFETY: row r of `a` (`ia` floats) and of `c` (`ic`) lie inside them (r < rows), the
+        // chunks of `w` inside its first `ia + ic` floats; AVX2 by the contract.
+        unsafe {
+            let (ra, rc) = (a.as_ptr().add(r * ia), c.as_ptr().add(r * ic));
+            let mut acc = _mm256_setzero_ps();
+            for k in (0..ia).step_by(8) {
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(ra.add(k)), _mm256_loadu_ps(w.as_ptr().add(k))));
+            }
+            for k in (0..ic).step_by(8) {
+                let wk = _mm256_loadu_ps(w.as_ptr().add(ia + k));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(rc.add(k)), wk));
+            }
+            let u = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let h = _mm_hadd_ps(u, u);
+            *o = bias + _mm_cvtss_f32(_mm_hadd_ps(h, h));
+        }
+    }
+}
+
+/// `x` as an f32 slice when `T` is `f32`.
+fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length,
+        // borrowed mutably for as long as `x`.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
 }
 
 /// The body of [`matvec_bias_two`], chunks of 8 read into fixed-size arrays so they compile
@@ -254,7 +310,93 @@ fn matvec_backward_two_avx2<T: Float>(
     dw: &mut [T],
     dbias: &mut T,
 ) {
+    if let (Some(dout32), Some(a32), Some(c32), Some(w32), Some(da32), Some(dc32), Some(dw32)) =
+        (as_f32(dout), as_f32(a.0), as_f32(c.0), as_f32(w), as_f32_mut(da), as_f32_mut(dc), as_f32_mut(dw))
+        && a.1 <= MAX_TWO_WIDTH
+        && c.1 <= MAX_TWO_WIDTH
+        && w32.len() >= a.1 + c.1
+        && dw32.len() >= a.1 + c.1
+    {
+        let (wa, wc) = w32[..a.1 + c.1].split_at(a.1);
+        let (dwa, dwc) = dw32[..a.1 + c.1].split_at_mut(a.1);
+        for (inp, width, wv, dinp, dwv) in [(a32, a.1, wa, da32, dwa), (c32, c.1, wc, dc32, dwc)] {
+            // SAFETY: AVX2 + FMA (this function's features); `width` is a multiple of 8
+            // (`two_inputs_fit`, the caller's) of at most MAX_TWO_WIDTH, and `wv`, `dwv` are
+            // `width` long.
+            unsafe { matvec_backward_side_f32(dout32, inp, width, wv, dinp, dwv) };
+        }
+        column_sums_into(dout, std::slice::from_mut(dbias));
+        return;
+    }
     matvec_backward_two_in(dout, a, c, w, da, dc, dw, dbias)
+}
+
+/// Widest input [`matvec_backward_side_f32`] takes (its column sums live in registers).
+const MAX_TWO_WIDTH: usize = 32;
+
+/// One input of [`matvec_backward_two_in`] for f32 with AVX2 intrinsics, the same operations in
+/// the same order: `dinp[r] = 0 + g·w` for each row, and each chunk of `dw` plus its column sum
+/// over the rows, in row order from zero; the two in one pass over the rows (each element's
+/// sum still runs over the rows in order), `C = width / 8` chunks held in registers.
+///
+/// # Safety
+/// AVX2; `width` a multiple of 8, at most [`MAX_TWO_WIDTH`]; `w` and `dw` `width` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matvec_backward_side_f32(
+    dout: &[f32],
+    inp: &[f32],
+    width: usize,
+    w: &[f32],
+    dinp: &mut [f32],
+    dw: &mut [f32],
+) {
+    // SAFETY: the caller's contract, with the chunk count as a constant.
+    unsafe {
+        match width / 8 {
+            1 => backward_side_chunks::<1>(dout, inp, w, dinp, dw),
+            2 => backward_side_chunks::<2>(dout, inp, w, dinp, dw),
+            3 => backward_side_chunks::<3>(dout, inp, w, dinp, dw),
+            4 => backward_side_chunks::<4>(dout, inp, w, dinp, dw),
+            c => unreachable!("{c} chunks of 8 (at most MAX_TWO_WIDTH)"),
+        }
+    }
+}
+
+/// [`matvec_backward_side_f32`] for `C` chunks of 8.
+///
+/// # Safety
+/// As [`matvec_backward_side_f32`], with `width = 8·C`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_side_chunks<const C: usize>(dout: &[f32], inp: &[f32], w: &[f32], dinp: &mut [f32], dw: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let width = 8 * C;
+    // The rows each of the generic body's two zips visits.
+    let (rows_d, rows_w) = (dout.len().min(dinp.len() / width), dout.len().min(inp.len() / width));
+    let zero = _mm256_setzero_ps();
+    // SAFETY: every pointer below is row r < rows_d of `dinp` or r < rows_w of `inp` (`width`
+    // floats each), or chunk k < C of `w` and `dw` (`width` long); AVX2 by the contract.
+    unsafe {
+        let wv: [__m256; C] = std::array::from_fn(|k| _mm256_loadu_ps(w.as_ptr().add(8 * k)));
+        for (r, &g) in dout[..rows_d].iter().enumerate() {
+            let (gv, row) = (_mm256_set1_ps(g), dinp.as_mut_ptr().add(r * width));
+            for (k, &wk) in wv.iter().enumerate() {
+                _mm256_storeu_ps(row.add(8 * k), _mm256_add_ps(zero, _mm256_mul_ps(gv, wk)));
+            }
+        }
+        let mut sums = [zero; C];
+        for (r, &g) in dout[..rows_w].iter().enumerate() {
+            let (gv, row) = (_mm256_set1_ps(g), inp.as_ptr().add(r * width));
+            for (k, s) in sums.iter_mut().enumerate() {
+                *s = _mm256_add_ps(*s, _mm256_mul_ps(gv, _mm256_loadu_ps(row.add(8 * k))));
+            }
+        }
+        for (k, &s) in sums.iter().enumerate() {
+            let d = dw.as_mut_ptr().add(8 * k);
+            _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), s));
+        }
+    }
 }
 
 /// The body of [`matvec_backward_two`], in chunks of 8 as fixed-size arrays.
