@@ -255,7 +255,13 @@ fn adam_rows_best<T: Float>(
         {
             // SAFETY: the CPU has AVX2 and FMA (checked above), `d` is a multiple of 8, and
             // every listed row lies inside all four slices (`rows_fit`).
-            return unsafe { adam_rows_f32_avx2(p, g, m, v, list, base, compact, d, s) };
+            return unsafe {
+                if s.decay {
+                    adam_rows_f32_avx2::<true>(p, g, m, v, list, base, compact, d, s)
+                } else {
+                    adam_rows_f32_avx2::<false>(p, g, m, v, list, base, compact, d, s)
+                }
+            };
         }
         if rows.is_none()
             && let (Some(p), Some(g), Some(m), Some(v), Some(s)) =
@@ -369,43 +375,16 @@ impl Adam8 {
 
 /// [`adam_rows`] for listed f32 rows `d` wide (a multiple of 8), written with AVX2 intrinsics:
 /// per row, one address computation and the prefetches, then `d/8` vectors through
-/// [`Adam8::run`]. The compiled generic loop spent about as long on a GMF-8 row (one vector) as
-/// on a quarter of an MLP row of 32, the loop's bookkeeping around the one vector.
+/// [`Adam8::run`], with the decay terms or without them (`DECAY`: [`AdamScalars`]'s `decay`).
+/// The compiled generic loop spent about as long on a GMF-8 row (one vector) as on a quarter
+/// of an MLP row of 32, the loop's bookkeeping around the one vector.
 ///
 /// # Safety
 /// AVX2 and FMA; `d` a multiple of 8; [`rows_fit`] holds for the slices.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn adam_rows_f32_avx2(
-    p: &mut [f32],
-    g: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    rows: &[u32],
-    base: usize,
-    compact: bool,
-    d: usize,
-    s: &AdamScalars<f32>,
-) {
-    // SAFETY: the caller's contract, passed on.
-    unsafe {
-        if s.decay {
-            adam_rows_f32_loop::<true>(p, g, m, v, rows, base, compact, d, s)
-        } else {
-            adam_rows_f32_loop::<false>(p, g, m, v, rows, base, compact, d, s)
-        }
-    }
-}
-
-/// [`adam_rows_f32_avx2`]'s loop, with or without the decay terms ([`Adam8::run`]).
-///
-/// # Safety
-/// As [`adam_rows_f32_avx2`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn adam_rows_f32_loop<const DECAY: bool>(
+unsafe fn adam_rows_f32_avx2<const DECAY: bool>(
     p: &mut [f32],
     g: &mut [f32],
     m: &mut [f32],
@@ -844,7 +823,17 @@ mod tests {
                         assert!(rows_fit(&rows, base, compact, d, [pa.len(), ga.len(), ma.len(), va.len()]));
                         adam_rows(&mut pa, &mut ga, &mut ma, &mut va, Some((&rows, base, compact)), d, &s);
                         // SAFETY: AVX2 + FMA checked above; d is a multiple of 8; rows_fit asserted.
-                        unsafe { adam_rows_f32_avx2(&mut pb, &mut gb, &mut mb, &mut vb, &rows, base, compact, d, &s) };
+                        unsafe {
+                            if s.decay {
+                                adam_rows_f32_avx2::<true>(
+                                    &mut pb, &mut gb, &mut mb, &mut vb, &rows, base, compact, d, &s,
+                                )
+                            } else {
+                                adam_rows_f32_avx2::<false>(
+                                    &mut pb, &mut gb, &mut mb, &mut vb, &rows, base, compact, d, &s,
+                                )
+                            }
+                        };
                         let what = format!("{decay:?} d={d} compact={compact} base={base} t={t}");
                         for (name, got, want) in [("p", &pb, &pa), ("m", &mb, &ma), ("v", &vb, &va), ("g", &gb, &ga)] {
                             if bits(got) != bits(want) {
