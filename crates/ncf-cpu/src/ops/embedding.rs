@@ -239,16 +239,12 @@ pub fn embedding_forward_cols<T: Float>(table: &[T], d: usize, ids: &[u32], out:
 #[target_feature(enable = "avx2,fma")]
 fn embedding_forward_cols_avx2<T: Float>(table: &[T], d: usize, ids: &[u32], out: &mut [T], cols: usize, col0: usize) {
     use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
-    if !d.is_multiple_of(8) || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+    let (Some(table), Some(out)) = (super::as_f32(table), super::as_f32_mut(out)) else {
+        return embedding_forward_cols_in(table, d, ids, out, cols, col0);
+    };
+    if !d.is_multiple_of(8) {
         return embedding_forward_cols_in(table, d, ids, out, cols, col0);
     }
-    // SAFETY: `T` is `f32` (the same type id), so both buffers are `[f32]` of the same lengths.
-    let (table, out) = unsafe {
-        (
-            std::slice::from_raw_parts(table.as_ptr().cast::<f32>(), table.len()),
-            std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()),
-        )
-    };
     /// `n` vectors of 8 from `s` to `t`, written out one by one for the common widths (a loop
     /// over them was turned into a `memcpy` call too).
     ///

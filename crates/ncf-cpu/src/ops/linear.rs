@@ -186,6 +186,7 @@ pub fn matvec_bias_two<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn matvec_bias_two_avx2<T: Float>(a: &[T], ia: usize, c: &[T], ic: usize, w: &[T], bias: T, out: &mut [T]) {
+    use super::{as_f32, as_f32_mut};
     if let (Some(a), Some(c), Some(w), Some(out)) = (as_f32(a), as_f32(c), as_f32(w), as_f32_mut(out))
         && w.len() >= ia + ic
     {
@@ -228,21 +229,6 @@ unsafe fn matvec_bias_two_f32(a: &[f32], ia: usize, c: &[f32], ic: usize, w: &[f
             *o = bias + _mm_cvtss_f32(_mm_hadd_ps(h, h));
         }
     }
-}
-
-/// `x` as an f32 slice when `T` is `f32`.
-fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length.
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
-}
-
-/// [`as_f32`] for a mutable slice.
-fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length,
-        // borrowed mutably for as long as `x`.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
 }
 
 /// The body of [`matvec_bias_two`], chunks of 8 read into fixed-size arrays so they compile
@@ -310,6 +296,7 @@ fn matvec_backward_two_avx2<T: Float>(
     dw: &mut [T],
     dbias: &mut T,
 ) {
+    use super::{as_f32, as_f32_mut};
     if let (Some(dout32), Some(a32), Some(c32), Some(w32), Some(da32), Some(dc32), Some(dw32)) =
         (as_f32(dout), as_f32(a.0), as_f32(c.0), as_f32(w), as_f32_mut(da), as_f32_mut(dc), as_f32_mut(dw))
         && a.1 <= MAX_TWO_WIDTH

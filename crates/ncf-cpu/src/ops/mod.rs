@@ -18,6 +18,22 @@ pub(crate) const PREFETCH_ROWS: usize = 4;
 /// per row spent more on rayon's bookkeeping than on the row.
 pub(crate) const PAR_ROWS: usize = 1024;
 
+/// `x` as an f32 slice when `T` is `f32` (the kernels written with f32 intrinsics take their
+/// generic callers' slices through it).
+pub(crate) fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+pub(crate) fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length,
+        // borrowed mutably for as long as `x`.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
+}
+
 /// Asks the CPU to start loading `data[start .. start + len]` into its caches: a hint with no
 /// effect on any result, and a no-op for a range outside `data` or off x86-64.
 ///

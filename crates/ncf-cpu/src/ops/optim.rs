@@ -58,11 +58,14 @@ struct AdamScalars<T> {
     eps: T,
     l2: T,
     shrink: T,
-    /// Whether either decay applies (`l2 ≠ 0` or `shrink ≠ 1`); see [`adam_one`].
-    decay: bool,
 }
 
 impl<T: Float> AdamScalars<T> {
+    /// Whether either decay applies (`l2 ≠ 0` or `shrink ≠ 1`); see [`adam_one`].
+    fn decays(&self) -> bool {
+        self.l2 != T::ZERO || self.shrink != T::ONE
+    }
+
     fn new(hp: &AdamHp, t: u64) -> Self {
         let (bc1, bc2) = bias_corrections(hp, t);
         AdamScalars {
@@ -75,7 +78,6 @@ impl<T: Float> AdamScalars<T> {
             eps: T::from_f64(hp.eps),
             l2: T::from_f64(hp.decay.l2()),
             shrink: T::from_f64(1.0 - hp.lr * hp.decay.decoupled()),
-            decay: T::from_f64(hp.decay.l2()) != T::ZERO || T::from_f64(1.0 - hp.lr * hp.decay.decoupled()) != T::ONE,
         }
     }
 }
@@ -139,11 +141,11 @@ fn adam_run<T: Float>(p: &mut [T], g: &mut [T], m: &mut [T], v: &mut [T], s: &Ad
 /// one add fewer on the path the division waits for; the AVX2 kernels make the same choice.
 #[inline(always)]
 fn adam_one<T: Float>(w: &mut T, gr: &mut T, mk: &mut T, vk: &mut T, s: &AdamScalars<T>) {
-    let grad = if s.decay { *gr + s.l2 * *w } else { *gr };
+    let grad = if s.decays() { *gr + s.l2 * *w } else { *gr };
     *mk = s.b1 * *mk + s.one_minus_b1 * grad;
     *vk = s.b2 * *vk + s.one_minus_b2 * grad * grad;
     let denom = vk.sqrt() * s.inv_sqrt_bc2 + s.eps;
-    let kept = if s.decay { *w * s.shrink } else { *w };
+    let kept = if s.decays() { *w * s.shrink } else { *w };
     *w = kept - s.step * *mk / denom;
     *gr = T::ZERO;
 }
@@ -250,13 +252,13 @@ fn adam_rows_best<T: Float>(
             && d > 0
             && d.is_multiple_of(8)
             && let (Some(p), Some(g), Some(m), Some(v), Some(s)) =
-                (as_f32(p), as_f32(g), as_f32(m), as_f32(v), scalars_f32(s))
+                (super::as_f32_mut(p), super::as_f32_mut(g), super::as_f32_mut(m), super::as_f32_mut(v), scalars_f32(s))
             && rows_fit(list, base, compact, d, [p.len(), g.len(), m.len(), v.len()])
         {
             // SAFETY: the CPU has AVX2 and FMA (checked above), `d` is a multiple of 8, and
             // every listed row lies inside all four slices (`rows_fit`).
             return unsafe {
-                if s.decay {
+                if s.decays() {
                     adam_rows_f32_avx2::<true>(p, g, m, v, list, base, compact, d, s)
                 } else {
                     adam_rows_f32_avx2::<false>(p, g, m, v, list, base, compact, d, s)
@@ -265,23 +267,21 @@ fn adam_rows_best<T: Float>(
         }
         if rows.is_none()
             && let (Some(p), Some(g), Some(m), Some(v), Some(s)) =
-                (as_f32(p), as_f32(g), as_f32(m), as_f32(v), scalars_f32(s))
+                (super::as_f32_mut(p), super::as_f32_mut(g), super::as_f32_mut(m), super::as_f32_mut(v), scalars_f32(s))
         {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { adam_dense_f32_avx2(p, g, m, v, s) };
+            return unsafe {
+                if s.decays() {
+                    adam_dense_f32_avx2::<true>(p, g, m, v, s)
+                } else {
+                    adam_dense_f32_avx2::<false>(p, g, m, v, s)
+                }
+            };
         }
         // SAFETY: the guard just checked that this CPU has AVX2 and FMA.
         return unsafe { adam_rows_avx2(p, g, m, v, rows, d, s) };
     }
     adam_rows(p, g, m, v, rows, d, s)
-}
-
-/// `x` as an f32 slice when `T` is `f32`.
-fn as_f32<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: `T` is `f32` (the same type id), so the memory is a `[f32]` of that length,
-        // borrowed mutably for as long as `x`.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
 }
 
 /// `s` as f32 scalars when `T` is `f32`.
@@ -344,7 +344,7 @@ impl Adam8 {
 
     /// The rule on the 8 elements at `p, g, m, v` (then `g = 0`), with [`adam_one`]'s
     /// operations in its order (no FMA), so the same bits; `DECAY` is [`AdamScalars`]'s
-    /// `decay`, whose terms [`adam_one`] leaves out the same way when it is false.
+    /// `decays()`, whose terms [`adam_one`] leaves out the same way when it is false.
     ///
     /// # Safety
     /// AVX2; each pointer valid for 8 reads and writes.
@@ -375,7 +375,7 @@ impl Adam8 {
 
 /// [`adam_rows`] for listed f32 rows `d` wide (a multiple of 8), written with AVX2 intrinsics:
 /// per row, one address computation and the prefetches, then `d/8` vectors through
-/// [`Adam8::run`], with the decay terms or without them (`DECAY`: [`AdamScalars`]'s `decay`).
+/// [`Adam8::run`], with the decay terms or without them (`DECAY`: [`AdamScalars::decays`]).
 /// The compiled generic loop spent about as long on a GMF-8 row (one vector) as on a quarter
 /// of an MLP row of 32, the loop's bookkeeping around the one vector.
 ///
@@ -439,7 +439,8 @@ unsafe fn adam_rows_f32_avx2<const DECAY: bool>(
 #[cfg(target_arch = "x86_64")]
 const DENSE_PREFETCH: usize = 128;
 
-/// [`adam_run`] for f32 with AVX2 intrinsics: whole vectors through [`Adam8::run`], the last
+/// [`adam_run`] for f32 with AVX2 intrinsics (`DECAY` as in [`adam_rows_f32_avx2`]): whole
+/// vectors through [`Adam8::run`], the last
 /// `n mod 8` elements through [`adam_one`] (the same operations, so the same bits). The dense
 /// layers' biases (8 to 32 elements) fell to the compiled loop's scalar remainder.
 ///
@@ -447,20 +448,7 @@ const DENSE_PREFETCH: usize = 128;
 /// AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn adam_dense_f32_avx2(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars<f32>) {
-    // SAFETY: the caller's contract, passed on.
-    unsafe {
-        if s.decay { adam_dense_f32_loop::<true>(p, g, m, v, s) } else { adam_dense_f32_loop::<false>(p, g, m, v, s) }
-    }
-}
-
-/// [`adam_dense_f32_avx2`]'s loop, with or without the decay terms ([`Adam8::run`]).
-///
-/// # Safety
-/// AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn adam_dense_f32_loop<const DECAY: bool>(
+unsafe fn adam_dense_f32_avx2<const DECAY: bool>(
     p: &mut [f32],
     g: &mut [f32],
     m: &mut [f32],
@@ -824,7 +812,7 @@ mod tests {
                         adam_rows(&mut pa, &mut ga, &mut ma, &mut va, Some((&rows, base, compact)), d, &s);
                         // SAFETY: AVX2 + FMA checked above; d is a multiple of 8; rows_fit asserted.
                         unsafe {
-                            if s.decay {
+                            if s.decays() {
                                 adam_rows_f32_avx2::<true>(
                                     &mut pb, &mut gb, &mut mb, &mut vb, &rows, base, compact, d, &s,
                                 )
@@ -859,7 +847,13 @@ mod tests {
                 let mut gb = ga.clone();
                 adam_run(&mut pa, &mut ga, &mut ma, &mut va, &s);
                 // SAFETY: AVX2 + FMA checked above.
-                unsafe { adam_dense_f32_avx2(&mut pb, &mut gb, &mut mb, &mut vb, &s) };
+                unsafe {
+                    if s.decays() {
+                        adam_dense_f32_avx2::<true>(&mut pb, &mut gb, &mut mb, &mut vb, &s)
+                    } else {
+                        adam_dense_f32_avx2::<false>(&mut pb, &mut gb, &mut mb, &mut vb, &s)
+                    }
+                };
                 for (name, got, want) in [("p", &pb, &pa), ("m", &mb, &ma), ("v", &vb, &va), ("g", &gb, &ga)] {
                     assert_eq!(bits(got), bits(want), "dense {name}, n {n}, {decay:?}, t {t}");
                 }
@@ -883,7 +877,7 @@ mod tests {
         let (mut pb, mut mb, mut vb) = (pa.clone(), ma.clone(), va.clone());
         for t in 1..=4u64 {
             let s = AdamScalars::<f32>::new(&hp, t);
-            assert!(!s.decay && s.l2 == 0.0 && s.shrink == 1.0);
+            assert!(!s.decays() && s.l2 == 0.0 && s.shrink == 1.0);
             let mut ga = rand_vec(n, 30 + t);
             ga.iter_mut().step_by(5).for_each(|x| *x = 0.0);
             ga.iter_mut().skip(2).step_by(5).for_each(|x| *x = -0.0);
