@@ -554,8 +554,11 @@ fn scatter_and_update<T: CpuFloat, A: CpuLane<T>>(
     laps: &mut Laps,
 ) -> Result<()> {
     let h = batch.len / 2;
-    // Lane 1's dense gradients, by the half that updates them (the optimizer's own rule).
-    let (mut lane1, mut dense) = ([Vec::new(), Vec::new()], [0usize; 2]);
+    // Lane 1's dense gradients, by the half that updates them (the optimizer's own rule). The
+    // lists are sized once: grown a push at a time, they reallocated on every step's serial
+    // path, while the helper waited.
+    let n = g1.tensors.len();
+    let (mut lane1, mut dense) = ([Vec::with_capacity(n), Vec::with_capacity(n)], [0usize; 2]);
     for t in g1.tensors.iter_mut().filter(|t| !matches!(t.role, Role::Embedding(_))) {
         lane1[ncf_model::optim::half_of(t.role, t.numel(), &mut dense)].push(t);
     }

@@ -224,7 +224,7 @@ impl<B: Backend> Optimizer<B> {
         let mut have_rows = [false, false];
         let tensors = params.tensors.iter_mut().zip(grads.tensors.iter_mut());
         for (idx, ((p, g), (s1, s2))) in tensors.zip(self.state1.iter_mut().zip(self.state2.iter_mut())).enumerate() {
-            let slot = Slot { idx, done: false, group: *self.cfg.group(p.role), p, g, s1, s2 };
+            let slot = Slot { idx, done: false, group: self.cfg.group(p.role), p, g, s1, s2 };
             let (ids, uniq, have) = if matches!(slot.p.role, Role::Embedding(IdSource::User)) {
                 (users, &mut self.uniq_users, &mut have_rows[0])
             } else {
@@ -291,7 +291,7 @@ impl<B: Backend> Optimizer<B> {
         let mut dense = [0usize; 2];
         for (idx, ((p, g), (s1, s2))) in jobs {
             let side = half_of(p.role, p.numel(), &mut dense);
-            halves[side].push(Slot { idx, done: false, group: *self.cfg.group(p.role), p, g, s1, s2 });
+            halves[side].push(Slot { idx, done: false, group: self.cfg.group(p.role), p, g, s1, s2 });
         }
         let (uniq_users, uniq_items, t_dev) = (&mut self.uniq_users, &mut self.uniq_items, &self.t_dev);
         let [mut user_half, mut item_half] = halves;
@@ -346,7 +346,7 @@ impl<B: Backend> HalfGrads<'_, '_, B> {
             .filter(|s| matches!(s.p.role, Role::Embedding(_)) && !s.done)
             .map(|s| TableStep {
                 idx: s.idx,
-                group: s.group,
+                group: *s.group,
                 p: &mut *s.p,
                 g: &mut *s.g,
                 s1: &mut *s.s1,
@@ -415,7 +415,9 @@ struct Slot<'a, B: Backend> {
     idx: usize,
     /// Updated already, by a fast step's own code ([`TableStep::done`]).
     done: bool,
-    group: GroupConfig,
+    /// By reference: a slot is built for every tensor at every step, and a copy of the rule
+    /// made each half's list of slots too long for the allocator's per-thread cache.
+    group: &'a GroupConfig,
     p: &'a mut crate::params::Tensor<B>,
     g: &'a mut crate::params::Tensor<B>,
     s1: &'a mut B::Buf,

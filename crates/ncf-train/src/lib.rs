@@ -627,6 +627,9 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
                     (*u, *i, *y) = (r.user, r.item, r.label);
                 }
                 batch.set(be, us, is, ys)?;
+                // The next batch's rows, on their way from memory while this one trains.
+                let next = ((step + 1) * cfg.batch).min(rows.len());
+                ncf_data::prefetch_rows(&rows[next..(next + cfg.batch).min(rows.len())]);
                 stepper.step(be, model, opt, batch, scratch)?;
                 progress.step(be, step, stepper, scratch)?;
             }
