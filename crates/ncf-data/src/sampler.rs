@@ -24,8 +24,9 @@ pub struct Row {
 /// trainer that walks an epoch's rows a batch at a time calls it on the next batch's rows, so
 /// they arrive while the current batch trains: an ML-1M epoch's rows (60 MB) do not stay in
 /// cache, and the copy of a batch's rows into its columns, on the step's serial path while the
-/// helper thread waits, waited on memory (on the Zen 4 VM of BENCHMARKS.md, 1,900–2,000 TSC
-/// cycles at 2.6 GHz a batch of 256 without the hint, 1,370–1,740 with it).
+/// helper thread waits, waited on memory (on the Zen 4 VM of BENCHMARKS.md, a batch of 256 in
+/// the trainer's three column loops took 1,580–1,790 TSC cycles at 2.6 GHz without the hint,
+/// 730–810 with it).
 pub fn prefetch_rows(rows: &[Row]) {
     #[cfg(target_arch = "x86_64")]
     {
