@@ -26,5 +26,5 @@ pub use movielens::{
 };
 pub use ncf_split::NcfSplit;
 pub use parse::{DEFAULT_MAX_LINES, MAX_LINE_BYTES, for_each_line, max_lines};
-pub use sampler::{Row, prefetch_rows, sample_epoch};
+pub use sampler::{Row, sample_epoch};
 pub use split::{Implicit, LeaveOneOut, leave_latest_out};

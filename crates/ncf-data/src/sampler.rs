@@ -20,33 +20,6 @@ pub struct Row {
     pub label: f32,
 }
 
-/// Asks the CPU to bring `rows` into its caches: a hint, with no effect on any result. A
-/// trainer that walks an epoch's rows a batch at a time calls it on the next batch's rows, so
-/// they arrive while the current batch trains: an ML-1M epoch's rows (60 MB) do not stay in
-/// cache, and the copy of a batch's rows into its columns, on the step's serial path while the
-/// helper thread waits, waited on memory (on the Zen 4 VM of BENCHMARKS.md, a batch of 256 in
-/// the trainer's three column loops took 1,580–1,790 TSC cycles at 2.6 GHz without the hint,
-/// 730–810 with it).
-pub fn prefetch_rows(rows: &[Row]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        const LINE: usize = 64;
-        let (start, bytes) = (rows.as_ptr() as usize, std::mem::size_of_val(rows));
-        // Every line the slice touches: from the line holding its first byte to the one
-        // holding its last.
-        let mut line = start & !(LINE - 1);
-        while line < start + bytes {
-            // SAFETY: a prefetch never faults and changes no memory, only where a line is
-            // cached; every address passed lies in a line that holds part of `rows`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
-            line += LINE;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = rows;
-}
-
 /// Fills `out` with one epoch of rows, shuffled. `out` is reused across epochs (no allocation
 /// after the first).
 ///
@@ -231,18 +204,6 @@ unsafe impl Sync for SharedRows {}
 
 #[cfg(test)]
 mod tests {
-    /// The hint reads nothing it may not and writes nothing: every sub-slice of a buffer (empty,
-    /// one row, rows that start and end mid-line, the last rows) comes back unchanged.
-    #[test]
-    fn prefetch_rows_leaves_rows_alone() {
-        let rows: Vec<Row> = (0..37u32).map(|k| Row { user: k, item: 3 * k + 1, label: (k % 2) as f32 }).collect();
-        let copy = rows.clone();
-        for (a, b) in [(0, 0), (0, 1), (5, 6), (3, 29), (31, 37), (0, 37), (37, 37)] {
-            prefetch_rows(&rows[a..b]);
-        }
-        assert_eq!(rows, copy);
-    }
-
     use super::*;
 
     fn toy() -> UserItems {
