@@ -629,9 +629,10 @@ impl<'a, B: FastStep<T = f32>> Trainer<'a, B> {
                 is.iter_mut().zip(chunk).for_each(|(i, r)| *i = r.item);
                 ys.iter_mut().zip(chunk).for_each(|(y, r)| *y = r.label);
                 batch.set(be, us, is, ys)?;
-                // The next batch's rows, on their way from memory while this one trains: the
-                // three loops above took 1,580–1,790 TSC cycles (2.6 GHz) a batch of 256 without
-                // it, 730–810 with it, on the Zen 4 VM of BENCHMARKS.md.
+                // The next batch's rows, on their way from memory while this one trains: at
+                // `993c8f6` the three loops above took 1,580–1,790 TSC cycles (2.6 GHz) a batch
+                // of 256 without such a prefetch, 730–810 with it, on the Zen 4 VM of
+                // BENCHMARKS.md.
                 let next = ((step + 1) * cfg.batch).min(rows.len());
                 ncf_cpu::ops::prefetch(rows, next, cfg.batch.min(rows.len() - next));
                 stepper.step(be, model, opt, batch, scratch)?;

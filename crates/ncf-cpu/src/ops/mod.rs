@@ -59,9 +59,8 @@ pub fn prefetch<T>(data: &[T], start: usize, len: usize) {
 
 /// The 64-byte lines that `data[..len]` touches, as the first line's start and the bytes from
 /// there to the end of the last element: stepping by 64 through them reaches every line, also
-/// the last one of a range that does not start on a line (48 steps from the range's own start
-/// left a misaligned batch of 256 sampled rows' last line to memory; with it, 49 lines and the
-/// trainer's copy of the rows 150 TSC cycles shorter). An empty range touches no line.
+/// the last one of a range that does not start on a line (stepping from the range's own start
+/// missed it). An empty range touches no line.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn lines<T>(data: &[T], len: usize) -> (*const u8, usize) {
