@@ -5,6 +5,7 @@
 use ncf_core::rng::seeded;
 use rand::RngExt;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 
 #[derive(Clone, Debug, Default)]
 pub struct UserItems {
@@ -32,20 +33,38 @@ impl UserItems {
             items[fill[u as usize]] = i;
             fill[u as usize] += 1;
         }
-        // Sort and dedup each user's run, compacting in place.
+        // Sort and dedup each user's run (the users side by side on rayon's threads), then
+        // close the runs up in order.
+        let mut runs: Vec<&mut [u32]> = Vec::with_capacity(n_users);
+        let mut rest = &mut items[..];
+        for u in 0..n_users {
+            let (run, tail) = rest.split_at_mut(counts[u + 1] - counts[u]);
+            runs.push(run);
+            rest = tail;
+        }
+        let kept: Vec<usize> = runs
+            .into_par_iter()
+            .with_min_len(64)
+            .map(|run| {
+                run.sort_unstable();
+                let mut w = 0;
+                for k in 0..run.len() {
+                    if k == 0 || run[k] != run[w - 1] {
+                        run[w] = run[k];
+                        w += 1;
+                    }
+                }
+                w
+            })
+            .collect();
         let mut offsets = vec![0usize; n_users + 1];
         let mut w = 0;
         for u in 0..n_users {
-            let (lo, hi) = (counts[u], counts[u + 1]);
-            items[lo..hi].sort_unstable();
-            let start = w;
-            for k in lo..hi {
-                if k == lo || items[k] != items[k - 1] {
-                    items[w] = items[k];
-                    w += 1;
-                }
+            offsets[u] = w;
+            if w != counts[u] {
+                items.copy_within(counts[u]..counts[u] + kept[u], w);
             }
-            offsets[u] = start;
+            w += kept[u];
         }
         offsets[n_users] = w;
         items.truncate(w);
@@ -80,21 +99,27 @@ impl UserItems {
 /// Holds out one interaction per user (for users with at least two) as a validation set, the
 /// paper's tuning protocol. Chosen uniformly with a seeded RNG per user. Returns the remaining
 /// training pairs and, per user, the held-out item.
+///
+/// Each user's remaining items are `all`'s, sorted and distinct, less the one held out, so they
+/// are copied as they are (what [`UserItems::from_pairs`] of the remaining pairs gives, tested).
 pub fn hold_out_one_per_user(all: &UserItems, seed: u64) -> (UserItems, Vec<Option<u32>>) {
     let mut held = vec![None; all.n_users];
-    let mut rest = Vec::with_capacity(all.len());
+    let mut items = Vec::with_capacity(all.len());
+    let mut offsets = Vec::with_capacity(all.n_users + 1);
+    offsets.push(0);
     for (u, slot) in held.iter_mut().enumerate() {
-        let items = all.of(u);
-        let pick = if items.len() >= 2 { Some(seeded(seed, u as u64).random_range(0..items.len())) } else { None };
-        for (k, &i) in items.iter().enumerate() {
-            if Some(k) == pick {
-                *slot = Some(i);
-            } else {
-                rest.push((u as u32, i));
-            }
+        let mine = all.of(u);
+        if mine.len() >= 2 {
+            let pick = seeded(seed, u as u64).random_range(0..mine.len());
+            *slot = Some(mine[pick]);
+            items.extend_from_slice(&mine[..pick]);
+            items.extend_from_slice(&mine[pick + 1..]);
+        } else {
+            items.extend_from_slice(mine);
         }
+        offsets.push(items.len());
     }
-    (UserItems::from_pairs(all.n_users, all.n_items, &rest), held)
+    (UserItems { n_users: all.n_users, n_items: all.n_items, offsets, items }, held)
 }
 
 /// `n` distinct items drawn uniformly from those user `u` does not have in `known` and that are
@@ -153,6 +178,38 @@ mod tests {
         assert_eq!(ui.of(2), &[1, 5, 9]);
         assert!(ui.contains(2, 9) && !ui.contains(2, 2));
         assert_eq!(ui.len(), 4);
+    }
+
+    /// Random pairs with repeats (and users with none, and more users than rayon's smallest
+    /// share): the CSR is each user's sorted, distinct items, as a `BTreeSet` per user gives
+    /// them; the hold-out's remaining items are what `from_pairs` of the remaining pairs gives.
+    #[test]
+    fn csr_and_holdout_match_sets_per_user() {
+        // A deterministic stream: SplitMix64 of a counter.
+        let mut k = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            k = k.wrapping_add(1);
+            ncf_core::rng::splitmix64(k) % n
+        };
+        for (users, items, len) in [(1, 1, 0), (3, 5, 40), (300, 50, 3000), (1000, 2000, 20_000)] {
+            let pairs: Vec<(u32, u32)> = (0..len).map(|_| (next(users) as u32, next(items) as u32)).collect();
+            let ui = UserItems::from_pairs(users as usize, items as usize, &pairs);
+            let mut sets = vec![std::collections::BTreeSet::new(); users as usize];
+            for &(u, i) in &pairs {
+                sets[u as usize].insert(i);
+            }
+            for (u, set) in sets.iter().enumerate() {
+                assert_eq!(ui.of(u), set.iter().copied().collect::<Vec<_>>(), "{users} users: user {u}");
+            }
+            assert_eq!(ui.len(), sets.iter().map(|s| s.len()).sum::<usize>());
+            let (rest, held) = hold_out_one_per_user(&ui, 7);
+            let mut rest_pairs = Vec::new();
+            for (u, &h) in held.iter().enumerate() {
+                rest_pairs.extend(ui.of(u).iter().filter(|&&i| Some(i) != h).map(|&i| (u as u32, i)));
+            }
+            let want = UserItems::from_pairs(users as usize, items as usize, &rest_pairs);
+            assert_eq!((&rest.offsets, &rest.items), (&want.offsets, &want.items), "{users} users: the hold-out");
+        }
     }
 
     #[test]

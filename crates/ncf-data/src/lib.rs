@@ -25,6 +25,6 @@ pub use movielens::{
     MovieLensFiles, RawRating, load_item_meta, load_movies, load_ratings, load_ratings_in_range, load_users,
 };
 pub use ncf_split::NcfSplit;
-pub use parse::{DEFAULT_MAX_LINES, MAX_LINE_BYTES, for_each_line, max_lines};
+pub use parse::{DEFAULT_MAX_LINES, MAX_LINE_BYTES, for_each_line, max_lines, parse_lines_par};
 pub use sampler::{Row, sample_epoch};
 pub use split::{Implicit, LeaveOneOut, leave_latest_out};

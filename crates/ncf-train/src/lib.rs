@@ -88,7 +88,7 @@ impl Prepared {
             })
             .collect();
         let test: Vec<RankCase> =
-            split.test.iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
+            split.test.par_iter().zip(&split.negatives).map(|(&(u, i), negs)| RankCase::new(u, i, negs)).collect();
         let low_test = test.iter().filter(|c| known.of(c.user as usize).len() < LOW_ACTIVITY).cloned().collect();
         Prepared {
             known,
