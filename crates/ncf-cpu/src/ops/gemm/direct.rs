@@ -331,7 +331,7 @@ fn block(
     let c_last = (rows - 1) * c_rs + n - 1;
     assert!(a_last < a.data.len() && b_last < b.len() && c_last < c.len(), "gemm direct: view out of bounds");
     let plain = epi.bias.is_null() && epi.relu.is_null();
-    assert!(plain || beta == 0.0, "gemm direct: the epilogue runs with β = 0 only");
+    assert!(plain || (alpha == 1.0 && beta == 0.0), "gemm direct: the epilogue runs with α = 1, β = 0 only");
     #[cfg(target_arch = "x86_64")]
     {
         assert!(is_available(simd), "gemm direct: called without AVX2 + FMA or AVX-512 ({simd})");
@@ -380,6 +380,7 @@ unsafe fn block_avx512(
     c_rs: usize,
     epi: Epilogue,
 ) {
+    let unit = alpha == 1.0 && (beta == 0.0 || beta == 1.0);
     for j0 in (0..n).step_by(64) {
         let w = 64.min(n - j0);
         let v = w.div_ceil(16);
@@ -404,16 +405,22 @@ unsafe fn block_avx512(
         // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
         unsafe {
             // The epilogue is a separate instantiation, so the plain product's loop is the
-            // one it was before the epilogue existed.
-            match (v, s.bias.is_null() && s.relu.is_null()) {
-                (1, true) => rows_v::<1, 12, false>(&s, m),
-                (2, true) => rows_v::<2, 12, false>(&s, m),
-                (3, true) => rows_v::<3, 8, false>(&s, m),
-                (_, true) => rows_v::<4, 6, false>(&s, m),
-                (1, false) => rows_v::<1, 12, true>(&s, m),
-                (2, false) => rows_v::<2, 12, true>(&s, m),
-                (3, false) => rows_v::<3, 8, true>(&s, m),
-                (_, false) => rows_v::<4, 6, true>(&s, m),
+            // one it was before the epilogue existed; it runs with α = 1 and β = 0 only
+            // (asserted in `block`). `UNIT`: α = 1 and β = 0 or 1, stored without the
+            // multiplies by 1 (see `avx2::block`).
+            match (v, s.bias.is_null() && s.relu.is_null(), unit) {
+                (1, true, true) => rows_v::<1, 12, false, true>(&s, m),
+                (2, true, true) => rows_v::<2, 12, false, true>(&s, m),
+                (3, true, true) => rows_v::<3, 8, false, true>(&s, m),
+                (_, true, true) => rows_v::<4, 6, false, true>(&s, m),
+                (1, true, false) => rows_v::<1, 12, false, false>(&s, m),
+                (2, true, false) => rows_v::<2, 12, false, false>(&s, m),
+                (3, true, false) => rows_v::<3, 8, false, false>(&s, m),
+                (_, true, false) => rows_v::<4, 6, false, false>(&s, m),
+                (1, false, _) => rows_v::<1, 12, true, true>(&s, m),
+                (2, false, _) => rows_v::<2, 12, true, true>(&s, m),
+                (3, false, _) => rows_v::<3, 8, true, true>(&s, m),
+                (_, false, _) => rows_v::<4, 6, true, true>(&s, m),
             }
         }
     }
@@ -448,30 +455,30 @@ struct Strip {
 /// As in [`block`], for the strip's rows `0..m`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool>(s: &Strip, m: usize) {
+unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool, const UNIT: bool>(s: &Strip, m: usize) {
     let mut i = 0;
     // SAFETY: for every call below, rows i..i+R (or the smaller tile) are rows of the strip,
     // with i + rows ≤ m.
     unsafe {
         while i + R <= m {
-            tile::<R, V, EPI>(s, i);
+            tile::<R, V, EPI, UNIT>(s, i);
             i += R;
         }
         let rest = m - i;
         if rest & 8 != 0 {
-            tile::<8, V, EPI>(s, i);
+            tile::<8, V, EPI, UNIT>(s, i);
             i += 8;
         }
         if rest & 4 != 0 {
-            tile::<4, V, EPI>(s, i);
+            tile::<4, V, EPI, UNIT>(s, i);
             i += 4;
         }
         if rest & 2 != 0 {
-            tile::<2, V, EPI>(s, i);
+            tile::<2, V, EPI, UNIT>(s, i);
             i += 2;
         }
         if rest & 1 != 0 {
-            tile::<1, V, EPI>(s, i);
+            tile::<1, V, EPI, UNIT>(s, i);
         }
     }
 }
@@ -484,7 +491,7 @@ unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool>(s: &Strip, m: 
 /// As in [`block`], for the strip's rows `i0..i0+R`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile<const R: usize, const V: usize, const EPI: bool>(s: &Strip, i0: usize) {
+unsafe fn tile<const R: usize, const V: usize, const EPI: bool, const UNIT: bool>(s: &Strip, i0: usize) {
     // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
     // 0..k or C rows i0..i0+R, within the columns the mask admits (see `block`).
     unsafe {
@@ -508,10 +515,11 @@ unsafe fn tile<const R: usize, const V: usize, const EPI: bool>(s: &Strip, i0: u
         let alpha = _mm512_set1_ps(s.alpha);
         let beta = _mm512_set1_ps(s.beta);
         let row = |r: usize| s.c.add((i0 + r) * s.c_rs);
-        // α·acc + β·c, rounded after the product and after the sum (as the blocked kernel).
+        // α·acc + β·c, rounded after the product and after the sum (as the blocked kernel);
+        // with `UNIT` (α = 1, β = 0 or 1) the same without the multiplies by 1.
         let out = |x: __m512, c: __m512| {
-            let ax = _mm512_mul_ps(alpha, x);
-            if s.beta != 0.0 { _mm512_add_ps(ax, _mm512_mul_ps(beta, c)) } else { ax }
+            let ax = if UNIT { x } else { _mm512_mul_ps(alpha, x) };
+            if s.beta != 0.0 { _mm512_add_ps(ax, if UNIT { c } else { _mm512_mul_ps(beta, c) }) } else { ax }
         };
         if s.beta != 0.0 && s.mask != 0xFFFF {
             // A partial row: read the whole tile's C before writing any of it. A masked store's
@@ -629,14 +637,22 @@ mod avx2 {
                 bias: if epi.bias.is_null() { epi.bias } else { epi.bias.wrapping_add(j0) },
                 relu: if epi.relu.is_null() { epi.relu } else { epi.relu.wrapping_add(j0) },
             };
+            // α = 1 and β = 0 or 1 (every product of the layers): the store leaves the
+            // multiplies by 1 out (`UNIT`), which give the same value (`1·x = x` for every `x`
+            // but a signalling NaN, which the multiply would quiet and no arithmetic makes) and
+            // took the FMA units' slots: 12 a tile against a `dinp` 16→8 tile's 96 FMAs.
+            let unit = alpha == 1.0 && (beta == 0.0 || beta == 1.0);
             // SAFETY: the strip is columns j0..j0+w of the caller's views; same contract.
             unsafe {
-                // The epilogue is a separate instantiation (see `block_avx512`).
-                match (v, s.bias.is_null() && s.relu.is_null()) {
-                    (1, true) => rows_v::<1, 8, false>(&s, m),
-                    (_, true) => rows_v::<2, 6, false>(&s, m),
-                    (1, false) => rows_v::<1, 8, true>(&s, m),
-                    (_, false) => rows_v::<2, 6, true>(&s, m),
+                // The epilogue is a separate instantiation (see `block_avx512`); it runs with
+                // α = 1 and β = 0 only (asserted in `super::block`).
+                match (v, s.bias.is_null() && s.relu.is_null(), unit) {
+                    (1, true, true) => rows_v::<1, 8, false, true>(&s, m),
+                    (_, true, true) => rows_v::<2, 6, false, true>(&s, m),
+                    (1, true, false) => rows_v::<1, 8, false, false>(&s, m),
+                    (_, true, false) => rows_v::<2, 6, false, false>(&s, m),
+                    (1, false, _) => rows_v::<1, 8, true, true>(&s, m),
+                    (_, false, _) => rows_v::<2, 6, true, true>(&s, m),
                 }
             }
         }
@@ -652,36 +668,36 @@ mod avx2 {
     /// # Safety
     /// As in [`block`], for the strip's rows `0..m`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool>(s: &Strip, m: usize) {
+    unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool, const UNIT: bool>(s: &Strip, m: usize) {
         let mut i = 0;
         // SAFETY: every tile below covers rows i..i+rows of the strip, with i + rows ≤ m.
         unsafe {
             let short = V == 2 && R == 6 && m > R && (1..4).contains(&(m % R));
             while i + R <= m && !(short && i + 2 * R > m) {
-                tile::<R, V, EPI>(s, i);
+                tile::<R, V, EPI, UNIT>(s, i);
                 i += R;
             }
             if short {
                 // The last full tile and the rest: 7, 8 or 9 rows.
                 match m - i {
-                    7 => (tile::<4, V, EPI>(s, i), tile::<3, V, EPI>(s, i + 4)),
-                    8 => (tile::<4, V, EPI>(s, i), tile::<4, V, EPI>(s, i + 4)),
-                    9 => (tile::<5, V, EPI>(s, i), tile::<4, V, EPI>(s, i + 5)),
+                    7 => (tile::<4, V, EPI, UNIT>(s, i), tile::<3, V, EPI, UNIT>(s, i + 4)),
+                    8 => (tile::<4, V, EPI, UNIT>(s, i), tile::<4, V, EPI, UNIT>(s, i + 4)),
+                    9 => (tile::<5, V, EPI, UNIT>(s, i), tile::<4, V, EPI, UNIT>(s, i + 5)),
                     r => unreachable!("{r} rows for the last two tiles"),
                 };
                 return;
             }
             let rest = m - i;
             if rest & 4 != 0 {
-                tile::<4, V, EPI>(s, i);
+                tile::<4, V, EPI, UNIT>(s, i);
                 i += 4;
             }
             if rest & 2 != 0 {
-                tile::<2, V, EPI>(s, i);
+                tile::<2, V, EPI, UNIT>(s, i);
                 i += 2;
             }
             if rest & 1 != 0 {
-                tile::<1, V, EPI>(s, i);
+                tile::<1, V, EPI, UNIT>(s, i);
             }
         }
     }
@@ -694,9 +710,9 @@ mod avx2 {
     /// # Safety
     /// As in [`block`], for the strip's rows `i0..i0+R`.
     #[inline(always)]
-    unsafe fn tile<const R: usize, const V: usize, const EPI: bool>(s: &Strip, i0: usize) {
+    unsafe fn tile<const R: usize, const V: usize, const EPI: bool, const UNIT: bool>(s: &Strip, i0: usize) {
         // SAFETY: the same contract, passed on.
-        unsafe { if s.full { tile_m::<R, V, false, EPI>(s, i0) } else { tile_m::<R, V, true, EPI>(s, i0) } }
+        unsafe { if s.full { tile_m::<R, V, false, EPI, UNIT>(s, i0) } else { tile_m::<R, V, true, EPI, UNIT>(s, i0) } }
     }
 
     /// [`tile`], with the last vector masked when `MASKED`. The `R` rows of A are `R` pointers
@@ -714,7 +730,10 @@ mod avx2 {
     /// became a call and the forward products ran at about half speed.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_m<const R: usize, const V: usize, const MASKED: bool, const EPI: bool>(s: &Strip, i0: usize) {
+    unsafe fn tile_m<const R: usize, const V: usize, const MASKED: bool, const EPI: bool, const UNIT: bool>(
+        s: &Strip,
+        i0: usize,
+    ) {
         // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
         // 0..k or C rows i0..i0+R (or the epilogue's bias and ReLU output at those columns); the
         // last vector's lanes past C's edge are masked off (a masked load reads nothing there, a
@@ -745,10 +764,12 @@ mod avx2 {
                 let row = s.c.add((i0 + r) * s.c_rs);
                 for (v, &x) in acc_r.iter().enumerate() {
                     let dst = row.add(8 * v);
-                    // α·acc + β·c, rounded after the product and after the sum.
-                    let ax = _mm256_mul_ps(alpha, x);
+                    // α·acc + β·c, rounded after the product and after the sum; with
+                    // `UNIT` (α = 1, β = 0 or 1) the same without the multiplies by 1.
+                    let ax = if UNIT { x } else { _mm256_mul_ps(alpha, x) };
                     let mut y = if s.beta != 0.0 {
-                        _mm256_add_ps(ax, _mm256_mul_ps(beta, load::<V, MASKED>(dst, v, s.mask)))
+                        let c = load::<V, MASKED>(dst, v, s.mask);
+                        _mm256_add_ps(ax, if UNIT { c } else { _mm256_mul_ps(beta, c) })
                     } else {
                         ax
                     };
