@@ -152,15 +152,16 @@ pub(super) fn gemm_direct_bias_relu(
 }
 
 /// `buf (k, n) ← B`, row-major. For `B = wᵀ` (the forward) this is a transpose of the small
-/// weight matrix, done on every call: 16 columns of a row of `buf` per AVX-512 gather, or on
-/// AVX2 8 × 8 blocks transposed in registers ([`transpose_b_avx2`]). A copy
-/// element by element is one scalar load and store per weight, and since it runs before every
-/// forward product it showed up in profiles of a training epoch; the gathers make the forward
-/// products faster (BENCHMARKS.md, `GEMM_TABLE=1 cargo bench --bench gemm`).
+/// weight matrix, done on every call: 8 × 8 blocks transposed in registers
+/// ([`transpose_b_avx2`], at the AVX2 and the AVX-512 level alike: with 16 columns of a row
+/// of `buf` per AVX-512 gather instead, the AVX-512 forward products ran 13–16% slower);
+/// any other strided B by those gathers on AVX-512. A copy element by element is one scalar
+/// load and store per weight, and since it runs before every forward product it showed up in
+/// profiles of a training epoch (BENCHMARKS.md, `GEMM_TABLE=1 cargo bench --bench gemm`).
 fn copy_b(simd: SimdLevel, b: MatRef<f32>, buf: &mut [f32]) {
     let (k, n) = (b.rows, b.cols);
     #[cfg(target_arch = "x86_64")]
-    if b.cs <= (i32::MAX as usize) / 16 && simd == SimdLevel::Avx512 && is_available(simd) {
+    if b.cs <= (i32::MAX as usize) / 16 && simd == SimdLevel::Avx512 && is_available(simd) && b.rs != 1 {
         // Bounds, for the raw reads below: every element of the view is in `b.data`.
         let last = (k - 1) * b.rs + (n - 1) * b.cs;
         assert!(last < b.data.len() && buf.len() >= k * n, "gemm direct: B view out of bounds");
@@ -171,7 +172,7 @@ fn copy_b(simd: SimdLevel, b: MatRef<f32>, buf: &mut [f32]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if b.rs == 1 && simd == SimdLevel::Avx2Fma && is_available(simd) {
+    if b.rs == 1 && simd >= SimdLevel::Avx2Fma && SimdLevel::Avx2Fma.is_available() {
         // B = wᵀ: each column of B is a run of `k` floats (a row of w), so `buf` is w
         // transposed, done 8 × 8 in registers.
         let last = (k - 1) + (n - 1) * b.cs;
@@ -337,14 +338,19 @@ fn block(
         assert!(is_available(simd), "gemm direct: called without AVX2 + FMA or AVX-512 ({simd})");
         let a_ptr = a.data[r0 * a.rs..].as_ptr();
         let (b_ptr, c_ptr) = (b.as_ptr(), c.as_mut_ptr());
-        // SAFETY: the CPU has the level (just asserted: AVX-512F, or AVX2 + FMA). Every address
+        // SAFETY: the CPU has the level (just asserted: AVX-512F, or AVX2 + FMA), and the AVX2
+        // kernel runs at the AVX-512 level only where the CPU has AVX2 + FMA (tested below). Every address
         // the kernel forms is an element of the A rows `r0..r0+rows` (all in `a.data`, asserted
         // above), of B (rows `0..k`, columns `0..n`: in `b`), or of C's rows `0..rows`, columns
         // `0..n` (in `c`, which we borrow mutably), or the same elements of the epilogue's bias
         // row and ReLU output (valid there by this function's contract); lanes past column `n`
         // are masked off and never touched.
         unsafe {
-            if simd == SimdLevel::Avx512 {
+            // C no wider than 8 (NeuMF-8's last layer) fills half of an AVX-512 vector; the AVX2
+            // tiles, whole 8-float vectors in tiles of 8 rows, ran such a forward product
+            // (128×16×8) about 1.6× as fast (BENCHMARKS.md). Every element is the same
+            // accumulator in the same order on both, so the same bits.
+            if simd == SimdLevel::Avx512 && (n > 8 || !SimdLevel::Avx2Fma.is_available()) {
                 block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs, epi)
             } else {
                 avx2::block(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs, epi)
@@ -927,24 +933,32 @@ mod tests {
         }
     }
 
-    /// The AVX2 register transpose of [`copy_b`] against the element-by-element copy: k and n
-    /// below, at and past multiples of 8, with `w`'s rows packed (`cs = k`) and padded.
+    /// [`copy_b`] against the element-by-element copy at every level this CPU has: a `wᵀ`
+    /// (columns contiguous: the register transpose, at AVX2 and AVX-512 alike) with `w`'s rows
+    /// packed (`cs = k`) and padded, and a B strided both ways (AVX-512's gathers), for k and n
+    /// below, at and past multiples of 8.
     #[test]
-    fn transposed_copy_of_b_matches_the_scalar_copy() {
-        if !SimdLevel::Avx2Fma.is_available() {
-            eprintln!("skipped: this CPU has no AVX2, so the AVX2 transpose was not tested");
+    fn copied_b_matches_the_scalar_copy() {
+        let levels: Vec<SimdLevel> =
+            [SimdLevel::Avx2Fma, SimdLevel::Avx512].into_iter().filter(|&l| is_available(l)).collect();
+        if levels.is_empty() {
+            eprintln!("skipped: this CPU has no AVX2, so the transposes were not tested");
             return;
         }
-        for k in [1usize, 7, 8, 9, 16, 17, 64] {
-            for n in [1usize, 7, 8, 9, 16, 33] {
-                for pad in [0usize, 3] {
-                    let cs = k + pad;
-                    let data: Vec<f32> = (0..n * cs).map(|x| x as f32 * 0.5 - 7.0).collect();
-                    let b = MatRef::new(&data, k, n, 1, cs);
-                    let want: Vec<f32> = (0..k * n).map(|x| data[x / n + (x % n) * cs]).collect();
-                    let mut got = vec![f32::NAN; k * n];
-                    copy_b(SimdLevel::Avx2Fma, b, &mut got);
-                    assert_eq!(got, want, "k {k}, n {n}, cs {cs}");
+        for &simd in &levels {
+            for k in [1usize, 7, 8, 9, 16, 17, 64] {
+                for n in [1usize, 7, 8, 9, 16, 33] {
+                    for pad in [0usize, 3] {
+                        for (rs, cs) in [(1, k + pad), (3 * n + pad, 3)] {
+                            let len = (k - 1) * rs + (n - 1) * cs + 1;
+                            let data: Vec<f32> = (0..len).map(|x| x as f32 * 0.5 - 7.0).collect();
+                            let b = MatRef::new(&data, k, n, rs, cs);
+                            let want: Vec<f32> = (0..k * n).map(|x| data[(x / n) * rs + (x % n) * cs]).collect();
+                            let mut got = vec![f32::NAN; k * n];
+                            copy_b(simd, b, &mut got);
+                            assert_eq!(got, want, "{simd}: k {k}, n {n}, rs {rs}, cs {cs}");
+                        }
+                    }
                 }
             }
         }
