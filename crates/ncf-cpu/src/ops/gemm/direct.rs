@@ -347,9 +347,9 @@ fn block(
         // are masked off and never touched.
         unsafe {
             // C no wider than 8 (NeuMF-8's last layer) fills half of an AVX-512 vector; the AVX2
-            // tiles, whole 8-float vectors in tiles of 8 rows, ran such a forward product
-            // (128×16×8) about 1.6× as fast (BENCHMARKS.md). Every element is the same
-            // accumulator in the same order on both, so the same bits.
+            // tiles use whole 8-float vectors (with `copy_b`'s register transpose, the
+            // 128×16×8 forward went from 40 to 66 GFLOP/s, BENCHMARKS.md's twelfth session).
+            // Every element is the same accumulator in the same order on both, so the same bits.
             if simd == SimdLevel::Avx512 && (n > 8 || !SimdLevel::Avx2Fma.is_available()) {
                 block_avx512(alpha, a_ptr, a.rs, a.cs, k, rows, b_ptr, b_rs, n, beta, c_ptr, c_rs, epi)
             } else {
