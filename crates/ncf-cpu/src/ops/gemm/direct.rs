@@ -339,7 +339,8 @@ fn block(
         let a_ptr = a.data[r0 * a.rs..].as_ptr();
         let (b_ptr, c_ptr) = (b.as_ptr(), c.as_mut_ptr());
         // SAFETY: the CPU has the level (just asserted: AVX-512F, or AVX2 + FMA), and the AVX2
-        // kernel runs at the AVX-512 level only where the CPU has AVX2 + FMA (tested below). Every address
+        // kernel runs at the AVX-512 level only where the CPU has AVX2 + FMA too (the `if`
+        // below checks it). Every address
         // the kernel forms is an element of the A rows `r0..r0+rows` (all in `a.data`, asserted
         // above), of B (rows `0..k`, columns `0..n`: in `b`), or of C's rows `0..rows`, columns
         // `0..n` (in `c`, which we borrow mutably), or the same elements of the epilogue's bias
