@@ -395,6 +395,7 @@ unsafe fn block_avx512(
         let tail = w - 16 * (v - 1);
         let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1u16 << tail) - 1 };
         let s = Strip {
+            unit,
             a,
             a_rs,
             a_cs,
@@ -413,21 +414,19 @@ unsafe fn block_avx512(
         unsafe {
             // The epilogue is a separate instantiation, so the plain product's loop is the
             // one it was before the epilogue existed; it runs with α = 1 and β = 0 only
-            // (asserted in `block`). `UNIT`: α = 1 and β = 0 or 1, stored without the
-            // multiplies by 1 (see `avx2::block`).
-            match (v, s.bias.is_null() && s.relu.is_null(), unit) {
-                (1, true, true) => rows_v::<1, 12, false, true>(&s, m),
-                (2, true, true) => rows_v::<2, 12, false, true>(&s, m),
-                (3, true, true) => rows_v::<3, 8, false, true>(&s, m),
-                (_, true, true) => rows_v::<4, 6, false, true>(&s, m),
-                (1, true, false) => rows_v::<1, 12, false, false>(&s, m),
-                (2, true, false) => rows_v::<2, 12, false, false>(&s, m),
-                (3, true, false) => rows_v::<3, 8, false, false>(&s, m),
-                (_, true, false) => rows_v::<4, 6, false, false>(&s, m),
-                (1, false, _) => rows_v::<1, 12, true, true>(&s, m),
-                (2, false, _) => rows_v::<2, 12, true, true>(&s, m),
-                (3, false, _) => rows_v::<3, 8, true, true>(&s, m),
-                (_, false, _) => rows_v::<4, 6, true, true>(&s, m),
+            // (asserted in `block`). With α = 1 and β = 0 or 1 (`unit`) the store leaves out
+            // the multiplies by 1, as the AVX2 tiles do; here a test per tile rather than an
+            // instantiation of its own (the AVX-512 tiles are large, and the fuzz build's
+            // instrumented compile of this crate took minutes longer with them doubled).
+            match (v, s.bias.is_null() && s.relu.is_null()) {
+                (1, true) => rows_v::<1, 12, false>(&s, m),
+                (2, true) => rows_v::<2, 12, false>(&s, m),
+                (3, true) => rows_v::<3, 8, false>(&s, m),
+                (_, true) => rows_v::<4, 6, false>(&s, m),
+                (1, false) => rows_v::<1, 12, true>(&s, m),
+                (2, false) => rows_v::<2, 12, true>(&s, m),
+                (3, false) => rows_v::<3, 8, true>(&s, m),
+                (_, false) => rows_v::<4, 6, true>(&s, m),
             }
         }
     }
@@ -436,6 +435,8 @@ unsafe fn block_avx512(
 /// One column block of C: where its A, B and C start, their strides, and the product's scalars.
 #[cfg(target_arch = "x86_64")]
 struct Strip {
+    /// α = 1 and β = 0 or 1: the store leaves out the multiplies by 1.
+    unit: bool,
     a: *const f32,
     a_rs: usize,
     a_cs: usize,
@@ -462,30 +463,30 @@ struct Strip {
 /// As in [`block`], for the strip's rows `0..m`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool, const UNIT: bool>(s: &Strip, m: usize) {
+unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool>(s: &Strip, m: usize) {
     let mut i = 0;
     // SAFETY: for every call below, rows i..i+R (or the smaller tile) are rows of the strip,
     // with i + rows ≤ m.
     unsafe {
         while i + R <= m {
-            tile::<R, V, EPI, UNIT>(s, i);
+            tile::<R, V, EPI>(s, i);
             i += R;
         }
         let rest = m - i;
         if rest & 8 != 0 {
-            tile::<8, V, EPI, UNIT>(s, i);
+            tile::<8, V, EPI>(s, i);
             i += 8;
         }
         if rest & 4 != 0 {
-            tile::<4, V, EPI, UNIT>(s, i);
+            tile::<4, V, EPI>(s, i);
             i += 4;
         }
         if rest & 2 != 0 {
-            tile::<2, V, EPI, UNIT>(s, i);
+            tile::<2, V, EPI>(s, i);
             i += 2;
         }
         if rest & 1 != 0 {
-            tile::<1, V, EPI, UNIT>(s, i);
+            tile::<1, V, EPI>(s, i);
         }
     }
 }
@@ -498,7 +499,7 @@ unsafe fn rows_v<const V: usize, const R: usize, const EPI: bool, const UNIT: bo
 /// As in [`block`], for the strip's rows `i0..i0+R`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile<const R: usize, const V: usize, const EPI: bool, const UNIT: bool>(s: &Strip, i0: usize) {
+unsafe fn tile<const R: usize, const V: usize, const EPI: bool>(s: &Strip, i0: usize) {
     // SAFETY: every pointer below addresses an element of the strip's A rows i0..i0+R, B rows
     // 0..k or C rows i0..i0+R, within the columns the mask admits (see `block`).
     unsafe {
@@ -523,10 +524,11 @@ unsafe fn tile<const R: usize, const V: usize, const EPI: bool, const UNIT: bool
         let beta = _mm512_set1_ps(s.beta);
         let row = |r: usize| s.c.add((i0 + r) * s.c_rs);
         // α·acc + β·c, rounded after the product and after the sum (as the blocked kernel);
-        // with `UNIT` (α = 1, β = 0 or 1) the same without the multiplies by 1.
+        // with `s.unit` (α = 1, β = 0 or 1) the same without the multiplies by 1.
+        let unit = s.unit;
         let out = |x: __m512, c: __m512| {
-            let ax = if UNIT { x } else { _mm512_mul_ps(alpha, x) };
-            if s.beta != 0.0 { _mm512_add_ps(ax, if UNIT { c } else { _mm512_mul_ps(beta, c) }) } else { ax }
+            let ax = if unit { x } else { _mm512_mul_ps(alpha, x) };
+            if s.beta != 0.0 { _mm512_add_ps(ax, if unit { c } else { _mm512_mul_ps(beta, c) }) } else { ax }
         };
         if s.beta != 0.0 && s.mask != 0xFFFF {
             // A partial row: read the whole tile's C before writing any of it. A masked store's
