@@ -4,10 +4,11 @@
 Runs, one after the other (never at the same time):
   1. `ncf train`, then benches/reference/torch_ncf.py in each of its configurations
      (--torch-configs: `dense`, one fused dense Adam, what a PyTorch user writes; `sparse`,
-     SparseAdam on the embeddings + Adam, ncf-rs's lazy rule), for --epochs epochs at batch 256;
+     SparseAdam on the embeddings + Adam, ncf-rs's lazy rule; `compiled`, `dense` trained
+     through torch.compile, its compile time outside the clock), for --epochs epochs at batch 256;
   2. all again for one epoch at each other batch size of --batches (256 reuses run 1).
-The torch column and every ratio use the faster torch configuration (by samples/s at batch
-256); the other one is listed below it. The table names the CPU and each side's SIMD level
+The torch column and every ratio use the fastest torch configuration (by samples/s at batch
+256); the others are listed below it. The table names the CPU and each side's SIMD level
 (ncf-rs's, which NCF_SIMD can force lower, and torch's), and refuses runs whose ncf-rs SIMD
 levels differ.
 Each child's peak RSS comes from os.wait4. Writes results.json, table.md and plot.svg to --out
@@ -32,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TORCH_SCRIPT = ROOT / "benches" / "reference" / "torch_ncf.py"
 MAIN_BATCH = 256
 TOOLS = ("ncf-rs", "torch")
-TORCH_CONFIGS = {"dense": "dense fused Adam", "sparse": "SparseAdam on embeddings + Adam"}
+TORCH_CONFIGS = {"dense": "dense fused Adam", "sparse": "SparseAdam on embeddings + Adam",
+                 "compiled": "dense fused Adam, torch.compile'd model"}
+TORCH_FLAGS = {"dense": ["--dense-adam"], "sparse": [], "compiled": ["--dense-adam", "--compile"]}
 
 
 class Fail(Exception):
@@ -59,9 +62,10 @@ def parse_args():
                     help="runs of each tool at batch 256, interleaved (ncf-rs, then each torch configuration, "
                          "round after round); each tool's table column is its median run by samples/s, and the "
                          "table lists every run's rate (default 1)")
-    ap.add_argument("--torch-configs", default="dense,sparse",
-                    help="torch optimizer configurations to run: dense (one fused dense Adam, what PyTorch users "
-                         "write), sparse (SparseAdam on embeddings, ncf-rs's lazy rule); the faster is compared")
+    ap.add_argument("--torch-configs", default="dense,sparse,compiled",
+                    help="torch configurations to run: dense (one fused dense Adam, what PyTorch users write), "
+                         "sparse (SparseAdam on embeddings, ncf-rs's lazy rule), compiled (dense, trained through "
+                         "torch.compile; compile time outside the clock); the fastest is compared")
     a = ap.parse_args()
     a.torch_configs = [c.strip() for c in a.torch_configs.split(",") if c.strip()]
     if not a.torch_configs or any(c not in TORCH_CONFIGS for c in a.torch_configs):
@@ -130,7 +134,7 @@ def train_cmd(a, tool, batch, epochs, jsonl, summary):
               "--metrics-jsonl", jsonl, "--summary-json", summary]
     if tool == "ncf-rs":
         return [a.ncf, "train", *common, "--force"]
-    return [a.torch_python, TORCH_SCRIPT, *common] + (["--dense-adam"] if tool == "torch-dense" else [])
+    return [a.torch_python, TORCH_SCRIPT, *common] + TORCH_FLAGS[tool.split("-", 1)[1]]
 
 
 def train_run(a, tool, batch, epochs, rep=None):
@@ -179,7 +183,8 @@ def mean(xs):
 
 def summarize(a, main, by_batch):
     """The numbers the table and plot show, per run name (`ncf-rs`, `torch-dense`, `torch-sparse`),
-    then `torch` = the faster torch configuration (samples/s at batch 256) and `torch-other`."""
+    then `torch` = the fastest torch configuration (samples/s at batch 256); each `torch-*` entry
+    carries its `config`."""
     s = {}
     for tool in main:
         ep = main[tool]["epochs"]
@@ -193,16 +198,21 @@ def summarize(a, main, by_batch):
             "peak_rss_mb": {b: (main[tool] if b == MAIN_BATCH else by_batch[b][tool])["peak_rss_mb"] for b in a.batches},
             "last": ep[-1], "best_hr": best_hr, "best_ndcg": best_ndcg,
             "threads": main[tool]["summary"].get("threads"),
+            "compile_s": main[tool]["summary"].get("compile_s", 0.0),  # torch.compile, before the clock
             "in_process_rss_mb": main[tool]["summary"].get("peak_rss_mb"),  # torch reports it
             "each_run": [r["samples_per_second"] for r in main[tool].get("repeats", [main[tool]])],
         }
         s[tool]["seconds"]["total"] = sum(s[tool]["seconds"].values())
-    torches = sorted((t for t in main if t.startswith("torch-")),
-                     key=lambda t: -s[t]["samples_per_second"][MAIN_BATCH])
-    s["torch"] = dict(s[torches[0]], config=torches[0].split("-", 1)[1])
-    if len(torches) > 1:
-        s["torch-other"] = dict(s[torches[1]], config=torches[1].split("-", 1)[1])
+    for t in main:
+        if t.startswith("torch-"):
+            s[t]["config"] = t.split("-", 1)[1]
+    s["torch"] = dict(s[slower_torches(s)[0]])
     return s
+
+
+def slower_torches(s):
+    """The `torch-*` run names, fastest first (samples/s at batch 256)."""
+    return sorted((t for t in s if t.startswith("torch-")), key=lambda t: -s[t]["samples_per_second"][MAIN_BATCH])
 
 
 def fmt_rate(x):
@@ -228,6 +238,8 @@ def table_md(a, s, env, commands):
     for f, label in (("sampling", "sampling (s)"), ("training", "training (s)"), ("eval", "evaluation (s)"),
                      ("total", "**total (s)**")):
         rows.append((label, fmt_s(r["seconds"][f]), fmt_s(t["seconds"][f]), ratio(r["seconds"][f], t["seconds"][f])))
+    if t["config"] == "compiled":
+        rows.append(("torch.compile before epoch 1 (s; in no time above)", "", fmt_s(t["compile_s"]), ""))
     rows.append(("**throughput** (training samples/s)", "", "", ""))
     for b in a.batches:
         note = f" (mean of {a.epochs} epochs)" if b == MAIN_BATCH else " (1 epoch)"
@@ -238,9 +250,9 @@ def table_md(a, s, env, commands):
         if b == MAIN_BATCH and a.repeat > 1:
             rows.append((f"batch {b}, each run in the order they ran", ", ".join(map(fmt_rate, r["each_run"])),
                          ", ".join(map(fmt_rate, t["each_run"])), ""))
-    if "torch-other" in s:
-        o = s["torch-other"]
-        rows.append((f"**torch, {TORCH_CONFIGS[o['config']]}** (the slower torch configuration; not in the ratios)",
+    for other in slower_torches(s)[1:]:
+        o = s[other]
+        rows.append((f"**torch, {TORCH_CONFIGS[o['config']]}** (a slower torch configuration; not in the ratios)",
                      "", "", ""))
         for b in a.batches:
             x, y = r["samples_per_second"][b], o["samples_per_second"][b]
@@ -249,6 +261,8 @@ def table_md(a, s, env, commands):
                 rows.append((f"batch {b}, each run", "", ", ".join(map(fmt_rate, o["each_run"])), ""))
         rows.append(("epoch total at batch 256 (s)", fmt_s(r["seconds"]["total"]), fmt_s(o["seconds"]["total"]),
                      ratio(r["seconds"]["total"], o["seconds"]["total"])))
+        if o["config"] == "compiled":
+            rows.append(("torch.compile before epoch 1 (s; in no time above)", "", fmt_s(o["compile_s"]), ""))
     rows.append(("**peak memory** (RSS, MB)", "", "", ""))
     for b in a.batches:
         x, y = r["peak_rss_mb"][b], t["peak_rss_mb"][b]
@@ -274,7 +288,7 @@ def table_md(a, s, env, commands):
         "",
         f"Data `{a.data}`; {env['cpu']} ({env['cores']} cores), {a.threads} threads each; ncf-rs {env['git']}, "
         f"SIMD {env['ncf_simd']}; torch {env['torch_version']}, SIMD {env['torch_simd']}, the torch column is its "
-        f"faster configuration here: **{TORCH_CONFIGS[t['config']]}**; Python {env['python']}; {env['date']}.",
+        f"fastest configuration here: **{TORCH_CONFIGS[t['config']]}**; Python {env['python']}; {env['date']}.",
         "",
         "| | ncf-rs | torch | ratio ncf-rs/torch |",
         "|---|---:|---:|---:|",
