@@ -182,7 +182,8 @@ def mean(xs):
 
 
 def summarize(a, main, by_batch):
-    """The numbers the table and plot show, per run name (`ncf-rs`, `torch-dense`, `torch-sparse`),
+    """The numbers the table and plot show, per run name (`ncf-rs`, `torch-dense`, `torch-sparse`,
+    `torch-compiled`),
     then `torch` = the fastest torch configuration (samples/s at batch 256); each `torch-*` entry
     carries its `config`."""
     s = {}
@@ -206,11 +207,11 @@ def summarize(a, main, by_batch):
     for t in main:
         if t.startswith("torch-"):
             s[t]["config"] = t.split("-", 1)[1]
-    s["torch"] = dict(s[slower_torches(s)[0]])
+    s["torch"] = dict(s[torches_fastest_first(s)[0]])
     return s
 
 
-def slower_torches(s):
+def torches_fastest_first(s):
     """The `torch-*` run names, fastest first (samples/s at batch 256)."""
     return sorted((t for t in s if t.startswith("torch-")), key=lambda t: -s[t]["samples_per_second"][MAIN_BATCH])
 
@@ -227,6 +228,12 @@ def fmt_s(x):
     return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
 
+def compile_row(t):
+    """The table row of a torch configuration's compile time, if it compiles."""
+    return [("torch.compile before epoch 1 (s; in no time above)", "", fmt_s(t["compile_s"]), "")] \
+        if t["config"] == "compiled" else []
+
+
 def ratio(x, y):
     return f"{x / y:.2f}" if y else "–"
 
@@ -238,8 +245,7 @@ def table_md(a, s, env, commands):
     for f, label in (("sampling", "sampling (s)"), ("training", "training (s)"), ("eval", "evaluation (s)"),
                      ("total", "**total (s)**")):
         rows.append((label, fmt_s(r["seconds"][f]), fmt_s(t["seconds"][f]), ratio(r["seconds"][f], t["seconds"][f])))
-    if t["config"] == "compiled":
-        rows.append(("torch.compile before epoch 1 (s; in no time above)", "", fmt_s(t["compile_s"]), ""))
+    rows += compile_row(t)
     rows.append(("**throughput** (training samples/s)", "", "", ""))
     for b in a.batches:
         note = f" (mean of {a.epochs} epochs)" if b == MAIN_BATCH else " (1 epoch)"
@@ -250,7 +256,7 @@ def table_md(a, s, env, commands):
         if b == MAIN_BATCH and a.repeat > 1:
             rows.append((f"batch {b}, each run in the order they ran", ", ".join(map(fmt_rate, r["each_run"])),
                          ", ".join(map(fmt_rate, t["each_run"])), ""))
-    for other in slower_torches(s)[1:]:
+    for other in torches_fastest_first(s)[1:]:
         o = s[other]
         rows.append((f"**torch, {TORCH_CONFIGS[o['config']]}** (a slower torch configuration; not in the ratios)",
                      "", "", ""))
@@ -261,8 +267,7 @@ def table_md(a, s, env, commands):
                 rows.append((f"batch {b}, each run", "", ", ".join(map(fmt_rate, o["each_run"])), ""))
         rows.append(("epoch total at batch 256 (s)", fmt_s(r["seconds"]["total"]), fmt_s(o["seconds"]["total"]),
                      ratio(r["seconds"]["total"], o["seconds"]["total"])))
-        if o["config"] == "compiled":
-            rows.append(("torch.compile before epoch 1 (s; in no time above)", "", fmt_s(o["compile_s"]), ""))
+        rows += compile_row(o)
     rows.append(("**peak memory** (RSS, MB)", "", "", ""))
     for b in a.batches:
         x, y = r["peak_rss_mb"][b], t["peak_rss_mb"][b]

@@ -416,8 +416,7 @@ def main():
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         device=str(dev), gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         config=dict(vars(a), data=str(a.data), layers=layers, metrics_jsonl=str(a.metrics_jsonl),
-                    summary_json=str(a.summary_json), optimizer="adam" if a.dense_adam else "sparse-adam+adam",
-                    compiled=a.compile),
+                    summary_json=str(a.summary_json), optimizer="adam" if a.dense_adam else "sparse-adam+adam"),
         compile_s=reports[0]["compile_s"],
     )
     k = a.k
