@@ -133,8 +133,8 @@ struct Pace {
     probes: u32,
     /// The last choice was a close call ([`Pace::CLOSE`]).
     close: bool,
-    /// Probes before a close call is tried again: [`Pace::RECHECK`], doubled (up to
-    /// [`Pace::RECHECK_MAX`]) each time a recheck keeps the choice.
+    /// Probes before a close call or a choice of one thread is tried again: [`Pace::RECHECK`],
+    /// doubled (up to [`Pace::RECHECK_MAX`]) each time a recheck keeps the choice.
     recheck: u32,
     /// The trial under way.
     trial: Option<Trial>,
@@ -229,7 +229,10 @@ impl Pace {
             return;
         }
         self.disagree = if self.far.is_some_and(|f| f != far) { self.disagree + 1 } else { 0 };
-        if self.far.is_none() || self.disagree >= 2 || (self.close && self.probes >= self.recheck) {
+        // A close call, and any choice of one thread, is tried again after `recheck` probes: one
+        // thread wrongly kept costs up to half the speed, and the probes alone may never say so.
+        let recheck = (self.close || self.solo) && self.probes >= self.recheck;
+        if self.far.is_none() || self.disagree >= 2 || recheck {
             let (one, two) = (Vec::with_capacity(Self::TRIAL), Vec::with_capacity(Self::TRIAL));
             self.trial = Some(Trial { rt, was_solo: self.solo, steps: 0, total: [0.0; 2], one, two });
         }
@@ -1049,7 +1052,8 @@ mod tests {
     /// The pace's choices on made-up round trips (ns) and step times (s): no trial at a near
     /// first probe, one at a far one; none while the probes agree with the last choice's (near: up to 200 ns; far:
     /// over it, or no answer), or disagree only once in a row; one when two in a row disagree;
-    /// a close call tried again after RECHECK probes, whichever won, a clear one not; trimmed
+    /// a close call tried again after RECHECK probes, whichever won, and a clear call for one
+    /// thread too (a clear call for two is not), RECHECK doubling while the choice holds; trimmed
     /// means, so one slow step decides nothing; two threads cut short once they have taken
     /// twice as long as the one-thread half.
     #[test]
@@ -1098,6 +1102,22 @@ mod tests {
             p.probed(60.0);
         }
         assert!(trial(&mut p, 35e-6, 42e-6, 42e-6), "rechecked: one clearly faster, one");
+        for k in 1..Pace::RECHECK {
+            p.probed(60.0);
+            assert!(p.trial.is_none() && p.solo, "probe {k}: near, and one thread by a clear call");
+        }
+        p.probed(60.0);
+        assert!(trial(&mut p, 35e-6, 42e-6, 42e-6), "one thread, though near: rechecked, still one");
+        for _ in 1..2 * Pace::RECHECK {
+            p.probed(60.0);
+            assert!(p.trial.is_none() && p.solo, "the recheck kept one thread: twice as long to the next");
+        }
+        p.probed(60.0);
+        assert!(!trial(&mut p, 40e-6, 22e-6, 22e-6), "rechecked again: two threads clearly faster now, two");
+        for _ in 0..4 * Pace::RECHECK {
+            p.probed(60.0);
+            assert!(p.trial.is_none() && !p.solo, "two threads by a clear call, near: not rechecked");
+        }
         p.probed(f64::INFINITY);
         p.probed(f64::INFINITY);
         assert!(p.trial.is_some(), "unanswered twice: far, tried");
