@@ -1049,6 +1049,15 @@ mod tests {
         p.solo
     }
 
+    /// Feeds `n` probes of `rt` ns to `p`, none of which may start a trial, and checks that the
+    /// step stays on one thread (`solo`) or on two.
+    fn quiet(p: &mut Pace, n: u32, rt: f64, solo: bool, why: &str) {
+        for k in 0..n {
+            p.probed(rt);
+            assert!(p.trial.is_none() && p.solo == solo, "probe {} of {n} at {rt} ns: {why}", k + 1);
+        }
+    }
+
     /// The pace's choices on made-up round trips (ns) and step times (s): no trial at a near
     /// first probe, one at a far one; none while the probes agree with the last choice's (near: up to 200 ns; far:
     /// over it, or no answer), or disagree only once in a row; one when two in a row disagree;
@@ -1085,16 +1094,10 @@ mod tests {
         }
         p.probed(320.0);
         assert!(trial(&mut p, 79e-6, 73e-6, 73e-6), "a close call is rechecked after {} probes: one", Pace::RECHECK);
-        for _ in 1..2 * Pace::RECHECK {
-            p.probed(320.0);
-            assert!(p.trial.is_none() && p.solo, "the recheck kept the choice: twice as long to the next");
-        }
+        quiet(&mut p, 2 * Pace::RECHECK - 1, 320.0, true, "the recheck kept the choice: twice as long to the next");
         p.probed(320.0);
         assert!(!trial(&mut p, 80e-6, 60e-6, 60e-6), "far, but two clearly faster: two");
-        for _ in 0..2 * Pace::RECHECK {
-            p.probed(300.0);
-            assert!(p.trial.is_none() && !p.solo, "a clear call is not rechecked");
-        }
+        quiet(&mut p, 2 * Pace::RECHECK, 300.0, false, "a clear call for two is not rechecked");
         p.probed(58.0);
         p.probed(58.0);
         assert!(!trial(&mut p, 41e-6, 42e-6, 42e-6), "near again, a close call: two");
@@ -1102,22 +1105,13 @@ mod tests {
             p.probed(60.0);
         }
         assert!(trial(&mut p, 35e-6, 42e-6, 42e-6), "rechecked: one clearly faster, one");
-        for k in 1..Pace::RECHECK {
-            p.probed(60.0);
-            assert!(p.trial.is_none() && p.solo, "probe {k}: near, and one thread by a clear call");
-        }
+        quiet(&mut p, Pace::RECHECK - 1, 60.0, true, "near, and one thread by a clear call");
         p.probed(60.0);
         assert!(trial(&mut p, 35e-6, 42e-6, 42e-6), "one thread, though near: rechecked, still one");
-        for _ in 1..2 * Pace::RECHECK {
-            p.probed(60.0);
-            assert!(p.trial.is_none() && p.solo, "the recheck kept one thread: twice as long to the next");
-        }
+        quiet(&mut p, 2 * Pace::RECHECK - 1, 60.0, true, "the recheck kept one thread: twice as long to the next");
         p.probed(60.0);
         assert!(!trial(&mut p, 40e-6, 22e-6, 22e-6), "rechecked again: two threads clearly faster now, two");
-        for _ in 0..4 * Pace::RECHECK {
-            p.probed(60.0);
-            assert!(p.trial.is_none() && !p.solo, "two threads by a clear call, near: not rechecked");
-        }
+        quiet(&mut p, 4 * Pace::RECHECK, 60.0, false, "two threads by a clear call, near: not rechecked");
         p.probed(f64::INFINITY);
         p.probed(f64::INFINITY);
         assert!(p.trial.is_some(), "unanswered twice: far, tried");
