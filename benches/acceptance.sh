@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's acceptance in one command, on this CPU: the comparison, the race to HR@10 >= 0.68
 # and the paper protocol, one after the other, then benches/acceptance.py's verdict.
-#   NCF_DATA=../shared/data benches/acceptance.sh [OUT_DIR]       (about 15 minutes on 2 cores)
+#   NCF_DATA=../shared/data benches/acceptance.sh [OUT_DIR]       (11–14 min on 2 cores, builds apart)
 # Runs:
 #   1. benches/compare.sh --epochs 2 --batches 256 --threads 2 --repeat 3 --out OUT/compare
 #      (NeuMF-8 against every torch configuration; NCF_STEP_TIMES=1 puts the step's phases in
